@@ -1,0 +1,31 @@
+# User-facing targets: test, data, train. Each creates .venv if missing and installs what it needs, once.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+ARGS ?=
+
+.PHONY: test data train clean-venv
+
+$(PY):
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "jaxmnist needs Python >= 3.10"'
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+
+# Stamps make the targets quick when nothing changed; pyproject.toml changes trigger a reinstall.
+$(VENV)/.installed-base: pyproject.toml | $(PY)
+	$(PIP) install -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(PY)
+	$(PIP) install -e '.[dev]'
+	touch $@ $(VENV)/.installed-base
+
+test: $(VENV)/.installed-dev
+	$(PY) -m pytest $(ARGS)
+
+data: $(VENV)/.installed-base
+	$(PY) -m jaxmnist.data $(ARGS)
+
+clean-venv:
+	rm -rf $(VENV)

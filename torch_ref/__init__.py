@@ -1,0 +1,1 @@
+"""The blog's PyTorch originals, and the bridge between them and jaxmnist."""
