@@ -1,0 +1,154 @@
+"""What a training run writes, the same for jaxmnist and torch_ref: the blog's printed lines, TensorBoard
+scalars, one JSON file of every metric (`metrics.json`) and a PNG of the curves (`curves.png`).
+
+TensorBoard tags: `acc_train/batch_num` (train accuracy of each batch in percent, x = ceil(n_train/bs)·epoch + i,
+the blog's meaning and axis), `loss_train/batch_num`, and per epoch `acc_test/epoch`, `loss_test/epoch`,
+`acc_val/epoch` (with a validation split), `lr/epoch`, `time/epoch`; the hyperparameters via add_hparams.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMAT_VERSION = 1
+
+
+def header_line(epochs: int) -> str:
+    return "Accuracy on test set(epoch=%d):" % epochs
+
+
+def epoch_line(epoch: int, acc: float) -> str:
+    return "[%d]: %.2f %%" % (epoch, acc)
+
+
+def average_line(seconds: float) -> str:
+    return "Average time per epoch: %.2f s" % seconds
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def versions(*names: str) -> dict[str, str]:
+    """Installed versions of the named distributions (missing ones are left out)."""
+    from importlib import metadata
+
+    found = {}
+    for name in names:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+class RunLog:
+    """Collects a run's metrics; writes TensorBoard events, metrics.json and curves.png into `logdir`."""
+
+    def __init__(self, logdir: str | os.PathLike, *, framework: str, preset: str | None, config: Any,
+                 device: str, n_train: int, record: dict | None = None):
+        self.dir = Path(logdir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        cfg = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
+        self.batches_per_epoch_axis = math.ceil(n_train / cfg["batch_size"])  # the blog's x-axis unit
+        self.record = record or {
+            "format": FORMAT_VERSION, "framework": framework, "preset": preset, "config": cfg, "device": device,
+            "platform": platform.platform(), "python": platform.python_version(), "commit": git_commit(),
+            "versions": versions("jax", "jaxlib", "flax", "optax", "numpy", "torch", "torchvision"),
+            "n_train": n_train, "epochs": [], "batches": {"x": [], "acc": [], "loss": []},
+        }
+        from tensorboardX import SummaryWriter
+
+        self.writer = SummaryWriter(str(self.dir))
+
+    def add_batches(self, epoch: int, acc: np.ndarray, loss: np.ndarray) -> None:
+        """One epoch's per-batch train accuracy (percent) and loss; epoch counts from 0 as in the blog."""
+        x0 = self.batches_per_epoch_axis * epoch
+        for i, (a, l) in enumerate(zip(np.asarray(acc, float), np.asarray(loss, float))):
+            self.writer.add_scalar("acc_train/batch_num", a, x0 + i)
+            self.writer.add_scalar("loss_train/batch_num", l, x0 + i)
+        b = self.record["batches"]
+        b["x"] += [x0 + i for i in range(len(acc))]
+        b["acc"] += [round(float(a), 4) for a in acc]
+        b["loss"] += [float(l) for l in loss]
+
+    def add_epoch(self, epoch: int, **metrics: float) -> None:
+        """Per-epoch scalars (epoch counts from 1): test_acc, test_loss, val_acc, lr, time_s, train_loss, ..."""
+        tags = {"test_acc": "acc_test/epoch", "test_loss": "loss_test/epoch", "val_acc": "acc_val/epoch",
+                "val_loss": "loss_val/epoch", "lr": "lr/epoch", "time_s": "time/epoch"}
+        for key, value in metrics.items():
+            if key in tags and value is not None:
+                self.writer.add_scalar(tags[key], value, epoch)
+        self.record["epochs"].append({"epoch": epoch, **{k: v for k, v in metrics.items() if v is not None}})
+        self.writer.flush()
+        self.save()
+
+    def summary(self) -> dict:
+        accs = [e["test_acc"] for e in self.record["epochs"]]
+        if not accs:
+            return {}
+        best = int(np.argmax(accs))
+        times = [e["time_s"] for e in self.record["epochs"] if "time_s" in e]
+        return {"final_acc": accs[-1], "best_acc": accs[best], "best_epoch": self.record["epochs"][best]["epoch"],
+                "avg_epoch_s": float(np.mean(times)) if times else None}
+
+    def finish(self, **extra: Any) -> dict:
+        self.record.update(self.summary(), **extra)
+        hparams = {k: v for k, v in self.record["config"].items() if isinstance(v, (int, float, str, bool))}
+        results = {f"hparam/{k}": v for k, v in self.summary().items() if isinstance(v, (int, float))}
+        self.writer.add_hparams(hparams, results, name="hparams")
+        self.writer.close()
+        self.save()
+        self.plot()
+        return self.record
+
+    def save(self) -> None:
+        atomic_write(self.dir / "metrics.json", json.dumps(self.record, indent=1).encode())
+
+    def plot(self) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        b, epochs = self.record["batches"], self.record["epochs"]
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+        ax1.plot(b["x"], b["acc"], lw=0.5, alpha=0.6, label="train batch")
+        ax1.set_xlabel("batch_num")
+        ax1.set_ylabel("accuracy (%)")
+        ax1.set_ylim(max(0, min(b["acc"] or [0])), 100.5)
+        ax1b = ax1.twiny()
+        ax1b.plot([e["epoch"] for e in epochs], [e["test_acc"] for e in epochs], "o-", color="C3", label="test")
+        ax1b.set_xlabel("epoch")
+        ax1.legend(loc="lower right")
+        ax1b.legend(loc="lower center")
+        ax2.semilogy(b["x"], b["loss"], lw=0.5, label="train batch loss")
+        ax2.set_xlabel("batch_num")
+        ax2.legend()
+        cfg = self.record["config"]
+        fig.suptitle(f"{self.record['framework']} {self.record.get('preset') or cfg['model']} on {self.record['device']}")
+        fig.tight_layout()
+        tmp = self.dir / ".curves.png.tmp"
+        fig.savefig(tmp, dpi=90, format="png")
+        plt.close(fig)
+        os.replace(tmp, self.dir / "curves.png")
