@@ -27,5 +27,9 @@ test: $(VENV)/.installed-dev
 data: $(VENV)/.installed-base
 	$(PY) -m jaxmnist.data $(ARGS)
 
+# The blog's §1 experiment (cnn, batch 64, SGD 0.01/0.5, 10 epochs): ~99.1 % in about 5 minutes on 2 CPU cores.
+train: $(VENV)/.installed-base
+	$(PY) -m jaxmnist.train --preset cnn_cpu $(ARGS)
+
 clean-venv:
 	rm -rf $(VENV)
