@@ -1,0 +1,202 @@
+"""Benchmarks the blog's networks in JAX and PyTorch: train step, epoch, evaluation, FLOPs and peak utilisation.
+
+    python scripts/bench.py --quick                          # CI smoke test (seconds; numbers mean nothing)
+    python scripts/bench.py --networks cnn,resnet --batch-sizes 512,64
+    python scripts/bench.py --budget-s 420 --data-dir data/mnist --offline   # what scripts/gpu_bench.sh runs
+    python scripts/bench.py --profile-cnn 512                # where the cnn step's CPU time goes, op by op
+    python scripts/bench.py --table benchmarks/gpu-nvidia-h100-80gb-hbm3.json   # reprint a saved run
+
+Prints a markdown table and writes every raw timing to a JSON file (default benchmarks/<platform>-<device>.json),
+rewritten after each measurement so an interrupted run keeps what it measured. See benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+T_START = time.perf_counter()  # the budget counts imports and data loading too
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # runs from a bare checkout too (the GPU machine has no `pip install -e .`)
+
+# JAX and torch share the GPU in this process: JAX must not grab 75 % of its memory up front.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="scripts/bench.py", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n".join(__doc__.split("\n")[1:]))
+    p.add_argument("--quick", action="store_true", help="smoke test: cnn and resnet, batch 8, a few steps")
+    p.add_argument("--networks", help="comma-separated (default: all five; --quick: cnn,resnet)")
+    p.add_argument("--batch-sizes", type=int_list,
+                   help="the first gets the full set (default 512,64,4096 on GPU, 512,64,2048 on CPU)")
+    p.add_argument("--epoch-batch-sizes", type=int_list, help="epoch + evaluation at these (default: the first)")
+    p.add_argument("--compile-batch-sizes", type=int_list, help="torch.compile at these (default: the first)")
+    p.add_argument("--budget-s", type=float, help="skip what no longer fits after this many seconds; "
+                                                  "results so far are still written")
+    p.add_argument("--out", help="JSON file (default benchmarks/<platform>-<device>.json; --quick: runs/bench/)")
+    p.add_argument("--data-dir", help="directory of the four MNIST IDX files (else jaxmnist.data's cache/sources)")
+    p.add_argument("--offline", action="store_true", help="never try the network for MNIST")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, help="JAX bf16 steps (default: on for GPU)")
+    p.add_argument("--no-torch", action="store_true", help="JAX only")
+    p.add_argument("--no-torch-compile", action="store_true", help="no torch.compile measurements")
+    p.add_argument("--torch-device", help="cpu or cuda[:N] (default: cuda when available)")
+    p.add_argument("--num-workers", type=int, help="blog DataLoader workers (default: 4 with CUDA, as the blog; "
+                                                   "0 on CPU)")
+    p.add_argument("--iters", type=int, help="timed steps per measurement (default 50; capped by --max-s)")
+    p.add_argument("--warmup", type=int, help="untimed steps first (default 3)")
+    p.add_argument("--max-s", type=float, help="stop a measurement after this many seconds of samples (default 3)")
+    p.add_argument("--epoch-repeats", type=int, help="epochs timed, best kept (default 2)")
+    p.add_argument("--train-size", type=int, help="epoch over only the first N training images")
+    p.add_argument("--profile-cnn", type=int, nargs="?", const=512, metavar="BATCH",
+                   help="instead: per-op profile of the cnn train step (default batch 512)")
+    p.add_argument("--table", metavar="JSON", help="instead: print the tables of a saved run")
+    p.add_argument("--dry-run", action="store_true", help="list the planned measurements in order, run none")
+    return p
+
+
+def settings_from_args(args, bench, platform: str, torch_device: str | None):
+    overrides = {}
+    if args.networks:
+        nets = tuple(n.strip() for n in args.networks.split(",") if n.strip())
+        unknown = [n for n in nets if n not in bench.NETWORKS]
+        if unknown:
+            raise SystemExit(f"error: unknown network(s) {', '.join(unknown)}; choose from {', '.join(bench.NETWORKS)}")
+        overrides["networks"] = nets
+    if args.batch_sizes:
+        overrides["batch_sizes"] = args.batch_sizes
+    elif not args.quick:
+        overrides["batch_sizes"] = (512, 64, 4096) if platform == "gpu" else (512, 64, 2048)
+    first = overrides.get("batch_sizes", (8,) if args.quick else (512,))[0]
+    if not args.quick or args.batch_sizes:
+        overrides["epoch_batch_sizes"] = args.epoch_batch_sizes or (first,)
+        overrides["compile_batch_sizes"] = args.compile_batch_sizes or ((first,) if not args.quick else ())
+    cuda = bool(torch_device and torch_device.startswith("cuda"))
+    overrides["num_workers"] = args.num_workers if args.num_workers is not None else (4 if cuda else 0)
+    overrides["pin_memory"] = cuda
+    overrides["bf16"] = args.bf16 if args.bf16 is not None else platform == "gpu"
+    overrides["torch"] = torch_device is not None
+    if args.no_torch_compile:
+        overrides["torch_compile"] = False
+    for name in ("iters", "warmup", "max_s", "epoch_repeats", "train_size"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
+    overrides["budget_s"] = args.budget_s
+    return bench.quick_settings(**overrides) if args.quick else bench.Settings(**overrides)
+
+
+def pick_torch_device(args) -> tuple[str | None, str | None]:
+    """(device, why not) — torch is optional: without it the JAX half still runs."""
+    if args.no_torch:
+        return None, "--no-torch"
+    try:
+        import torch
+    except Exception as e:  # noqa: BLE001 (a broken install is as good as none here)
+        return None, f"torch not importable: {e}"
+    if args.torch_device:
+        return args.torch_device, None
+    return ("cuda" if torch.cuda.is_available() else "cpu"), None
+
+
+def default_out(bench, env: dict, quick: bool, what: str = "") -> Path:
+    if env["platform"] == "cpu":
+        name = f"cpu-{bench.slug(env['cpu'].get('model') or 'cpu')}-{env['cpu']['cores']}c"
+    else:
+        name = f"{env['platform']}-{bench.slug(env['device_kind'])}"
+    if quick:
+        return ROOT / "runs" / "bench" / f"quick-{name}.json"
+    return ROOT / "benchmarks" / f"{what}{name}.json"
+
+
+def _interrupt(signum, frame):
+    """`timeout` and schedulers send SIGTERM: finish as on Ctrl-C, with the partial results written and printed."""
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from jaxmnist import bench
+
+    if args.table:
+        print(bench.report(json.loads(Path(args.table).read_text())), end="")
+        return 0
+
+    import jax
+
+    from jaxmnist import data as data_lib
+
+    platform = jax.default_backend()
+    torch_device, no_torch = pick_torch_device(args)
+    env = bench.environment(torch_device)
+    if no_torch:
+        env["torch"] = {"skipped": no_torch}
+    peak = bench.device_peak(env["platform"], env["device_kind"])
+
+    if args.profile_cnn:
+        out = Path(args.out) if args.out else default_out(bench, env, False, f"profile-cnn-{args.profile_cnn}-")
+        print(f"profile of the cnn train step at batch {args.profile_cnn} on {env['platform']}:{env['device_kind']}"
+              f" (load average {', '.join(f'{x:.2f}' for x in os.getloadavg())})", flush=True)
+        rows = bench.profile_cnn(args.profile_cnn, with_torch=torch_device is not None)
+        doc = {"format": bench.FORMAT_VERSION, "env": env, "profile_cnn": {"batch_size": args.profile_cnn,
+                                                                          "rows": rows},
+               "load_avg_end": os.getloadavg()}
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(doc, indent=1, default=str))
+        print(bench.profile_report(rows), end="")
+        print(f"wrote {out}")
+        return 0
+
+    settings = settings_from_args(args, bench, platform, torch_device)
+    try:
+        data = data_lib.load("mnist", args.data_dir, network=not args.offline, progress=False,
+                             log=lambda msg: print(f"[data] {msg}", file=sys.stderr))
+    except data_lib.DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else default_out(bench, env, settings.quick)
+    doc = bench.new_doc(settings, env, peak, argv=sys.argv[1:] if argv is None else argv)
+    doc["data_source"] = data.source
+    runner = bench.Runner(doc, out, settings.budget_s, log=lambda m: print(m, flush=True), t0=T_START)
+    plan = bench.build_plan(settings, data, peak, torch_device if settings.torch else None, doc)
+    if args.dry_run:
+        for item in plan:
+            print(f"  tier {bench.priority(item.kind, item.network, item.batch_size, settings)}  {item.kind:22s} "
+                  f"{item.network:9s} batch {item.batch_size:5d}  prior ~{runner.estimate(item):.0f} s")
+        return 0
+    print(f"{len(plan)} measurements on {env['platform']}:{env['device_kind']}, torch on {torch_device}; "
+          f"budget {settings.budget_s or 'none'} s; writing {out}", flush=True)
+
+    signal.signal(signal.SIGTERM, _interrupt)
+    interrupted = False
+    try:
+        for item in plan:
+            runner.run(item)
+    except KeyboardInterrupt:
+        interrupted = True
+        print("interrupted: writing partial results", file=sys.stderr)
+    runner.save(finished=not interrupted)
+    print()
+    print(bench.report(doc), end="")
+    print(f"\nwrote {out}")
+    return 130 if interrupted else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
