@@ -1,0 +1,223 @@
+"""Reproduces the blog's experiments in JAX and PyTorch: every chosen preset, framework and seed, one run each.
+
+    python scripts/reproduce.py --presets cnn_cpu,resnet --seeds 3
+    python scripts/reproduce.py --presets cnn_deep --seeds 2 --epochs 20 --blog-quirks   # 'reduced epochs'
+    python scripts/reproduce.py --epochs 1 --max-steps 5 --out /tmp/smoke                # smoke test
+    python scripts/reproduce.py --table-only                   # rewrite results/README.md from the JSON files
+
+Each run is its own process (`python -m jaxmnist.train` / `python -m torch_ref.train`): neither framework holds
+GPU memory or threads while the other runs, and one failed run does not end the rest. Every run keeps its logs in
+OUT/runs/<preset>/<framework>/seed<k> (metrics.json, TensorBoard events, curves.png). OUT/<preset>.json gathers
+its runs (final, best, per-epoch test accuracy and time) with mean ± std per framework, the devices, versions,
+commit and epochs run against the blog's (OUT/<preset>-blog-quirks.json and runs/<preset>-blog-quirks with
+--blog-quirks); OUT/README.md is the table of all OUT/*.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # runs from a bare checkout too
+
+from jaxmnist.presets import PRESETS  # noqa: E402
+
+FRAMEWORKS = {"jax": "jaxmnist.train", "torch": "torch_ref.train"}
+
+
+def name_list(text: str, valid) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in valid]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown {', '.join(unknown) or 'empty list'}; "
+                                         f"choose from {', '.join(valid)}")
+    return names
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="scripts/reproduce.py", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n".join(__doc__.split("\n")[1:]))
+    p.add_argument("--presets", type=lambda t: name_list(t, PRESETS), default=list(PRESETS),
+                   help=f"comma-separated presets (default: all: {','.join(PRESETS)})")
+    p.add_argument("--frameworks", type=lambda t: name_list(t, FRAMEWORKS), default=list(FRAMEWORKS),
+                   help="comma-separated: jax, torch (default: both)")
+    p.add_argument("--seeds", type=positive_int, default=3, help="seeds 0..N-1 per preset and framework")
+    p.add_argument("--epochs", type=positive_int, help="fewer epochs than the blog's (labelled 'reduced epochs')")
+    p.add_argument("--max-steps", type=positive_int, help="at most N steps per epoch (smoke tests only)")
+    p.add_argument("--blog-quirks", action="store_true", help="the blog's own loop (see --help of either trainer)")
+    p.add_argument("--num-workers", type=int, default=0, help="torch DataLoader workers (the blog used 4 on GPU)")
+    p.add_argument("--data-dir", help="directory of the four MNIST IDX files (else jaxmnist.data's cache/sources)")
+    p.add_argument("--out", default=str(ROOT / "results"), help="results directory (default: results/)")
+    p.add_argument("--table-only", action="store_true", help="only rewrite OUT/README.md from OUT/*.json")
+    return p
+
+
+def run_one(framework: str, preset: str, seed: int, args, logdir: Path) -> dict:
+    """One training process; returns its metrics.json summarised, or the error it ended with."""
+    cmd = [sys.executable, "-m", FRAMEWORKS[framework], "--preset", preset, "--seed", str(seed),
+           "--logdir", str(logdir), "--no-progress"]
+    cmd += ["--epochs", str(args.epochs)] if args.epochs else []
+    cmd += ["--max-steps", str(args.max_steps)] if args.max_steps else []
+    cmd += ["--blog-quirks"] if args.blog_quirks else []
+    cmd += ["--data-dir", args.data_dir] if args.data_dir else []
+    cmd += ["--num-workers", str(args.num_workers)] if framework == "torch" else []
+    print(f"\n=== {preset} / {framework} / seed {seed}: {' '.join(cmd[1:])}", flush=True)
+    proc = subprocess.run(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True)  # stdout: the run's lines, live
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr)
+        last = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+        return {"seed": seed, "error": last, "logdir": str(logdir)}
+    record = json.loads((logdir / "metrics.json").read_text())
+    return {
+        "seed": seed, "final_acc": record["final_acc"], "best_acc": record["best_acc"],
+        "best_epoch": record["best_epoch"], "test_acc": [e["test_acc"] for e in record["epochs"]],
+        "epoch_s": [e["time_s"] for e in record["epochs"]], "avg_epoch_s": record["avg_epoch_s"],
+        "compile_s": record["compile_s"], "device": record["device"], "versions": record["versions"],
+        "commit": record["commit"], "num_workers": args.num_workers if framework == "torch" else None,
+        "logdir": str(logdir),
+    }
+
+
+def mean_std(values: list[float]) -> dict | None:
+    if not values:
+        return None
+    return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+            "n": len(values)}
+
+
+def aggregate(runs: list[dict]) -> dict:
+    ok = [r for r in runs if "error" not in r]
+    return {
+        "runs": runs,
+        "final_acc": mean_std([r["final_acc"] for r in ok]),
+        "best_acc": mean_std([r["best_acc"] for r in ok]),
+        "avg_epoch_s": mean_std([r["avg_epoch_s"] for r in ok]),
+        "devices": sorted({r["device"] for r in ok}),
+        "versions": ok[0]["versions"] if ok else None,
+        "commit": ok[0]["commit"] if ok else None,
+        "failed": len(runs) - len(ok),
+    }
+
+
+def reproduce(preset: str, args, out: Path) -> dict:
+    config = PRESETS[preset]
+    epochs = args.epochs or config.epochs
+    result = {
+        "preset": preset, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "blog": {"final_acc": config.blog_result, "epoch_s": config.blog_epoch_s, "epochs": config.epochs},
+        "epochs_run": epochs, "reduced_epochs": epochs < config.epochs, "max_steps": args.max_steps,
+        "blog_quirks": args.blog_quirks, "seeds": args.seeds,
+        "config": dataclasses.asdict(config.replace(epochs=epochs)), "frameworks": {},
+    }
+    name = preset + ("-blog-quirks" if args.blog_quirks else "")  # both loops' results can sit side by side
+    for framework in args.frameworks:
+        runs = [run_one(framework, preset, seed, args, out / "runs" / name / framework / f"seed{seed}")
+                for seed in range(args.seeds)]
+        result["frameworks"][framework] = aggregate(runs)
+        (out / f"{name}.json").write_text(json.dumps(result, indent=1))  # after each framework: kept if cut off
+    return result
+
+
+# ------------------------------------------------------------------------------------------- table
+def fmt(stat: dict | None, unit: str = " %", digits: int = 2) -> str:
+    if not stat:
+        return "—"
+    if stat["n"] == 1:
+        return f"{stat['mean']:.{digits}f}{unit}"
+    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}{unit}"
+
+
+def table(results: list[dict]) -> str:
+    header = ("| preset | blog final (s/epoch) | epochs run | JAX final | JAX best | torch final | torch best "
+              "| s/epoch JAX / torch | device |")
+    rows = [header, "|" + "---|" * (header.count("|") - 1)]
+    for r in results:
+        fw = r["frameworks"]
+        blog = f"{r['blog']['final_acc']:.2f} %" if r["blog"]["final_acc"] is not None else "—"
+        if r["blog"]["epoch_s"] is not None:
+            blog += f" ({r['blog']['epoch_s']:.2f} s)"
+        epochs = f"{r['epochs_run']} of {r['blog']['epochs']}" + (" (reduced epochs)" if r["reduced_epochs"] else "")
+        if r["max_steps"]:
+            epochs += f", ≤ {r['max_steps']} steps/epoch"
+        cells = [f"`{r['preset']}`" + (" (blog quirks)" if r["blog_quirks"] else ""), blog, epochs]
+        for name in ("jax", "torch"):
+            agg = fw.get(name)
+            cells += [fmt(agg and agg["final_acc"]), fmt(agg and agg["best_acc"])]
+        cells.append(" / ".join(fmt(fw[n]["avg_epoch_s"], " s") if n in fw else "—" for n in ("jax", "torch")))
+        cells.append("; ".join(f"{n}: {', '.join(fw[n]['devices']) or '—'}" for n in fw))
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def write_readme(out: Path) -> Path:
+    results = [json.loads(p.read_text()) for p in out.glob("*.json")]
+    results.sort(key=lambda r: (list(PRESETS).index(r["preset"]), r["blog_quirks"]))  # the blog's order
+    seeds = ", ".join(str(n) for n in sorted({r["seeds"] for r in results}))
+    failed = sum(agg["failed"] for r in results for agg in r["frameworks"].values())
+    text = "\n".join([
+        "# Reproduction of the blog's experiments",
+        "",
+        "Written by `scripts/reproduce.py`; regenerate it from the JSON files with `python scripts/reproduce.py "
+        "--table-only --out DIR` (DIR: this directory). Each run and its logs: `<preset>.json`, `runs/`.",
+        "",
+        table(results),
+        "",
+        f"Accuracies are test accuracy after the last epoch (final) and the highest per-epoch test accuracy (best, "
+        f"selected on the test set as the blog does), mean ± sample std over {seeds} seed(s) per framework "
+        "(seeds 0, 1, ...). "
+        "s/epoch is the mean epoch time (training plus evaluation; JAX's compilation is kept out). The blog's "
+        "numbers are its single runs. Presets marked 'blog quirks' reproduce the blog's own loop; otherwise the "
+        "loop is the correct one (see the README).",
+        *(["", f"{failed} run(s) failed: see `error` in the JSON files."] if failed else []),
+        "",
+    ])
+    path = out / "README.md"
+    path.write_text(text)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    out = Path(args.out)
+    if args.table_only:
+        if not list(out.glob("*.json")):
+            print(f"error: no results (*.json) in {out}", file=sys.stderr)
+            return 2
+        print(write_readme(out).read_text())
+        return 0
+    if args.num_workers < 0:
+        print(f"error: --num-workers must be >= 0, got {args.num_workers}", file=sys.stderr)
+        return 2
+    out.mkdir(parents=True, exist_ok=True)
+    failed = 0
+    for preset in args.presets:
+        result = reproduce(preset, args, out)
+        failed += sum(agg["failed"] for agg in result["frameworks"].values())
+        write_readme(out)
+    print("\n" + write_readme(out).read_text())
+    if failed:
+        print(f"error: {failed} run(s) failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
