@@ -170,10 +170,10 @@ class CNNDeep(nn.Module):
     norm = functools.partial(BatchNorm, use_running_average=not train, dtype=self.dtype)
     x = x.astype(self.dtype)
     for stage, (features, kernel_size) in enumerate(((32, 5), (64, 3)), start=1):
-      x = norm(name=f'layer{stage}_2')(nn.relu(conv(features, kernel_size,
-                                                      name=f'layer{stage}_0')(x)))
-      x = norm(name=f'layer{stage}_5')(nn.relu(conv(features, kernel_size,
-                                                      name=f'layer{stage}_3')(x)))
+      # torch's Sequential: conv, ReLU, BN, conv, ReLU, BN, max-pool, dropout.
+      for i in (0, 3):
+        x = conv(features, kernel_size, name=f'layer{stage}_{i}')(x)
+        x = norm(name=f'layer{stage}_{i + 2}')(nn.relu(x))
       x = max_pool(x, 2, 2)
       x = nn.Dropout(self.conv_dropout_rate, deterministic=not train)(x)
     x = nn.relu(Dense(256, dtype=self.dtype, name='fc_1')(flatten_chw(x)))
