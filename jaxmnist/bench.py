@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import json
 import math
 import os
@@ -96,6 +97,18 @@ def pipelined_count(median_s: float, iters: int, max_s: float) -> int:
 
 
 # ------------------------------------------------------------------------------------------- FLOPs
+def flops_on_cpu(fn: Callable, *args) -> float | None:
+    """FLOPs of `fn(*args)` lowered for the host CPU: the fallback for a backend without a cost analysis of
+    unoptimised HLO (the count is the same math on any device)."""
+    import jax
+
+    try:
+        cpu = jax.devices("cpu")[0]
+    except RuntimeError:
+        return None
+    return xla_flops(jax.jit(fn).lower(*jax.device_put(args, cpu)))
+
+
 def xla_flops(stage) -> float | None:
     """FLOPs of a `jax.stages.Lowered` or `Compiled` from XLA's cost analysis (None if it has none).
 
@@ -359,10 +372,11 @@ def jax_step(network: str, batch_size: int, data: data_lib.Dataset, settings: Se
     t0 = time.perf_counter()
     lowered = step.lower(state, batches[0])
     lower_s = time.perf_counter() - t0
-    flops = xla_flops(lowered)
-    t0 = time.perf_counter()
     compiled = lowered.compile()
     compile_s = time.perf_counter() - t0
+    flops = xla_flops(lowered)
+    if flops is None:
+        flops = flops_on_cpu(train.train_step, state, batches[0])
     flops_compiled = xla_flops(compiled)
 
     box = {"state": state, "i": 0}
@@ -380,6 +394,7 @@ def jax_step(network: str, batch_size: int, data: data_lib.Dataset, settings: Se
     platform_name = jax.devices()[0].platform
     fpi = flops / batch_size if flops else None
     ips = batch_size / t.median
+    # compile_s is what a first call costs beyond a step: tracing and lowering (lower_s) plus XLA's compile.
     return {"dtype": dtype, "lower_s": lower_s, "compile_s": compile_s, "flops_per_image": fpi,
             "flops_per_image_compiled_hlo": flops_compiled / batch_size if flops_compiled else None,
             "step": t.summary(), "step_ms": 1e3 * t.median, "pipelined_step_ms": 1e3 * pipelined, "pipelined_n": n,
@@ -534,8 +549,10 @@ def _torch_train_step(model, network: str, optimizer, images, labels):
 def _blog_loader(images, labels, batch_size: int, settings: Settings, shuffle: bool):
     import torch
 
+    # `timeout` only guards against a hung worker (the run then records an error instead of stalling).
     return torch.utils.data.DataLoader(BlogMnist(images, labels), batch_size=batch_size, shuffle=shuffle,
-                                       num_workers=settings.num_workers, pin_memory=settings.pin_memory)
+                                       num_workers=settings.num_workers, pin_memory=settings.pin_memory,
+                                       timeout=120 if settings.num_workers else 0)
 
 
 def torch_blog_step(network: str, batch_size: int, data: data_lib.Dataset, settings: Settings, device: str,
@@ -651,7 +668,7 @@ def torch_tuned_step(network: str, batch_size: int, data: data_lib.Dataset, sett
         runner, mode = model, "eager"
         if compile:
             try:
-                torch._dynamo.reset()
+                (torch.compiler.reset if hasattr(torch, "compiler") else torch._dynamo.reset)()
                 runner = torch.compile(model, dynamic=False)
                 t0 = time.perf_counter()
                 images, labels = batches[0]
@@ -800,7 +817,7 @@ class Runner:
         release_memory()
         rec["wall_s"] = time.perf_counter() - t0
         rec["estimate_s"] = est
-        fixed = min(rec["wall_s"], sum(rec.get(k) or 0.0 for k in ("lower_s", "compile_s", "first_step_s")))
+        fixed = min(rec["wall_s"], sum(rec.get(k) or 0.0 for k in ("compile_s", "first_step_s")))
         self.costs.setdefault((item.kind, item.network), []).append((item.batch_size, rec["wall_s"], fixed))
         detail = (f"{rec['step_ms']:.2f} ms/step" if "step_ms" in rec else
                   f"{rec['images_per_s']:.0f} img/s" if "images_per_s" in rec else rec.get("reason", ""))
@@ -1043,14 +1060,119 @@ def report(doc: dict) -> str:
 
 
 # ----------------------------------------------------------------------------------------- profile
-def profile_cnn(batch_size: int = 512, *, iters: int = 20, max_s: float = 2.0, with_torch: bool = True,
-                log: Callable[[str], None] = print) -> list[dict]:
-    """Where the `cnn` train step's time goes: each op of its forward and backward, jitted in isolation
-    (JAX) and as the matching aten call (torch), on the CPU (or whatever the default device is).
+# Two CPU-friendly formulations of the cnn's ops, measured by `profile_cnn` as candidates for jaxmnist.models.
+def conv_sliced(x, k):
+    """A VALID, stride-1 NHWC x HWIO convolution as im2col by slicing plus one matmul.
 
-    Also times the alternatives that would close the gap: the conv weight gradient as im2col + matmul, and
-    max-pool (2x2, stride 2) written as a reshape + max, whose gradient avoids select_and_scatter.
-    Returns rows {'op', 'shape', 'jax_ms', 'torch_ms', 'note'}.
+    XLA:CPU runs small-channel convolutions (and their gradients) far below torch's oneDNN; kh*kw shifted slices
+    concatenated on the channel axis and a single dot run as plain copies and a GEMM, and autodiff of the slices
+    gives the input gradient as pads and adds.
+    """
+    import jax.numpy as jnp
+
+    kh, kw, c, o = k.shape
+    h, w = x.shape[1] - kh + 1, x.shape[2] - kw + 1
+    patches = jnp.concatenate([x[:, i:i + h, j:j + w, :] for i in range(kh) for j in range(kw)], axis=-1)
+    return patches @ k.reshape(kh * kw * c, o)  # HWIO flattens in the same (i, j, c) order as the patches
+
+
+def _max_pool_2x2_fwd(x):
+    import jax.numpy as jnp
+
+    b, h, w, c = x.shape
+    x = x[:, : h - h % 2, : w - w % 2]  # torch's floor mode drops an odd last row/column
+    quads = (x[:, 0::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 0::2], x[:, 1::2, 1::2])  # torch's scan order
+    m = jnp.maximum(jnp.maximum(quads[0], quads[1]), jnp.maximum(quads[2], quads[3]))
+    # The gradient goes to the first maximum in scan order, as torch's max_pool2d backward does.
+    taken = jnp.zeros(m.shape, bool)
+    masks = []
+    for q in quads:
+        hit = (q == m) & ~taken
+        masks.append(hit)
+        taken = taken | hit
+    return m, (tuple(masks), (h, w))
+
+
+def _max_pool_2x2_bwd(res, g):
+    import jax.numpy as jnp
+
+    masks, (h, w) = res
+    ga, gb, gc, gd = (jnp.where(mk, g, 0).astype(g.dtype) for mk in masks)
+    b, h2, w2, c = g.shape
+    dx = jnp.stack([jnp.stack([ga, gb], axis=3), jnp.stack([gc, gd], axis=3)], axis=2).reshape(b, 2 * h2, 2 * w2, c)
+    return (jnp.pad(dx, ((0, 0), (0, h - 2 * h2), (0, w - 2 * w2), (0, 0))),)
+
+
+def max_pool_2x2(x):
+    """MaxPool2d(2) (window 2, stride 2, no padding) on NHWC from four strided slices, with a custom gradient that
+    routes each output's gradient to the first maximum of its window (torch's rule), without select_and_scatter,
+    which XLA:CPU runs ~50-100x slower than torch's index-based backward."""
+    import jax
+
+    f = jax.custom_vjp(lambda x: _max_pool_2x2_fwd(x)[0])
+    f.defvjp(_max_pool_2x2_fwd, _max_pool_2x2_bwd)
+    return f(x)
+
+
+class _CnnWithCpuOps:
+    """What-if: the models' `max_pool` (2x2/2 only) and, with `conv`, every stride-1 VALID convolution replaced by
+    the functions above while a train step is traced. Patches module globals for the duration of the `with` only."""
+
+    def __init__(self, conv: bool = True):
+        self.swap_conv = conv
+
+    def __enter__(self):
+        import jax
+
+        from jaxmnist import models
+
+        self.models, self.lax, self.saved = models, jax.lax, (models.max_pool, jax.lax.conv_general_dilated)
+        orig_pool, orig_conv = self.saved
+
+        def pool(x, window, strides, padding=0):
+            if (window, strides, padding) == (2, 2, 0):
+                return max_pool_2x2(x)
+            return orig_pool(x, window, strides, padding)
+
+        def conv(lhs, rhs, window_strides, padding, *args, **kwargs):
+            plain = tuple(window_strides) == (1, 1) and tuple(map(tuple, padding)) == ((0, 0), (0, 0)) and \
+                kwargs.get("dimension_numbers") == ("NHWC", "HWIO", "NHWC") and not args
+            return conv_sliced(lhs, rhs) if plain else orig_conv(lhs, rhs, window_strides, padding, *args, **kwargs)
+
+        models.max_pool = pool
+        if self.swap_conv:
+            jax.lax.conv_general_dilated = conv
+        return self
+
+    def __exit__(self, *exc):
+        self.models.max_pool, self.lax.conv_general_dilated = self.saved
+
+
+def measure_interleaved(fns: dict[str, Callable[[], Any]], sync: Callable[[Any], Any], *, rounds: int,
+                        warmup: int = 1) -> dict[str, Timing]:
+    """Times several functions round-robin, one call of each per round: on a shared, loaded machine every one of
+    them then sees the same mix of quiet and busy moments, so their ratios stay meaningful."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            sync(fn())
+    samples = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            sync(fn())
+            samples[name].append(time.perf_counter() - t0)
+    return {name: Timing(v) for name, v in samples.items()}
+
+
+def profile_cnn(batch_size: int = 512, *, rounds: int = 15, scan_steps: int = 4, with_torch: bool = True,
+                log: Callable[[str], None] = print) -> list[dict]:
+    """Where the `cnn` train step's time goes: each op of its forward and backward jitted in isolation (JAX) and
+    the matching aten call (torch), on the default device (meant for the CPU).
+
+    Also times the candidates that would close the gap (`conv_sliced`, `max_pool_2x2`, a reshape-max pool), the
+    whole step with the faster pool swapped in, and the step inside the engine's scan, rolled and unrolled.
+    Everything is timed round-robin (`measure_interleaved`), `rounds` calls each.
+    Returns rows {'op', 'shape', 'jax_ms', 'jax_min_ms', 'torch_ms', 'torch_min_ms'} (medians and minima).
     """
     import jax
     import jax.numpy as jnp
@@ -1064,23 +1186,11 @@ def profile_cnn(batch_size: int = 512, *, iters: int = 20, max_s: float = 2.0, w
     dn = ("NHWC", "HWIO", "NHWC")
     conv = lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), "VALID", dimension_numbers=dn)  # noqa: E731
 
-    def wgrad(x, k, dy):
-        return jax.vjp(lambda k: conv(x, k), k)[1](dy)[0]
+    def wgrad(f):
+        return lambda x, k, dy: jax.vjp(lambda k: f(x, k), k)[1](dy)[0]
 
-    def igrad(x, k, dy):
-        return jax.vjp(lambda x: conv(x, k), x)[1](dy)[0]
-
-    def wgrad_im2col(x, k, dy):
-        # patches [B, H', W', C*kh*kw] (feature order c, kh, kw): the weight gradient is one GEMM over B*H'*W'.
-        p = jax.lax.conv_general_dilated_patches(x, k.shape[:2], (1, 1), "VALID", dimension_numbers=dn)
-        g = jnp.einsum("bhwp,bhwo->po", p, dy)
-        kh, kw, c, o = k.shape
-        return g.reshape(c, kh, kw, o).transpose(1, 2, 0, 3)
-
-    def conv_im2col(x, k):
-        p = jax.lax.conv_general_dilated_patches(x, k.shape[:2], (1, 1), "VALID", dimension_numbers=dn)
-        kh, kw, c, o = k.shape
-        return p @ k.transpose(2, 0, 1, 3).reshape(c * kh * kw, o)
+    def igrad(f):
+        return lambda x, k, dy: jax.vjp(lambda x: f(x, k), x)[1](dy)[0]
 
     pool = lambda x: nn.max_pool(x, (2, 2), (2, 2))  # noqa: E731  (reduce_window; grad = select_and_scatter)
 
@@ -1088,7 +1198,7 @@ def profile_cnn(batch_size: int = 512, *, iters: int = 20, max_s: float = 2.0, w
         b, h, w, c = x.shape
         return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
-    def pool_bwd(f):
+    def bwd(f):
         return lambda x, dy: jax.vjp(f, x)[1](dy)[0]
 
     def bn(x, scale, bias):
@@ -1099,73 +1209,85 @@ def profile_cnn(batch_size: int = 512, *, iters: int = 20, max_s: float = 2.0, w
     def relu_bn_fwd_bwd(x, scale, bias, dy):
         return jax.vjp(lambda x, s, b: bn(nn.relu(x), s, b), x, scale, bias)[1](dy)
 
+    def dense_fwd_bwd(x, k, dy):
+        return jax.vjp(lambda x, k: x @ k, x, k)[1](dy)
+
     x1, k1, y1 = f32(B, 28, 28, 1), f32(5, 5, 1, 10), f32(B, 24, 24, 10)
     x2, k2, y2 = f32(B, 12, 12, 10), f32(5, 5, 10, 20), f32(B, 8, 8, 20)
     p1, p2 = f32(B, 12, 12, 10), f32(B, 4, 4, 20)
     s10, s20 = jnp.ones(10), jnp.ones(20)
-    fx, fk = f32(B, 320), f32(320, 10)
-
-    def dense_fwd_bwd(x, k, dy):
-        return jax.vjp(lambda x, k: x @ k, x, k)[1](dy)
-
-    jax_ops = [
+    ops = [  # (name, shape, function, arguments)
         ("conv1 fwd (1->10, 5x5)", "x[B,28,28,1]", conv, (x1, k1)),
-        ("conv1 fwd as im2col matmul", "", conv_im2col, (x1, k1)),
-        ("conv1 weight-grad", "dy[B,24,24,10]", wgrad, (x1, k1, y1)),
-        ("conv1 weight-grad as im2col matmul", "", wgrad_im2col, (x1, k1, y1)),
+        ("conv1 fwd, conv_sliced", "", conv_sliced, (x1, k1)),
+        ("conv1 weight-grad", "dy[B,24,24,10]", wgrad(conv), (x1, k1, y1)),
+        ("conv1 weight-grad, conv_sliced", "", wgrad(conv_sliced), (x1, k1, y1)),
         ("maxpool1 fwd (reduce_window)", "[B,24,24,10]", pool, (y1,)),
-        ("maxpool1 bwd (select_and_scatter)", "", pool_bwd(pool), (y1, p1)),
-        ("maxpool1 bwd via reshape-max", "", pool_bwd(pool_reshape), (y1, p1)),
+        ("maxpool1 bwd (select_and_scatter)", "", bwd(pool), (y1, p1)),
+        ("maxpool1 bwd, reshape-max", "", bwd(pool_reshape), (y1, p1)),
+        ("maxpool1 bwd, max_pool_2x2", "", bwd(max_pool_2x2), (y1, p1)),
         ("relu+BN1 fwd+bwd", "[B,12,12,10]", relu_bn_fwd_bwd, (p1, s10, s10, p1)),
         ("conv2 fwd (10->20, 5x5)", "x[B,12,12,10]", conv, (x2, k2)),
-        ("conv2 weight-grad", "dy[B,8,8,20]", wgrad, (x2, k2, y2)),
-        ("conv2 weight-grad as im2col matmul", "", wgrad_im2col, (x2, k2, y2)),
-        ("conv2 input-grad", "", igrad, (x2, k2, y2)),
+        ("conv2 fwd, conv_sliced", "", conv_sliced, (x2, k2)),
+        ("conv2 weight-grad", "dy[B,8,8,20]", wgrad(conv), (x2, k2, y2)),
+        ("conv2 weight-grad, conv_sliced", "", wgrad(conv_sliced), (x2, k2, y2)),
+        ("conv2 input-grad", "", igrad(conv), (x2, k2, y2)),
+        ("conv2 input-grad, conv_sliced", "", igrad(conv_sliced), (x2, k2, y2)),
         ("maxpool2 fwd (reduce_window)", "[B,8,8,20]", pool, (y2,)),
-        ("maxpool2 bwd (select_and_scatter)", "", pool_bwd(pool), (y2, p2)),
-        ("maxpool2 bwd via reshape-max", "", pool_bwd(pool_reshape), (y2, p2)),
+        ("maxpool2 bwd (select_and_scatter)", "", bwd(pool), (y2, p2)),
+        ("maxpool2 bwd, max_pool_2x2", "", bwd(max_pool_2x2), (y2, p2)),
         ("relu+BN2 fwd+bwd", "[B,4,4,20]", relu_bn_fwd_bwd, (p2, s20, s20, p2)),
-        ("fc fwd+bwd (320->10)", "[B,320]", dense_fwd_bwd, (fx, fk, f32(B, 10))),
+        ("fc fwd+bwd (320->10)", "[B,320]", dense_fwd_bwd, (f32(B, 320), f32(320, 10), f32(B, 10))),
     ]
-    rows = []
+    jax_fns, shapes, per_step = {}, {}, {}
+    for name, shape, fn, args in ops:
+        compiled = jax.jit(fn).lower(*args).compile()
+        jax_fns[name], shapes[name] = functools.partial(compiled, *args), shape
 
-    def time_jax(fn, args):
-        c = jax.jit(fn).lower(*args).compile()
-        return 1e3 * measure(lambda: c(*args), jax.block_until_ready, warmup=2, iters=iters, max_s=max_s).median
-
-    for name, shape, fn, args in jax_ops:
-        rows.append({"op": name, "shape": shape, "jax_ms": time_jax(fn, args)})
-        log(f"  {name:40s} jax {rows[-1]['jax_ms']:8.2f} ms")
-
-    # The whole step, and the same step inside the engine's scan, rolled and unrolled.
-    config = config_for("cnn", B)
+    # The whole step; with the faster pool swapped in; inside the engine's scan, rolled and unrolled.
+    n = scan_steps
     data_rng = np.random.default_rng(1)
-    images = jnp.asarray(data_rng.integers(0, 256, (8 * B, 28, 28), dtype=np.uint8))
-    labels = jnp.asarray(data_rng.integers(0, 10, 8 * B), jnp.int32)
+    images = jnp.asarray(data_rng.integers(0, 256, (n * B, 28, 28), dtype=np.uint8))
+    labels = jnp.asarray(data_rng.integers(0, 10, n * B), jnp.int32)
     batch = {"image": data_lib.normalize(images[:B]), "label": labels[:B]}
-    state = train.create_state(config, jax.random.PRNGKey(0))
-    step = jax.jit(train.train_step).lower(state, batch).compile()
-    rows.append({"op": "whole train step", "shape": f"B={B}",
-                 "jax_ms": 1e3 * measure(lambda: step(state, batch), jax.block_until_ready, warmup=2, iters=iters,
-                                         max_s=max_s).median})
-    idx = jnp.arange(8 * B, dtype=jnp.int32).reshape(8, B)
-    for unroll in (True, False):
-        chunk = jax.jit(train.train_chunk, static_argnames=("augment", "train", "unroll")).lower(
-            state, images, labels, idx, augment=False, train=True, unroll=unroll).compile()
-        ms = 1e3 * measure(lambda: chunk(state, images, labels, idx), jax.block_until_ready, warmup=1,
-                           iters=max(3, iters // 4), max_s=max_s, min_iters=2).median / 8
-        rows.append({"op": f"train_chunk, 8 steps, {'unrolled' if unroll else 'rolled'} scan (per step)",
-                     "shape": f"B={B}", "jax_ms": ms})
-    for r in rows[-3:]:
-        log(f"  {r['op']:40s} jax {r['jax_ms']:8.2f} ms")
+    state = train.create_state(config_for("cnn", B), jax.random.PRNGKey(0))
 
+    def step_compiled():  # a fresh jit each time: a cached trace would not see the patched ops
+        return functools.partial(jax.jit(lambda s, b: train.train_step(s, b)).lower(state, batch).compile(),
+                                 state, batch)
+
+    jax_fns["whole train step"] = step_compiled()
+    with _CnnWithCpuOps(conv=False):
+        jax_fns["whole train step, max_pool_2x2"] = step_compiled()
+    with _CnnWithCpuOps():
+        jax_fns["whole train step, max_pool_2x2 + conv_sliced"] = step_compiled()
+    idx = jnp.arange(n * B, dtype=jnp.int32).reshape(n, B)
+    jit_chunk = jax.jit(train.train_chunk, static_argnames=("augment", "train", "unroll"))
+    for unroll in (True, False):
+        name = f"train_chunk, {n} steps, {'unrolled' if unroll else 'rolled'} scan (per step)"
+        compiled = jit_chunk.lower(state, images, labels, idx, augment=False, train=True, unroll=unroll).compile()
+        jax_fns[name], per_step[name] = functools.partial(compiled, state, images, labels, idx), n
+    for name in jax_fns:
+        shapes.setdefault(name, f"B={B}")
+
+    fns = {("jax", k): v for k, v in jax_fns.items()}
     if with_torch:
-        _profile_cnn_torch(rows, B, iters, max_s, log)
+        fns.update({("torch", k): v for k, v in _profile_cnn_torch_ops(B).items()})
+    log(f"  timing {len(fns)} functions round-robin, {rounds} rounds")
+    timings = measure_interleaved(fns, jax.block_until_ready, rounds=rounds)
+    rows = []
+    for name in jax_fns:
+        row = {"op": name, "shape": shapes[name]}
+        for fw in ("jax", "torch"):
+            t = timings.get((fw, name))
+            if t is not None:
+                row[f"{fw}_ms"] = 1e3 * t.median / per_step.get(name, 1)
+                row[f"{fw}_min_ms"] = 1e3 * min(t.samples) / per_step.get(name, 1)
+        rows.append(row)
     return rows
 
 
-def _profile_cnn_torch(rows: list[dict], B: int, iters: int, max_s: float, log) -> None:
-    """The torch (aten) counterparts of profile_cnn's ops, filled into the same rows."""
+def _profile_cnn_torch_ops(B: int) -> dict[str, Callable[[], Any]]:
+    """The torch (aten) counterparts of profile_cnn's ops, by the same names."""
     import torch
     import torch.nn.functional as F
 
@@ -1176,55 +1298,50 @@ def _profile_cnn_torch(rows: list[dict], B: int, iters: int, max_s: float, log) 
     p1, p2 = r(B, 10, 12, 12), r(B, 20, 4, 4)
 
     def cbwd(dy, x, k, mask):
-        return torch.ops.aten.convolution_backward(dy, x, k, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, mask)
+        return lambda: torch.ops.aten.convolution_backward(dy, x, k, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
+                                                           mask)
 
     def pool_bwd(x, dy):
-        out, ind = torch.ops.aten.max_pool2d_with_indices(x, [2, 2], [2, 2])
+        _, ind = torch.ops.aten.max_pool2d_with_indices(x, [2, 2], [2, 2])
         return lambda: torch.ops.aten.max_pool2d_with_indices_backward(dy, x, [2, 2], [2, 2], [0, 0], [1, 1],
                                                                         False, ind)
 
     def relu_bn(x, dy):
         w, b = torch.ones(x.shape[1], requires_grad=True), torch.zeros(x.shape[1], requires_grad=True)
         xr = x.clone().requires_grad_()
-
-        def run():
-            y = F.batch_norm(F.relu(xr), None, None, w, b, training=True)
-            return torch.autograd.grad(y, (xr, w, b), dy)
-
-        return run
+        return lambda: torch.autograd.grad(F.batch_norm(F.relu(xr), None, None, w, b, training=True), (xr, w, b), dy)
 
     def dense(x, k, dy):
         xr, kr = x.clone().requires_grad_(), k.clone().requires_grad_()
         return lambda: torch.autograd.grad(xr @ kr, (xr, kr), dy)
 
-    ops = {
+    # The whole step as the blog runs it (eager, NCHW, its optimiser).
+    model = torch_model("cnn", "cpu")
+    opt = torch_optimizer(config_for("cnn", B), model.parameters())
+    xb, yb = r(B, 1, 28, 28), torch.randint(0, 10, (B,), generator=g)
+    return {
         "conv1 fwd (1->10, 5x5)": lambda: F.conv2d(x1, k1),
-        "conv1 weight-grad": lambda: cbwd(y1, x1, k1, [False, True, False]),
+        "conv1 weight-grad": cbwd(y1, x1, k1, [False, True, False]),
         "maxpool1 fwd (reduce_window)": lambda: F.max_pool2d(y1, 2),
         "maxpool1 bwd (select_and_scatter)": pool_bwd(y1, p1),
         "relu+BN1 fwd+bwd": relu_bn(p1, p1),
         "conv2 fwd (10->20, 5x5)": lambda: F.conv2d(x2, k2),
-        "conv2 weight-grad": lambda: cbwd(y2, x2, k2, [False, True, False]),
-        "conv2 input-grad": lambda: cbwd(y2, x2, k2, [True, False, False]),
+        "conv2 weight-grad": cbwd(y2, x2, k2, [False, True, False]),
+        "conv2 input-grad": cbwd(y2, x2, k2, [True, False, False]),
         "maxpool2 fwd (reduce_window)": lambda: F.max_pool2d(y2, 2),
         "maxpool2 bwd (select_and_scatter)": pool_bwd(y2, p2),
         "relu+BN2 fwd+bwd": relu_bn(p2, p2),
         "fc fwd+bwd (320->10)": dense(r(B, 320), r(320, 10), r(B, 10)),
+        "whole train step": lambda: _torch_train_step(model, "cnn", opt, xb, yb),
     }
-    # The whole step in torch, as the blog runs it (eager, NCHW).
-    model = torch_model("cnn", "cpu")
-    opt = torch_optimizer(config_for("cnn", B), model.parameters())
-    xb, yb = r(B, 1, 28, 28), torch.randint(0, 10, (B,), generator=g)
-    ops["whole train step"] = lambda: _torch_train_step(model, "cnn", opt, xb, yb)
-    for row in rows:
-        fn = ops.get(row["op"])
-        if fn is not None:
-            row["torch_ms"] = 1e3 * measure(fn, lambda _: None, warmup=2, iters=iters, max_s=max_s).median
-            log(f"  {row['op']:40s} torch {row['torch_ms']:8.2f} ms")
 
 
 def profile_report(rows: list[dict]) -> str:
+    """Median and, in brackets, minimum per op (ms); on a loaded machine the minimum is the steadier of the two."""
+    def both(r, k):
+        return f"{_fmt(r.get(k + '_ms'))} ({_fmt(r.get(k + '_min_ms'))})" if r.get(k + "_ms") else "-"
+
     lines = ["| op | shape | JAX ms | torch ms |", "|---|---|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['op']} | {r.get('shape', '')} | {_fmt(r.get('jax_ms'))} | {_fmt(r.get('torch_ms'))} |")
+        lines.append(f"| {r['op']} | {r.get('shape', '')} | {both(r, 'jax')} | {both(r, 'torch')} |")
     return "\n".join(lines) + "\n"

@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 
 T_START = time.perf_counter()  # the budget counts imports and data loading too
@@ -27,6 +28,9 @@ sys.path.insert(0, str(ROOT))  # runs from a bare checkout too (the GPU machine 
 
 # JAX and torch share the GPU in this process: JAX must not grab 75 % of its memory up front.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+# The blog's DataLoader forks its workers after JAX has started; they run only PIL and torch CPU code, never JAX,
+# so JAX's fork warning (one per worker, per loader) is noise here.
+warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
 
 
 def int_list(text: str) -> tuple[int, ...]:
@@ -153,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out) if args.out else default_out(bench, env, False, f"profile-cnn-{args.profile_cnn}-")
         print(f"profile of the cnn train step at batch {args.profile_cnn} on {env['platform']}:{env['device_kind']}"
               f" (load average {', '.join(f'{x:.2f}' for x in os.getloadavg())})", flush=True)
-        rows = bench.profile_cnn(args.profile_cnn, with_torch=torch_device is not None)
+        rows = bench.profile_cnn(args.profile_cnn, rounds=args.iters or 15, with_torch=torch_device is not None)
         doc = {"format": bench.FORMAT_VERSION, "env": env, "profile_cnn": {"batch_size": args.profile_cnn,
                                                                           "rows": rows},
                "load_avg_end": os.getloadavg()}

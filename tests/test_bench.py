@@ -155,3 +155,27 @@ def test_plan_orders_core_measurements_first(mnist):
     assert tiers == sorted(tiers)
     assert not any(i.kind == "jax_step_bf16" for i in plan)  # CPU: bf16 is n/a
     assert {i.batch_size for i in plan if i.kind in bench.EPOCH_KINDS} == {512}
+
+
+def test_conv_sliced_matches_xla_convolution(rng):
+    x = jnp.asarray(rng.standard_normal((3, 12, 12, 4), dtype="float32"))
+    k = jnp.asarray(rng.standard_normal((5, 5, 4, 6), dtype="float32"))
+    ref = lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), "VALID",  # noqa: E731
+                                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    assert jnp.allclose(bench.conv_sliced(x, k), ref(x, k), atol=1e-4)
+    loss = lambda f: lambda x, k: jnp.sum(jnp.sin(f(x, k)))  # noqa: E731
+    for a, b in zip(jax.grad(loss(bench.conv_sliced), (0, 1))(x, k), jax.grad(loss(ref), (0, 1))(x, k)):
+        assert jnp.allclose(a, b, atol=1e-3)
+
+
+def test_max_pool_2x2_routes_gradients_like_torch(rng):
+    """Forward equals MaxPool2d(2); the gradient goes to the first maximum of each window, ties included."""
+    torch = pytest.importorskip("torch")
+    x = rng.integers(0, 3, (2, 9, 8, 3)).astype("float32")  # small integers: many ties; odd height is floored
+    g = rng.standard_normal((2, 4, 4, 3)).astype("float32")
+    out, vjp = jax.vjp(bench.max_pool_2x2, jnp.asarray(x))
+    xt = torch.tensor(x).permute(0, 3, 1, 2).requires_grad_()
+    ref = torch.nn.functional.max_pool2d(xt, 2)
+    ref.backward(torch.tensor(g).permute(0, 3, 1, 2))
+    assert (out == ref.detach().permute(0, 2, 3, 1).numpy()).all()
+    assert (vjp(jnp.asarray(g))[0] == xt.grad.permute(0, 2, 3, 1).numpy()).all()
