@@ -54,7 +54,7 @@ class MnistDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         image = self.images[i]
         # The augmentations work on PIL images, as in the blog; without them ToTensor takes the HWC array as it
-        # is (the same float32 values, at a third of the cost).
+        # is (the same float32 values, at half the cost).
         image = Image.fromarray(image) if self.augment else image[:, :, None]
         return self.transform(image), int(self.labels[i])
 
