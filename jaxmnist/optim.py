@@ -11,7 +11,8 @@ import math
 
 import optax
 
-OPTIMIZERS = ('sgd', 'rmsprop')
+from jaxmnist.presets import OPTIMIZERS
+
 # make_optimizer's arguments other than lr, for optax.inject_hyperparams.
 STATIC_HYPERPARAMS = ('name', 'momentum', 'alpha', 'eps')
 

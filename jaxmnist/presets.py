@@ -1,8 +1,20 @@
-"""The blog's experiments as data (SPEC.md, "Experiments"). Both trainers, jaxmnist's and torch_ref's, read these."""
+"""The blog's experiments as data (SPEC.md, "Experiments"), and the checks and command-line mapping that turn
+user input into a Config. Both trainers, jaxmnist's and torch_ref's, use this module; it imports no framework.
+"""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+
+import numpy as np
+
+NETWORKS = ("cnn", "cnn_deep", "resnet", "resnet18", "resnet101")
+OPTIMIZERS = ("sgd", "rmsprop")
+
+
+class UsageError(Exception):
+    """Bad input from the user: printed as one line, exit code 2."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +42,10 @@ class Config:
     eval_batch_size: int = 1000
     seed: int = 0
     blog_quirks: bool = False  # reproduce the blog's own loop: SPEC.md quirks 1-3
+    # Whether the blog's test() of this experiment calls model.eval() (§3 on). Quirk 1 (training in eval mode from
+    # epoch 2) follows from that call, so --blog-quirks applies it only where it is True. §1/§2 never call eval():
+    # their test pass uses batch statistics (quirk 4), which is not reproduced.
+    blog_calls_eval: bool = True
     blog_result: float | None = None  # the blog's reported final test accuracy, for tables
     blog_epoch_s: float | None = None  # the blog's reported time per epoch
 
@@ -38,8 +54,8 @@ class Config:
 
 
 PRESETS: dict[str, Config] = {
-    "cnn_cpu": Config(model="cnn", batch_size=64, lr=0.01, epochs=10, blog_result=99.11),
-    "cnn_gpu": Config(model="cnn", batch_size=256, lr=0.04, epochs=20, blog_result=99.01),
+    "cnn_cpu": Config(model="cnn", batch_size=64, lr=0.01, epochs=10, blog_result=99.11, blog_calls_eval=False),
+    "cnn_gpu": Config(model="cnn", batch_size=256, lr=0.04, epochs=20, blog_result=99.01, blog_calls_eval=False),
     "cnn_tb": Config(model="cnn", batch_size=512, lr=0.04, epochs=20, blog_result=99.00, blog_epoch_s=5.77),
     "cnn_deep": Config(model="cnn_deep", batch_size=512, optimizer="rmsprop", lr=1e-3, epochs=100, augment=True,
                        plateau=True, blog_result=99.30, blog_epoch_s=6.89),
@@ -61,3 +77,54 @@ def describe(c: Config) -> str:
     extras = [s for s, on in (("augmentation", c.augment), ("ReduceLROnPlateau", c.plateau),
                               ("blog quirks", c.blog_quirks)) if on]
     return f"{c.model}, batch {c.batch_size}, {opt}, {c.epochs} epochs" + "".join(f", {e}" for e in extras)
+
+
+def validate(config: Config) -> None:
+    """Raises UsageError (one line, naming the flag) for a config no trainer can run."""
+    if config.model not in NETWORKS:
+        raise UsageError(f"unknown model {config.model!r}; choose from {', '.join(NETWORKS)}")
+    if config.optimizer not in OPTIMIZERS:
+        raise UsageError(f"unknown optimizer {config.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
+    for name in ("lr", "batch_size", "epochs", "eval_batch_size"):
+        if not getattr(config, name) > 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be > 0, got {getattr(config, name)}")
+    for name in ("val_size", "train_size", "max_steps"):
+        if getattr(config, name) < 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(config, name)}")
+    if not 0 <= config.momentum < 1:
+        raise UsageError(f"--momentum must be in [0, 1), got {config.momentum}")
+
+
+def trains_in_eval_mode(config: Config, epoch: int) -> bool:
+    """Quirk 1: the blog's test() sets eval mode and train() never undoes it, so from epoch 2 (epoch >= 1,
+    counting from 0) it trains with BatchNorm frozen and dropout off."""
+    return config.blog_quirks and config.blog_calls_eval and epoch > 0
+
+
+def split_train(data, config: Config):
+    """((train images, labels), (val images, labels) or None) from a jaxmnist.data.Dataset: the first
+    `train_size` images if set, then a seeded random `val_size` of them held out."""
+    images, labels = data.train_images, data.train_labels
+    if config.train_size:
+        images, labels = images[: config.train_size], labels[: config.train_size]
+    if not config.val_size:
+        return (images, labels), None
+    if config.val_size >= len(labels):
+        raise UsageError(f"--val-size {config.val_size} leaves no training images (of {len(labels)})")
+    order = np.random.default_rng(config.seed).permutation(len(labels))
+    val, train = order[: config.val_size], np.sort(order[config.val_size:])
+    return (images[train], labels[train]), (images[val], labels[val])
+
+
+def config_from_args(args: argparse.Namespace) -> tuple[str, Config]:
+    """(preset name, Config) from a trainer's parsed flags: the preset (or the model's), then overrides."""
+    if args.preset is not None and args.preset not in PRESETS:
+        raise UsageError(f"unknown preset {args.preset!r}; choose from {', '.join(PRESETS)}")
+    if args.model is not None and args.model not in MODEL_PRESET:
+        raise UsageError(f"unknown model {args.model!r}; choose from {', '.join(MODEL_PRESET)}")
+    preset = args.preset or MODEL_PRESET.get(args.model, "cnn_tb")
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
+                 if f.name != "blog_quirks" and getattr(args, f.name, None) is not None}
+    config = PRESETS[preset].replace(**overrides, blog_quirks=args.blog_quirks)
+    validate(config)
+    return preset, config

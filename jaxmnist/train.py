@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import json
 import math
 import os
 import sys
@@ -39,7 +38,8 @@ from flax import struct
 from jaxmnist import augment as augment_lib
 from jaxmnist import data as data_lib
 from jaxmnist import models, optim, runlog
-from jaxmnist.presets import MODEL_PRESET, PRESETS, Config, describe
+from jaxmnist.presets import (MODEL_PRESET, PRESETS, Config, UsageError, config_from_args, describe, split_train,
+                              trains_in_eval_mode, validate)
 
 
 # ------------------------------------------------------------------------------------------- state
@@ -64,10 +64,12 @@ def make_optimizer(config: Config) -> optax.GradientTransformation:
     return optim.direction(config.optimizer, **hp)
 
 
-def create_state(config: Config, key: jax.Array, dtype=jnp.float32) -> TrainState:
+def create_state(config: Config, key: jax.Array, dtype=jnp.float32, variables: dict | None = None) -> TrainState:
+    """A fresh state; `variables` ({'params', 'batch_stats'}, e.g. transferred from torch) replace the init."""
     model = models.get_model(config.model, num_classes=config.num_classes, dtype=dtype)
     init_key, rng = jax.random.split(key)
-    variables = jax.jit(functools.partial(model.init, train=False))(init_key, jnp.zeros((1, 28, 28, 1)))
+    if variables is None:
+        variables = jax.jit(functools.partial(model.init, train=False))(init_key, jnp.zeros((1, 28, 28, 1)))
     tx = make_optimizer(config)
     return TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
                       batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(variables["params"]),
@@ -75,7 +77,9 @@ def create_state(config: Config, key: jax.Array, dtype=jnp.float32) -> TrainStat
 
 
 def cross_entropy(logits, labels):
-    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+    """Per-example loss, computed in at least float32 (bf16 logits are promoted; float64 stays float64)."""
+    return optax.softmax_cross_entropy_with_integer_labels(
+        logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), labels)
 
 
 # -------------------------------------------------------------------------------------------- steps
@@ -188,43 +192,10 @@ def compile_count() -> int:
 
 
 # ---------------------------------------------------------------------------------------- the loop
-class UsageError(Exception):
-    """Bad input from the user: printed as one line, exit code 2."""
-
-
 @dataclasses.dataclass
 class Result:
     state: TrainState
     record: dict
-
-
-def _split_validation(data: data_lib.Dataset, config: Config):
-    """(train images, labels), (val images, labels): val is a seeded random subset of the training set."""
-    images, labels = data.train_images, data.train_labels
-    if config.train_size:
-        images, labels = images[: config.train_size], labels[: config.train_size]
-    if not config.val_size:
-        return (images, labels), None
-    if config.val_size >= len(labels):
-        raise UsageError(f"--val-size {config.val_size} leaves no training images (of {len(labels)})")
-    order = np.random.default_rng(config.seed).permutation(len(labels))
-    val, train = order[: config.val_size], np.sort(order[config.val_size:])
-    return (images[train], labels[train]), (images[val], labels[val])
-
-
-def validate(config: Config) -> None:
-    if config.model not in models.MODELS:
-        raise UsageError(f"unknown model {config.model!r}; choose from {', '.join(models.MODELS)}")
-    if config.optimizer not in optim.OPTIMIZERS:
-        raise UsageError(f"unknown optimizer {config.optimizer!r}; choose from {', '.join(optim.OPTIMIZERS)}")
-    for name in ("lr", "batch_size", "epochs", "eval_batch_size"):
-        if not getattr(config, name) > 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be > 0, got {getattr(config, name)}")
-    for name in ("val_size", "train_size", "max_steps"):
-        if getattr(config, name) < 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(config, name)}")
-    if not 0 <= config.momentum < 1:
-        raise UsageError(f"--momentum must be in [0, 1), got {config.momentum}")
 
 
 def _device_name() -> str:
@@ -248,7 +219,7 @@ def train_and_evaluate(config: Config, *, preset: str | None = None, data: data_
     say = functools.partial(print, file=out, flush=True)
     if data is None:
         data = data_lib.load(config.dataset, data_dir, progress=progress)
-    (train_x, train_y), val = _split_validation(data, config)
+    (train_x, train_y), val = split_train(data, config)
     n_train = len(train_y)
     steps = n_train // config.batch_size
     if steps == 0:
@@ -297,7 +268,7 @@ def train_and_evaluate(config: Config, *, preset: str | None = None, data: data_
     # Compile every variant the run needs, up front: the time is reported apart from the epochs.
     jit_chunk = jax.jit(train_chunk, donate_argnums=0, static_argnames=("augment", "train", "unroll"))
     jit_eval = jax.jit(evaluate, static_argnames=("batch_size",))
-    train_modes = (True, False) if config.blog_quirks and config.epochs > 1 else (True,)
+    train_modes = sorted({not trains_in_eval_mode(config, e) for e in range(config.epochs)})
     t0 = time.perf_counter()
     sizes = sorted({e - s for s, e in bounds})
     compiled = {}
@@ -332,8 +303,7 @@ def train_and_evaluate(config: Config, *, preset: str | None = None, data: data_
         if epoch == first_epoch + 1:
             compiles_at_epoch_2 = compile_count()
         t_start = time.perf_counter()
-        # Quirk 1: the blog's test() sets eval mode and train() never undoes it: from epoch 2 on it trains in eval mode.
-        mode = not (config.blog_quirks and epoch > 0)
+        mode = not trains_in_eval_mode(config, epoch)
         chunks = indices(jnp.int32(epoch))
         metrics = []
         with tqdm(total=steps, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, file=sys.stderr,
@@ -472,21 +442,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "plateau scheduler never stepped")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
-
-
-def config_from_args(args: argparse.Namespace) -> tuple[str, Config]:
-    if args.preset is not None and args.preset not in PRESETS:
-        raise UsageError(f"unknown preset {args.preset!r}; choose from {', '.join(PRESETS)}")
-    if args.model is not None and args.model not in MODEL_PRESET:
-        raise UsageError(f"unknown model {args.model!r}; choose from {', '.join(MODEL_PRESET)}")
-    preset = args.preset or MODEL_PRESET.get(args.model, "cnn_tb")
-    config = PRESETS[preset]
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
-                 if getattr(args, f.name, None) is not None}
-    overrides.pop("blog_quirks", None)
-    config = config.replace(**overrides, blog_quirks=args.blog_quirks)
-    validate(config)
-    return preset, config
 
 
 def main(argv: list[str] | None = None) -> int:

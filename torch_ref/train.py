@@ -31,8 +31,8 @@ from torchvision import transforms
 
 from jaxmnist import data as data_lib
 from jaxmnist import runlog
-from jaxmnist.presets import MODEL_PRESET, PRESETS, Config, describe
-from jaxmnist.train import UsageError, _split_validation, config_from_args, validate
+from jaxmnist.presets import (MODEL_PRESET, PRESETS, Config, UsageError, config_from_args, describe, split_train,
+                              trains_in_eval_mode, validate)
 from torch_ref import models
 
 
@@ -140,7 +140,7 @@ def train_and_evaluate(config: Config, preset: str | None = None, data: data_lib
 
     if data is None:
         data = data_lib.load(config.dataset, data_dir, progress=progress)
-    (train_x, train_y), val = _split_validation(data, config)
+    (train_x, train_y), val = split_train(data, config)
     n_train = len(train_y)
     steps = math.ceil(n_train / config.batch_size)
     if config.max_steps:
@@ -188,8 +188,7 @@ def train_and_evaluate(config: Config, preset: str | None = None, data: data_lib
     epoch_times = []
     for epoch in range(config.epochs):
         t_start = time.perf_counter()
-        # Quirk 1: the blog's test() sets eval mode and train() never undoes it; a fresh model is in train mode.
-        if not config.blog_quirks:
+        if not trains_in_eval_mode(config, epoch):
             model.train()
         with tqdm(total=steps, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, file=sys.stderr,
                   disable=not progress, unit="step") as bar:
