@@ -195,7 +195,7 @@ def peak_for(peak: dict, platform_name: str, dtype: str) -> tuple[float | None, 
     since JAX (and torch's cuDNN convolutions) run f32 convolutions on TF32 tensor cores by default."""
     if dtype == "bf16":
         return peak.get("bf16"), "bf16"
-    if platform_name == "gpu":
+    if platform_name != "cpu":  # 'gpu' (and 'cuda' on some jax versions)
         return peak.get("tf32"), "tf32"
     return peak.get("fp32"), "fp32"
 

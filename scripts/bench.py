@@ -87,7 +87,7 @@ def settings_from_args(args, bench, platform: str, torch_device: str | None):
     if args.batch_sizes:
         overrides["batch_sizes"] = args.batch_sizes
     elif not args.quick:
-        overrides["batch_sizes"] = (512, 64, 4096) if platform == "gpu" else (512, 64, 2048)
+        overrides["batch_sizes"] = (512, 64, 4096) if platform != "cpu" else (512, 64, 2048)
     first = overrides.get("batch_sizes", (8,) if args.quick else (512,))[0]
     if not args.quick or args.batch_sizes:
         overrides["epoch_batch_sizes"] = args.epoch_batch_sizes or (first,)
@@ -95,7 +95,7 @@ def settings_from_args(args, bench, platform: str, torch_device: str | None):
     cuda = bool(torch_device and torch_device.startswith("cuda"))
     overrides["num_workers"] = args.num_workers if args.num_workers is not None else (4 if cuda else 0)
     overrides["pin_memory"] = cuda
-    overrides["bf16"] = args.bf16 if args.bf16 is not None else platform == "gpu"
+    overrides["bf16"] = args.bf16 if args.bf16 is not None else platform != "cpu"
     overrides["torch"] = torch_device is not None
     if args.no_torch_compile:
         overrides["torch_compile"] = False
@@ -123,7 +123,7 @@ def default_out(bench, env: dict, quick: bool, what: str = "") -> Path:
     if env["platform"] == "cpu":
         name = f"cpu-{bench.slug(env['cpu'].get('model') or 'cpu')}-{env['cpu']['cores']}c"
     else:
-        name = f"{env['platform']}-{bench.slug(env['device_kind'])}"
+        name = f"gpu-{bench.slug(env['device_kind'])}"  # 'gpu' whatever jax calls the platform
     if quick:
         return ROOT / "runs" / "bench" / f"quick-{name}.json"
     return ROOT / "benchmarks" / f"{what}{name}.json"
