@@ -401,14 +401,6 @@ def jax_step(network: str, batch_size: int, data: data_lib.Dataset, settings: Se
             "images_per_s": ips, "last_loss": loss, **_flops_fields(fpi, ips, *peak_for(peak, platform_name, dtype))}
 
 
-def engine_bounds(steps: int, unroll: bool, chunk_steps: int | None) -> list[tuple[int, int]]:
-    """The chunks `train.train_and_evaluate` splits an epoch into (kept in step with it): full chunks of
-    `chunk_steps` (default 8 unrolled on CPU, an eighth of the epoch rolled elsewhere), single steps after."""
-    chunk = min(steps, chunk_steps or (8 if unroll else math.ceil(steps / 8)))
-    full = steps - steps % chunk
-    return [(s, s + chunk) for s in range(0, full, chunk)] + [(s, s + 1) for s in range(full, steps)]
-
-
 def jax_epoch(network: str, batch_size: int, data: data_lib.Dataset, settings: Settings) -> dict:
     """A whole training epoch through the engine (`train.train_chunk` on device-resident uint8 data, the engine's
     chunking), compile time reported apart. Evaluation is not included (see `jax_eval`)."""
@@ -423,7 +415,7 @@ def jax_epoch(network: str, batch_size: int, data: data_lib.Dataset, settings: S
     if steps == 0:
         raise ValueError(f"batch {batch_size} exceeds the {n} training images")
     unroll = jax.default_backend() == "cpu"
-    bounds = engine_bounds(steps, unroll, settings.chunk_steps)
+    bounds = train.chunk_bounds(steps, settings.chunk_steps, unroll)
     x = jax.device_put(data.train_images[:n])
     y = jax.device_put(data.train_labels[:n].astype(np.int32))
     state = initial_state(config, "f32")
@@ -1076,53 +1068,17 @@ def conv_sliced(x, k):
     return patches @ k.reshape(kh * kw * c, o)  # HWIO flattens in the same (i, j, c) order as the patches
 
 
-def _max_pool_2x2_fwd(x):
-    import jax.numpy as jnp
-
-    b, h, w, c = x.shape
-    x = x[:, : h - h % 2, : w - w % 2]  # torch's floor mode drops an odd last row/column
-    quads = (x[:, 0::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 0::2], x[:, 1::2, 1::2])  # torch's scan order
-    m = jnp.maximum(jnp.maximum(quads[0], quads[1]), jnp.maximum(quads[2], quads[3]))
-    # The gradient goes to the first maximum in scan order, as torch's max_pool2d backward does.
-    taken = jnp.zeros(m.shape, bool)
-    masks = []
-    for q in quads:
-        hit = (q == m) & ~taken
-        masks.append(hit)
-        taken = taken | hit
-    return m, (tuple(masks), (h, w))
-
-
-def _max_pool_2x2_bwd(res, g):
-    import jax.numpy as jnp
-
-    masks, (h, w) = res
-    ga, gb, gc, gd = (jnp.where(mk, g, 0).astype(g.dtype) for mk in masks)
-    b, h2, w2, c = g.shape
-    dx = jnp.stack([jnp.stack([ga, gb], axis=3), jnp.stack([gc, gd], axis=3)], axis=2).reshape(b, 2 * h2, 2 * w2, c)
-    return (jnp.pad(dx, ((0, 0), (0, h - 2 * h2), (0, w - 2 * w2), (0, 0))),)
-
-
-def max_pool_2x2(x):
-    """MaxPool2d(2) (window 2, stride 2, no padding) on NHWC from four strided slices, with a custom gradient that
-    routes each output's gradient to the first maximum of its window (torch's rule), without select_and_scatter,
-    which XLA:CPU runs ~50-100x slower than torch's index-based backward."""
-    import jax
-
-    f = jax.custom_vjp(lambda x: _max_pool_2x2_fwd(x)[0])
-    f.defvjp(_max_pool_2x2_fwd, _max_pool_2x2_bwd)
-    return f(x)
-
-
 class _CnnWithCpuOps:
-    """What-if: the models' `max_pool` (2x2/2 only) and, with `conv`, every stride-1 VALID convolution replaced by
-    the functions above while a train step is traced. Patches module globals for the duration of the `with` only."""
+    """What-if: the models' 2x2/2 `max_pool` back on XLA's reduce_window (whose gradient is select_and_scatter)
+    with `pool`, and every stride-1 VALID convolution as `conv_sliced` with `conv`, while a train step is traced.
+    Patches module globals for the duration of the `with` only."""
 
-    def __init__(self, conv: bool = True):
-        self.swap_conv = conv
+    def __init__(self, pool: bool = False, conv: bool = False):
+        self.swap_pool, self.swap_conv = pool, conv
 
     def __enter__(self):
         import jax
+        from flax import linen as nn
 
         from jaxmnist import models
 
@@ -1131,7 +1087,7 @@ class _CnnWithCpuOps:
 
         def pool(x, window, strides, padding=0):
             if (window, strides, padding) == (2, 2, 0):
-                return max_pool_2x2(x)
+                return nn.max_pool(x, (2, 2), (2, 2))
             return orig_pool(x, window, strides, padding)
 
         def conv(lhs, rhs, window_strides, padding, *args, **kwargs):
@@ -1139,7 +1095,8 @@ class _CnnWithCpuOps:
                 kwargs.get("dimension_numbers") == ("NHWC", "HWIO", "NHWC") and not args
             return conv_sliced(lhs, rhs) if plain else orig_conv(lhs, rhs, window_strides, padding, *args, **kwargs)
 
-        models.max_pool = pool
+        if self.swap_pool:
+            models.max_pool = pool
         if self.swap_conv:
             jax.lax.conv_general_dilated = conv
         return self
@@ -1177,6 +1134,8 @@ def profile_cnn(batch_size: int = 512, *, rounds: int = 15, scan_steps: int = 4,
     import jax
     import jax.numpy as jnp
     from flax import linen as nn
+
+    from jaxmnist.models import max_pool_2x2
 
     from jaxmnist import train
 
@@ -1256,10 +1215,10 @@ def profile_cnn(batch_size: int = 512, *, rounds: int = 15, scan_steps: int = 4,
                                  state, batch)
 
     jax_fns["whole train step"] = step_compiled()
-    with _CnnWithCpuOps(conv=False):
-        jax_fns["whole train step, max_pool_2x2"] = step_compiled()
-    with _CnnWithCpuOps():
-        jax_fns["whole train step, max_pool_2x2 + conv_sliced"] = step_compiled()
+    with _CnnWithCpuOps(pool=True):
+        jax_fns["whole train step, select_and_scatter pool"] = step_compiled()
+    with _CnnWithCpuOps(conv=True):
+        jax_fns["whole train step, conv_sliced"] = step_compiled()
     idx = jnp.arange(n * B, dtype=jnp.int32).reshape(n, B)
     jit_chunk = jax.jit(train.train_chunk, static_argnames=("augment", "train", "unroll"))
     for unroll in (True, False):

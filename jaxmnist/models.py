@@ -128,7 +128,44 @@ def flatten_chw(x):
   return x.transpose(0, 3, 1, 2).reshape(x.shape[0], -1)
 
 
+def _max_pool_2x2_fwd(x):
+  _, h, w, _ = x.shape
+  x = x[:, : h - h % 2, : w - w % 2]  # torch's floor mode drops an odd last row/column
+  quads = (x[:, 0::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 0::2], x[:, 1::2, 1::2])  # torch's scan order
+  m = jnp.maximum(jnp.maximum(quads[0], quads[1]), jnp.maximum(quads[2], quads[3]))
+  # Each window's gradient goes to its first maximum in scan order, as torch's max_pool2d backward does.
+  taken = jnp.zeros(m.shape, bool)
+  masks = []
+  for q in quads:
+    hit = (q == m) & ~taken
+    masks.append(hit)
+    taken = taken | hit
+  return m, (tuple(masks), (h, w))
+
+
+def _max_pool_2x2_bwd(res, g):
+  masks, (h, w) = res
+  ga, gb, gc, gd = (jnp.where(mk, g, 0).astype(g.dtype) for mk in masks)
+  b, h2, w2, c = g.shape
+  dx = jnp.stack([jnp.stack([ga, gb], axis=3), jnp.stack([gc, gd], axis=3)], axis=2)
+  dx = dx.reshape(b, 2 * h2, 2 * w2, c)
+  return (jnp.pad(dx, ((0, 0), (0, h - 2 * h2), (0, w - 2 * w2), (0, 0))),)
+
+
+@jax.custom_vjp
+def max_pool_2x2(x):
+  """MaxPool2d(2) on NHWC as the max of four strided slices, with torch's gradient (first maximum of each
+  window, ties included). XLA:CPU runs reduce_window's gradient (select_and_scatter) ~7x slower than this
+  (cnn, batch 512: 62 vs 8 ms for the first pool); on a GPU both are cheap."""
+  return _max_pool_2x2_fwd(x)[0]
+
+
+max_pool_2x2.defvjp(_max_pool_2x2_fwd, _max_pool_2x2_bwd)
+
+
 def max_pool(x, window: int, strides: int, padding: int = 0):
+  if (window, strides, padding) == (2, 2, 0):
+    return max_pool_2x2(x)
   # reduce_window pads with the -inf init value, as torch's MaxPool2d does.
   return nn.max_pool(x, (window, window), (strides, strides),
                      ((padding, padding), (padding, padding)))

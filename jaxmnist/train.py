@@ -132,8 +132,9 @@ _AUGMENT_STREAM = 1 << 30
 def train_chunk(state: TrainState, images, labels, idx, *, augment: bool, train: bool, unroll: bool = False):
     """Runs len(idx) steps; idx [steps, B] indexes the device-resident uint8 images. Returns per-step metrics.
 
-    `unroll=True` unrolls the scan: XLA's CPU backend runs a step inside a while loop about 3x slower than
-    the same step unrolled (measured: cnn, batch 512), so CPU runs use short unrolled chunks.
+    `unroll=True` traces the steps one after another instead of as a `lax.scan` (a while loop): XLA's CPU
+    backend runs convolution gradients inside a while loop 4-5x slower (cnn, batch 512: ~800 vs ~200 ms per
+    step; see benchmarks/README.md), and even a length-1 scan stays a loop. So CPU runs use short unrolled chunks.
     """
 
     def body(state, batch_idx):
@@ -141,7 +142,22 @@ def train_chunk(state: TrainState, images, labels, idx, *, augment: bool, train:
         batch = {"image": prepare_images(images[batch_idx], key, augment), "label": labels[batch_idx]}
         return train_step(state, batch, train=train)
 
-    return jax.lax.scan(body, state, idx, unroll=True if unroll else 1)
+    if not unroll:
+        return jax.lax.scan(body, state, idx)
+    metrics = []
+    for i in range(idx.shape[0]):
+        state, m = body(state, idx[i])
+        metrics.append(m)
+    return state, jax.tree.map(lambda *xs: jnp.stack(xs), *metrics)
+
+
+def chunk_bounds(steps: int, chunk_steps: int | None, unroll: bool) -> list[tuple[int, int]]:
+    """How an epoch of `steps` is cut into compiled chunks (start, end): full chunks of `chunk_steps` (default 8
+    unrolled steps on CPU, an eighth of the epoch as a rolled scan elsewhere), then single steps for the rest,
+    so at most two chunk lengths are ever compiled."""
+    chunk = min(steps, chunk_steps or (8 if unroll else math.ceil(steps / 8)))
+    full = steps - steps % chunk
+    return [(s, s + chunk) for s in range(0, full, chunk)] + [(s, s + 1) for s in range(full, steps)]
 
 
 def evaluate(state: TrainState, images, labels, augment_key=None, *, batch_size: int) -> dict:
@@ -211,8 +227,8 @@ def train_and_evaluate(config: Config, *, preset: str | None = None, data: data_
     """Trains `config` and evaluates after every epoch; prints the blog's lines; returns the final state and
     the metrics record.
 
-    An epoch runs as chunks of `chunk_steps` steps (default: 8 unrolled steps on CPU, an eighth of the epoch
-    as a rolled scan elsewhere) and single steps for the remainder, so at most two step counts are compiled.
+    An epoch runs as the chunks of `chunk_bounds` (default: 8 unrolled steps on CPU, an eighth of the epoch as
+    a rolled scan elsewhere).
     `stop_after_epoch` simulates a killed run (for tests).
     """
     validate(config)
@@ -228,9 +244,7 @@ def train_and_evaluate(config: Config, *, preset: str | None = None, data: data_
         steps = min(steps, config.max_steps)
     if unroll is None:
         unroll = jax.default_backend() == "cpu"
-    chunk = min(steps, chunk_steps or (8 if unroll else math.ceil(steps / 8)))
-    full = steps - steps % chunk
-    bounds = [(s, s + chunk) for s in range(0, full, chunk)] + [(s, s + 1) for s in range(full, steps)]
+    bounds = chunk_bounds(steps, chunk_steps, unroll)
 
     # Data on the device once, as uint8.
     train_x, train_y = jax.device_put(train_x), jax.device_put(train_y.astype(np.int32))

@@ -81,13 +81,6 @@ def test_cpu_peak_is_labelled_an_estimate():
     assert peak["key"] == "cpu" and "estimate" in peak["source"] and peak["cpu"]["estimate"]
 
 
-def test_engine_bounds_match_the_engine():
-    assert bench.engine_bounds(117, unroll=True, chunk_steps=None) == [(s, s + 8) for s in range(0, 112, 8)] + [
-        (s, s + 1) for s in range(112, 117)]
-    assert [e - s for s, e in bench.engine_bounds(117, unroll=False, chunk_steps=None)] == [15] * 7 + [1] * 12
-    assert bench.engine_bounds(8, unroll=True, chunk_steps=1) == [(s, s + 1) for s in range(8)]
-
-
 def _doc(results, platform="gpu"):
     settings = bench.Settings(batch_sizes=(512, 64), num_workers=4, pin_memory=True)
     env = {"platform": platform, "device_kind": "NVIDIA H100 80GB HBM3", "versions": {"jax": "x", "flax": "y"},
@@ -166,16 +159,3 @@ def test_conv_sliced_matches_xla_convolution(rng):
     loss = lambda f: lambda x, k: jnp.sum(jnp.sin(f(x, k)))  # noqa: E731
     for a, b in zip(jax.grad(loss(bench.conv_sliced), (0, 1))(x, k), jax.grad(loss(ref), (0, 1))(x, k)):
         assert jnp.allclose(a, b, atol=1e-3)
-
-
-def test_max_pool_2x2_routes_gradients_like_torch(rng):
-    """Forward equals MaxPool2d(2); the gradient goes to the first maximum of each window, ties included."""
-    torch = pytest.importorskip("torch")
-    x = rng.integers(0, 3, (2, 9, 8, 3)).astype("float32")  # small integers: many ties; odd height is floored
-    g = rng.standard_normal((2, 4, 4, 3)).astype("float32")
-    out, vjp = jax.vjp(bench.max_pool_2x2, jnp.asarray(x))
-    xt = torch.tensor(x).permute(0, 3, 1, 2).requires_grad_()
-    ref = torch.nn.functional.max_pool2d(xt, 2)
-    ref.backward(torch.tensor(g).permute(0, 3, 1, 2))
-    assert (out == ref.detach().permute(0, 2, 3, 1).numpy()).all()
-    assert (vjp(jnp.asarray(g))[0] == xt.grad.permute(0, 2, 3, 1).numpy()).all()

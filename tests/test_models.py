@@ -408,3 +408,15 @@ def test_bfloat16_computation_keeps_float32_state():
   reference = flax_logits(models.get_model('cnn'), variables, x, train=False)
   low = flax_logits(model, variables, x, train=False).astype(np.float32)
   np.testing.assert_allclose(low, reference, atol=0.05 * np.abs(reference).max())
+
+
+def test_max_pool_2x2_routes_gradients_like_torch(rng):
+  """Forward equals MaxPool2d(2); the gradient goes to the first maximum of each window, ties included."""
+  x = rng.integers(0, 3, (2, 9, 8, 3)).astype("float32")  # small integers: many ties; odd height is floored
+  g = rng.standard_normal((2, 4, 4, 3)).astype("float32")
+  out, vjp = jax.vjp(models.max_pool_2x2, jnp.asarray(x))
+  xt = torch.tensor(x).permute(0, 3, 1, 2).requires_grad_()
+  ref = torch.nn.functional.max_pool2d(xt, 2)
+  ref.backward(torch.tensor(g).permute(0, 3, 1, 2))
+  assert (out == ref.detach().permute(0, 2, 3, 1).numpy()).all()
+  assert (vjp(jnp.asarray(g))[0] == xt.grad.permute(0, 2, 3, 1).numpy()).all()

@@ -177,3 +177,22 @@ def test_cli_model_picks_its_preset():
 
 # The real-data check (cnn, one epoch, >= 97.5 %) is tests/test_torch_train.py::test_one_epoch_accuracy_matches_jax,
 # which runs the same JAX training beside torch's.
+
+
+def test_chunk_bounds():
+    assert train.chunk_bounds(117, None, unroll=True) == [(s, s + 8) for s in range(0, 112, 8)] + [
+        (s, s + 1) for s in range(112, 117)]
+    assert [e - s for s, e in train.chunk_bounds(117, None, unroll=False)] == [15] * 7 + [1] * 12
+    assert train.chunk_bounds(8, 1, unroll=True) == [(s, s + 1) for s in range(8)]
+
+
+def test_unrolled_chunk_equals_scanned_chunk(rng):
+    state = train.create_state(Config(model="cnn"), jax.random.PRNGKey(0))
+    images = jnp.asarray(rng.integers(0, 256, (48, 28, 28), dtype=np.uint8))
+    labels = jnp.asarray(rng.integers(0, 10, 48), jnp.int32)
+    idx = jnp.arange(48, dtype=jnp.int32).reshape(3, 16)
+    chunk = jax.jit(train.train_chunk, static_argnames=("augment", "train", "unroll"))
+    (a, ma), (b, mb) = (chunk(state, images, labels, idx, augment=True, train=True, unroll=u) for u in (False, True))
+    np.testing.assert_allclose(ma["loss"], mb["loss"], rtol=1e-5)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)
