@@ -22,7 +22,6 @@ import dataclasses
 import datetime
 import functools
 import json
-import math
 import os
 import platform
 import re
