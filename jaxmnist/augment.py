@@ -18,93 +18,93 @@ _FIXED_HALF = 1 << 15
 
 
 def sample_params(key, n, height=28, width=28):
-  """Draws ``n`` augmentation parameters the way torchvision draws them.
+    """Draws ``n`` augmentation parameters the way torchvision draws them.
 
-  Returns:
-    ``(tx, ty, angle)``: integer shifts in pixels (int32, ``round(U(-0.1 W, 0.1 W))``
-    and likewise for ``ty`` with ``H``, rounding half to even like Python's
-    ``round``) and a counter-clockwise angle in degrees (float32, ``U(-10, 10)``).
-  """
-  key_tx, key_ty, key_angle = jax.random.split(key, 3)
-  max_dx = MAX_TRANSLATE * width
-  max_dy = MAX_TRANSLATE * height
-  tx = jnp.round(jax.random.uniform(key_tx, (n,), minval=-max_dx, maxval=max_dx))
-  ty = jnp.round(jax.random.uniform(key_ty, (n,), minval=-max_dy, maxval=max_dy))
-  angle = jax.random.uniform(key_angle, (n,), minval=-MAX_DEGREES, maxval=MAX_DEGREES)
-  return tx.astype(jnp.int32), ty.astype(jnp.int32), angle
+    Returns:
+      ``(tx, ty, angle)``: integer shifts in pixels (int32, ``round(U(-0.1 W, 0.1 W))``
+      and likewise for ``ty`` with ``H``, rounding half to even like Python's
+      ``round``) and a counter-clockwise angle in degrees (float32, ``U(-10, 10)``).
+    """
+    key_tx, key_ty, key_angle = jax.random.split(key, 3)
+    max_dx = MAX_TRANSLATE * width
+    max_dy = MAX_TRANSLATE * height
+    tx = jnp.round(jax.random.uniform(key_tx, (n,), minval=-max_dx, maxval=max_dx))
+    ty = jnp.round(jax.random.uniform(key_ty, (n,), minval=-max_dy, maxval=max_dy))
+    angle = jax.random.uniform(key_angle, (n,), minval=-MAX_DEGREES, maxval=MAX_DEGREES)
+    return tx.astype(jnp.int32), ty.astype(jnp.int32), angle
 
 
 def _fix(value):
-  """PIL's ``FIX``: rounds a real to 16.16 fixed point."""
-  return jnp.floor(value * _FIXED_ONE + 0.5).astype(jnp.int32)
+    """PIL's ``FIX``: rounds a real to 16.16 fixed point."""
+    return jnp.floor(value * _FIXED_ONE + 0.5).astype(jnp.int32)
 
 
 def _rotation_sources(angle, height, width):
-  """Source pixel of every output pixel of PIL's ``Image.rotate(angle, NEAREST)``.
+    """Source pixel of every output pixel of PIL's ``Image.rotate(angle, NEAREST)``.
 
-  PIL maps each output pixel centre through the inverse rotation about
-  ``(W/2, H/2)`` and floors the result, using 16.16 fixed-point increments whose
-  rounding decides the boundary pixels; emulating the integer arithmetic matches
-  PIL on boundaries where a floating-point floor would not.
+    PIL maps each output pixel centre through the inverse rotation about
+    ``(W/2, H/2)`` and floors the result, using 16.16 fixed-point increments whose
+    rounding decides the boundary pixels; emulating the integer arithmetic matches
+    PIL on boundaries where a floating-point floor would not.
 
-  Args:
-    angle: ``[B]`` counter-clockwise angles in degrees.
-    height: image height.
-    width: image width.
+    Args:
+      angle: ``[B]`` counter-clockwise angles in degrees.
+      height: image height.
+      width: image width.
 
-  Returns:
-    ``(rows, cols)``, int32 ``[B, H, W]``, possibly outside the image.
-  """
-  theta = jnp.deg2rad(angle.astype(jnp.float32))[:, None, None]
-  sin = jnp.sin(theta)
-  # 1 - cos(theta) in a cancellation-free form: its fixed-point rounding
-  # needs more accuracy than float32 cos near 1 gives.
-  one_minus_cos = 2.0 * jnp.sin(theta / 2) ** 2
-  cx, cy = width / 2, height / 2
-  # PIL's inverse matrix is [[c, -s, ·], [s, c, ·]] with the offsets folded in at the
-  # first pixel centre (0.5, 0.5); written around 1 - cos so that the float32
-  # terms stay small. FIX(1 + v) = ONE + FIX(v) and FIX(0.5 + v) = HALF + FIX(v).
-  cos_fixed = _FIXED_ONE + _fix(-one_minus_cos)
-  col_origin = _FIXED_HALF + _fix(one_minus_cos * (cx - 0.5) + sin * (cy - 0.5))
-  row_origin = _FIXED_HALF + _fix(one_minus_cos * (cy - 0.5) - sin * (cx - 0.5))
-  rows, cols = jnp.mgrid[:height, :width].astype(jnp.int32)
-  # PIL accumulates these integer steps pixel by pixel; int32 sums are exact, and
-  # the arithmetic shift floors like PIL's ``>> 16``.
-  col_fixed = col_origin + cols * cos_fixed + rows * _fix(-sin)
-  row_fixed = row_origin + cols * _fix(sin) + rows * cos_fixed
-  return row_fixed >> 16, col_fixed >> 16
+    Returns:
+      ``(rows, cols)``, int32 ``[B, H, W]``, possibly outside the image.
+    """
+    theta = jnp.deg2rad(angle.astype(jnp.float32))[:, None, None]
+    sin = jnp.sin(theta)
+    # 1 - cos(theta) in a cancellation-free form: its fixed-point rounding
+    # needs more accuracy than float32 cos near 1 gives.
+    one_minus_cos = 2.0 * jnp.sin(theta / 2) ** 2
+    cx, cy = width / 2, height / 2
+    # PIL's inverse matrix is [[c, -s, ·], [s, c, ·]] with the offsets folded in at the
+    # first pixel centre (0.5, 0.5); written around 1 - cos so that the float32
+    # terms stay small. FIX(1 + v) = ONE + FIX(v) and FIX(0.5 + v) = HALF + FIX(v).
+    cos_fixed = _FIXED_ONE + _fix(-one_minus_cos)
+    col_origin = _FIXED_HALF + _fix(one_minus_cos * (cx - 0.5) + sin * (cy - 0.5))
+    row_origin = _FIXED_HALF + _fix(one_minus_cos * (cy - 0.5) - sin * (cx - 0.5))
+    rows, cols = jnp.mgrid[:height, :width].astype(jnp.int32)
+    # PIL accumulates these integer steps pixel by pixel; int32 sums are exact, and
+    # the arithmetic shift floors like PIL's ``>> 16``.
+    col_fixed = col_origin + cols * cos_fixed + rows * _fix(-sin)
+    row_fixed = row_origin + cols * _fix(sin) + rows * cos_fixed
+    return row_fixed >> 16, col_fixed >> 16
 
 
 def warp(images, tx, ty, angle):
-  """Translates then rotates ``images`` exactly as torchvision's PIL path does.
+    """Translates then rotates ``images`` exactly as torchvision's PIL path does.
 
-  Equivalent to ``F.rotate(F.affine(img, angle=0, translate=[tx, ty], scale=1,
-  shear=0, interpolation=NEAREST, fill=0), angle, NEAREST, fill=0)`` per image.
+    Equivalent to ``F.rotate(F.affine(img, angle=0, translate=[tx, ty], scale=1,
+    shear=0, interpolation=NEAREST, fill=0), angle, NEAREST, fill=0)`` per image.
 
-  Args:
-    images: ``[B, H, W]`` raw images, any dtype (uint8 or float in [0, 1]).
-    tx: ``[B]`` horizontal shifts in pixels (right is positive).
-    ty: ``[B]`` vertical shifts in pixels (down is positive).
-    angle: ``[B]`` counter-clockwise rotations in degrees about the image centre.
+    Args:
+      images: ``[B, H, W]`` raw images, any dtype (uint8 or float in [0, 1]).
+      tx: ``[B]`` horizontal shifts in pixels (right is positive).
+      ty: ``[B]`` vertical shifts in pixels (down is positive).
+      angle: ``[B]`` counter-clockwise rotations in degrees about the image centre.
 
-  Returns:
-    The warped images, same shape and dtype; pixels from outside the image are 0.
-  """
-  batch, height, width = images.shape
-  rows, cols = _rotation_sources(angle, height, width)
-  inside_rotation = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
-  # The translation is PIL's scaling path: source = floor(x + 0.5 - t). Both
-  # resamplings are nearest neighbour, so chaining their index maps is the same
-  # as resampling twice, with one gather instead of two.
-  rows = jnp.floor(rows + 0.5 - ty[:, None, None]).astype(jnp.int32)
-  cols = jnp.floor(cols + 0.5 - tx[:, None, None]).astype(jnp.int32)
-  inside = inside_rotation & (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
-  flat_index = jnp.where(inside, rows * width + cols, 0).reshape(batch, -1)
-  pixels = jnp.take_along_axis(images.reshape(batch, -1), flat_index, axis=1)
-  return jnp.where(inside, pixels.reshape(images.shape), jnp.zeros((), images.dtype))
+    Returns:
+      The warped images, same shape and dtype; pixels from outside the image are 0.
+    """
+    batch, height, width = images.shape
+    rows, cols = _rotation_sources(angle, height, width)
+    inside_rotation = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
+    # The translation is PIL's scaling path: source = floor(x + 0.5 - t). Both
+    # resamplings are nearest neighbour, so chaining their index maps is the same
+    # as resampling twice, with one gather instead of two.
+    rows = jnp.floor(rows + 0.5 - ty[:, None, None]).astype(jnp.int32)
+    cols = jnp.floor(cols + 0.5 - tx[:, None, None]).astype(jnp.int32)
+    inside = inside_rotation & (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
+    flat_index = jnp.where(inside, rows * width + cols, 0).reshape(batch, -1)
+    pixels = jnp.take_along_axis(images.reshape(batch, -1), flat_index, axis=1)
+    return jnp.where(inside, pixels.reshape(images.shape), jnp.zeros((), images.dtype))
 
 
 def augment(key, images):
-  """Random translation then rotation of a ``[B, H, W]`` batch (seed §4)."""
-  batch, height, width = images.shape
-  return warp(images, *sample_params(key, batch, height, width))
+    """Random translation then rotation of a ``[B, H, W]`` batch (seed §4)."""
+    batch, height, width = images.shape
+    return warp(images, *sample_params(key, batch, height, width))

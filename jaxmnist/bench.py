@@ -57,12 +57,26 @@ class Timing:
     def summary(self) -> dict:
         s = sorted(self.samples)
         q = lambda p: s[min(len(s) - 1, int(p * len(s)))]  # noqa: E731 (a nearest-rank quantile)
-        return {"median_s": self.median, "min_s": s[0], "p10_s": q(0.1), "p90_s": q(0.9),
-                "mean_s": statistics.fmean(s), "n": len(s), "samples_s": [round(x, 7) for x in self.samples]}
+        return {
+            "median_s": self.median,
+            "min_s": s[0],
+            "p10_s": q(0.1),
+            "p90_s": q(0.9),
+            "mean_s": statistics.fmean(s),
+            "n": len(s),
+            "samples_s": [round(x, 7) for x in self.samples],
+        }
 
 
-def measure(fn: Callable[[], Any], sync: Callable[[Any], Any], *, warmup: int = 3, iters: int = 50,
-            max_s: float = 3.0, min_iters: int = 5) -> Timing:
+def measure(
+    fn: Callable[[], Any],
+    sync: Callable[[Any], Any],
+    *,
+    warmup: int = 3,
+    iters: int = 50,
+    max_s: float = 3.0,
+    min_iters: int = 5,
+) -> Timing:
     """Times `iters` calls of `fn`, each followed by `sync(result)`, after `warmup` untimed ones.
 
     Stops early once `max_s` seconds of samples are in and at least `min_iters` were taken, so a slow network
@@ -173,16 +187,28 @@ def cpu_peak_estimate() -> dict:
     vendor_amd = "AMD" in info.get("model name", "")
     per_cycle = 64 if ("avx512f" in flags and not vendor_amd) else 32 if {"avx2", "fma"} <= flags else 8
     ghz = float(info["cpu MHz"]) / 1000 if "cpu MHz" in info else None
-    return {"model": info.get("model name"), "cores": cores, "ghz": ghz, "flop_per_cycle": per_cycle,
-            "fp32_tflops": cores * ghz * per_cycle / 1000 if ghz else None, "estimate": True}
+    return {
+        "model": info.get("model name"),
+        "cores": cores,
+        "ghz": ghz,
+        "flop_per_cycle": per_cycle,
+        "fp32_tflops": cores * ghz * per_cycle / 1000 if ghz else None,
+        "estimate": True,
+    }
 
 
 def device_peak(platform_name: str, device_kind: str) -> dict:
     """{'key', 'fp32', 'tf32', 'bf16' (TFLOP/s), 'source'} for the device; CPUs get an estimate, unknown GPUs None."""
     if platform_name == "cpu":
         est = cpu_peak_estimate()
-        return {"key": "cpu", "fp32": est["fp32_tflops"], "tf32": None, "bf16": None,
-                "source": "estimate: cores x clock x FLOP/cycle (see cpu_peak_estimate)", "cpu": est}
+        return {
+            "key": "cpu",
+            "fp32": est["fp32_tflops"],
+            "tf32": None,
+            "bf16": None,
+            "source": "estimate: cores x clock x FLOP/cycle (see cpu_peak_estimate)",
+            "cpu": est,
+        }
     key = peak_key(device_kind)
     if key is None:
         return {"key": None, "fp32": None, "tf32": None, "bf16": None, "source": f"unknown device {device_kind!r}"}
@@ -235,11 +261,17 @@ def torch_environment(device: str) -> dict:
     """torch's version, threads and precision settings (TF32, cudnn) as they stand: the benchmark keeps defaults."""
     import torch
 
-    env = {"version": torch.__version__, "device": device, "threads": torch.get_num_threads(),
-           "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available()
-           else None, "float32_matmul_precision": torch.get_float32_matmul_precision(),
-           "cuda_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
-           "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32, "cudnn_benchmark": torch.backends.cudnn.benchmark}
+    env = {
+        "version": torch.__version__,
+        "device": device,
+        "threads": torch.get_num_threads(),
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "cuda_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+    }
     if device.startswith("cuda"):
         env["device_name"] = torch.cuda.get_device_name(device)
         env["capability"] = ".".join(map(str, torch.cuda.get_device_capability(device)))
@@ -252,17 +284,38 @@ def environment(torch_device: str | None) -> dict:
 
     dev = jax.devices()[0]
     env = {
-        "platform": dev.platform, "device_kind": dev.device_kind, "device_count": jax.device_count(),
-        "host": platform.node(), "os": platform.platform(), "python": platform.python_version(),
-        "cpu": cpu_peak_estimate(), "load_avg_start": os.getloadavg(),
+        "platform": dev.platform,
+        "device_kind": dev.device_kind,
+        "device_count": jax.device_count(),
+        "host": platform.node(),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "cpu": cpu_peak_estimate(),
+        "load_avg_start": os.getloadavg(),
         "nvidia_smi": nvidia_smi(),
-        "versions": runlog.versions("jax", "jaxlib", "jax-cuda12-plugin", "jax-cuda13-plugin", "jax-cuda12-pjrt",
-                                    "jax-cuda13-pjrt", "flax", "optax", "numpy", "torch", "torchvision", "pillow"),
-        "commit": runlog.git_commit(), "dirty": git_dirty(),
+        "versions": runlog.versions(
+            "jax",
+            "jaxlib",
+            "jax-cuda12-plugin",
+            "jax-cuda13-plugin",
+            "jax-cuda12-pjrt",
+            "jax-cuda13-pjrt",
+            "flax",
+            "optax",
+            "numpy",
+            "torch",
+            "torchvision",
+            "pillow",
+        ),
+        "commit": runlog.git_commit(),
+        "dirty": git_dirty(),
         # None is JAX's default: TF32 for f32 convolutions and matmuls on Ampere and later GPUs.
         "jax_default_matmul_precision": jax.config.jax_default_matmul_precision,
-        "env_vars": {k: v for k, v in os.environ.items()
-                     if k.startswith(("XLA_", "JAX_", "TF_", "CUDA_VISIBLE", "OMP_", "MKL_", "TORCH"))},
+        "env_vars": {
+            k: v
+            for k, v in os.environ.items()
+            if k.startswith(("XLA_", "JAX_", "TF_", "CUDA_VISIBLE", "OMP_", "MKL_", "TORCH"))
+        },
     }
     if torch_device is not None:
         try:
@@ -300,9 +353,22 @@ class Settings:
 
 def quick_settings(**overrides) -> Settings:
     """A smoke test: cnn and resnet, batch 8, a few steps, a 64-image epoch, no torch.compile."""
-    base = dict(networks=("cnn", "resnet"), batch_sizes=(8,), epoch_batch_sizes=(8,), compile_batch_sizes=(),
-                torch_compile=False, warmup=1, iters=3, max_s=0.5, min_iters=2, epoch_repeats=1, train_size=64,
-                eval_size=64, chunk_steps=1, quick=True)
+    base = dict(
+        networks=("cnn", "resnet"),
+        batch_sizes=(8,),
+        epoch_batch_sizes=(8,),
+        compile_batch_sizes=(),
+        torch_compile=False,
+        warmup=1,
+        iters=3,
+        max_s=0.5,
+        min_iters=2,
+        epoch_repeats=1,
+        train_size=64,
+        eval_size=64,
+        chunk_steps=1,
+        quick=True,
+    )
     return Settings(**{**base, **overrides})
 
 
@@ -346,13 +412,17 @@ def _flops_fields(flops_per_image: float | None, images_per_s: float, peak: floa
     if flops_per_image is None:
         return {}
     achieved = flops_per_image * images_per_s
-    return {"achieved_tflops": achieved / 1e12,
-            "peak_tflops": peak, "peak_kind": peak_name,
-            "fraction_of_peak": achieved / (peak * 1e12) if peak else None}
+    return {
+        "achieved_tflops": achieved / 1e12,
+        "peak_tflops": peak,
+        "peak_kind": peak_name,
+        "fraction_of_peak": achieved / (peak * 1e12) if peak else None,
+    }
 
 
-def jax_step(network: str, batch_size: int, data: data_lib.Dataset, settings: Settings, peak: dict,
-             dtype: str = "f32") -> dict:
+def jax_step(
+    network: str, batch_size: int, data: data_lib.Dataset, settings: Settings, peak: dict, dtype: str = "f32"
+) -> dict:
     """One jitted train step (forward, backward, optimiser) on real, normalised batches already on the device.
 
     Reports lowering/compile time, FLOPs per image (XLA cost analysis, forward + backward + update), the median
@@ -385,8 +455,14 @@ def jax_step(network: str, batch_size: int, data: data_lib.Dataset, settings: Se
         box["i"] += 1
         return box["state"], metrics
 
-    t = measure(one, jax.block_until_ready, warmup=settings.warmup, iters=settings.iters, max_s=settings.max_s,
-                min_iters=settings.min_iters)
+    t = measure(
+        one,
+        jax.block_until_ready,
+        warmup=settings.warmup,
+        iters=settings.iters,
+        max_s=settings.max_s,
+        min_iters=settings.min_iters,
+    )
     n = pipelined_count(t.median, settings.iters, settings.max_s)
     pipelined = measure_pipelined(one, jax.block_until_ready, n)
     loss = float(jax.device_get(one()[1]["loss"]))
@@ -394,10 +470,20 @@ def jax_step(network: str, batch_size: int, data: data_lib.Dataset, settings: Se
     fpi = flops / batch_size if flops else None
     ips = batch_size / t.median
     # compile_s is what a first call costs beyond a step: tracing and lowering (lower_s) plus XLA's compile.
-    return {"dtype": dtype, "lower_s": lower_s, "compile_s": compile_s, "flops_per_image": fpi,
-            "flops_per_image_compiled_hlo": flops_compiled / batch_size if flops_compiled else None,
-            "step": t.summary(), "step_ms": 1e3 * t.median, "pipelined_step_ms": 1e3 * pipelined, "pipelined_n": n,
-            "images_per_s": ips, "last_loss": loss, **_flops_fields(fpi, ips, *peak_for(peak, platform_name, dtype))}
+    return {
+        "dtype": dtype,
+        "lower_s": lower_s,
+        "compile_s": compile_s,
+        "flops_per_image": fpi,
+        "flops_per_image_compiled_hlo": flops_compiled / batch_size if flops_compiled else None,
+        "step": t.summary(),
+        "step_ms": 1e3 * t.median,
+        "pipelined_step_ms": 1e3 * pipelined,
+        "pipelined_n": n,
+        "images_per_s": ips,
+        "last_loss": loss,
+        **_flops_fields(fpi, ips, *peak_for(peak, platform_name, dtype)),
+    }
 
 
 def jax_epoch(network: str, batch_size: int, data: data_lib.Dataset, settings: Settings) -> dict:
@@ -423,10 +509,12 @@ def jax_epoch(network: str, batch_size: int, data: data_lib.Dataset, settings: S
     compiled = {}
     for size in sorted({e - s for s, e in bounds}):
         idx = jax.ShapeDtypeStruct((size, batch_size), jnp.int32)
-        compiled[size] = jit_chunk.lower(state, x, y, idx, augment=config.augment, train=True,
-                                         unroll=unroll).compile()
-    indices = jax.jit(train.epoch_indices, static_argnums=(0, 2, 3, 4)).lower(
-        config.seed, jnp.int32(0), n, batch_size, tuple(bounds)).compile()
+        compiled[size] = jit_chunk.lower(state, x, y, idx, augment=config.augment, train=True, unroll=unroll).compile()
+    indices = (
+        jax.jit(train.epoch_indices, static_argnums=(0, 2, 3, 4))
+        .lower(config.seed, jnp.int32(0), n, batch_size, tuple(bounds))
+        .compile()
+    )
     compile_s = time.perf_counter() - t0
     epoch_s = []
     for epoch in range(settings.epoch_repeats):
@@ -438,10 +526,18 @@ def jax_epoch(network: str, batch_size: int, data: data_lib.Dataset, settings: S
         jax.block_until_ready((state, metrics))
         epoch_s.append(time.perf_counter() - t0)
     best = min(epoch_s)
-    return {"compile_s": compile_s, "steps": steps, "images": steps * batch_size, "unroll": unroll,
-            "chunks": [e - s for s, e in bounds], "epoch_s_each": epoch_s, "epoch_s": best,
-            "step_ms": 1e3 * best / steps, "images_per_s": steps * batch_size / best,
-            "full_epoch_s_estimate": best * (len(data.train_labels) // batch_size) / steps}
+    return {
+        "compile_s": compile_s,
+        "steps": steps,
+        "images": steps * batch_size,
+        "unroll": unroll,
+        "chunks": [e - s for s, e in bounds],
+        "epoch_s_each": epoch_s,
+        "epoch_s": best,
+        "step_ms": 1e3 * best / steps,
+        "images_per_s": steps * batch_size / best,
+        "full_epoch_s_estimate": best * (len(data.train_labels) // batch_size) / steps,
+    }
 
 
 def jax_eval(network: str, batch_size: int, data: data_lib.Dataset, settings: Settings) -> dict:
@@ -456,13 +552,21 @@ def jax_eval(network: str, batch_size: int, data: data_lib.Dataset, settings: Se
     y = jax.device_put(data.test_labels[:n].astype(np.int32))
     state = initial_state(config, "f32")
     t0 = time.perf_counter()
-    compiled = jax.jit(train.evaluate, static_argnames=("batch_size",)).lower(
-        state, x, y, None, batch_size=batch_size).compile()
+    compiled = (
+        jax.jit(train.evaluate, static_argnames=("batch_size",))
+        .lower(state, x, y, None, batch_size=batch_size)
+        .compile()
+    )
     compile_s = time.perf_counter() - t0
-    t = measure(lambda: compiled(state, x, y, None), jax.block_until_ready, warmup=1,
-                iters=max(3, settings.epoch_repeats + 1), max_s=settings.max_s, min_iters=2)
-    return {"compile_s": compile_s, "images": n, "pass": t.summary(), "pass_s": t.median,
-            "images_per_s": n / t.median}
+    t = measure(
+        lambda: compiled(state, x, y, None),
+        jax.block_until_ready,
+        warmup=1,
+        iters=max(3, settings.epoch_repeats + 1),
+        max_s=settings.max_s,
+        min_iters=2,
+    )
+    return {"compile_s": compile_s, "images": n, "pass": t.summary(), "pass_s": t.median, "images_per_s": n / t.median}
 
 
 # ------------------------------------------------------------------------------------- torch side
@@ -477,7 +581,8 @@ class BlogMnist:
         self.images = np.ascontiguousarray(images, np.uint8)
         self.labels = np.asarray(labels, np.int64)
         self.transform = transforms.Compose(
-            [transforms.ToTensor(), transforms.Normalize((data_lib.MEAN,), (data_lib.STD,))])
+            [transforms.ToTensor(), transforms.Normalize((data_lib.MEAN,), (data_lib.STD,))]
+        )
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -518,8 +623,9 @@ def torch_optimizer(config: Config, params, fused: bool = False):
     try:
         if config.optimizer == "sgd":
             return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, **kwargs)
-        return torch.optim.RMSprop(params, lr=config.lr, alpha=config.alpha, eps=config.eps,
-                                   momentum=config.momentum, **kwargs)
+        return torch.optim.RMSprop(
+            params, lr=config.lr, alpha=config.alpha, eps=config.eps, momentum=config.momentum, **kwargs
+        )
     except (RuntimeError, TypeError, ValueError):
         return torch_optimizer(config, params) if fused else None
 
@@ -541,13 +647,25 @@ def _blog_loader(images, labels, batch_size: int, settings: Settings, shuffle: b
     import torch
 
     # `timeout` only guards against a hung worker (the run then records an error instead of stalling).
-    return torch.utils.data.DataLoader(BlogMnist(images, labels), batch_size=batch_size, shuffle=shuffle,
-                                       num_workers=settings.num_workers, pin_memory=settings.pin_memory,
-                                       timeout=120 if settings.num_workers else 0)
+    return torch.utils.data.DataLoader(
+        BlogMnist(images, labels),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=settings.num_workers,
+        pin_memory=settings.pin_memory,
+        timeout=120 if settings.num_workers else 0,
+    )
 
 
-def torch_blog_step(network: str, batch_size: int, data: data_lib.Dataset, settings: Settings, device: str,
-                    peak: dict, flops_per_image: float | None = None) -> dict:
+def torch_blog_step(
+    network: str,
+    batch_size: int,
+    data: data_lib.Dataset,
+    settings: Settings,
+    device: str,
+    peak: dict,
+    flops_per_image: float | None = None,
+) -> dict:
     """The blog's loop, one timed iteration at a time: next batch from the DataLoader (per-image PIL ->
     ToTensor -> Normalize), `.to(device)`, forward/backward/step, then `torch.cuda.synchronize()`."""
     config = config_for(network, batch_size)
@@ -565,17 +683,21 @@ def torch_blog_step(network: str, batch_size: int, data: data_lib.Dataset, setti
             images, labels = next(box["it"])
         return _torch_train_step(model, network, optimizer, images.to(device), labels.to(device))
 
-    t = measure(one, sync, warmup=settings.warmup, iters=settings.iters, max_s=settings.max_s,
-                min_iters=settings.min_iters)
+    t = measure(
+        one, sync, warmup=settings.warmup, iters=settings.iters, max_s=settings.max_s, min_iters=settings.min_iters
+    )
     ips = batch_size / t.median
-    return {"num_workers": settings.num_workers, "pin_memory": settings.pin_memory, "step": t.summary(),
-            "step_ms": 1e3 * t.median, "images_per_s": ips,
-            **_flops_fields(flops_per_image, ips, *peak_for(peak, "gpu" if device.startswith("cuda") else "cpu",
-                                                              "f32"))}
+    return {
+        "num_workers": settings.num_workers,
+        "pin_memory": settings.pin_memory,
+        "step": t.summary(),
+        "step_ms": 1e3 * t.median,
+        "images_per_s": ips,
+        **_flops_fields(flops_per_image, ips, *peak_for(peak, "gpu" if device.startswith("cuda") else "cpu", "f32")),
+    }
 
 
-def torch_blog_epoch(network: str, batch_size: int, data: data_lib.Dataset, settings: Settings,
-                     device: str) -> dict:
+def torch_blog_epoch(network: str, batch_size: int, data: data_lib.Dataset, settings: Settings, device: str) -> dict:
     """The blog's whole epoch (its DataLoader keeps the ragged last batch) and its test pass (model.eval(),
     no_grad, a DataLoader over the test set at the same batch size), each timed once, synced at the end."""
     import torch
@@ -597,8 +719,9 @@ def torch_blog_epoch(network: str, batch_size: int, data: data_lib.Dataset, sett
 
     from torch_ref import models as torch_models
 
-    test_loader = _blog_loader(data.test_images[:n_test], data.test_labels[:n_test], batch_size, settings,
-                               shuffle=False)
+    test_loader = _blog_loader(
+        data.test_images[:n_test], data.test_labels[:n_test], batch_size, settings, shuffle=False
+    )
     model.eval()
     t0 = time.perf_counter()
     correct = torch.zeros((), dtype=torch.int64, device=device)
@@ -608,10 +731,18 @@ def torch_blog_epoch(network: str, batch_size: int, data: data_lib.Dataset, sett
             correct += (model(torch_models.prepare_input(network, images)).argmax(1) == labels).sum()
     correct = int(correct)
     test_s = time.perf_counter() - t0
-    return {"num_workers": settings.num_workers, "pin_memory": settings.pin_memory, "steps": steps, "images": n,
-            "epoch_s": epoch_s, "images_per_s": n / epoch_s,
-            "full_epoch_s_estimate": epoch_s * len(data.train_labels) / n,
-            "test_pass_s": test_s, "test_images": n_test, "test_images_per_s": n_test / test_s}
+    return {
+        "num_workers": settings.num_workers,
+        "pin_memory": settings.pin_memory,
+        "steps": steps,
+        "images": n,
+        "epoch_s": epoch_s,
+        "images_per_s": n / epoch_s,
+        "full_epoch_s_estimate": epoch_s * len(data.train_labels) / n,
+        "test_pass_s": test_s,
+        "test_images": n_test,
+        "test_images_per_s": n_test / test_s,
+    }
 
 
 def _device_tensors(images: np.ndarray, labels: np.ndarray, device: str):
@@ -638,8 +769,16 @@ class _CudnnBenchmark:
         torch.backends.cudnn.benchmark = self.before
 
 
-def torch_tuned_step(network: str, batch_size: int, data: data_lib.Dataset, settings: Settings, device: str,
-                     peak: dict, flops_per_image: float | None = None, compile: bool = False) -> dict:
+def torch_tuned_step(
+    network: str,
+    batch_size: int,
+    data: data_lib.Dataset,
+    settings: Settings,
+    device: str,
+    peak: dict,
+    flops_per_image: float | None = None,
+    compile: bool = False,
+) -> dict:
     """A tuned torch step: real batches resident on the device, channels_last model and inputs, cudnn.benchmark,
     the fused optimiser on CUDA, TF32 left at torch's defaults; with `compile`, `torch.compile(model)`.
 
@@ -653,8 +792,11 @@ def torch_tuned_step(network: str, batch_size: int, data: data_lib.Dataset, sett
     optimizer = torch_optimizer(config, model.parameters(), fused=device.startswith("cuda"))
     batches = [_device_tensors(x, y, device) for x, y in real_batches(data, batch_size, 4)]
     sync = torch_sync(device)
-    out = {"channels_last": True, "cudnn_benchmark": device.startswith("cuda"),
-           "fused_optimizer": bool(optimizer.defaults.get("fused"))}
+    out = {
+        "channels_last": True,
+        "cudnn_benchmark": device.startswith("cuda"),
+        "fused_optimizer": bool(optimizer.defaults.get("fused")),
+    }
     with _CudnnBenchmark():
         runner, mode = model, "eager"
         if compile:
@@ -676,22 +818,27 @@ def torch_tuned_step(network: str, batch_size: int, data: data_lib.Dataset, sett
             box["i"] += 1
             return _torch_train_step(runner, network, optimizer, images, labels)
 
-        t = measure(one, sync, warmup=settings.warmup, iters=settings.iters, max_s=settings.max_s,
-                    min_iters=settings.min_iters)
+        t = measure(
+            one, sync, warmup=settings.warmup, iters=settings.iters, max_s=settings.max_s, min_iters=settings.min_iters
+        )
         n = pipelined_count(t.median, settings.iters, settings.max_s)
         pipelined = measure_pipelined(one, sync, n)
     ips = batch_size / t.median
-    out.update(mode=mode, step=t.summary(), step_ms=1e3 * t.median, pipelined_step_ms=1e3 * pipelined,
-               pipelined_n=n, images_per_s=ips,
-               **_flops_fields(flops_per_image, ips, *peak_for(peak, "gpu" if device.startswith("cuda") else "cpu",
-                                                               "f32")))
+    out.update(
+        mode=mode,
+        step=t.summary(),
+        step_ms=1e3 * t.median,
+        pipelined_step_ms=1e3 * pipelined,
+        pipelined_n=n,
+        images_per_s=ips,
+        **_flops_fields(flops_per_image, ips, *peak_for(peak, "gpu" if device.startswith("cuda") else "cpu", "f32")),
+    )
     if mode == "compiled":
         out["compile_s_estimate"] = out["first_step_s"] - t.median
     return out
 
 
-def torch_tuned_eval(network: str, batch_size: int, data: data_lib.Dataset, settings: Settings,
-                     device: str) -> dict:
+def torch_tuned_eval(network: str, batch_size: int, data: data_lib.Dataset, settings: Settings, device: str) -> dict:
     """Test-set throughput of the tuned setting (device-resident channels_last data, inference_mode, eager)."""
     import torch
 
@@ -706,13 +853,12 @@ def torch_tuned_eval(network: str, batch_size: int, data: data_lib.Dataset, sett
         correct = torch.zeros((), dtype=torch.int64, device=device)
         with torch.inference_mode():
             for s in range(0, n, batch_size):
-                logits = model(torch_models.prepare_input(network, x[s:s + batch_size]))
-                correct += (logits.argmax(1) == y[s:s + batch_size]).sum()
+                logits = model(torch_models.prepare_input(network, x[s : s + batch_size]))
+                correct += (logits.argmax(1) == y[s : s + batch_size]).sum()
         return correct
 
     with _CudnnBenchmark():
-        t = measure(one, sync, warmup=1, iters=max(3, settings.epoch_repeats + 1), max_s=settings.max_s,
-                    min_iters=2)
+        t = measure(one, sync, warmup=1, iters=max(3, settings.epoch_repeats + 1), max_s=settings.max_s, min_iters=2)
     return {"images": n, "pass": t.summary(), "pass_s": t.median, "images_per_s": n / t.median}
 
 
@@ -752,8 +898,17 @@ class Item:
 
 # A guess of each measurement's wall time (compile included) for the budget, in seconds for the cnn; the
 # ResNets cost more by NETWORK_WEIGHT. Replaced by what was measured once a (kind, network) has run.
-KIND_PRIOR_S = {"jax_step": 5, "jax_step_bf16": 5, "torch_tuned": 5, "torch_tuned_compiled": 20,
-                "torch_blog_step": 4, "jax_epoch": 8, "jax_eval": 3, "torch_blog_epoch": 6, "torch_tuned_eval": 2}
+KIND_PRIOR_S = {
+    "jax_step": 5,
+    "jax_step_bf16": 5,
+    "torch_tuned": 5,
+    "torch_tuned_compiled": 20,
+    "torch_blog_step": 4,
+    "jax_epoch": 8,
+    "jax_eval": 3,
+    "torch_blog_epoch": 6,
+    "torch_tuned_eval": 2,
+}
 NETWORK_WEIGHT = {"cnn": 1, "cnn_deep": 1.5, "resnet": 3, "resnet18": 4, "resnet101": 15}
 
 
@@ -765,8 +920,14 @@ class Runner:
     Failures are recorded per item (status 'oom' or 'error') and the run goes on.
     """
 
-    def __init__(self, doc: dict, out: Path | None, budget_s: float | None, log: Callable[[str], None] = print,
-                 t0: float | None = None):
+    def __init__(
+        self,
+        doc: dict,
+        out: Path | None,
+        budget_s: float | None,
+        log: Callable[[str], None] = print,
+        t0: float | None = None,
+    ):
         self.doc, self.out, self.budget_s, self.log = doc, out, budget_s, log
         self.t0 = time.perf_counter() if t0 is None else t0  # pass the process start to count imports too
         self.costs: dict[tuple[str, str], list[tuple[int, float, float]]] = {}  # (batch, wall s, compile s)
@@ -783,8 +944,12 @@ class Runner:
         seen = self.costs.get((item.kind, item.network))
         if seen:
             return max(fixed + (wall - fixed) * max(1.0, item.batch_size / bs) for bs, wall, fixed in seen)
-        others = [wall * weight(item.network) / weight(net) * max(1.0, item.batch_size / bs)
-                  for (kind, net), runs in self.costs.items() if kind == item.kind for bs, wall, _ in runs]
+        others = [
+            wall * weight(item.network) / weight(net) * max(1.0, item.batch_size / bs)
+            for (kind, net), runs in self.costs.items()
+            if kind == item.kind
+            for bs, wall, _ in runs
+        ]
         if others:
             return max(others)
         return KIND_PRIOR_S.get(item.kind, 10) * weight(item.network)
@@ -793,8 +958,11 @@ class Runner:
         base = {"kind": item.kind, "network": item.network, "batch_size": item.batch_size}
         est = self.estimate(item)
         if self.budget_s is not None and self.elapsed() + est > self.budget_s:
-            rec = {**base, "status": "skipped",
-                   "reason": f"budget: needs ~{est:.0f} s, {self.budget_s - self.elapsed():.0f} s left"}
+            rec = {
+                **base,
+                "status": "skipped",
+                "reason": f"budget: needs ~{est:.0f} s, {self.budget_s - self.elapsed():.0f} s left",
+            }
             self.log(f"  skip {item.kind:22s} {item.network:9s} bs {item.batch_size:5d}: {rec['reason']}")
             return self._add(rec)
         t0 = time.perf_counter()
@@ -803,17 +971,28 @@ class Runner:
         except KeyboardInterrupt:
             raise
         except Exception as e:
-            rec = {**base, "status": "oom" if is_oom(e) else "error", "reason": _first_line(e),
-                   "traceback": traceback.format_exc(limit=4)[-2000:]}
+            rec = {
+                **base,
+                "status": "oom" if is_oom(e) else "error",
+                "reason": _first_line(e),
+                "traceback": traceback.format_exc(limit=4)[-2000:],
+            }
         release_memory()
         rec["wall_s"] = time.perf_counter() - t0
         rec["estimate_s"] = est
         fixed = min(rec["wall_s"], sum(rec.get(k) or 0.0 for k in ("compile_s", "first_step_s")))
         self.costs.setdefault((item.kind, item.network), []).append((item.batch_size, rec["wall_s"], fixed))
-        detail = (f"{rec['step_ms']:.2f} ms/step" if "step_ms" in rec else
-                  f"{rec['images_per_s']:.0f} img/s" if "images_per_s" in rec else rec.get("reason", ""))
-        self.log(f"  {rec['status']:4s} {item.kind:22s} {item.network:9s} bs {item.batch_size:5d} "
-                 f"[{rec['wall_s']:6.1f} s, at {self.elapsed():6.1f} s] {detail}")
+        detail = (
+            f"{rec['step_ms']:.2f} ms/step"
+            if "step_ms" in rec
+            else f"{rec['images_per_s']:.0f} img/s"
+            if "images_per_s" in rec
+            else rec.get("reason", "")
+        )
+        self.log(
+            f"  {rec['status']:4s} {item.kind:22s} {item.network:9s} bs {item.batch_size:5d} "
+            f"[{rec['wall_s']:6.1f} s, at {self.elapsed():6.1f} s] {detail}"
+        )
         return self._add(rec)
 
     def _add(self, rec: dict) -> dict:
@@ -860,8 +1039,9 @@ def priority(kind: str, network: str, batch_size: int, settings: Settings) -> in
     return 2 if kind == "torch_tuned_compiled" else 3
 
 
-def build_plan(settings: Settings, data: data_lib.Dataset, peak: dict, torch_device: str | None,
-               doc: dict) -> list[Item]:
+def build_plan(
+    settings: Settings, data: data_lib.Dataset, peak: dict, torch_device: str | None, doc: dict
+) -> list[Item]:
     """Every measurement the settings ask for, ordered by `priority`, then network, batch size and kind."""
     import jax
 
@@ -877,8 +1057,9 @@ def build_plan(settings: Settings, data: data_lib.Dataset, peak: dict, torch_dev
             "jax_step": lambda: jax_step(net, bs, data, settings, peak),
             "jax_step_bf16": lambda: jax_step(net, bs, data, settings, peak, "bf16"),
             "torch_tuned": lambda: torch_tuned_step(net, bs, data, settings, torch_device, peak, fpi(net, bs)),
-            "torch_tuned_compiled": lambda: torch_tuned_step(net, bs, data, settings, torch_device, peak,
-                                                             fpi(net, bs), compile=True),
+            "torch_tuned_compiled": lambda: torch_tuned_step(
+                net, bs, data, settings, torch_device, peak, fpi(net, bs), compile=True
+            ),
             "torch_blog_step": lambda: torch_blog_step(net, bs, data, settings, torch_device, peak, fpi(net, bs)),
             "jax_epoch": lambda: jax_epoch(net, bs, data, settings),
             "jax_eval": lambda: jax_eval(net, bs, data, settings),
@@ -888,25 +1069,42 @@ def build_plan(settings: Settings, data: data_lib.Dataset, peak: dict, torch_dev
         wanted = {
             "jax_step_bf16": bf16,
             "torch_tuned_compiled": use_torch and settings.torch_compile and bs in settings.compile_batch_sizes,
-            "jax_epoch": bs in settings.epoch_batch_sizes, "jax_eval": bs in settings.epoch_batch_sizes,
+            "jax_epoch": bs in settings.epoch_batch_sizes,
+            "jax_eval": bs in settings.epoch_batch_sizes,
             "torch_blog_epoch": use_torch and bs in settings.epoch_batch_sizes,
             "torch_tuned_eval": use_torch and bs in settings.epoch_batch_sizes,
-            "torch_tuned": use_torch, "torch_blog_step": use_torch,
+            "torch_tuned": use_torch,
+            "torch_blog_step": use_torch,
         }.get(kind, True)
         return Item(kind, net, bs, fns[kind]) if wanted else None
 
     kinds = STEP_KINDS + EPOCH_KINDS
-    items = [item for net in settings.networks for bs in settings.batch_sizes for kind in kinds
-             if (item := make(kind, net, bs)) is not None]
-    order = lambda i: (priority(i.kind, i.network, i.batch_size, settings),  # noqa: E731
-                       settings.networks.index(i.network), settings.batch_sizes.index(i.batch_size),
-                       kinds.index(i.kind))
+    items = [
+        item
+        for net in settings.networks
+        for bs in settings.batch_sizes
+        for kind in kinds
+        if (item := make(kind, net, bs)) is not None
+    ]
+    order = lambda i: (
+        priority(i.kind, i.network, i.batch_size, settings),  # noqa: E731
+        settings.networks.index(i.network),
+        settings.batch_sizes.index(i.batch_size),
+        kinds.index(i.kind),
+    )
     return sorted(items, key=order)
 
 
 def new_doc(settings: Settings, env: dict, peak: dict, argv: list[str] | None = None) -> dict:
-    return {"format": FORMAT_VERSION, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-            "argv": argv, "env": env, "peak_tflops": peak, "settings": dataclasses.asdict(settings), "results": []}
+    return {
+        "format": FORMAT_VERSION,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "argv": argv,
+        "env": env,
+        "peak_tflops": peak,
+        "settings": dataclasses.asdict(settings),
+        "results": [],
+    }
 
 
 # ------------------------------------------------------------------------------------------ report
@@ -966,8 +1164,10 @@ def _step_table(doc: dict, keys: list[tuple[str, int]]) -> list[str]:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|",
     ]
     for net, bs in keys:
-        j, jb, tb, te, tc = (find(doc, k, net, bs, ok=False) for k in
-                             ("jax_step", "jax_step_bf16", "torch_blog_step", "torch_tuned", "torch_tuned_compiled"))
+        j, jb, tb, te, tc = (
+            find(doc, k, net, bs, ok=False)
+            for k in ("jax_step", "jax_step_bf16", "torch_blog_step", "torch_tuned", "torch_tuned_compiled")
+        )
         if j is None and tb is None and te is None:
             continue
         tuned = [r["step_ms"] for r in (te, tc) if _ok(r)]
@@ -985,7 +1185,8 @@ def _step_table(doc: dict, keys: list[tuple[str, int]]) -> list[str]:
             f"{_cell(j, 'step_ms')} | {_cell(j, 'images_per_s', '.0f')} | {_cell(jb, 'step_ms')} | "
             f"{_cell(tb, 'step_ms')} | {_cell(te, 'step_ms')} | {compiled} | "
             f"{ratio_text(jms, _ok(tb) and tb['step_ms'])} | {ratio_text(jms, min(tuned) if tuned else None)} | "
-            f"{util} |")
+            f"{util} |"
+        )
     return lines
 
 
@@ -1003,14 +1204,16 @@ def _epoch_table(doc: dict, keys: list[tuple[str, int]]) -> list[str]:
         "|---|---:|---:|---:|---:|---|---:|---:|---:|",
     ]
     for net, bs in keys:
-        je, tbe, jev, tev = (find(doc, k, net, bs, ok=False) for k in
-                             ("jax_epoch", "torch_blog_epoch", "jax_eval", "torch_tuned_eval"))
+        je, tbe, jev, tev = (
+            find(doc, k, net, bs, ok=False) for k in ("jax_epoch", "torch_blog_epoch", "jax_eval", "torch_tuned_eval")
+        )
         lines.append(
             f"| {net} | {bs} | {_cell(je, 'full_epoch_s_estimate')} | {_cell(je, 'compile_s')} | "
             f"{_cell(tbe, 'full_epoch_s_estimate')} | "
             f"{ratio_text(_ok(je) and je['full_epoch_s_estimate'], _ok(tbe) and tbe['full_epoch_s_estimate'])} | "
             f"{_cell(jev, 'images_per_s', '.0f')} | {_cell(tev, 'images_per_s', '.0f')} | "
-            f"{_cell(tbe, 'test_images_per_s', '.0f')} |")
+            f"{_cell(tbe, 'test_images_per_s', '.0f')} |"
+        )
     return lines
 
 
@@ -1019,11 +1222,15 @@ def _notes(doc: dict) -> list[str]:
     notes = []
     if peak.get("key") == "cpu":
         cpu = peak.get("cpu") or {}
-        notes.append(f"CPU peak is an estimate, {_fmt(peak.get('fp32'), '.3f')} TFLOP/s fp32 = {cpu.get('cores')} "
-                     f"vCPUs x {_fmt(cpu.get('ghz'))} GHz x {cpu.get('flop_per_cycle')} FLOP/cycle.")
+        notes.append(
+            f"CPU peak is an estimate, {_fmt(peak.get('fp32'), '.3f')} TFLOP/s fp32 = {cpu.get('cores')} "
+            f"vCPUs x {_fmt(cpu.get('ghz'))} GHz x {cpu.get('flop_per_cycle')} FLOP/cycle."
+        )
     elif peak.get("key"):
-        notes.append(f"Peak, {peak['key']} ({peak['source']}): fp32 {peak['fp32']}, TF32 {peak['tf32']}, bf16 "
-                     f"{peak['bf16']} TFLOP/s; f32 steps are judged against TF32, JAX's GPU default for f32 convs.")
+        notes.append(
+            f"Peak, {peak['key']} ({peak['source']}): fp32 {peak['fp32']}, TF32 {peak['tf32']}, bf16 "
+            f"{peak['bf16']} TFLOP/s; f32 steps are judged against TF32, JAX's GPU default for f32 convs."
+        )
     else:
         notes.append(f"Peak FLOP/s unknown for this device ({peak.get('source')}).")
     if env["platform"] == "cpu":
@@ -1034,8 +1241,10 @@ def _notes(doc: dict) -> list[str]:
         if r["status"] != "ok":
             notes.append(f"{r['kind']} {r['network']} batch {r['batch_size']}: {r['status']}: {r.get('reason', '')}")
         if r.get("compile_error"):
-            notes.append(f"torch.compile failed for {r['network']} batch {r['batch_size']}, eager numbers shown: "
-                         f"{r['compile_error']}")
+            notes.append(
+                f"torch.compile failed for {r['network']} batch {r['batch_size']}, eager numbers shown: "
+                f"{r['compile_error']}"
+            )
     return notes
 
 
@@ -1063,7 +1272,7 @@ def conv_sliced(x, k):
 
     kh, kw, c, o = k.shape
     h, w = x.shape[1] - kh + 1, x.shape[2] - kw + 1
-    patches = jnp.concatenate([x[:, i:i + h, j:j + w, :] for i in range(kh) for j in range(kw)], axis=-1)
+    patches = jnp.concatenate([x[:, i : i + h, j : j + w, :] for i in range(kh) for j in range(kw)], axis=-1)
     return patches @ k.reshape(kh * kw * c, o)  # HWIO flattens in the same (i, j, c) order as the patches
 
 
@@ -1090,8 +1299,12 @@ class _CnnWithCpuOps:
             return orig_pool(x, window, strides, padding)
 
         def conv(lhs, rhs, window_strides, padding, *args, **kwargs):
-            plain = tuple(window_strides) == (1, 1) and tuple(map(tuple, padding)) == ((0, 0), (0, 0)) and \
-                kwargs.get("dimension_numbers") == ("NHWC", "HWIO", "NHWC") and not args
+            plain = (
+                tuple(window_strides) == (1, 1)
+                and tuple(map(tuple, padding)) == ((0, 0), (0, 0))
+                and kwargs.get("dimension_numbers") == ("NHWC", "HWIO", "NHWC")
+                and not args
+            )
             return conv_sliced(lhs, rhs) if plain else orig_conv(lhs, rhs, window_strides, padding, *args, **kwargs)
 
         if self.swap_pool:
@@ -1104,8 +1317,9 @@ class _CnnWithCpuOps:
         self.models.max_pool, self.lax.conv_general_dilated = self.saved
 
 
-def measure_interleaved(fns: dict[str, Callable[[], Any]], sync: Callable[[Any], Any], *, rounds: int,
-                        warmup: int = 1) -> dict[str, Timing]:
+def measure_interleaved(
+    fns: dict[str, Callable[[], Any]], sync: Callable[[Any], Any], *, rounds: int, warmup: int = 1
+) -> dict[str, Timing]:
     """Times several functions round-robin, one call of each per round: on a shared, loaded machine every one of
     them then sees the same mix of quiet and busy moments, so their ratios stay meaningful."""
     for fn in fns.values():
@@ -1120,8 +1334,14 @@ def measure_interleaved(fns: dict[str, Callable[[], Any]], sync: Callable[[Any],
     return {name: Timing(v) for name, v in samples.items()}
 
 
-def profile_cnn(batch_size: int = 512, *, rounds: int = 15, scan_steps: int = 4, with_torch: bool = True,
-                log: Callable[[str], None] = print) -> list[dict]:
+def profile_cnn(
+    batch_size: int = 512,
+    *,
+    rounds: int = 15,
+    scan_steps: int = 4,
+    with_torch: bool = True,
+    log: Callable[[str], None] = print,
+) -> list[dict]:
     """Where the `cnn` train step's time goes: each op of its forward and backward jitted in isolation (JAX) and
     the matching aten call (torch), on the default device (meant for the CPU).
 
@@ -1210,8 +1430,9 @@ def profile_cnn(batch_size: int = 512, *, rounds: int = 15, scan_steps: int = 4,
     state = train.create_state(config_for("cnn", B), jax.random.PRNGKey(0))
 
     def step_compiled():  # a fresh jit each time: a cached trace would not see the patched ops
-        return functools.partial(jax.jit(lambda s, b: train.train_step(s, b)).lower(state, batch).compile(),
-                                 state, batch)
+        return functools.partial(
+            jax.jit(lambda s, b: train.train_step(s, b)).lower(state, batch).compile(), state, batch
+        )
 
     jax_fns["whole train step"] = step_compiled()
     with _CnnWithCpuOps(pool=True):
@@ -1256,13 +1477,15 @@ def _profile_cnn_torch_ops(B: int) -> dict[str, Callable[[], Any]]:
     p1, p2 = r(B, 10, 12, 12), r(B, 20, 4, 4)
 
     def cbwd(dy, x, k, mask):
-        return lambda: torch.ops.aten.convolution_backward(dy, x, k, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
-                                                           mask)
+        return lambda: torch.ops.aten.convolution_backward(
+            dy, x, k, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, mask
+        )
 
     def pool_bwd(x, dy):
         _, ind = torch.ops.aten.max_pool2d_with_indices(x, [2, 2], [2, 2])
-        return lambda: torch.ops.aten.max_pool2d_with_indices_backward(dy, x, [2, 2], [2, 2], [0, 0], [1, 1],
-                                                                        False, ind)
+        return lambda: torch.ops.aten.max_pool2d_with_indices_backward(
+            dy, x, [2, 2], [2, 2], [0, 0], [1, 1], False, ind
+        )
 
     def relu_bn(x, dy):
         w, b = torch.ones(x.shape[1], requires_grad=True), torch.zeros(x.shape[1], requires_grad=True)
@@ -1296,6 +1519,7 @@ def _profile_cnn_torch_ops(B: int) -> dict[str, Callable[[], Any]]:
 
 def profile_report(rows: list[dict]) -> str:
     """Median and, in brackets, minimum per op (ms); on a loaded machine the minimum is the steadier of the two."""
+
     def both(r, k):
         return f"{_fmt(r.get(k + '_ms'))} ({_fmt(r.get(k + '_min_ms'))})" if r.get(k + "_ms") else "-"
 

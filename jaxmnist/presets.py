@@ -57,25 +57,44 @@ PRESETS: dict[str, Config] = {
     "cnn_cpu": Config(model="cnn", batch_size=64, lr=0.01, epochs=10, blog_result=99.11, blog_calls_eval=False),
     "cnn_gpu": Config(model="cnn", batch_size=256, lr=0.04, epochs=20, blog_result=99.01, blog_calls_eval=False),
     "cnn_tb": Config(model="cnn", batch_size=512, lr=0.04, epochs=20, blog_result=99.00, blog_epoch_s=5.77),
-    "cnn_deep": Config(model="cnn_deep", batch_size=512, optimizer="rmsprop", lr=1e-3, epochs=100, augment=True,
-                       plateau=True, blog_result=99.30, blog_epoch_s=6.89),
+    "cnn_deep": Config(
+        model="cnn_deep",
+        batch_size=512,
+        optimizer="rmsprop",
+        lr=1e-3,
+        epochs=100,
+        augment=True,
+        plateau=True,
+        blog_result=99.30,
+        blog_epoch_s=6.89,
+    ),
     "resnet": Config(model="resnet", batch_size=512, lr=0.04, epochs=20, blog_result=99.30, blog_epoch_s=14.43),
     "resnet18": Config(model="resnet18", batch_size=512, lr=0.001, epochs=50, blog_result=98.36, blog_epoch_s=6.75),
-    "resnet101": Config(model="resnet101", batch_size=512, lr=0.001, epochs=50, blog_result=97.50,
-                        blog_epoch_s=28.44),
+    "resnet101": Config(model="resnet101", batch_size=512, lr=0.001, epochs=50, blog_result=97.50, blog_epoch_s=28.44),
 }
 
 # `--model NAME` alone runs the network's natural preset.
-MODEL_PRESET = {"cnn": "cnn_tb", "cnn_deep": "cnn_deep", "resnet": "resnet", "resnet18": "resnet18",
-                "resnet101": "resnet101"}
+MODEL_PRESET = {
+    "cnn": "cnn_tb",
+    "cnn_deep": "cnn_deep",
+    "resnet": "resnet",
+    "resnet18": "resnet18",
+    "resnet101": "resnet101",
+}
 
 
 def describe(c: Config) -> str:
     """One line: network, batch, optimiser and schedule, as the blog would state them."""
-    opt = f"SGD lr {c.lr:g}, momentum {c.momentum:g}" if c.optimizer == "sgd" else (
-        f"RMSprop lr {c.lr:g}, alpha {c.alpha:g}, momentum {c.momentum:g}")
-    extras = [s for s, on in (("augmentation", c.augment), ("ReduceLROnPlateau", c.plateau),
-                              ("blog quirks", c.blog_quirks)) if on]
+    opt = (
+        f"SGD lr {c.lr:g}, momentum {c.momentum:g}"
+        if c.optimizer == "sgd"
+        else (f"RMSprop lr {c.lr:g}, alpha {c.alpha:g}, momentum {c.momentum:g}")
+    )
+    extras = [
+        s
+        for s, on in (("augmentation", c.augment), ("ReduceLROnPlateau", c.plateau), ("blog quirks", c.blog_quirks))
+        if on
+    ]
     return f"{c.model}, batch {c.batch_size}, {opt}, {c.epochs} epochs" + "".join(f", {e}" for e in extras)
 
 
@@ -112,7 +131,7 @@ def split_train(data, config: Config):
     if config.val_size >= len(labels):
         raise UsageError(f"--val-size {config.val_size} leaves no training images (of {len(labels)})")
     order = np.random.default_rng(config.seed).permutation(len(labels))
-    val, train = order[: config.val_size], np.sort(order[config.val_size:])
+    val, train = order[: config.val_size], np.sort(order[config.val_size :])
     return (images[train], labels[train]), (images[val], labels[val])
 
 
@@ -123,8 +142,11 @@ def config_from_args(args: argparse.Namespace) -> tuple[str, Config]:
     if args.model is not None and args.model not in MODEL_PRESET:
         raise UsageError(f"unknown model {args.model!r}; choose from {', '.join(MODEL_PRESET)}")
     preset = args.preset or MODEL_PRESET.get(args.model, "cnn_tb")
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
-                 if f.name != "blog_quirks" and getattr(args, f.name, None) is not None}
+    overrides = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(Config)
+        if f.name != "blog_quirks" and getattr(args, f.name, None) is not None
+    }
     config = PRESETS[preset].replace(**overrides, blog_quirks=args.blog_quirks)
     validate(config)
     return preset, config

@@ -36,8 +36,13 @@ def average_line(seconds: float) -> str:
 
 def git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -65,17 +70,34 @@ def atomic_write(path: Path, data: bytes) -> None:
 class RunLog:
     """Collects a run's metrics; writes TensorBoard events, metrics.json and curves.png into `logdir`."""
 
-    def __init__(self, logdir: str | os.PathLike, *, framework: str, preset: str | None, config: Any,
-                 device: str, n_train: int, record: dict | None = None):
+    def __init__(
+        self,
+        logdir: str | os.PathLike,
+        *,
+        framework: str,
+        preset: str | None,
+        config: Any,
+        device: str,
+        n_train: int,
+        record: dict | None = None,
+    ):
         self.dir = Path(logdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         cfg = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
         self.batches_per_epoch_axis = math.ceil(n_train / cfg["batch_size"])  # the blog's x-axis unit
         self.record = record or {
-            "format": FORMAT_VERSION, "framework": framework, "preset": preset, "config": cfg, "device": device,
-            "platform": platform.platform(), "python": platform.python_version(), "commit": git_commit(),
+            "format": FORMAT_VERSION,
+            "framework": framework,
+            "preset": preset,
+            "config": cfg,
+            "device": device,
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "commit": git_commit(),
             "versions": versions("jax", "jaxlib", "flax", "optax", "numpy", "torch", "torchvision"),
-            "n_train": n_train, "epochs": [], "batches": {"x": [], "acc": [], "loss": []},
+            "n_train": n_train,
+            "epochs": [],
+            "batches": {"x": [], "acc": [], "loss": []},
         }
         from tensorboardX import SummaryWriter
 
@@ -94,8 +116,14 @@ class RunLog:
 
     def add_epoch(self, epoch: int, **metrics: float) -> None:
         """Per-epoch scalars (epoch counts from 1): test_acc, test_loss, val_acc, lr, time_s, train_loss, ..."""
-        tags = {"test_acc": "acc_test/epoch", "test_loss": "loss_test/epoch", "val_acc": "acc_val/epoch",
-                "val_loss": "loss_val/epoch", "lr": "lr/epoch", "time_s": "time/epoch"}
+        tags = {
+            "test_acc": "acc_test/epoch",
+            "test_loss": "loss_test/epoch",
+            "val_acc": "acc_val/epoch",
+            "val_loss": "loss_val/epoch",
+            "lr": "lr/epoch",
+            "time_s": "time/epoch",
+        }
         for key, value in metrics.items():
             if key in tags and value is not None:
                 self.writer.add_scalar(tags[key], value, epoch)
@@ -109,8 +137,12 @@ class RunLog:
             return {}
         best = int(np.argmax(accs))
         times = [e["time_s"] for e in self.record["epochs"] if "time_s" in e]
-        return {"final_acc": accs[-1], "best_acc": accs[best], "best_epoch": self.record["epochs"][best]["epoch"],
-                "avg_epoch_s": float(np.mean(times)) if times else None}
+        return {
+            "final_acc": accs[-1],
+            "best_acc": accs[best],
+            "best_epoch": self.record["epochs"][best]["epoch"],
+            "avg_epoch_s": float(np.mean(times)) if times else None,
+        }
 
     def finish(self, **extra: Any) -> dict:
         self.record.update(self.summary(), **extra)
@@ -146,7 +178,9 @@ class RunLog:
         ax2.set_xlabel("batch_num")
         ax2.legend()
         cfg = self.record["config"]
-        fig.suptitle(f"{self.record['framework']} {self.record.get('preset') or cfg['model']} on {self.record['device']}")
+        fig.suptitle(
+            f"{self.record['framework']} {self.record.get('preset') or cfg['model']} on {self.record['device']}"
+        )
         fig.tight_layout()
         tmp = self.dir / ".curves.png.tmp"
         fig.savefig(tmp, dpi=90, format="png")

@@ -38,8 +38,17 @@ from flax import struct
 from jaxmnist import augment as augment_lib
 from jaxmnist import data as data_lib
 from jaxmnist import models, optim, runlog
-from jaxmnist.presets import (MODEL_PRESET, PRESETS, Config, UsageError, config_from_args, describe, split_train,
-                              trains_in_eval_mode, validate)
+from jaxmnist.presets import (
+    MODEL_PRESET,
+    PRESETS,
+    Config,
+    UsageError,
+    config_from_args,
+    describe,
+    split_train,
+    trains_in_eval_mode,
+    validate,
+)
 
 
 # ------------------------------------------------------------------------------------------- state
@@ -71,15 +80,23 @@ def create_state(config: Config, key: jax.Array, dtype=jnp.float32, variables: d
     if variables is None:
         variables = jax.jit(functools.partial(model.init, train=False))(init_key, jnp.zeros((1, 28, 28, 1)))
     tx = make_optimizer(config)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
-                      batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(variables["params"]),
-                      lr=jnp.asarray(config.lr, jnp.float32), rng=rng, apply_fn=model.apply, tx=tx)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=variables["params"],
+        batch_stats=variables.get("batch_stats", {}),
+        opt_state=tx.init(variables["params"]),
+        lr=jnp.asarray(config.lr, jnp.float32),
+        rng=rng,
+        apply_fn=model.apply,
+        tx=tx,
+    )
 
 
 def cross_entropy(logits, labels):
     """Per-example loss, computed in at least float32 (bf16 logits are promoted; float64 stays float64)."""
     return optax.softmax_cross_entropy_with_integer_labels(
-        logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), labels)
+        logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), labels
+    )
 
 
 # -------------------------------------------------------------------------------------------- steps
@@ -93,8 +110,9 @@ def train_step(state: TrainState, batch: dict, train: bool = True) -> tuple[Trai
     def loss_fn(params):
         variables = {"params": params, "batch_stats": state.batch_stats}
         if train:
-            logits, updates = state.apply_fn(variables, batch["image"], train=True, rngs={"dropout": dropout_key},
-                                             mutable=["batch_stats"])
+            logits, updates = state.apply_fn(
+                variables, batch["image"], train=True, rngs={"dropout": dropout_key}, mutable=["batch_stats"]
+            )
             batch_stats = updates["batch_stats"]
         else:
             logits, batch_stats = state.apply_fn(variables, batch["image"], train=False), state.batch_stats
@@ -114,8 +132,11 @@ def eval_step(state: TrainState, batch: dict) -> dict:
     logits = state.apply_fn(variables, batch["image"], train=False)
     mask = batch["mask"]
     correct = (jnp.argmax(logits, -1) == batch["label"]) & mask
-    return {"loss": jnp.sum(cross_entropy(logits, batch["label"]) * mask), "correct": jnp.sum(correct),
-            "count": jnp.sum(mask)}
+    return {
+        "loss": jnp.sum(cross_entropy(logits, batch["label"]) * mask),
+        "correct": jnp.sum(correct),
+        "count": jnp.sum(mask),
+    }
 
 
 def prepare_images(images_u8, key, augment: bool):
@@ -173,8 +194,9 @@ def evaluate(state: TrainState, images, labels, augment_key=None, *, batch_size:
     def body(_, xs):
         i, image, label, m = xs
         key = None if augment_key is None else jax.random.fold_in(augment_key, i)
-        return None, eval_step(state, {"image": prepare_images(image, key, augment_key is not None),
-                                       "label": label, "mask": m})
+        return None, eval_step(
+            state, {"image": prepare_images(image, key, augment_key is not None), "label": label, "mask": m}
+        )
 
     _, sums = jax.lax.scan(body, None, (jnp.arange(steps), images, labels, mask))
     sums = jax.tree.map(jnp.sum, sums)
@@ -219,11 +241,21 @@ def _device_name() -> str:
     return f"{d.platform}:{getattr(d, 'device_kind', d.platform)}"
 
 
-def train_and_evaluate(config: Config, *, preset: str | None = None, data: data_lib.Dataset | None = None,
-                       data_dir: str | None = None, logdir: str | None = None, workdir: str | None = None,
-                       resume: bool = False, chunk_steps: int | None = None, unroll: bool | None = None,
-                       progress: bool = True,
-                       stop_after_epoch: int | None = None, out=sys.stdout) -> Result:
+def train_and_evaluate(
+    config: Config,
+    *,
+    preset: str | None = None,
+    data: data_lib.Dataset | None = None,
+    data_dir: str | None = None,
+    logdir: str | None = None,
+    workdir: str | None = None,
+    resume: bool = False,
+    chunk_steps: int | None = None,
+    unroll: bool | None = None,
+    progress: bool = True,
+    stop_after_epoch: int | None = None,
+    out=sys.stdout,
+) -> Result:
     """Trains `config` and evaluates after every epoch; prints the blog's lines; returns the final state and
     the metrics record.
 
@@ -253,13 +285,21 @@ def train_and_evaluate(config: Config, *, preset: str | None = None, data: data_
         val_x, val_y = jax.device_put(val[0]), jax.device_put(val[1].astype(np.int32))
 
     state = create_state(config, jax.random.PRNGKey(config.seed))
-    plateau = optim.ReduceLROnPlateau(config.lr, mode="max", factor=config.plateau_factor,
-                                      patience=config.plateau_patience, threshold=config.plateau_threshold,
-                                      threshold_mode="rel")
+    plateau = optim.ReduceLROnPlateau(
+        config.lr,
+        mode="max",
+        factor=config.plateau_factor,
+        patience=config.plateau_patience,
+        threshold=config.plateau_threshold,
+        threshold_mode="rel",
+    )
     monitor = "validation accuracy" if val is not None else "test accuracy"
     logdir = Path(logdir) if logdir else None
-    log = runlog.RunLog(logdir, framework="jax", preset=preset, config=config, device=_device_name(),
-                        n_train=n_train) if logdir else None
+    log = (
+        runlog.RunLog(logdir, framework="jax", preset=preset, config=config, device=_device_name(), n_train=n_train)
+        if logdir
+        else None
+    )
     ckpt = Checkpointer(workdir) if workdir else None
     first_epoch = 0
     if resume:
@@ -289,24 +329,36 @@ def train_and_evaluate(config: Config, *, preset: str | None = None, data: data_
     for mode in train_modes:
         for size in sizes:
             idx = jax.ShapeDtypeStruct((size, config.batch_size), jnp.int32)
-            compiled[mode, size] = jit_chunk.lower(state, train_x, train_y, idx, augment=config.augment,
-                                                   train=mode, unroll=unroll).compile()
+            compiled[mode, size] = jit_chunk.lower(
+                state, train_x, train_y, idx, augment=config.augment, train=mode, unroll=unroll
+            ).compile()
     # Quirk 2: the blog's test set goes through the training augmentation, fresh every epoch.
     test_aug_key = jax.random.PRNGKey(config.seed ^ 0x7E57) if config.blog_quirks and config.augment else None
     eval_test = jit_eval.lower(state, test_x, test_y, test_aug_key, batch_size=config.eval_batch_size).compile()
-    eval_val = (jit_eval.lower(state, val_x, val_y, None, batch_size=config.eval_batch_size).compile()
-                if val is not None else None)
-    indices = jax.jit(epoch_indices, static_argnums=(0, 2, 3, 4)).lower(
-        config.seed, jnp.int32(0), n_train, config.batch_size, tuple(bounds)).compile()
+    eval_val = (
+        jit_eval.lower(state, val_x, val_y, None, batch_size=config.eval_batch_size).compile()
+        if val is not None
+        else None
+    )
+    indices = (
+        jax.jit(epoch_indices, static_argnums=(0, 2, 3, 4))
+        .lower(config.seed, jnp.int32(0), n_train, config.batch_size, tuple(bounds))
+        .compile()
+    )
     compile_s = time.perf_counter() - t0
 
     say(f"device: {_device_name()} ({jax.default_backend()}), jax {jax.__version__}")
     say(f"{'preset ' + preset + ': ' if preset else ''}{describe(config)}; data: {data.source}")
-    say(f"train: {n_train} images, {steps} steps of {config.batch_size} per epoch (ragged tail dropped); "
-        f"test: {len(test_y)} images" + (f"; validation: {len(val[1])} images" if val is not None else ""))
+    say(
+        f"train: {n_train} images, {steps} steps of {config.batch_size} per epoch (ragged tail dropped); "
+        f"test: {len(test_y)} images" + (f"; validation: {len(val[1])} images" if val is not None else "")
+    )
     if config.plateau:
-        say("ReduceLROnPlateau: never stepped (blog quirk 3)" if config.blog_quirks
-            else f"ReduceLROnPlateau monitors the {monitor}")
+        say(
+            "ReduceLROnPlateau: never stepped (blog quirk 3)"
+            if config.blog_quirks
+            else f"ReduceLROnPlateau monitors the {monitor}"
+        )
     say(f"compile: {compile_s:.2f} s (kept out of the epoch times)")
     say(runlog.header_line(config.epochs))
 
@@ -320,8 +372,14 @@ def train_and_evaluate(config: Config, *, preset: str | None = None, data: data_
         mode = not trains_in_eval_mode(config, epoch)
         chunks = indices(jnp.int32(epoch))
         metrics = []
-        with tqdm(total=steps, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, file=sys.stderr,
-                  disable=not progress, unit="step") as bar:
+        with tqdm(
+            total=steps,
+            desc=f"epoch {epoch + 1}/{config.epochs}",
+            leave=False,
+            file=sys.stderr,
+            disable=not progress,
+            unit="step",
+        ) as bar:
             pending = None
             for idx in chunks:
                 state, m = compiled[mode, idx.shape[0]](state, train_x, train_y, idx)
@@ -347,14 +405,29 @@ def train_and_evaluate(config: Config, *, preset: str | None = None, data: data_
             state = state.replace(lr=jnp.asarray(new_lr, jnp.float32))
         if log:
             log.add_batches(epoch, acc, loss)
-            log.add_epoch(epoch + 1, test_acc=float(test["accuracy"]), test_loss=float(test["loss"]),
-                          val_acc=None if val_m is None else float(val_m["accuracy"]),
-                          val_loss=None if val_m is None else float(val_m["loss"]),
-                          train_acc=float(acc.mean()), train_loss=float(loss.mean()), lr=lr_used, time_s=epoch_s)
+            log.add_epoch(
+                epoch + 1,
+                test_acc=float(test["accuracy"]),
+                test_loss=float(test["loss"]),
+                val_acc=None if val_m is None else float(val_m["accuracy"]),
+                val_loss=None if val_m is None else float(val_m["loss"]),
+                train_acc=float(acc.mean()),
+                train_loss=float(loss.mean()),
+                lr=lr_used,
+                time_s=epoch_s,
+            )
         if ckpt:
-            ckpt.save(state, epoch + 1, float(test["accuracy"]),
-                      meta={"config": dataclasses.asdict(config), "epoch": epoch + 1,
-                            "plateau": plateau.state_dict(), "record": log.record if log else None})
+            ckpt.save(
+                state,
+                epoch + 1,
+                float(test["accuracy"]),
+                meta={
+                    "config": dataclasses.asdict(config),
+                    "epoch": epoch + 1,
+                    "plateau": plateau.state_dict(),
+                    "record": log.record if log else None,
+                },
+            )
         if epoch >= first_epoch + 1:
             compiles_after_first = compile_count() - compiles_at_epoch_2
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
@@ -366,8 +439,7 @@ def train_and_evaluate(config: Config, *, preset: str | None = None, data: data_
     if log:
         record = log.finish(**record)
         s = log.summary()
-        say(f"final: {s['final_acc']:.2f} %, best: {s['best_acc']:.2f} % (epoch {s['best_epoch']}); "
-            f"logs in {logdir}")
+        say(f"final: {s['final_acc']:.2f} %, best: {s['best_acc']:.2f} % (epoch {s['best_epoch']}); logs in {logdir}")
     if compiles_after_first is not None:
         say(f"recompilations after the first epoch: {compiles_after_first}")
     if ckpt:
@@ -417,8 +489,10 @@ class Checkpointer:
         if step is None:
             return None
         target = {k: v for k, v in like.__dict__.items() if k not in ("apply_fn", "tx")}
-        out = self.latest.restore(step, args=self.ocp.args.Composite(
-            state=self.ocp.args.StandardRestore(target), meta=self.ocp.args.JsonRestore()))
+        out = self.latest.restore(
+            step,
+            args=self.ocp.args.Composite(state=self.ocp.args.StandardRestore(target), meta=self.ocp.args.JsonRestore()),
+        )
         return like.replace(**out["state"]), out["meta"]
 
     def close(self) -> None:
@@ -428,14 +502,19 @@ class Checkpointer:
 
 # --------------------------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m jaxmnist.train",
-                                description="Train one of the blog's networks on MNIST with JAX/Flax.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m jaxmnist.train",
+        description="Train one of the blog's networks on MNIST with JAX/Flax.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--model", help=f"network; alone it runs its preset: {MODEL_PRESET}")
     p.add_argument("--preset", help=f"experiment: {', '.join(PRESETS)} (default: the model's, else cnn_tb)")
     for name, typ, help_ in (
-        ("epochs", int, "epochs"), ("batch-size", int, "training batch size"), ("lr", float, "learning rate"),
-        ("momentum", float, "momentum (SGD and RMSprop)"), ("optimizer", str, f"one of {optim.OPTIMIZERS}"),
+        ("epochs", int, "epochs"),
+        ("batch-size", int, "training batch size"),
+        ("lr", float, "learning rate"),
+        ("momentum", float, "momentum (SGD and RMSprop)"),
+        ("optimizer", str, f"one of {optim.OPTIMIZERS}"),
         ("seed", int, "PRNG seed (init, shuffling, dropout, augmentation)"),
         ("num-classes", int, "output classes (default: the network's own head)"),
         ("val-size", int, "hold out N training images; the plateau schedule then monitors them"),
@@ -451,9 +530,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--logdir", help="TensorBoard events, metrics.json, curves.png (default runs/<preset>)")
     p.add_argument("--workdir", help="checkpoints (latest and best, every epoch)")
     p.add_argument("--resume", action="store_true", help="continue the run checkpointed in --workdir")
-    p.add_argument("--blog-quirks", action="store_true",
-                   help="reproduce the blog's loop: eval-mode training after epoch 1, augmented test set, "
-                        "plateau scheduler never stepped")
+    p.add_argument(
+        "--blog-quirks",
+        action="store_true",
+        help="reproduce the blog's loop: eval-mode training after epoch 1, augmented test set, "
+        "plateau scheduler never stepped",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -470,14 +552,23 @@ def main(argv: list[str] | None = None) -> int:
             probe.unlink()
         except OSError as e:
             raise UsageError(f"cannot write to --logdir {logdir}: {e.strerror}") from None
-        train_and_evaluate(config, preset=preset, data_dir=args.data_dir, logdir=logdir, workdir=args.workdir,
-                           resume=args.resume, progress=not args.no_progress)
+        train_and_evaluate(
+            config,
+            preset=preset,
+            data_dir=args.data_dir,
+            logdir=logdir,
+            workdir=args.workdir,
+            resume=args.resume,
+            progress=not args.no_progress,
+        )
     except (UsageError, data_lib.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted" + (f"; continue with --resume --workdir {args.workdir}" if args.workdir else ""),
-              file=sys.stderr)
+        print(
+            "interrupted" + (f"; continue with --resume --workdir {args.workdir}" if args.workdir else ""),
+            file=sys.stderr,
+        )
         return 130
     return 0
 

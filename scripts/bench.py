@@ -44,17 +44,26 @@ def int_list(text: str) -> tuple[int, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="scripts/bench.py", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n".join(__doc__.split("\n")[1:]))
+    p = argparse.ArgumentParser(
+        prog="scripts/bench.py",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.split("\n")[1:]),
+    )
     p.add_argument("--quick", action="store_true", help="smoke test: cnn and resnet, batch 8, a few steps")
     p.add_argument("--networks", help="comma-separated (default: all five; --quick: cnn,resnet)")
-    p.add_argument("--batch-sizes", type=int_list,
-                   help="the first gets the full set (default 512,64,4096 on GPU, 512,64,2048 on CPU)")
+    p.add_argument(
+        "--batch-sizes",
+        type=int_list,
+        help="the first gets the full set (default 512,64,4096 on GPU, 512,64,2048 on CPU)",
+    )
     p.add_argument("--epoch-batch-sizes", type=int_list, help="epoch + evaluation at these (default: the first)")
     p.add_argument("--compile-batch-sizes", type=int_list, help="torch.compile at these (default: the first)")
-    p.add_argument("--budget-s", type=float, help="skip what no longer fits after this many seconds; "
-                                                  "results so far are still written")
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        help="skip what no longer fits after this many seconds; results so far are still written",
+    )
     p.add_argument("--out", help="JSON file (default benchmarks/<platform>-<device>.json; --quick: runs/bench/)")
     p.add_argument("--data-dir", help="directory of the four MNIST IDX files (else jaxmnist.data's cache/sources)")
     p.add_argument("--offline", action="store_true", help="never try the network for MNIST")
@@ -62,15 +71,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-torch", action="store_true", help="JAX only")
     p.add_argument("--no-torch-compile", action="store_true", help="no torch.compile measurements")
     p.add_argument("--torch-device", help="cpu or cuda[:N] (default: cuda when available)")
-    p.add_argument("--num-workers", type=int, help="blog DataLoader workers (default: 4 with CUDA, as the blog; "
-                                                   "0 on CPU)")
+    p.add_argument(
+        "--num-workers", type=int, help="blog DataLoader workers (default: 4 with CUDA, as the blog; 0 on CPU)"
+    )
     p.add_argument("--iters", type=int, help="timed steps per measurement (default 50; capped by --max-s)")
     p.add_argument("--warmup", type=int, help="untimed steps first (default 3)")
     p.add_argument("--max-s", type=float, help="stop a measurement after this many seconds of samples (default 3)")
     p.add_argument("--epoch-repeats", type=int, help="epochs timed, best kept (default 2)")
     p.add_argument("--train-size", type=int, help="epoch over only the first N training images")
-    p.add_argument("--profile-cnn", type=int, nargs="?", const=512, metavar="BATCH",
-                   help="instead: per-op profile of the cnn train step (default batch 512)")
+    p.add_argument(
+        "--profile-cnn",
+        type=int,
+        nargs="?",
+        const=512,
+        metavar="BATCH",
+        help="instead: per-op profile of the cnn train step (default batch 512)",
+    )
     p.add_argument("--table", metavar="JSON", help="instead: print the tables of a saved run")
     p.add_argument("--dry-run", action="store_true", help="list the planned measurements in order, run none")
     return p
@@ -155,12 +171,18 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.profile_cnn:
         out = Path(args.out) if args.out else default_out(bench, env, False, f"profile-cnn-{args.profile_cnn}-")
-        print(f"profile of the cnn train step at batch {args.profile_cnn} on {env['platform']}:{env['device_kind']}"
-              f" (load average {', '.join(f'{x:.2f}' for x in os.getloadavg())})", flush=True)
+        print(
+            f"profile of the cnn train step at batch {args.profile_cnn} on {env['platform']}:{env['device_kind']}"
+            f" (load average {', '.join(f'{x:.2f}' for x in os.getloadavg())})",
+            flush=True,
+        )
         rows = bench.profile_cnn(args.profile_cnn, rounds=args.iters or 15, with_torch=torch_device is not None)
-        doc = {"format": bench.FORMAT_VERSION, "env": env, "profile_cnn": {"batch_size": args.profile_cnn,
-                                                                          "rows": rows},
-               "load_avg_end": os.getloadavg()}
+        doc = {
+            "format": bench.FORMAT_VERSION,
+            "env": env,
+            "profile_cnn": {"batch_size": args.profile_cnn, "rows": rows},
+            "load_avg_end": os.getloadavg(),
+        }
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(doc, indent=1, default=str))
         print(bench.profile_report(rows), end="")
@@ -169,8 +191,13 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = settings_from_args(args, bench, platform, torch_device)
     try:
-        data = data_lib.load("mnist", args.data_dir, network=not args.offline, progress=False,
-                             log=lambda msg: print(f"[data] {msg}", file=sys.stderr))
+        data = data_lib.load(
+            "mnist",
+            args.data_dir,
+            network=not args.offline,
+            progress=False,
+            log=lambda msg: print(f"[data] {msg}", file=sys.stderr),
+        )
     except data_lib.DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -181,11 +208,16 @@ def main(argv: list[str] | None = None) -> int:
     plan = bench.build_plan(settings, data, peak, torch_device if settings.torch else None, doc)
     if args.dry_run:
         for item in plan:
-            print(f"  tier {bench.priority(item.kind, item.network, item.batch_size, settings)}  {item.kind:22s} "
-                  f"{item.network:9s} batch {item.batch_size:5d}  prior ~{runner.estimate(item):.0f} s")
+            print(
+                f"  tier {bench.priority(item.kind, item.network, item.batch_size, settings)}  {item.kind:22s} "
+                f"{item.network:9s} batch {item.batch_size:5d}  prior ~{runner.estimate(item):.0f} s"
+            )
         return 0
-    print(f"{len(plan)} measurements on {env['platform']}:{env['device_kind']}, torch on {torch_device}; "
-          f"budget {settings.budget_s or 'none'} s; writing {out}", flush=True)
+    print(
+        f"{len(plan)} measurements on {env['platform']}:{env['device_kind']}, torch on {torch_device}; "
+        f"budget {settings.budget_s or 'none'} s; writing {out}",
+        flush=True,
+    )
 
     signal.signal(signal.SIGTERM, _interrupt)
     interrupted = False

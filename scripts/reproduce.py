@@ -37,8 +37,9 @@ def name_list(text: str, valid) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in valid]
     if unknown or not names:
-        raise argparse.ArgumentTypeError(f"unknown {', '.join(unknown) or 'empty list'}; "
-                                         f"choose from {', '.join(valid)}")
+        raise argparse.ArgumentTypeError(
+            f"unknown {', '.join(unknown) or 'empty list'}; choose from {', '.join(valid)}"
+        )
     return names
 
 
@@ -53,13 +54,24 @@ def positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="scripts/reproduce.py", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n".join(__doc__.split("\n")[1:]))
-    p.add_argument("--presets", type=lambda t: name_list(t, PRESETS), default=list(PRESETS),
-                   help=f"comma-separated presets (default: all: {','.join(PRESETS)})")
-    p.add_argument("--frameworks", type=lambda t: name_list(t, FRAMEWORKS), default=list(FRAMEWORKS),
-                   help="comma-separated: jax, torch (default: both)")
+    p = argparse.ArgumentParser(
+        prog="scripts/reproduce.py",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.split("\n")[1:]),
+    )
+    p.add_argument(
+        "--presets",
+        type=lambda t: name_list(t, PRESETS),
+        default=list(PRESETS),
+        help=f"comma-separated presets (default: all: {','.join(PRESETS)})",
+    )
+    p.add_argument(
+        "--frameworks",
+        type=lambda t: name_list(t, FRAMEWORKS),
+        default=list(FRAMEWORKS),
+        help="comma-separated: jax, torch (default: both)",
+    )
     p.add_argument("--seeds", type=positive_int, default=3, help="seeds 0..N-1 per preset and framework")
     p.add_argument("--epochs", type=positive_int, help="fewer epochs than the blog's (labelled 'reduced epochs')")
     p.add_argument("--max-steps", type=positive_int, help="at most N steps per epoch (smoke tests only)")
@@ -73,8 +85,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_one(framework: str, preset: str, seed: int, args, logdir: Path) -> dict:
     """One training process; returns its metrics.json summarised, or the error it ended with."""
-    cmd = [sys.executable, "-m", FRAMEWORKS[framework], "--preset", preset, "--seed", str(seed),
-           "--logdir", str(logdir), "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        FRAMEWORKS[framework],
+        "--preset",
+        preset,
+        "--seed",
+        str(seed),
+        "--logdir",
+        str(logdir),
+        "--no-progress",
+    ]
     cmd += ["--epochs", str(args.epochs)] if args.epochs else []
     cmd += ["--max-steps", str(args.max_steps)] if args.max_steps else []
     cmd += ["--blog-quirks"] if args.blog_quirks else []
@@ -88,11 +110,18 @@ def run_one(framework: str, preset: str, seed: int, args, logdir: Path) -> dict:
         return {"seed": seed, "error": last, "logdir": str(logdir)}
     record = json.loads((logdir / "metrics.json").read_text())
     return {
-        "seed": seed, "final_acc": record["final_acc"], "best_acc": record["best_acc"],
-        "best_epoch": record["best_epoch"], "test_acc": [e["test_acc"] for e in record["epochs"]],
-        "epoch_s": [e["time_s"] for e in record["epochs"]], "avg_epoch_s": record["avg_epoch_s"],
-        "compile_s": record["compile_s"], "device": record["device"], "versions": record["versions"],
-        "commit": record["commit"], "num_workers": args.num_workers if framework == "torch" else None,
+        "seed": seed,
+        "final_acc": record["final_acc"],
+        "best_acc": record["best_acc"],
+        "best_epoch": record["best_epoch"],
+        "test_acc": [e["test_acc"] for e in record["epochs"]],
+        "epoch_s": [e["time_s"] for e in record["epochs"]],
+        "avg_epoch_s": record["avg_epoch_s"],
+        "compile_s": record["compile_s"],
+        "device": record["device"],
+        "versions": record["versions"],
+        "commit": record["commit"],
+        "num_workers": args.num_workers if framework == "torch" else None,
         "logdir": str(logdir),
     }
 
@@ -100,8 +129,11 @@ def run_one(framework: str, preset: str, seed: int, args, logdir: Path) -> dict:
 def mean_std(values: list[float]) -> dict | None:
     if not values:
         return None
-    return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
-            "n": len(values)}
+    return {
+        "mean": float(np.mean(values)),
+        "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+        "n": len(values),
+    }
 
 
 def aggregate(runs: list[dict]) -> dict:
@@ -122,16 +154,23 @@ def reproduce(preset: str, args, out: Path) -> dict:
     config = PRESETS[preset]
     epochs = args.epochs or config.epochs
     result = {
-        "preset": preset, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "preset": preset,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "blog": {"final_acc": config.blog_result, "epoch_s": config.blog_epoch_s, "epochs": config.epochs},
-        "epochs_run": epochs, "reduced_epochs": epochs < config.epochs, "max_steps": args.max_steps,
-        "blog_quirks": args.blog_quirks, "seeds": args.seeds,
-        "config": dataclasses.asdict(config.replace(epochs=epochs)), "frameworks": {},
+        "epochs_run": epochs,
+        "reduced_epochs": epochs < config.epochs,
+        "max_steps": args.max_steps,
+        "blog_quirks": args.blog_quirks,
+        "seeds": args.seeds,
+        "config": dataclasses.asdict(config.replace(epochs=epochs)),
+        "frameworks": {},
     }
     name = preset + ("-blog-quirks" if args.blog_quirks else "")  # both loops' results can sit side by side
     for framework in args.frameworks:
-        runs = [run_one(framework, preset, seed, args, out / "runs" / name / framework / f"seed{seed}")
-                for seed in range(args.seeds)]
+        runs = [
+            run_one(framework, preset, seed, args, out / "runs" / name / framework / f"seed{seed}")
+            for seed in range(args.seeds)
+        ]
         result["frameworks"][framework] = aggregate(runs)
         (out / f"{name}.json").write_text(json.dumps(result, indent=1))  # after each framework: kept if cut off
     return result
@@ -147,8 +186,10 @@ def fmt(stat: dict | None, unit: str = " %", digits: int = 2) -> str:
 
 
 def table(results: list[dict]) -> str:
-    header = ("| preset | blog final (s/epoch) | epochs run | JAX final | JAX best | torch final | torch best "
-              "| s/epoch JAX / torch | device |")
+    header = (
+        "| preset | blog final (s/epoch) | epochs run | JAX final | JAX best | torch final | torch best "
+        "| s/epoch JAX / torch | device |"
+    )
     rows = [header, "|" + "---|" * (header.count("|") - 1)]
     for r in results:
         fw = r["frameworks"]
@@ -173,23 +214,25 @@ def write_readme(out: Path) -> Path:
     results.sort(key=lambda r: (list(PRESETS).index(r["preset"]), r["blog_quirks"]))  # the blog's order
     seeds = ", ".join(str(n) for n in sorted({r["seeds"] for r in results}))
     failed = sum(agg["failed"] for r in results for agg in r["frameworks"].values())
-    text = "\n".join([
-        "# Reproduction of the blog's experiments",
-        "",
-        "Written by `scripts/reproduce.py`; regenerate it from the JSON files with `python scripts/reproduce.py "
-        "--table-only --out DIR` (DIR: this directory). Each run and its logs: `<preset>.json`, `runs/`.",
-        "",
-        table(results),
-        "",
-        f"Accuracies are test accuracy after the last epoch (final) and the highest per-epoch test accuracy (best, "
-        f"selected on the test set as the blog does), mean ± sample std over {seeds} seed(s) per framework "
-        "(seeds 0, 1, ...). "
-        "s/epoch is the mean epoch time (training plus evaluation; JAX's compilation is kept out). The blog's "
-        "numbers are its single runs. Presets marked 'blog quirks' reproduce the blog's own loop; otherwise the "
-        "loop is the correct one (see the README).",
-        *(["", f"{failed} run(s) failed: see `error` in the JSON files."] if failed else []),
-        "",
-    ])
+    text = "\n".join(
+        [
+            "# Reproduction of the blog's experiments",
+            "",
+            "Written by `scripts/reproduce.py`; regenerate it from the JSON files with `python scripts/reproduce.py "
+            "--table-only --out DIR` (DIR: this directory). Each run and its logs: `<preset>.json`, `runs/`.",
+            "",
+            table(results),
+            "",
+            f"Accuracies are test accuracy after the last epoch (final) and the highest per-epoch test accuracy (best, "
+            f"selected on the test set as the blog does), mean ± sample std over {seeds} seed(s) per framework "
+            "(seeds 0, 1, ...). "
+            "s/epoch is the mean epoch time (training plus evaluation; JAX's compilation is kept out). The blog's "
+            "numbers are its single runs. Presets marked 'blog quirks' reproduce the blog's own loop; otherwise the "
+            "loop is the correct one (see the README).",
+            *(["", f"{failed} run(s) failed: see `error` in the JSON files."] if failed else []),
+            "",
+        ]
+    )
     path = out / "README.md"
     path.write_text(text)
     return path

@@ -19,124 +19,127 @@ NEAREST = InterpolationMode.NEAREST
 
 @pytest.fixture(scope='module')
 def images():
-  """MNIST-like uint8 images: blurred drawn digits, soft random blobs, and noise.
+    """MNIST-like uint8 images: blurred drawn digits, soft random blobs, and noise.
 
-  The noise image makes every wrongly chosen source pixel visible.
-  """
-  rng = np.random.default_rng(0)
-  font = ImageFont.load_default(size=20)
-  digits = []
-  for digit in range(10):
-    canvas = Image.new('L', (28, 28))
-    centre = tuple(int(c) for c in rng.integers(11, 18, 2))
-    ImageDraw.Draw(canvas).text(
-        centre, str(digit), fill=255, font=font, anchor='mm', stroke_width=1, stroke_fill=255)
-    digits.append(np.asarray(canvas.filter(ImageFilter.GaussianBlur(0.8))))
-  rows, cols = np.mgrid[:28, :28]
-  blobs = []
-  for _ in range(5):
-    density = np.zeros((28, 28))
-    for cy, cx, radius in rng.uniform((4, 4, 1.5), (24, 24, 4), (6, 3)):
-      density += np.exp(-((rows - cy) ** 2 + (cols - cx) ** 2) / (2 * radius**2))
-    blobs.append(np.clip(density * 255, 0, 255).astype(np.uint8))
-  noise = [rng.integers(0, 256, (28, 28), dtype=np.uint8)]
-  return np.stack(digits + blobs + noise)
+    The noise image makes every wrongly chosen source pixel visible.
+    """
+    rng = np.random.default_rng(0)
+    font = ImageFont.load_default(size=20)
+    digits = []
+    for digit in range(10):
+        canvas = Image.new('L', (28, 28))
+        centre = tuple(int(c) for c in rng.integers(11, 18, 2))
+        ImageDraw.Draw(canvas).text(
+            centre, str(digit), fill=255, font=font, anchor='mm', stroke_width=1, stroke_fill=255
+        )
+        digits.append(np.asarray(canvas.filter(ImageFilter.GaussianBlur(0.8))))
+    rows, cols = np.mgrid[:28, :28]
+    blobs = []
+    for _ in range(5):
+        density = np.zeros((28, 28))
+        for cy, cx, radius in rng.uniform((4, 4, 1.5), (24, 24, 4), (6, 3)):
+            density += np.exp(-((rows - cy) ** 2 + (cols - cx) ** 2) / (2 * radius**2))
+        blobs.append(np.clip(density * 255, 0, 255).astype(np.uint8))
+    noise = [rng.integers(0, 256, (28, 28), dtype=np.uint8)]
+    return np.stack(digits + blobs + noise)
 
 
 def torchvision_warp(image, tx, ty, angle):
-  """The seed's pipeline on fixed parameters: RandomAffine's then RandomRotation's op."""
-  pil = Image.fromarray(image)
-  shifted = F.affine(
-      pil, angle=0.0, translate=[int(tx), int(ty)], scale=1.0, shear=[0.0, 0.0],
-      interpolation=NEAREST, fill=0)
-  return np.asarray(F.rotate(shifted, float(angle), NEAREST, fill=0))
+    """The seed's pipeline on fixed parameters: RandomAffine's then RandomRotation's op."""
+    pil = Image.fromarray(image)
+    shifted = F.affine(
+        pil, angle=0.0, translate=[int(tx), int(ty)], scale=1.0, shear=[0.0, 0.0], interpolation=NEAREST, fill=0
+    )
+    return np.asarray(F.rotate(shifted, float(angle), NEAREST, fill=0))
 
 
 def test_translations_pixel_exact(images):
-  shifts = list(itertools.product(range(-3, 4), repeat=2))
-  batch = np.repeat(images, len(shifts), axis=0)
-  tx, ty = (np.tile(np.array(axis, np.int32), len(images)) for axis in zip(*shifts))
-  angle = np.zeros(len(batch), np.float32)
-  ours = np.asarray(jax.jit(augment.warp)(batch, tx, ty, angle))
-  expected = np.stack([torchvision_warp(*args) for args in zip(batch, tx, ty, angle)])
-  np.testing.assert_array_equal(ours, expected)
+    shifts = list(itertools.product(range(-3, 4), repeat=2))
+    batch = np.repeat(images, len(shifts), axis=0)
+    tx, ty = (np.tile(np.array(axis, np.int32), len(images)) for axis in zip(*shifts))
+    angle = np.zeros(len(batch), np.float32)
+    ours = np.asarray(jax.jit(augment.warp)(batch, tx, ty, angle))
+    expected = np.stack([torchvision_warp(*args) for args in zip(batch, tx, ty, angle)])
+    np.testing.assert_array_equal(ours, expected)
 
 
 def test_rotations_match_torchvision(images):
-  edge_angles = [-10.0, -9.999, -5.0, -1e-3, 0.0, 1e-3, 0.5, 5.0, 9.999, 10.0]
-  random_angles = np.random.default_rng(1).uniform(-10, 10, 1200)
-  angle = np.concatenate([edge_angles, random_angles]).astype(np.float32)
-  batch = images[np.arange(len(angle)) % len(images)]
-  zeros = np.zeros(len(angle), np.int32)
-  ours = np.asarray(jax.jit(augment.warp)(batch, zeros, zeros, angle))
-  expected = np.stack([torchvision_warp(*args) for args in zip(batch, zeros, zeros, angle)])
-  agreement = np.mean(ours == expected)
-  # PIL steps through the image in 16.16 fixed point, rounded from float64; warp rounds
-  # the same steps from float32, so a boundary pixel may rarely differ (measured: none).
-  assert agreement >= 0.999, f'{agreement:.6%} of {ours.size} rotated pixels agree'
+    edge_angles = [-10.0, -9.999, -5.0, -1e-3, 0.0, 1e-3, 0.5, 5.0, 9.999, 10.0]
+    random_angles = np.random.default_rng(1).uniform(-10, 10, 1200)
+    angle = np.concatenate([edge_angles, random_angles]).astype(np.float32)
+    batch = images[np.arange(len(angle)) % len(images)]
+    zeros = np.zeros(len(angle), np.int32)
+    ours = np.asarray(jax.jit(augment.warp)(batch, zeros, zeros, angle))
+    expected = np.stack([torchvision_warp(*args) for args in zip(batch, zeros, zeros, angle)])
+    agreement = np.mean(ours == expected)
+    # PIL steps through the image in 16.16 fixed point, rounded from float64; warp rounds
+    # the same steps from float32, so a boundary pixel may rarely differ (measured: none).
+    assert agreement >= 0.999, f'{agreement:.6%} of {ours.size} rotated pixels agree'
 
 
 def test_matches_random_affine_then_random_rotation(images):
-  """Same draws as torchvision's transforms, consumed in their order, then compared."""
-  pipeline = transforms.Compose([
-      transforms.RandomAffine(degrees=0, translate=(0.1, 0.1)),
-      transforms.RandomRotation((-10, 10)),
-  ])
-  params, expected = [], []
-  for seed in range(200):
-    image = images[seed % len(images)]
-    torch.manual_seed(seed)
-    _, (tx, ty), _, _ = transforms.RandomAffine.get_params([0.0, 0.0], [0.1, 0.1], None, None, [28, 28])
-    angle = transforms.RandomRotation.get_params([-10.0, 10.0])
-    params.append((tx, ty, angle))
-    torch.manual_seed(seed)
-    expected.append(np.asarray(pipeline(Image.fromarray(image))))
-  tx, ty, angle = (np.array(p) for p in zip(*params))
-  batch = images[np.arange(len(params)) % len(images)]
-  ours = np.asarray(jax.jit(augment.warp)(batch, tx, ty, angle.astype(np.float32)))
-  agreement = np.mean(ours == np.stack(expected))
-  assert agreement >= 0.999, f'{agreement:.6%} of pixels agree with the torchvision pipeline'
+    """Same draws as torchvision's transforms, consumed in their order, then compared."""
+    pipeline = transforms.Compose(
+        [
+            transforms.RandomAffine(degrees=0, translate=(0.1, 0.1)),
+            transforms.RandomRotation((-10, 10)),
+        ]
+    )
+    params, expected = [], []
+    for seed in range(200):
+        image = images[seed % len(images)]
+        torch.manual_seed(seed)
+        _, (tx, ty), _, _ = transforms.RandomAffine.get_params([0.0, 0.0], [0.1, 0.1], None, None, [28, 28])
+        angle = transforms.RandomRotation.get_params([-10.0, 10.0])
+        params.append((tx, ty, angle))
+        torch.manual_seed(seed)
+        expected.append(np.asarray(pipeline(Image.fromarray(image))))
+    tx, ty, angle = (np.array(p) for p in zip(*params))
+    batch = images[np.arange(len(params)) % len(images)]
+    ours = np.asarray(jax.jit(augment.warp)(batch, tx, ty, angle.astype(np.float32)))
+    agreement = np.mean(ours == np.stack(expected))
+    assert agreement >= 0.999, f'{agreement:.6%} of pixels agree with the torchvision pipeline'
 
 
 def test_shift_distribution():
-  """round(U(-2.8, 2.8)): {-2..2} each have probability 1/5.6, and +-3 have 0.3/5.6."""
-  n = 200_000
-  tx, ty, _ = augment.sample_params(jax.random.key(0), n)
-  support = np.arange(-3, 4)
-  probability = np.array([0.3, 1, 1, 1, 1, 1, 0.3]) / 5.6
-  # Five binomial standard deviations per value: a false alarm is ~1e-6 per value.
-  tolerance = 5 * np.sqrt(probability * (1 - probability) / n)
-  for shifts in (tx, ty):
-    shifts = np.asarray(shifts)
-    assert shifts.dtype == np.int32 and set(np.unique(shifts)) <= set(support)
-    frequency = np.array([np.mean(shifts == k) for k in support])
-    assert np.all(np.abs(frequency - probability) <= tolerance), (frequency, probability, tolerance)
+    """round(U(-2.8, 2.8)): {-2..2} each have probability 1/5.6, and +-3 have 0.3/5.6."""
+    n = 200_000
+    tx, ty, _ = augment.sample_params(jax.random.key(0), n)
+    support = np.arange(-3, 4)
+    probability = np.array([0.3, 1, 1, 1, 1, 1, 0.3]) / 5.6
+    # Five binomial standard deviations per value: a false alarm is ~1e-6 per value.
+    tolerance = 5 * np.sqrt(probability * (1 - probability) / n)
+    for shifts in (tx, ty):
+        shifts = np.asarray(shifts)
+        assert shifts.dtype == np.int32 and set(np.unique(shifts)) <= set(support)
+        frequency = np.array([np.mean(shifts == k) for k in support])
+        assert np.all(np.abs(frequency - probability) <= tolerance), (frequency, probability, tolerance)
 
 
 def test_angles_uniform():
-  n = 200_000
-  _, _, angle = augment.sample_params(jax.random.key(1), n)
-  angle = np.sort(np.asarray(angle, np.float64))
-  assert -10 <= angle[0] and angle[-1] <= 10
-  # Kolmogorov-Smirnov distance to U(-10, 10); 0.005 is ~2.2 sqrt(1/n), p ~ 1e-4.
-  uniform_cdf = (angle + 10) / 20
-  ks = max(np.max(np.arange(1, n + 1) / n - uniform_cdf), np.max(uniform_cdf - np.arange(n) / n))
-  assert ks < 0.005, f'KS distance {ks:.5f}'
+    n = 200_000
+    _, _, angle = augment.sample_params(jax.random.key(1), n)
+    angle = np.sort(np.asarray(angle, np.float64))
+    assert -10 <= angle[0] and angle[-1] <= 10
+    # Kolmogorov-Smirnov distance to U(-10, 10); 0.005 is ~2.2 sqrt(1/n), p ~ 1e-4.
+    uniform_cdf = (angle + 10) / 20
+    ks = max(np.max(np.arange(1, n + 1) / n - uniform_cdf), np.max(uniform_cdf - np.arange(n) / n))
+    assert ks < 0.005, f'KS distance {ks:.5f}'
 
 
 def test_augment_jit_vmap_shapes_and_dtypes(images):
-  raw = jnp.asarray(images[:8])
-  key = jax.random.key(2)
-  augment_jit = jax.jit(augment.augment)
-  to_float = jax.jit(lambda pixels: pixels.astype(jnp.float32) / 255)
-  out_uint8 = augment_jit(key, raw)
-  out_float = augment_jit(key, to_float(raw))
-  assert out_uint8.shape == out_float.shape == raw.shape
-  assert out_uint8.dtype == jnp.uint8 and out_float.dtype == jnp.float32
-  # A gather never mixes pixels: the float path is the uint8 path rescaled.
-  np.testing.assert_array_equal(np.asarray(out_float), np.asarray(to_float(out_uint8)))
-  keys = jax.random.split(key, 3)
-  stacked = jax.jit(jax.vmap(augment.augment, in_axes=(0, None)))(keys, raw)
-  assert stacked.shape == (3,) + raw.shape
-  np.testing.assert_array_equal(np.asarray(stacked[1]), np.asarray(augment_jit(keys[1], raw)))
-  assert not np.array_equal(np.asarray(stacked[0]), np.asarray(stacked[1]))
+    raw = jnp.asarray(images[:8])
+    key = jax.random.key(2)
+    augment_jit = jax.jit(augment.augment)
+    to_float = jax.jit(lambda pixels: pixels.astype(jnp.float32) / 255)
+    out_uint8 = augment_jit(key, raw)
+    out_float = augment_jit(key, to_float(raw))
+    assert out_uint8.shape == out_float.shape == raw.shape
+    assert out_uint8.dtype == jnp.uint8 and out_float.dtype == jnp.float32
+    # A gather never mixes pixels: the float path is the uint8 path rescaled.
+    np.testing.assert_array_equal(np.asarray(out_float), np.asarray(to_float(out_uint8)))
+    keys = jax.random.split(key, 3)
+    stacked = jax.jit(jax.vmap(augment.augment, in_axes=(0, None)))(keys, raw)
+    assert stacked.shape == (3,) + raw.shape
+    np.testing.assert_array_equal(np.asarray(stacked[1]), np.asarray(augment_jit(keys[1], raw)))
+    assert not np.array_equal(np.asarray(stacked[0]), np.asarray(stacked[1]))

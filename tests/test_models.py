@@ -53,370 +53,374 @@ PARITY = ['cnn', 'cnn_deep', 'resnet', 'resnet18', pytest.param('resnet101', mar
 
 
 def flat(tree):
-  return traverse_util.flatten_dict(tree)
+    return traverse_util.flatten_dict(tree)
 
 
 def init_shapes(name, num_classes=None):
-  return jax.eval_shape(functools.partial(models.get_model(name, num_classes).init, train=False),
-                        jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    return jax.eval_shape(
+        functools.partial(models.get_model(name, num_classes).init, train=False),
+        jax.random.key(0),
+        jnp.zeros((1, 28, 28, 1)),
+    )
 
 
 def rbg_key(seed):
-  """A key of XLA's RngBitGenerator: same distributions, a third of threefry's compile time here."""
-  return jax.random.key(seed, impl='rbg')
+    """A key of XLA's RngBitGenerator: same distributions, a third of threefry's compile time here."""
+    return jax.random.key(seed, impl='rbg')
 
 
 @functools.lru_cache(maxsize=None)
 def initialised(name):
-  """Fresh flax variables of ``name``, shared by the tests (XLA compiles dominate their time)."""
-  model = models.get_model(name)
-  return jax.jit(functools.partial(model.init, train=False))(rbg_key(0), jnp.zeros((2, 28, 28, 1)))
+    """Fresh flax variables of ``name``, shared by the tests (XLA compiles dominate their time)."""
+    model = models.get_model(name)
+    return jax.jit(functools.partial(model.init, train=False))(rbg_key(0), jnp.zeros((2, 28, 28, 1)))
 
 
 def inputs(batch, seed, dtype=torch.float32):
-  """A standard-normal batch as torch NCHW and as flax NHWC."""
-  x = torch.randn(batch, 1, 28, 28, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-  return x, x.permute(0, 2, 3, 1).numpy()
+    """A standard-normal batch as torch NCHW and as flax NHWC."""
+    x = torch.randn(batch, 1, 28, 28, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    return x, x.permute(0, 2, 3, 1).numpy()
 
 
 def random_labels(batch, num_classes, seed):
-  return torch.randint(num_classes, (batch,), generator=torch.Generator().manual_seed(seed))
+    return torch.randint(num_classes, (batch,), generator=torch.Generator().manual_seed(seed))
 
 
 @functools.lru_cache(maxsize=None)
 def calibrated_state(name):
-  """A torch_ref state_dict whose BatchNorms hold one batch's statistics and random affines.
+    """A torch_ref state_dict whose BatchNorms hold one batch's statistics and random affines.
 
-  Fresh running statistics (0, 1) and affines (1, 0) would leave the transfer of those tensors and
-  of the unbiased variance untested, and leave deep nets' eval-mode activations unnormalised.
-  """
-  torch.manual_seed(0)
-  model = torch_models.get_model(name)
-  norms = [m for m in model.modules() if isinstance(m, (nn.BatchNorm2d, nn.LayerNorm))]
-  batch_norms = [m for m in norms if isinstance(m, nn.BatchNorm2d)]
-  with torch.no_grad():
-    for m in norms:
-      m.weight.uniform_(0.5, 1.5)
-      m.bias.uniform_(-0.5, 0.5)
-    for m in batch_norms:
-      m.momentum = 1.0  # The running statistics become this batch's.
-    model.train()
-    model(torch_models.prepare_input(name, inputs(8, seed=100)[0]))
-  return model.state_dict()
+    Fresh running statistics (0, 1) and affines (1, 0) would leave the transfer of those tensors and
+    of the unbiased variance untested, and leave deep nets' eval-mode activations unnormalised.
+    """
+    torch.manual_seed(0)
+    model = torch_models.get_model(name)
+    norms = [m for m in model.modules() if isinstance(m, (nn.BatchNorm2d, nn.LayerNorm))]
+    batch_norms = [m for m in norms if isinstance(m, nn.BatchNorm2d)]
+    with torch.no_grad():
+        for m in norms:
+            m.weight.uniform_(0.5, 1.5)
+            m.bias.uniform_(-0.5, 0.5)
+        for m in batch_norms:
+            m.momentum = 1.0  # The running statistics become this batch's.
+        model.train()
+        model(torch_models.prepare_input(name, inputs(8, seed=100)[0]))
+    return model.state_dict()
 
 
 def torch_model_holding(name, state_dict):
-  """torch_ref's ``name`` with ``state_dict`` loaded strictly; built on 'meta' to skip its init."""
-  with torch.device('meta'):
-    model = torch_models.get_model(name)
-  model.load_state_dict(state_dict, strict=True, assign=True)
-  return model
+    """torch_ref's ``name`` with ``state_dict`` loaded strictly; built on 'meta' to skip its init."""
+    with torch.device('meta'):
+        model = torch_models.get_model(name)
+    model.load_state_dict(state_dict, strict=True, assign=True)
+    return model
 
 
 def calibrated_torch_model(name):
-  state = {key: tensor.clone() for key, tensor in calibrated_state(name).items()}
-  return torch_model_holding(name, state)
+    state = {key: tensor.clone() for key, tensor in calibrated_state(name).items()}
+    return torch_model_holding(name, state)
 
 
 def flax_model(name, dtype=jnp.float32):
-  return models.get_model(name, dtype=dtype).clone(**NO_DROPOUT.get(name, {}))
+    return models.get_model(name, dtype=dtype).clone(**NO_DROPOUT.get(name, {}))
 
 
 def torch_training_step(name, model, x, labels):
-  """Training-mode logits, loss gradients (flax layout) and updated running stats, dropout off."""
-  model.train()
-  for m in model.modules():
-    if isinstance(m, nn.Dropout):
-      m.eval()
-  logits = model(torch_models.prepare_input(name, x))
-  F.cross_entropy(logits, labels).backward()
-  grads = dict(model.state_dict())
-  grads.update({key: p.grad for key, p in model.named_parameters()})
-  batch_stats = convert.torch_to_flax(name, model.state_dict())['batch_stats']
-  return logits.detach().numpy(), convert.torch_to_flax(name, grads)['params'], batch_stats
+    """Training-mode logits, loss gradients (flax layout) and updated running stats, dropout off."""
+    model.train()
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.eval()
+    logits = model(torch_models.prepare_input(name, x))
+    F.cross_entropy(logits, labels).backward()
+    grads = dict(model.state_dict())
+    grads.update({key: p.grad for key, p in model.named_parameters()})
+    batch_stats = convert.torch_to_flax(name, model.state_dict())['batch_stats']
+    return logits.detach().numpy(), convert.torch_to_flax(name, grads)['params'], batch_stats
 
 
 def flax_training_step(model, variables, x, labels):
-  def loss_fn(params):
-    logits, updates = model.apply({'params': params, 'batch_stats': variables['batch_stats']}, x,
-                                  train=True, mutable=['batch_stats'])
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-    return loss, (logits, updates['batch_stats'])
+    def loss_fn(params):
+        logits, updates = model.apply(
+            {'params': params, 'batch_stats': variables['batch_stats']}, x, train=True, mutable=['batch_stats']
+        )
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+        return loss, (logits, updates['batch_stats'])
 
-  step = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
-  (_, (logits, batch_stats)), grads = step(variables['params'])
-  return np.asarray(logits), grads, batch_stats
+    step = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
+    (_, (logits, batch_stats)), grads = step(variables['params'])
+    return np.asarray(logits), grads, batch_stats
 
 
 def gradient_errors(torch_grads, flax_grads):
-  """max|diff| / max|torch grad| per parameter.
+    """max|diff| / max|torch grad| per parameter.
 
-  A bias feeding straight into a training-mode BatchNorm (the blog ResNet's convs) has an exactly
-  zero gradient, so only rounding noise is left to compare: such parameters must be numerically
-  zero (< 1e-5 of the model's largest gradient) in both frameworks and are measured against that
-  largest gradient instead.
-  """
-  torch_flat, flax_flat = flat(torch_grads), flat(flax_grads)
-  scale = max(np.abs(g).max() for g in torch_flat.values())
-  errors = {}
-  for path, torch_grad in torch_flat.items():
-    flax_grad = np.asarray(flax_flat[path])
-    diff = np.abs(torch_grad - flax_grad).max()
-    largest = np.abs(torch_grad).max()
-    if largest < 1e-5 * scale:
-      assert np.abs(flax_grad).max() < 1e-5 * scale, path
-      largest = scale
-    errors['/'.join(path)] = diff / largest
-  return errors
+    A bias feeding straight into a training-mode BatchNorm (the blog ResNet's convs) has an exactly
+    zero gradient, so only rounding noise is left to compare: such parameters must be numerically
+    zero (< 1e-5 of the model's largest gradient) in both frameworks and are measured against that
+    largest gradient instead.
+    """
+    torch_flat, flax_flat = flat(torch_grads), flat(flax_grads)
+    scale = max(np.abs(g).max() for g in torch_flat.values())
+    errors = {}
+    for path, torch_grad in torch_flat.items():
+        flax_grad = np.asarray(flax_flat[path])
+        diff = np.abs(torch_grad - flax_grad).max()
+        largest = np.abs(torch_grad).max()
+        if largest < 1e-5 * scale:
+            assert np.abs(flax_grad).max() < 1e-5 * scale, path
+            largest = scale
+        errors['/'.join(path)] = diff / largest
+    return errors
 
 
 @pytest.mark.parametrize('name', ALL)
 def test_sizes_agree_between_frameworks(name):
-  variables = init_shapes(name)
-  flax_params = sum(x.size for x in jax.tree.leaves(variables['params']))
-  flax_stats = sum(x.size for x in jax.tree.leaves(variables['batch_stats']))
-  with torch.device('meta'):  # Counting needs shapes only.
-    torch_model = torch_models.get_model(name)
-  torch_params = sum(p.numel() for p in torch_model.parameters())
-  torch_stats = sum(b.numel() for key, b in torch_model.named_buffers() if 'running_' in key)
-  assert flax_params == torch_params == PARAM_COUNTS[name]
-  assert flax_stats == torch_stats == BLOG_BN_STAT_COUNTS.get(name, torch_stats)
+    variables = init_shapes(name)
+    flax_params = sum(x.size for x in jax.tree.leaves(variables['params']))
+    flax_stats = sum(x.size for x in jax.tree.leaves(variables['batch_stats']))
+    with torch.device('meta'):  # Counting needs shapes only.
+        torch_model = torch_models.get_model(name)
+    torch_params = sum(p.numel() for p in torch_model.parameters())
+    torch_stats = sum(b.numel() for key, b in torch_model.named_buffers() if 'running_' in key)
+    assert flax_params == torch_params == PARAM_COUNTS[name]
+    assert flax_stats == torch_stats == BLOG_BN_STAT_COUNTS.get(name, torch_stats)
 
 
-@pytest.mark.parametrize('name, num_classes, count', [
-    ('resnet18', None, 11_689_512), ('resnet101', None, 44_549_160), ('resnet18', 10, 11_181_642)])
+@pytest.mark.parametrize(
+    'name, num_classes, count',
+    [('resnet18', None, 11_689_512), ('resnet101', None, 44_549_160), ('resnet18', 10, 11_181_642)],
+)
 def test_torchvision_sizes(name, num_classes, count):
-  with torch.device('meta'):
-    reference = getattr(torchvision.models, name)(
-        **({} if num_classes is None else {'num_classes': num_classes}))
-    ours = torch_models.get_model(name, num_classes)
-  assert type(ours) is type(reference)
-  assert sum(p.numel() for p in reference.parameters()) == count
-  assert sum(p.numel() for p in ours.parameters()) == count
-  variables = init_shapes(name, num_classes)
-  assert sum(x.size for x in jax.tree.leaves(variables['params'])) == count
+    with torch.device('meta'):
+        reference = getattr(torchvision.models, name)(**({} if num_classes is None else {'num_classes': num_classes}))
+        ours = torch_models.get_model(name, num_classes)
+    assert type(ours) is type(reference)
+    assert sum(p.numel() for p in reference.parameters()) == count
+    assert sum(p.numel() for p in ours.parameters()) == count
+    variables = init_shapes(name, num_classes)
+    assert sum(x.size for x in jax.tree.leaves(variables['params'])) == count
 
 
 @pytest.mark.parametrize('name', ALL)
 def test_transferred_tree_is_flax_init_tree(name):
-  with torch.device('meta'):
-    shapes_only = torch_models.get_model(name).state_dict()
-  state_dict = {key: torch.zeros(t.shape, dtype=t.dtype) for key, t in shapes_only.items()}
-  transferred = convert.torch_to_flax(name, state_dict)
-  expected = init_shapes(name)
-  assert jax.tree.structure(transferred) == jax.tree.structure(expected)
-  for path, leaf in flat(expected).items():
-    assert flat(transferred)[path].shape == leaf.shape, path
-    assert flat(transferred)[path].dtype == leaf.dtype == np.float32, path
+    with torch.device('meta'):
+        shapes_only = torch_models.get_model(name).state_dict()
+    state_dict = {key: torch.zeros(t.shape, dtype=t.dtype) for key, t in shapes_only.items()}
+    transferred = convert.torch_to_flax(name, state_dict)
+    expected = init_shapes(name)
+    assert jax.tree.structure(transferred) == jax.tree.structure(expected)
+    for path, leaf in flat(expected).items():
+        assert flat(transferred)[path].shape == leaf.shape, path
+        assert flat(transferred)[path].dtype == leaf.dtype == np.float32, path
 
 
 def flax_logits(model, variables, x, train):
-  if train:
-    return np.asarray(jax.jit(functools.partial(model.apply, train=True, mutable=['batch_stats']))(
-        variables, x)[0])
-  return np.asarray(jax.jit(functools.partial(model.apply, train=False))(variables, x))
+    if train:
+        return np.asarray(jax.jit(functools.partial(model.apply, train=True, mutable=['batch_stats']))(variables, x)[0])
+    return np.asarray(jax.jit(functools.partial(model.apply, train=False))(variables, x))
 
 
 @pytest.mark.parametrize('name', PARITY)
 def test_eval_logits_agree(name):
-  dtype = PARITY_DTYPE.get(name, 'float32')
-  model = calibrated_torch_model(name).to(getattr(torch, dtype)).eval()
-  variables = convert.torch_to_flax(name, model.state_dict())
-  x, x_nhwc = inputs(2, seed=1, dtype=getattr(torch, dtype))
-  with torch.no_grad():
-    expected = model(torch_models.prepare_input(name, x)).numpy()
-  with jax.enable_x64(dtype == 'float64'):
-    logits = flax_logits(flax_model(name, getattr(jnp, dtype)), variables, x_nhwc, train=False)
-  assert np.abs(logits - expected).max() <= LOGIT_TOL[dtype]
+    dtype = PARITY_DTYPE.get(name, 'float32')
+    model = calibrated_torch_model(name).to(getattr(torch, dtype)).eval()
+    variables = convert.torch_to_flax(name, model.state_dict())
+    x, x_nhwc = inputs(2, seed=1, dtype=getattr(torch, dtype))
+    with torch.no_grad():
+        expected = model(torch_models.prepare_input(name, x)).numpy()
+    with jax.enable_x64(dtype == 'float64'):
+        logits = flax_logits(flax_model(name, getattr(jnp, dtype)), variables, x_nhwc, train=False)
+    assert np.abs(logits - expected).max() <= LOGIT_TOL[dtype]
 
 
 @pytest.mark.parametrize('name', PARITY)
 def test_training_logits_gradients_and_batch_stats_agree(name):
-  dtype = PARITY_DTYPE.get(name, 'float32')
-  model = calibrated_torch_model(name).to(getattr(torch, dtype))
-  variables = convert.torch_to_flax(name, model.state_dict())
-  # Batch 4: with 2, resnet101's 1x1 layer4 BatchNorms see 2 values a channel, and even float64
-  # logits then differ by 1e-4.
-  x, x_nhwc = inputs(4, seed=2, dtype=getattr(torch, dtype))
-  labels = random_labels(4, models.get_model(name).num_classes, seed=3)
+    dtype = PARITY_DTYPE.get(name, 'float32')
+    model = calibrated_torch_model(name).to(getattr(torch, dtype))
+    variables = convert.torch_to_flax(name, model.state_dict())
+    # Batch 4: with 2, resnet101's 1x1 layer4 BatchNorms see 2 values a channel, and even float64
+    # logits then differ by 1e-4.
+    x, x_nhwc = inputs(4, seed=2, dtype=getattr(torch, dtype))
+    labels = random_labels(4, models.get_model(name).num_classes, seed=3)
 
-  torch_logits, torch_grads, torch_stats = torch_training_step(name, model, x, labels)
-  with jax.enable_x64(dtype == 'float64'):
-    logits, grads, batch_stats = flax_training_step(
-        flax_model(name, getattr(jnp, dtype)), variables, x_nhwc, labels.numpy())
+    torch_logits, torch_grads, torch_stats = torch_training_step(name, model, x, labels)
+    with jax.enable_x64(dtype == 'float64'):
+        logits, grads, batch_stats = flax_training_step(
+            flax_model(name, getattr(jnp, dtype)), variables, x_nhwc, labels.numpy()
+        )
 
-  assert np.abs(logits - torch_logits).max() <= LOGIT_TOL[dtype]
-  errors = gradient_errors(torch_grads, grads)
-  assert max(errors.values()) <= GRAD_TOL[dtype], sorted(errors.items(), key=lambda kv: -kv[1])[:3]
-  for path, torch_stat in flat(torch_stats).items():
-    np.testing.assert_allclose(flat(batch_stats)[path], torch_stat, rtol=LOGIT_TOL[dtype],
-                               atol=LOGIT_TOL[dtype], err_msg='/'.join(path))
+    assert np.abs(logits - torch_logits).max() <= LOGIT_TOL[dtype]
+    errors = gradient_errors(torch_grads, grads)
+    assert max(errors.values()) <= GRAD_TOL[dtype], sorted(errors.items(), key=lambda kv: -kv[1])[:3]
+    for path, torch_stat in flat(torch_stats).items():
+        np.testing.assert_allclose(
+            flat(batch_stats)[path], torch_stat, rtol=LOGIT_TOL[dtype], atol=LOGIT_TOL[dtype], err_msg='/'.join(path)
+        )
 
 
 @pytest.mark.parametrize('train', [False, True], ids=['eval', 'train'])
 def test_float32_error_is_torchs(train, name='resnet18'):
-  model = calibrated_torch_model(name).train(train)
-  for m in model.modules():
-    if isinstance(m, nn.Dropout):
-      m.eval()
-  variables = convert.torch_to_flax(name, model.state_dict())
-  x, x_nhwc = inputs(8, seed=2)
-  with torch.no_grad():
-    torch32 = model(torch_models.prepare_input(name, x)).numpy()
-    reference = model.double()(torch_models.prepare_input(name, x.double())).numpy()
-  logits = flax_logits(flax_model(name), variables, x_nhwc, train)
-  assert np.abs(logits - reference).max() <= 2 * np.abs(torch32 - reference).max()
+    model = calibrated_torch_model(name).train(train)
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.eval()
+    variables = convert.torch_to_flax(name, model.state_dict())
+    x, x_nhwc = inputs(8, seed=2)
+    with torch.no_grad():
+        torch32 = model(torch_models.prepare_input(name, x)).numpy()
+        reference = model.double()(torch_models.prepare_input(name, x.double())).numpy()
+    logits = flax_logits(flax_model(name), variables, x_nhwc, train)
+    assert np.abs(logits - reference).max() <= 2 * np.abs(torch32 - reference).max()
 
 
 @pytest.mark.parametrize('name', ALL)
 def test_round_trips_are_exact(name):
-  rng = np.random.default_rng(0)  # Arbitrary values: any layout slip shows.
-  flax_variables = jax.tree.map(lambda leaf: rng.standard_normal(leaf.shape, np.float32),
-                                init_shapes(name))
-  state_dict = torch_model_holding(name, convert.flax_to_torch(name, flax_variables)).state_dict()
-  back = convert.torch_to_flax(name, state_dict)
-  assert jax.tree.structure(back) == jax.tree.structure(flax_variables)
-  for path, leaf in flat(flax_variables).items():
-    assert np.array_equal(flat(back)[path], leaf), path
+    rng = np.random.default_rng(0)  # Arbitrary values: any layout slip shows.
+    flax_variables = jax.tree.map(lambda leaf: rng.standard_normal(leaf.shape, np.float32), init_shapes(name))
+    state_dict = torch_model_holding(name, convert.flax_to_torch(name, flax_variables)).state_dict()
+    back = convert.torch_to_flax(name, state_dict)
+    assert jax.tree.structure(back) == jax.tree.structure(flax_variables)
+    for path, leaf in flat(flax_variables).items():
+        assert np.array_equal(flat(back)[path], leaf), path
 
-  again = convert.flax_to_torch(name, back)
-  assert list(again) == list(state_dict)
-  for key, tensor in state_dict.items():
-    assert torch.equal(again[key], tensor), key
+    again = convert.flax_to_torch(name, back)
+    assert list(again) == list(state_dict)
+    for key, tensor in state_dict.items():
+        assert torch.equal(again[key], tensor), key
 
 
 def torch_fan_in(path, torch_variables):
-  kernel = flat(torch_variables)[('params', *path[1:-1], 'kernel')]
-  return int(np.prod(kernel.shape[:-1]))
+    kernel = flat(torch_variables)[('params', *path[1:-1], 'kernel')]
+    return int(np.prod(kernel.shape[:-1]))
 
 
 def kurtosis(x):
-  x = x - x.mean()
-  return (x**4).mean() / (x**2).mean() ** 2
+    x = x - x.mean()
+    return (x**4).mean() / (x**2).mean() ** 2
 
 
 @pytest.mark.parametrize('name', INIT_CHECKED)
 def test_init_matches_torch_in_distribution(name):
-  torch.manual_seed(0)
-  torch_variables = convert.torch_to_flax(name, torch_models.get_model(name).state_dict())
-  flax_flat = flat(initialised(name))
-  for path, expected in flat(torch_variables).items():
-    ours = np.asarray(flax_flat[path])
-    is_norm = path[0] == 'batch_stats' or ('params', *path[1:-1], 'scale') in flax_flat
-    if is_norm:  # BatchNorm and LayerNorm start at constants.
-      assert np.array_equal(ours, expected), path
-    elif path[-1] == 'bias':  # U(+-1/sqrt(fan_in)), fan_in from its layer's weight.
-      bound = 1 / np.sqrt(torch_fan_in(path, torch_variables))
-      assert np.abs(expected).max() <= bound and np.abs(ours).max() <= bound, path
-      if ours.size >= 100:
-        assert np.abs(ours).max() >= 0.9 * bound, path
-    if ours.size >= 4000 and not is_norm:
-      assert ours.std() == pytest.approx(expected.std(), rel=0.05), path
-      assert abs(ours.mean()) <= 0.05 * expected.std(), path
-      assert kurtosis(ours) == pytest.approx(kurtosis(expected), abs=0.3), path  # uniform vs normal
+    torch.manual_seed(0)
+    torch_variables = convert.torch_to_flax(name, torch_models.get_model(name).state_dict())
+    flax_flat = flat(initialised(name))
+    for path, expected in flat(torch_variables).items():
+        ours = np.asarray(flax_flat[path])
+        is_norm = path[0] == 'batch_stats' or ('params', *path[1:-1], 'scale') in flax_flat
+        if is_norm:  # BatchNorm and LayerNorm start at constants.
+            assert np.array_equal(ours, expected), path
+        elif path[-1] == 'bias':  # U(+-1/sqrt(fan_in)), fan_in from its layer's weight.
+            bound = 1 / np.sqrt(torch_fan_in(path, torch_variables))
+            assert np.abs(expected).max() <= bound and np.abs(ours).max() <= bound, path
+            if ours.size >= 100:
+                assert np.abs(ours).max() >= 0.9 * bound, path
+        if ours.size >= 4000 and not is_norm:
+            assert ours.std() == pytest.approx(expected.std(), rel=0.05), path
+            assert abs(ours.mean()) <= 0.05 * expected.std(), path
+            assert kurtosis(ours) == pytest.approx(kurtosis(expected), abs=0.3), path  # uniform vs normal
 
 
 def test_cnn_deep_convs_are_kaiming_fan_out():
-  checked = 0
-  for path, kernel in flat(initialised('cnn_deep')['params']).items():
-    if path[-1] == 'kernel' and kernel.ndim == 4 and kernel.size >= 4000:
-      kh, kw, _, out_channels = kernel.shape
-      assert np.std(kernel) == pytest.approx(np.sqrt(2 / (out_channels * kh * kw)), rel=0.05), path
-      checked += 1
-  assert checked == 3  # layer1_3, layer2_0, layer2_3; layer1_0 has 800 elements.
+    checked = 0
+    for path, kernel in flat(initialised('cnn_deep')['params']).items():
+        if path[-1] == 'kernel' and kernel.ndim == 4 and kernel.size >= 4000:
+            kh, kw, _, out_channels = kernel.shape
+            assert np.std(kernel) == pytest.approx(np.sqrt(2 / (out_channels * kh * kw)), rel=0.05), path
+            checked += 1
+    assert checked == 3  # layer1_3, layer2_0, layer2_3; layer1_0 has 800 elements.
 
 
 def test_batchnorm_is_torchs_batchnorm2d():
-  torch_bn = nn.BatchNorm2d(6)
-  bn = models.BatchNorm(use_running_average=False)
-  variables = bn.init(jax.random.key(0), jnp.zeros((1, 5, 5, 6)))
-  for step in range(3):
-    x = torch.randn(4, 6, 5, 5, generator=torch.Generator().manual_seed(step)) * 3 + 2
-    expected = torch_bn(x).detach().permute(0, 2, 3, 1).numpy()
-    y, updates = bn.apply(variables, x.permute(0, 2, 3, 1).numpy(), mutable=['batch_stats'])
-    variables = {**variables, **updates}
-    np.testing.assert_allclose(y, expected, atol=2e-6)
-  np.testing.assert_allclose(variables['batch_stats']['mean'], torch_bn.running_mean, rtol=1e-6)
-  np.testing.assert_allclose(variables['batch_stats']['var'], torch_bn.running_var, rtol=1e-6)
+    torch_bn = nn.BatchNorm2d(6)
+    bn = models.BatchNorm(use_running_average=False)
+    variables = bn.init(jax.random.key(0), jnp.zeros((1, 5, 5, 6)))
+    for step in range(3):
+        x = torch.randn(4, 6, 5, 5, generator=torch.Generator().manual_seed(step)) * 3 + 2
+        expected = torch_bn(x).detach().permute(0, 2, 3, 1).numpy()
+        y, updates = bn.apply(variables, x.permute(0, 2, 3, 1).numpy(), mutable=['batch_stats'])
+        variables = {**variables, **updates}
+        np.testing.assert_allclose(y, expected, atol=2e-6)
+    np.testing.assert_allclose(variables['batch_stats']['mean'], torch_bn.running_mean, rtol=1e-6)
+    np.testing.assert_allclose(variables['batch_stats']['var'], torch_bn.running_var, rtol=1e-6)
 
-  torch_bn.eval()
-  x = torch.randn(2, 6, 5, 5)
-  expected = torch_bn(x).detach().permute(0, 2, 3, 1).numpy()
-  y = bn.clone(use_running_average=True).apply(variables, x.permute(0, 2, 3, 1).numpy())
-  np.testing.assert_allclose(y, expected, atol=2e-6)
+    torch_bn.eval()
+    x = torch.randn(2, 6, 5, 5)
+    expected = torch_bn(x).detach().permute(0, 2, 3, 1).numpy()
+    y = bn.clone(use_running_average=True).apply(variables, x.permute(0, 2, 3, 1).numpy())
+    np.testing.assert_allclose(y, expected, atol=2e-6)
 
 
 def test_torchvision_max_pool_pads_with_minus_infinity():
-  pooled = models.max_pool(-jnp.ones((1, 4, 4, 1)), 3, 2, padding=1)
-  assert pooled.shape == (1, 2, 2, 1)
-  assert np.all(pooled == -1)
+    pooled = models.max_pool(-jnp.ones((1, 4, 4, 1)), 3, 2, padding=1)
+    assert pooled.shape == (1, 2, 2, 1)
+    assert np.all(pooled == -1)
 
 
 def test_dropout_follows_train_and_needs_an_rng_only_when_active():
-  model = models.get_model('cnn_deep')
-  variables = initialised('cnn_deep')
-  x = inputs(2, seed=0)[1]
+    model = models.get_model('cnn_deep')
+    variables = initialised('cnn_deep')
+    x = inputs(2, seed=0)[1]
 
-  @jax.jit
-  def train(key):
-    return model.apply(variables, x, train=True, rngs={'dropout': key}, mutable=['batch_stats'])[0]
+    @jax.jit
+    def train(key):
+        return model.apply(variables, x, train=True, rngs={'dropout': key}, mutable=['batch_stats'])[0]
 
-  first = train(rbg_key(1))
-  assert np.array_equal(first, train(rbg_key(1)))
-  assert not np.allclose(first, train(rbg_key(2)))
-  with pytest.raises(Exception, match='dropout'):
-    model.apply(variables, x, train=True, mutable=['batch_stats'])
-  without_dropout = flax_logits(flax_model('cnn_deep'), variables, x, train=True)
-  assert not np.allclose(without_dropout, first)
-  evaluate = jax.jit(functools.partial(model.apply, train=False))
-  assert np.array_equal(evaluate(variables, x), evaluate(variables, x))
+    first = train(rbg_key(1))
+    assert np.array_equal(first, train(rbg_key(1)))
+    assert not np.allclose(first, train(rbg_key(2)))
+    with pytest.raises(Exception, match='dropout'):
+        model.apply(variables, x, train=True, mutable=['batch_stats'])
+    without_dropout = flax_logits(flax_model('cnn_deep'), variables, x, train=True)
+    assert not np.allclose(without_dropout, first)
+    evaluate = jax.jit(functools.partial(model.apply, train=False))
+    assert np.array_equal(evaluate(variables, x), evaluate(variables, x))
 
 
 def test_get_model():
-  assert models.get_model('resnet').num_classes == 10
-  assert models.get_model('resnet18').num_classes == 1000
-  assert models.get_model('resnet18', num_classes=10).num_classes == 10
-  assert set(models.MODELS) == set(PARAM_COUNTS)
-  with pytest.raises(ValueError, match='unknown model'):
-    models.get_model('resnet50')
-  with pytest.raises(ValueError, match='unknown model'):
-    torch_models.get_model('resnet50')
+    assert models.get_model('resnet').num_classes == 10
+    assert models.get_model('resnet18').num_classes == 1000
+    assert models.get_model('resnet18', num_classes=10).num_classes == 10
+    assert set(models.MODELS) == set(PARAM_COUNTS)
+    with pytest.raises(ValueError, match='unknown model'):
+        models.get_model('resnet50')
+    with pytest.raises(ValueError, match='unknown model'):
+        torch_models.get_model('resnet50')
 
 
 @pytest.mark.parametrize('name, num_classes', [('cnn', 10), ('resnet18', 1000)])
 def test_output_shape_and_three_channel_input(name, num_classes):
-  model = models.get_model(name)
-  x = inputs(2, seed=0)[1]
-  logits = model.apply(initialised(name), x, train=False)
-  assert logits.shape == (2, num_classes)
-  if name == 'resnet18':  # The repeat inside the model is the blog's expand outside it.
-    assert initialised(name)['params']['conv1']['kernel'].shape == (7, 7, 3, 64)
-    assert np.array_equal(logits, model.apply(initialised(name), np.repeat(x, 3, -1), train=False))
+    model = models.get_model(name)
+    x = inputs(2, seed=0)[1]
+    logits = model.apply(initialised(name), x, train=False)
+    assert logits.shape == (2, num_classes)
+    if name == 'resnet18':  # The repeat inside the model is the blog's expand outside it.
+        assert initialised(name)['params']['conv1']['kernel'].shape == (7, 7, 3, 64)
+        assert np.array_equal(logits, model.apply(initialised(name), np.repeat(x, 3, -1), train=False))
 
 
 def test_bfloat16_computation_keeps_float32_state():
-  model = models.get_model('cnn', dtype=jnp.bfloat16)
-  x = inputs(4, seed=0)[1]
-  variables = initialised('cnn')
-  shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), x)
-  assert jax.tree.structure(shapes) == jax.tree.structure(variables)
-  assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(shapes))
-  logits, updates = jax.jit(functools.partial(model.apply, train=True, mutable=['batch_stats']))(
-      variables, x)
-  assert logits.dtype == jnp.bfloat16
-  assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(updates))
-  reference = flax_logits(models.get_model('cnn'), variables, x, train=False)
-  low = flax_logits(model, variables, x, train=False).astype(np.float32)
-  np.testing.assert_allclose(low, reference, atol=0.05 * np.abs(reference).max())
+    model = models.get_model('cnn', dtype=jnp.bfloat16)
+    x = inputs(4, seed=0)[1]
+    variables = initialised('cnn')
+    shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), x)
+    assert jax.tree.structure(shapes) == jax.tree.structure(variables)
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(shapes))
+    logits, updates = jax.jit(functools.partial(model.apply, train=True, mutable=['batch_stats']))(variables, x)
+    assert logits.dtype == jnp.bfloat16
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(updates))
+    reference = flax_logits(models.get_model('cnn'), variables, x, train=False)
+    low = flax_logits(model, variables, x, train=False).astype(np.float32)
+    np.testing.assert_allclose(low, reference, atol=0.05 * np.abs(reference).max())
 
 
 def test_max_pool_2x2_routes_gradients_like_torch(rng):
-  """Forward equals MaxPool2d(2); the gradient goes to the first maximum of each window, ties included."""
-  x = rng.integers(0, 3, (2, 9, 8, 3)).astype("float32")  # small integers: many ties; odd height is floored
-  g = rng.standard_normal((2, 4, 4, 3)).astype("float32")
-  out, vjp = jax.vjp(models.max_pool_2x2, jnp.asarray(x))
-  xt = torch.tensor(x).permute(0, 3, 1, 2).requires_grad_()
-  ref = torch.nn.functional.max_pool2d(xt, 2)
-  ref.backward(torch.tensor(g).permute(0, 3, 1, 2))
-  assert (out == ref.detach().permute(0, 2, 3, 1).numpy()).all()
-  assert (vjp(jnp.asarray(g))[0] == xt.grad.permute(0, 2, 3, 1).numpy()).all()
+    """Forward equals MaxPool2d(2); the gradient goes to the first maximum of each window, ties included."""
+    x = rng.integers(0, 3, (2, 9, 8, 3)).astype("float32")  # small integers: many ties; odd height is floored
+    g = rng.standard_normal((2, 4, 4, 3)).astype("float32")
+    out, vjp = jax.vjp(models.max_pool_2x2, jnp.asarray(x))
+    xt = torch.tensor(x).permute(0, 3, 1, 2).requires_grad_()
+    ref = torch.nn.functional.max_pool2d(xt, 2)
+    ref.backward(torch.tensor(g).permute(0, 3, 1, 2))
+    assert (out == ref.detach().permute(0, 2, 3, 1).numpy()).all()
+    assert (vjp(jnp.asarray(g))[0] == xt.grad.permute(0, 2, 3, 1).numpy()).all()

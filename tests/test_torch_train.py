@@ -55,8 +55,9 @@ def flat(tree):
 
 def batches(mnist):
     """STEPS batches of real MNIST as torch_ref's Dataset serves them: (NCHW tensor, int64 labels)."""
-    dataset = torch_train.MnistDataset(mnist.train_images[: STEPS * BATCH], mnist.train_labels[: STEPS * BATCH],
-                                       augment=False)
+    dataset = torch_train.MnistDataset(
+        mnist.train_images[: STEPS * BATCH], mnist.train_labels[: STEPS * BATCH], augment=False
+    )
     loader = torch.utils.data.DataLoader(dataset, batch_size=BATCH, shuffle=False)
     return list(loader)
 
@@ -94,8 +95,13 @@ def run_torch(name, preset, batches_, dtype):
     initial = {k: v.clone() for k, v in model.state_dict().items()}
     optimizer = torch_train.build_optimizer(config, model.parameters())
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="max", factor=config.plateau_factor, patience=config.plateau_patience,
-        threshold=config.plateau_threshold, threshold_mode="rel")
+        optimizer,
+        mode="max",
+        factor=config.plateau_factor,
+        patience=config.plateau_patience,
+        threshold=config.plateau_threshold,
+        threshold_mode="rel",
+    )
     losses = []
     for (images, labels), metric in zip(batches_, PLATEAU_METRIC):
         loss = F.cross_entropy(model(torch_models.prepare_input(name, images.to(dtype))), labels)
@@ -114,18 +120,31 @@ def run_jax(name, preset, initial, batches_, dtype):
     no_dropout = {"conv_dropout_rate": 0.0, "fc_dropout_rate": 0.0} if name == "cnn_deep" else {}
     tx = jax_train.make_optimizer(config)
     # create_state's fields, with torch's weights instead of a flax init (whose compile costs seconds).
-    state = jax_train.TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
-                                 batch_stats=variables["batch_stats"], opt_state=tx.init(variables["params"]),
-                                 lr=jnp.asarray(config.lr, dtype), rng=jax.random.PRNGKey(0),
-                                 apply_fn=models.MODELS[name](dtype=dtype, **no_dropout).apply, tx=tx)
-    plateau = optim.ReduceLROnPlateau(config.lr, mode="max", factor=config.plateau_factor,
-                                      patience=config.plateau_patience, threshold=config.plateau_threshold,
-                                      threshold_mode="rel")
+    state = jax_train.TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=variables["params"],
+        batch_stats=variables["batch_stats"],
+        opt_state=tx.init(variables["params"]),
+        lr=jnp.asarray(config.lr, dtype),
+        rng=jax.random.PRNGKey(0),
+        apply_fn=models.MODELS[name](dtype=dtype, **no_dropout).apply,
+        tx=tx,
+    )
+    plateau = optim.ReduceLROnPlateau(
+        config.lr,
+        mode="max",
+        factor=config.plateau_factor,
+        patience=config.plateau_patience,
+        threshold=config.plateau_threshold,
+        threshold_mode="rel",
+    )
     step = jax.jit(jax_train.train_step)
     losses = []
     for (images, labels), metric in zip(batches_, PLATEAU_METRIC):
-        batch = {"image": jnp.asarray(images.permute(0, 2, 3, 1).numpy(), dtype),
-                 "label": jnp.asarray(labels.numpy(), jnp.int32)}
+        batch = {
+            "image": jnp.asarray(images.permute(0, 2, 3, 1).numpy(), dtype),
+            "label": jnp.asarray(labels.numpy(), jnp.int32),
+        }
         state, metrics = step(state, batch)
         losses.append(float(metrics["loss"]))
         state = state.replace(lr=jnp.asarray(plateau.step(metric), dtype))
@@ -157,14 +176,18 @@ def compare(name, preset, mnist, dtype):
 # turns rounding noise in tiny gradients into full-size steps) and 7.7e-3 (resnet) in the loss, so no float32
 # implementation could stay within 1e-4 of torch's; JAX's float32 runs are as far from torch's float64 run as
 # torch's float32 runs are (measured: 4.6e-3 and 5.0e-3). float64 isolates the algorithms; cnn stays float32.
-@pytest.mark.parametrize("name, preset, dtype", [("cnn", "cnn_tb", "float32"), ("cnn_deep", "cnn_deep", "float64"),
-                                                 ("resnet", "resnet", "float64")])
+@pytest.mark.parametrize(
+    "name, preset, dtype",
+    [("cnn", "cnn_tb", "float32"), ("cnn_deep", "cnn_deep", "float64"), ("resnet", "resnet", "float64")],
+)
 def test_training_steps_match_torch(mnist, name, preset, dtype):
     loss_errors, leaf_errors, moved, (torch_lr, jax_lr) = compare(name, preset, mnist, dtype)
     worst = max(leaf_errors, key=leaf_errors.get)
-    print(f"\n{name} ({dtype}): loss rel diff per step {np.array2string(loss_errors, precision=1)}; "
-          f"max leaf rel diff {leaf_errors[worst]:.1e} ({worst}); training moved the leaves by "
-          f"{min(moved.values()):.1e} (min) {np.median(list(moved.values())):.1e} (median) relative")
+    print(
+        f"\n{name} ({dtype}): loss rel diff per step {np.array2string(loss_errors, precision=1)}; "
+        f"max leaf rel diff {leaf_errors[worst]:.1e} ({worst}); training moved the leaves by "
+        f"{min(moved.values()):.1e} (min) {np.median(list(moved.values())):.1e} (median) relative"
+    )
     config = PRESETS[preset]
     assert torch_lr == pytest.approx(jax_lr) == pytest.approx(config.lr * config.plateau_factor)  # both dropped
     assert loss_errors.max() <= RTOL[dtype]
@@ -180,20 +203,36 @@ def test_one_epoch_accuracy_matches_jax(mnist, tmp_path):
     for seed in (0, 1):
         run = config.replace(seed=seed)
         logdir = tmp_path / f"seed{seed}"
-        accs["jax"].append(jax_train.train_and_evaluate(run, preset="cnn_cpu", data=mnist, logdir=logdir / "jax",
-                                                        progress=False).record["final_acc"])
-        accs["torch"].append(torch_train.train_and_evaluate(run, preset="cnn_cpu", data=mnist,
-                                                            logdir=logdir / "torch", progress=False)["final_acc"])
+        accs["jax"].append(
+            jax_train.train_and_evaluate(
+                run, preset="cnn_cpu", data=mnist, logdir=logdir / "jax", progress=False
+            ).record["final_acc"]
+        )
+        accs["torch"].append(
+            torch_train.train_and_evaluate(run, preset="cnn_cpu", data=mnist, logdir=logdir / "torch", progress=False)[
+                "final_acc"
+            ]
+        )
     print(f"\ncnn_cpu, 1 epoch, seeds 0 and 1: jax {accs['jax']}, torch {accs['torch']}")
     assert min(accs["jax"] + accs["torch"]) >= 97.5
     assert abs(np.mean(accs["jax"]) - np.mean(accs["torch"])) <= 0.3
 
 
-@pytest.mark.parametrize("argv", [
-    ["--model", "nope"], ["--preset", "nope"], ["--epochs", "0"], ["--epochs", "x"], ["--lr", "-1"],
-    ["--optimizer", "adam"], ["--num-workers", "-1"], ["--device", "tpu"], ["--val-size", "60000"],
-    ["--unknown-flag"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--model", "nope"],
+        ["--preset", "nope"],
+        ["--epochs", "0"],
+        ["--epochs", "x"],
+        ["--lr", "-1"],
+        ["--optimizer", "adam"],
+        ["--num-workers", "-1"],
+        ["--device", "tpu"],
+        ["--val-size", "60000"],
+        ["--unknown-flag"],
+    ],
+)
 def test_cli_bad_input_is_one_line_exit_2(argv, capsys, tmp_path, mnist):
     assert torch_train.main(argv + ["--logdir", str(tmp_path), "--no-progress"]) == 2
     err = capsys.readouterr().err
@@ -214,8 +253,12 @@ def test_cli_unwritable_logdir_and_missing_cuda(capsys, tmp_path):
 def test_cli_writes_jaxmnists_metrics_format(tmp_path, mnist):
     """The real CLI, as a subprocess, against a tiny jaxmnist run with the same flags."""
     flags = ["--model", "cnn", "--epochs", "1", "--max-steps", "3", "--train-size", "2048", "--no-progress"]
-    proc = subprocess.run([sys.executable, "-m", "torch_ref.train", *flags, "--logdir", str(tmp_path / "torch")],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch_ref.train", *flags, "--logdir", str(tmp_path / "torch")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "Accuracy on test set(epoch=1):" in proc.stdout and "Average time per epoch:" in proc.stdout
     assert jax_train.main(flags + ["--logdir", str(tmp_path / "jax")]) == 0
@@ -235,16 +278,34 @@ def test_reproduce_table_regenerates_from_json(tmp_path):
     spec.loader.exec_module(reproduce)
 
     def run(seed, acc):
-        return {"seed": seed, "final_acc": acc, "best_acc": acc + 0.1, "avg_epoch_s": 5.0, "device": "cpu:cpu",
-                "versions": {}, "commit": None}
+        return {
+            "seed": seed,
+            "final_acc": acc,
+            "best_acc": acc + 0.1,
+            "avg_epoch_s": 5.0,
+            "device": "cpu:cpu",
+            "versions": {},
+            "commit": None,
+        }
 
-    result = {"preset": "cnn_tb", "blog": {"final_acc": 99.0, "epoch_s": 5.77, "epochs": 20}, "epochs_run": 2,
-              "reduced_epochs": True, "max_steps": None, "blog_quirks": False, "seeds": 2,
-              "frameworks": {"jax": reproduce.aggregate([run(0, 98.9), run(1, 99.1)]),
-                             "torch": reproduce.aggregate([run(0, 99.0), {"seed": 1, "error": "boom"}])}}
+    result = {
+        "preset": "cnn_tb",
+        "blog": {"final_acc": 99.0, "epoch_s": 5.77, "epochs": 20},
+        "epochs_run": 2,
+        "reduced_epochs": True,
+        "max_steps": None,
+        "blog_quirks": False,
+        "seeds": 2,
+        "frameworks": {
+            "jax": reproduce.aggregate([run(0, 98.9), run(1, 99.1)]),
+            "torch": reproduce.aggregate([run(0, 99.0), {"seed": 1, "error": "boom"}]),
+        },
+    }
     (tmp_path / "cnn_tb.json").write_text(json.dumps(result))
     assert reproduce.main(["--table-only", "--out", str(tmp_path)]) == 0
     row = next(line for line in (tmp_path / "README.md").read_text().splitlines() if line.startswith("| `cnn_tb`"))
-    assert row == ("| `cnn_tb` | 99.00 % (5.77 s) | 2 of 20 (reduced epochs) | 99.00 ± 0.14 % | 99.10 ± 0.14 % "
-                   "| 99.00 % | 99.10 % | 5.00 ± 0.00 s / 5.00 s | jax: cpu:cpu; torch: cpu:cpu |")
+    assert row == (
+        "| `cnn_tb` | 99.00 % (5.77 s) | 2 of 20 (reduced epochs) | 99.00 ± 0.14 % | 99.10 ± 0.14 % "
+        "| 99.00 % | 99.10 % | 5.00 ± 0.00 s / 5.00 s | jax: cpu:cpu; torch: cpu:cpu |"
+    )
     assert "1 run(s) failed" in (tmp_path / "README.md").read_text()

@@ -32,16 +32,24 @@ def test_one_train_step_every_network(model, rng):
     for before, after in zip(jax.tree.leaves(state.params), jax.tree.leaves(new_state.params)):
         assert before.shape == after.shape
     before = jax.tree_util.tree_flatten_with_path(state.params)[0]
-    still = [jax.tree_util.keystr(path) for (path, a), b in zip(before, jax.tree.leaves(new_state.params))
-             if np.array_equal(a, b)]
+    still = [
+        jax.tree_util.keystr(path)
+        for (path, a), b in zip(before, jax.tree.leaves(new_state.params))
+        if np.array_equal(a, b)
+    ]
     # A conv bias feeding a train-mode BatchNorm has an exactly zero gradient (BN removes the mean); in the
     # blog's resnet those are the only parameters allowed to stay put.
-    assert len(still) < len(before) // 4 and all(p.endswith("['bias']") and "bn" not in p and "fc" not in p for p in still), still
-    stats_moved = [not np.array_equal(a, b) for a, b in
-                   zip(jax.tree.leaves(state.batch_stats), jax.tree.leaves(new_state.batch_stats))]
+    assert len(still) < len(before) // 4 and all(
+        p.endswith("['bias']") and "bn" not in p and "fc" not in p for p in still
+    ), still
+    stats_moved = [
+        not np.array_equal(a, b)
+        for a, b in zip(jax.tree.leaves(state.batch_stats), jax.tree.leaves(new_state.batch_stats))
+    ]
     assert stats_moved and all(stats_moved)
-    logits = new_state.apply_fn({"params": new_state.params, "batch_stats": new_state.batch_stats},
-                                batch["image"], train=False)
+    logits = new_state.apply_fn(
+        {"params": new_state.params, "batch_stats": new_state.batch_stats}, batch["image"], train=False
+    )
     assert logits.shape == (4, 1000 if model.startswith("resnet1") else 10)
 
 
@@ -49,18 +57,21 @@ def test_eval_mode_step_freezes_batchnorm(rng):
     """The blog's quirk 1 (training in eval mode) updates weights but not the running statistics."""
     state = train.create_state(Config(model="cnn"), jax.random.PRNGKey(0))
     new_state, _ = jax.jit(train.train_step, static_argnames="train")(state, fake_batch(rng), train=False)
-    assert all(np.array_equal(a, b) for a, b in
-               zip(jax.tree.leaves(state.batch_stats), jax.tree.leaves(new_state.batch_stats)))
-    assert all(not np.array_equal(a, b) for a, b in
-               zip(jax.tree.leaves(state.params), jax.tree.leaves(new_state.params)))
+    assert all(
+        np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state.batch_stats), jax.tree.leaves(new_state.batch_stats))
+    )
+    assert all(
+        not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(new_state.params))
+    )
 
 
 def test_evaluate_counts_every_example_once(rng):
     state = train.create_state(Config(model="cnn"), jax.random.PRNGKey(0))
     images = rng.integers(0, 256, (37, 28, 28), dtype=np.uint8)
     labels = rng.integers(0, 10, 37).astype(np.int32)
-    logits = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
-                            data_lib.normalize(images), train=False)
+    logits = state.apply_fn(
+        {"params": state.params, "batch_stats": state.batch_stats}, data_lib.normalize(images), train=False
+    )
     expected = 100 * np.mean(np.argmax(logits, -1) == labels)
     evaluate = jax.jit(train.evaluate, static_argnames="batch_size")
     for batch_size in (5, 37, 64):  # ragged, exact, larger than the set
@@ -82,10 +93,12 @@ def test_resume_equals_uninterrupted_run_bitwise(mnist, tmp_path):
     run = dict(data=data, progress=False, chunk_steps=5, unroll=False)
     full = train.train_and_evaluate(config, workdir=tmp_path / "full", logdir=tmp_path / "log_full", **run)
     train.train_and_evaluate(config, workdir=tmp_path / "cut", logdir=tmp_path / "log_cut", stop_after_epoch=1, **run)
-    resumed = train.train_and_evaluate(config, workdir=tmp_path / "cut", logdir=tmp_path / "log_cut", resume=True,
-                                       **run)
+    resumed = train.train_and_evaluate(
+        config, workdir=tmp_path / "cut", logdir=tmp_path / "log_cut", resume=True, **run
+    )
     for a, b in zip(jax.tree.leaves(full.state), jax.tree.leaves(resumed.state)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
     def accuracies(result):
         return [(e["epoch"], e["test_acc"], e["val_acc"], e["lr"]) for e in result.record["epochs"]]
 
@@ -96,8 +109,9 @@ def test_resume_equals_uninterrupted_run_bitwise(mnist, tmp_path):
 def test_no_recompilation_after_first_epoch(mnist, tmp_path):
     # Plateau drops set a new learning rate from the host: that must not recompile either.
     config = TINY.replace(plateau=True, plateau_patience=0, plateau_threshold=0.5, val_size=128)
-    result = train.train_and_evaluate(config, data=tiny_data(mnist), progress=False, logdir=tmp_path, chunk_steps=4,
-                                      unroll=False)
+    result = train.train_and_evaluate(
+        config, data=tiny_data(mnist), progress=False, logdir=tmp_path, chunk_steps=4, unroll=False
+    )
     lrs = [e["lr"] for e in result.record["epochs"]]
     assert lrs[-1] < lrs[0], lrs  # the schedule did act
     assert result.record["recompiles_after_first_epoch"] == 0
@@ -112,8 +126,8 @@ def read_events(logdir):
         raw = path.read_bytes()
         pos = 0
         while pos < len(raw):
-            (length,) = struct.unpack("<Q", raw[pos:pos + 8])
-            event = event_pb2.Event.FromString(raw[pos + 12:pos + 12 + length])
+            (length,) = struct.unpack("<Q", raw[pos : pos + 8])
+            event = event_pb2.Event.FromString(raw[pos + 12 : pos + 12 + length])
             pos += 12 + length + 4
             for v in event.summary.value:
                 scalars.setdefault(v.tag, []).append((event.step, v.simple_value))
@@ -122,8 +136,9 @@ def read_events(logdir):
 
 def test_event_file_tags_and_points(mnist, tmp_path):
     config = TINY.replace(epochs=2)
-    train.train_and_evaluate(config, data=tiny_data(mnist), progress=False, logdir=tmp_path, chunk_steps=5,
-                             unroll=False)
+    train.train_and_evaluate(
+        config, data=tiny_data(mnist), progress=False, logdir=tmp_path, chunk_steps=5, unroll=False
+    )
     scalars = read_events(tmp_path)
     steps = 640 // 64
     assert len(scalars["acc_train/batch_num"]) == 2 * steps
@@ -141,16 +156,19 @@ def test_event_file_tags_and_points(mnist, tmp_path):
     assert list(tmp_path.glob("**/events.out.tfevents.*"))  # hparams sub-run written too
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--model", "vgg"], "unknown model"),
-    (["--preset", "nope"], "unknown preset"),
-    (["--lr", "0"], "--lr must be > 0"),
-    (["--lr", "-1"], "--lr must be > 0"),
-    (["--batch-size", "0"], "--batch-size must be > 0"),
-    (["--epochs", "0"], "--epochs must be > 0"),
-    (["--data-dir", "/nonexistent/mnist"], "does not exist"),
-    (["--optimizer", "adam"], "unknown optimizer"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--model", "vgg"], "unknown model"),
+        (["--preset", "nope"], "unknown preset"),
+        (["--lr", "0"], "--lr must be > 0"),
+        (["--lr", "-1"], "--lr must be > 0"),
+        (["--batch-size", "0"], "--batch-size must be > 0"),
+        (["--epochs", "0"], "--epochs must be > 0"),
+        (["--data-dir", "/nonexistent/mnist"], "does not exist"),
+        (["--optimizer", "adam"], "unknown optimizer"),
+    ],
+)
 def test_cli_bad_input_one_line_error(argv, message, capsys, tmp_path):
     code = train.main(argv + ["--logdir", str(tmp_path / "log"), "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()
@@ -181,7 +199,8 @@ def test_cli_model_picks_its_preset():
 
 def test_chunk_bounds():
     assert train.chunk_bounds(117, None, unroll=True) == [(s, s + 8) for s in range(0, 112, 8)] + [
-        (s, s + 1) for s in range(112, 117)]
+        (s, s + 1) for s in range(112, 117)
+    ]
     assert [e - s for s, e in train.chunk_bounds(117, None, unroll=False)] == [15] * 7 + [1] * 12
     assert train.chunk_bounds(8, 1, unroll=True) == [(s, s + 1) for s in range(8)]
 

@@ -31,8 +31,17 @@ from torchvision import transforms
 
 from jaxmnist import data as data_lib
 from jaxmnist import runlog
-from jaxmnist.presets import (MODEL_PRESET, PRESETS, Config, UsageError, config_from_args, describe, split_train,
-                              trains_in_eval_mode, validate)
+from jaxmnist.presets import (
+    MODEL_PRESET,
+    PRESETS,
+    Config,
+    UsageError,
+    config_from_args,
+    describe,
+    split_train,
+    trains_in_eval_mode,
+    validate,
+)
 from torch_ref import models
 
 
@@ -43,10 +52,14 @@ class MnistDataset(torch.utils.data.Dataset):
         self.images = np.array(images, np.uint8)  # a writable copy: torch warns on read-only arrays
         self.labels = np.asarray(labels, np.int64)
         self.augment = augment
-        steps = [transforms.RandomAffine(degrees=0, translate=(0.1, 0.1)),
-                 transforms.RandomRotation((-10, 10))] if augment else []
+        steps = (
+            [transforms.RandomAffine(degrees=0, translate=(0.1, 0.1)), transforms.RandomRotation((-10, 10))]
+            if augment
+            else []
+        )
         self.transform = transforms.Compose(
-            steps + [transforms.ToTensor(), transforms.Normalize((data_lib.MEAN,), (data_lib.STD,))])
+            steps + [transforms.ToTensor(), transforms.Normalize((data_lib.MEAN,), (data_lib.STD,))]
+        )
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -60,8 +73,9 @@ class MnistDataset(torch.utils.data.Dataset):
 
 
 def loader(dataset: MnistDataset, batch_size: int, *, shuffle: bool, device: torch.device, num_workers: int):
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-                                       pin_memory=device.type == "cuda")
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, pin_memory=device.type == "cuda"
+    )
 
 
 def build_optimizer(config: Config, params) -> torch.optim.Optimizer:
@@ -125,9 +139,17 @@ def device_name(device: torch.device) -> str:
     return f"cuda:{torch.cuda.get_device_name(device)}" if device.type == "cuda" else "cpu:cpu"
 
 
-def train_and_evaluate(config: Config, preset: str | None = None, data: data_lib.Dataset | None = None,
-                       logdir: str | None = None, device: str | None = None, num_workers: int = 0,
-                       progress: bool = True, data_dir: str | None = None, out=sys.stdout) -> dict:
+def train_and_evaluate(
+    config: Config,
+    preset: str | None = None,
+    data: data_lib.Dataset | None = None,
+    logdir: str | None = None,
+    device: str | None = None,
+    num_workers: int = 0,
+    progress: bool = True,
+    data_dir: str | None = None,
+    out=sys.stdout,
+) -> dict:
     """Trains `config` with torch and evaluates after every epoch; prints the blog's lines; returns the run
     record: with a logdir, metrics.json's (final and best accuracy, per-epoch metrics), else the timing only."""
     validate(config)
@@ -147,8 +169,13 @@ def train_and_evaluate(config: Config, preset: str | None = None, data: data_lib
         steps = min(steps, config.max_steps)
 
     def make_loader(images, labels, augment, train):
-        return loader(MnistDataset(images, labels, augment), config.batch_size if train else config.eval_batch_size,
-                      shuffle=train, device=device, num_workers=num_workers)
+        return loader(
+            MnistDataset(images, labels, augment),
+            config.batch_size if train else config.eval_batch_size,
+            shuffle=train,
+            device=device,
+            num_workers=num_workers,
+        )
 
     torch.manual_seed(config.seed)  # before the model: it seeds the init, shuffling, dropout and augmentation
     model = models.get_model(config.model, config.num_classes).to(device)
@@ -158,29 +185,49 @@ def train_and_evaluate(config: Config, preset: str | None = None, data: data_lib
     test_loader = make_loader(data.test_images, data.test_labels, config.augment and config.blog_quirks, train=False)
     val_loader = make_loader(*val, augment=False, train=False) if val is not None else None
     # Quirk 3: the blog creates the scheduler and never steps it, which is as if there were none.
-    scheduler = (torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="max", factor=config.plateau_factor, patience=config.plateau_patience,
-        threshold=config.plateau_threshold, threshold_mode="rel")
-        if config.plateau and not config.blog_quirks else None)
+    scheduler = (
+        torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer,
+            mode="max",
+            factor=config.plateau_factor,
+            patience=config.plateau_patience,
+            threshold=config.plateau_threshold,
+            threshold_mode="rel",
+        )
+        if config.plateau and not config.blog_quirks
+        else None
+    )
     monitor = "validation accuracy" if val is not None else "test accuracy"
     log = None
     if logdir:
         try:
-            log = runlog.RunLog(logdir, framework="torch", preset=preset, config=config, device=device_name(device),
-                                n_train=n_train)
+            log = runlog.RunLog(
+                logdir, framework="torch", preset=preset, config=config, device=device_name(device), n_train=n_train
+            )
         except OSError as e:
             raise UsageError(f"cannot write to logdir {logdir}: {e.strerror}") from None
 
-    tf32 = (f", TF32 matmul {'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'}, "
-            f"cuDNN {'on' if torch.backends.cudnn.allow_tf32 else 'off'}" if device.type == "cuda" else "")
-    say(f"device: {device_name(device)} ({device.type}), torch {torch.__version__}{tf32}; "
-        f"data loader workers: {num_workers}")
+    tf32 = (
+        f", TF32 matmul {'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'}, "
+        f"cuDNN {'on' if torch.backends.cudnn.allow_tf32 else 'off'}"
+        if device.type == "cuda"
+        else ""
+    )
+    say(
+        f"device: {device_name(device)} ({device.type}), torch {torch.__version__}{tf32}; "
+        f"data loader workers: {num_workers}"
+    )
     say(f"{'preset ' + preset + ': ' if preset else ''}{describe(config)}; data: {data.source}")
-    say(f"train: {n_train} images, {steps} steps of {config.batch_size} per epoch (last batch kept); "
-        f"test: {len(data.test_labels)} images" + (f"; validation: {len(val[1])} images" if val is not None else ""))
+    say(
+        f"train: {n_train} images, {steps} steps of {config.batch_size} per epoch (last batch kept); "
+        f"test: {len(data.test_labels)} images" + (f"; validation: {len(val[1])} images" if val is not None else "")
+    )
     if config.plateau:
-        say("ReduceLROnPlateau: never stepped (blog quirk 3)" if config.blog_quirks
-            else f"ReduceLROnPlateau monitors the {monitor}")
+        say(
+            "ReduceLROnPlateau: never stepped (blog quirk 3)"
+            if config.blog_quirks
+            else f"ReduceLROnPlateau monitors the {monitor}"
+        )
     say(runlog.header_line(config.epochs))
 
     from tqdm import tqdm
@@ -190,10 +237,15 @@ def train_and_evaluate(config: Config, preset: str | None = None, data: data_lib
         t_start = time.perf_counter()
         if not trains_in_eval_mode(config, epoch):
             model.train()
-        with tqdm(total=steps, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, file=sys.stderr,
-                  disable=not progress, unit="step") as bar:
-            acc, loss = train_epoch(model, config.model, itertools.islice(train_loader, steps), optimizer, device,
-                                    bar)
+        with tqdm(
+            total=steps,
+            desc=f"epoch {epoch + 1}/{config.epochs}",
+            leave=False,
+            file=sys.stderr,
+            disable=not progress,
+            unit="step",
+        ) as bar:
+            acc, loss = train_epoch(model, config.model, itertools.islice(train_loader, steps), optimizer, device, bar)
         test = evaluate(model, config.model, test_loader, device)
         val_m = evaluate(model, config.model, val_loader, device) if val_loader is not None else None
         epoch_s = time.perf_counter() - t_start  # evaluate() synchronised the device
@@ -207,10 +259,17 @@ def train_and_evaluate(config: Config, preset: str | None = None, data: data_lib
                 say(f"    learning rate {lr_used:g} -> {new_lr:g}")
         if log:
             log.add_batches(epoch, acc, loss)
-            log.add_epoch(epoch + 1, test_acc=test["accuracy"], test_loss=test["loss"],
-                          val_acc=None if val_m is None else val_m["accuracy"],
-                          val_loss=None if val_m is None else val_m["loss"],
-                          train_acc=float(acc.mean()), train_loss=float(loss.mean()), lr=lr_used, time_s=epoch_s)
+            log.add_epoch(
+                epoch + 1,
+                test_acc=test["accuracy"],
+                test_loss=test["loss"],
+                val_acc=None if val_m is None else val_m["accuracy"],
+                val_loss=None if val_m is None else val_m["loss"],
+                train_acc=float(acc.mean()),
+                train_loss=float(loss.mean()),
+                lr=lr_used,
+                time_s=epoch_s,
+            )
 
     avg = float(np.mean(epoch_times))
     say(runlog.average_line(avg))
@@ -219,8 +278,7 @@ def train_and_evaluate(config: Config, preset: str | None = None, data: data_lib
     if log:
         record = log.finish(**record)
         s = log.summary()
-        say(f"final: {s['final_acc']:.2f} %, best: {s['best_acc']:.2f} % (epoch {s['best_epoch']}); "
-            f"logs in {logdir}")
+        say(f"final: {s['final_acc']:.2f} %, best: {s['best_acc']:.2f} % (epoch {s['best_epoch']}); logs in {logdir}")
     return record
 
 
@@ -231,14 +289,19 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m torch_ref.train",
-                description="Train one of the blog's networks on MNIST with PyTorch, as the blog does.",
-                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = _Parser(
+        prog="python -m torch_ref.train",
+        description="Train one of the blog's networks on MNIST with PyTorch, as the blog does.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--model", help=f"network; alone it runs its preset: {MODEL_PRESET}")
     p.add_argument("--preset", help=f"experiment: {', '.join(PRESETS)} (default: the model's, else cnn_tb)")
     for name, typ, help_ in (
-        ("epochs", int, "epochs"), ("batch-size", int, "training batch size"), ("lr", float, "learning rate"),
-        ("momentum", float, "momentum (SGD and RMSprop)"), ("optimizer", str, "sgd or rmsprop"),
+        ("epochs", int, "epochs"),
+        ("batch-size", int, "training batch size"),
+        ("lr", float, "learning rate"),
+        ("momentum", float, "momentum (SGD and RMSprop)"),
+        ("optimizer", str, "sgd or rmsprop"),
         ("seed", int, "torch.manual_seed (init, shuffling, dropout, augmentation)"),
         ("num-classes", int, "output classes (default: the network's own head)"),
         ("val-size", int, "hold out N training images; the plateau schedule then monitors them"),
@@ -253,11 +316,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="a directory holding the four IDX files (see python -m jaxmnist.data)")
     p.add_argument("--logdir", help="TensorBoard events, metrics.json, curves.png (default runs/torch_<preset>)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
-    p.add_argument("--num-workers", type=int, default=0,
-                   help="DataLoader worker processes (the blog used 4, with pinned memory, on its GPU)")
-    p.add_argument("--blog-quirks", action="store_true",
-                   help="reproduce the blog's loop: eval-mode training after epoch 1, augmented test set, "
-                        "plateau scheduler never stepped")
+    p.add_argument(
+        "--num-workers",
+        type=int,
+        default=0,
+        help="DataLoader worker processes (the blog used 4, with pinned memory, on its GPU)",
+    )
+    p.add_argument(
+        "--blog-quirks",
+        action="store_true",
+        help="reproduce the blog's loop: eval-mode training after epoch 1, augmented test set, "
+        "plateau scheduler never stepped",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -267,8 +337,15 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         preset, config = config_from_args(args)
         logdir = args.logdir or os.path.join("runs", f"torch_{preset}")
-        train_and_evaluate(config, preset=preset, logdir=logdir, device=args.device, num_workers=args.num_workers,
-                           progress=not args.no_progress, data_dir=args.data_dir)
+        train_and_evaluate(
+            config,
+            preset=preset,
+            logdir=logdir,
+            device=args.device,
+            num_workers=args.num_workers,
+            progress=not args.no_progress,
+            data_dir=args.data_dir,
+        )
     except (UsageError, data_lib.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
