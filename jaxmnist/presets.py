@@ -9,6 +9,8 @@ import dataclasses
 
 import numpy as np
 
+from jaxmnist.data import DATASETS
+
 NETWORKS = ("cnn", "cnn_deep", "resnet", "resnet18", "resnet101")
 OPTIMIZERS = ("sgd", "rmsprop")
 
@@ -133,6 +135,37 @@ def split_train(data, config: Config):
     order = np.random.default_rng(config.seed).permutation(len(labels))
     val, train = order[: config.val_size], np.sort(order[config.val_size :])
     return (images[train], labels[train]), (images[val], labels[val])
+
+
+def add_config_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags both trainers share: the preset, every Config override, data and quirks."""
+    p.add_argument("--model", help=f"network; alone it runs its preset: {MODEL_PRESET}")
+    p.add_argument("--preset", help=f"experiment: {', '.join(PRESETS)} (default: the model's, else cnn_tb)")
+    for name, typ, help_ in (
+        ("epochs", int, "epochs"),
+        ("batch-size", int, "training batch size"),
+        ("lr", float, "learning rate"),
+        ("momentum", float, "momentum (SGD and RMSprop)"),
+        ("optimizer", str, f"one of {', '.join(OPTIMIZERS)}"),
+        ("seed", int, "random seed (init, shuffling, dropout, augmentation)"),
+        ("num-classes", int, "output classes (default: the network's own head)"),
+        ("val-size", int, "hold out N training images; the plateau schedule then monitors them"),
+        ("train-size", int, "train on only the first N images (quick runs)"),
+        ("max-steps", int, "at most N steps per epoch (quick runs)"),
+        ("eval-batch-size", int, "evaluation batch size"),
+    ):
+        p.add_argument(f"--{name}", type=typ, help=help_ + " (default: the preset's)")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, help="§4 augmentation (default: preset's)")
+    p.add_argument("--plateau", action=argparse.BooleanOptionalAction, help="ReduceLROnPlateau (default: preset's)")
+    p.add_argument("--dataset", choices=sorted(DATASETS), help="mnist or fashion_mnist")
+    p.add_argument("--data-dir", help="a directory holding the four IDX files (see python -m jaxmnist.data)")
+    p.add_argument(
+        "--blog-quirks",
+        action="store_true",
+        help="reproduce the blog's loop: eval-mode training after epoch 1 (§3 on), augmented test set, "
+        "plateau scheduler never stepped",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[str, Config]:

@@ -39,10 +39,9 @@ from jaxmnist import augment as augment_lib
 from jaxmnist import data as data_lib
 from jaxmnist import models, optim, runlog
 from jaxmnist.presets import (
-    MODEL_PRESET,
-    PRESETS,
     Config,
     UsageError,
+    add_config_arguments,
     config_from_args,
     describe,
     split_train,
@@ -507,36 +506,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train one of the blog's networks on MNIST with JAX/Flax.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--model", help=f"network; alone it runs its preset: {MODEL_PRESET}")
-    p.add_argument("--preset", help=f"experiment: {', '.join(PRESETS)} (default: the model's, else cnn_tb)")
-    for name, typ, help_ in (
-        ("epochs", int, "epochs"),
-        ("batch-size", int, "training batch size"),
-        ("lr", float, "learning rate"),
-        ("momentum", float, "momentum (SGD and RMSprop)"),
-        ("optimizer", str, f"one of {optim.OPTIMIZERS}"),
-        ("seed", int, "PRNG seed (init, shuffling, dropout, augmentation)"),
-        ("num-classes", int, "output classes (default: the network's own head)"),
-        ("val-size", int, "hold out N training images; the plateau schedule then monitors them"),
-        ("train-size", int, "train on only the first N images (quick runs)"),
-        ("max-steps", int, "at most N steps per epoch (quick runs)"),
-        ("eval-batch-size", int, "evaluation batch size"),
-    ):
-        p.add_argument(f"--{name}", type=typ, help=help_ + " (default: the preset's)")
-    p.add_argument("--augment", action=argparse.BooleanOptionalAction, help="§4 augmentation (default: preset's)")
-    p.add_argument("--plateau", action=argparse.BooleanOptionalAction, help="ReduceLROnPlateau (default: preset's)")
-    p.add_argument("--dataset", choices=sorted(data_lib.DATASETS), help="mnist or fashion_mnist")
-    p.add_argument("--data-dir", help="a directory holding the four IDX files (see python -m jaxmnist.data)")
+    add_config_arguments(p)
     p.add_argument("--logdir", help="TensorBoard events, metrics.json, curves.png (default runs/<preset>)")
     p.add_argument("--workdir", help="checkpoints (latest and best, every epoch)")
     p.add_argument("--resume", action="store_true", help="continue the run checkpointed in --workdir")
-    p.add_argument(
-        "--blog-quirks",
-        action="store_true",
-        help="reproduce the blog's loop: eval-mode training after epoch 1, augmented test set, "
-        "plateau scheduler never stepped",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
 
