@@ -34,6 +34,35 @@ def average_line(seconds: float) -> str:
     return "Average time per epoch: %.2f s" % seconds
 
 
+def preamble_lines(
+    config,
+    preset: str | None,
+    source: str,
+    *,
+    n_train: int,
+    steps: int,
+    tail: str,
+    n_test: int,
+    n_val: int | None,
+    monitor: str,
+) -> list[str]:
+    """What both trainers print before the first epoch: the experiment, the data, and the schedule's monitor."""
+    from jaxmnist.presets import describe
+
+    lines = [
+        f"{'preset ' + preset + ': ' if preset else ''}{describe(config)}; data: {source}",
+        f"train: {n_train} images, {steps} steps of {config.batch_size} per epoch ({tail}); test: {n_test} images"
+        + (f"; validation: {n_val} images" if n_val else ""),
+    ]
+    if config.plateau:
+        lines.append(
+            "ReduceLROnPlateau: never stepped (blog quirk 3)"
+            if config.blog_quirks
+            else f"ReduceLROnPlateau monitors the {monitor}"
+        )
+    return lines
+
+
 def git_commit() -> str | None:
     try:
         out = subprocess.run(

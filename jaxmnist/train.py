@@ -43,7 +43,6 @@ from jaxmnist.presets import (
     UsageError,
     add_config_arguments,
     config_from_args,
-    describe,
     split_train,
     trains_in_eval_mode,
     validate,
@@ -347,17 +346,18 @@ def train_and_evaluate(
     compile_s = time.perf_counter() - t0
 
     say(f"device: {_device_name()} ({jax.default_backend()}), jax {jax.__version__}")
-    say(f"{'preset ' + preset + ': ' if preset else ''}{describe(config)}; data: {data.source}")
-    say(
-        f"train: {n_train} images, {steps} steps of {config.batch_size} per epoch (ragged tail dropped); "
-        f"test: {len(test_y)} images" + (f"; validation: {len(val[1])} images" if val is not None else "")
-    )
-    if config.plateau:
-        say(
-            "ReduceLROnPlateau: never stepped (blog quirk 3)"
-            if config.blog_quirks
-            else f"ReduceLROnPlateau monitors the {monitor}"
-        )
+    for line in runlog.preamble_lines(
+        config,
+        preset,
+        data.source,
+        n_train=n_train,
+        steps=steps,
+        tail="ragged tail dropped",
+        n_test=len(test_y),
+        n_val=len(val[1]) if val is not None else None,
+        monitor=monitor,
+    ):
+        say(line)
     say(f"compile: {compile_s:.2f} s (kept out of the epoch times)")
     say(runlog.header_line(config.epochs))
 

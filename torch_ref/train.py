@@ -36,7 +36,6 @@ from jaxmnist.presets import (
     UsageError,
     add_config_arguments,
     config_from_args,
-    describe,
     split_train,
     trains_in_eval_mode,
     validate,
@@ -216,17 +215,18 @@ def train_and_evaluate(
         f"device: {device_name(device)} ({device.type}), torch {torch.__version__}{tf32}; "
         f"data loader workers: {num_workers}"
     )
-    say(f"{'preset ' + preset + ': ' if preset else ''}{describe(config)}; data: {data.source}")
-    say(
-        f"train: {n_train} images, {steps} steps of {config.batch_size} per epoch (last batch kept); "
-        f"test: {len(data.test_labels)} images" + (f"; validation: {len(val[1])} images" if val is not None else "")
-    )
-    if config.plateau:
-        say(
-            "ReduceLROnPlateau: never stepped (blog quirk 3)"
-            if config.blog_quirks
-            else f"ReduceLROnPlateau monitors the {monitor}"
-        )
+    for line in runlog.preamble_lines(
+        config,
+        preset,
+        data.source,
+        n_train=n_train,
+        steps=steps,
+        tail="last batch kept",
+        n_test=len(data.test_labels),
+        n_val=len(val[1]) if val is not None else None,
+        monitor=monitor,
+    ):
+        say(line)
     say(runlog.header_line(config.epochs))
 
     from tqdm import tqdm
