@@ -63,6 +63,17 @@ def preamble_lines(
     return lines
 
 
+def epoch_bar(epoch: int, epochs: int, steps: int, enabled: bool):
+    """The per-epoch progress bar both trainers show on stderr (steps, cleared when the epoch ends)."""
+    import sys
+
+    from tqdm import tqdm
+
+    return tqdm(
+        total=steps, desc=f"epoch {epoch + 1}/{epochs}", leave=False, file=sys.stderr, disable=not enabled, unit="step"
+    )
+
+
 def git_commit() -> str | None:
     try:
         out = subprocess.run(

@@ -361,8 +361,6 @@ def train_and_evaluate(
     say(f"compile: {compile_s:.2f} s (kept out of the epoch times)")
     say(runlog.header_line(config.epochs))
 
-    from tqdm import tqdm
-
     epoch_times, compiles_after_first, compiles_at_epoch_2 = [], None, None
     for epoch in range(first_epoch, config.epochs):
         if epoch == first_epoch + 1:
@@ -371,14 +369,7 @@ def train_and_evaluate(
         mode = not trains_in_eval_mode(config, epoch)
         chunks = indices(jnp.int32(epoch))
         metrics = []
-        with tqdm(
-            total=steps,
-            desc=f"epoch {epoch + 1}/{config.epochs}",
-            leave=False,
-            file=sys.stderr,
-            disable=not progress,
-            unit="step",
-        ) as bar:
+        with runlog.epoch_bar(epoch, config.epochs, steps, progress) as bar:
             pending = None
             for idx in chunks:
                 state, m = compiled[mode, idx.shape[0]](state, train_x, train_y, idx)

@@ -229,21 +229,12 @@ def train_and_evaluate(
         say(line)
     say(runlog.header_line(config.epochs))
 
-    from tqdm import tqdm
-
     epoch_times = []
     for epoch in range(config.epochs):
         t_start = time.perf_counter()
         if not trains_in_eval_mode(config, epoch):
             model.train()
-        with tqdm(
-            total=steps,
-            desc=f"epoch {epoch + 1}/{config.epochs}",
-            leave=False,
-            file=sys.stderr,
-            disable=not progress,
-            unit="step",
-        ) as bar:
+        with runlog.epoch_bar(epoch, config.epochs, steps, progress) as bar:
             acc, loss = train_epoch(model, config.model, itertools.islice(train_loader, steps), optimizer, device, bar)
         test = evaluate(model, config.model, test_loader, device)
         val_m = evaluate(model, config.model, val_loader, device) if val_loader is not None else None
