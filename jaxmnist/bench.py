@@ -541,7 +541,7 @@ def jax_epoch(network: str, batch_size: int, data: data_lib.Dataset, settings: S
 
 
 def jax_eval(network: str, batch_size: int, data: data_lib.Dataset, settings: Settings) -> dict:
-    """The engine's `train.evaluate` over the test set (padded, masked last batch) at `batch_size`."""
+    """The engine's `train.evaluate` over the test set (full batches, then the remainder) at `batch_size`."""
     import jax
 
     from jaxmnist import train

@@ -12,7 +12,7 @@ Design (why it is fast and exact):
   chunk k's per-batch metrics, so the progress bar moves without a host sync per step.
 - The train state is donated to each chunk; its buffers are reused in place.
 - Training drops the ragged last batch (60,000 = 117·512 + 96: the 96 are left out that epoch, a different 96
-  every epoch). Evaluation covers every test image exactly once, with a padded, masked last batch.
+  every epoch). Evaluation covers every test image exactly once: full batches, then the rest as one small batch.
 - Learning rates are applied after the optimiser's direction (torch's order), so the plateau schedule's
   changes match torch.optim exactly.
 """
@@ -44,6 +44,7 @@ from jaxmnist.presets import (
     add_config_arguments,
     config_from_args,
     split_train,
+    tests_with_batch_statistics,
     trains_in_eval_mode,
     validate,
 )
@@ -124,16 +125,20 @@ def train_step(state: TrainState, batch: dict, train: bool = True) -> tuple[Trai
     return new_state, {"loss": loss, "accuracy": accuracy}
 
 
-def eval_step(state: TrainState, batch: dict) -> dict:
-    """Sums of loss and correct predictions over the batch's real examples (batch['mask'] marks them)."""
+def eval_step(state: TrainState, batch: dict, batch_statistics: bool = False) -> dict:
+    """Sums of loss and correct predictions over the batch. `batch_statistics` normalises with the batch's own
+    statistics, as a torch model left in train mode does (the blog's quirk 4); the running ones stay as they are."""
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    logits = state.apply_fn(variables, batch["image"], train=False)
-    mask = batch["mask"]
-    correct = (jnp.argmax(logits, -1) == batch["label"]) & mask
+    if batch_statistics:
+        logits, _ = state.apply_fn(
+            variables, batch["image"], train=True, rngs={"dropout": state.rng}, mutable=["batch_stats"]
+        )
+    else:
+        logits = state.apply_fn(variables, batch["image"], train=False)
     return {
-        "loss": jnp.sum(cross_entropy(logits, batch["label"]) * mask),
-        "correct": jnp.sum(correct),
-        "count": jnp.sum(mask),
+        "loss": jnp.sum(cross_entropy(logits, batch["label"])),
+        "correct": jnp.sum(jnp.argmax(logits, -1) == batch["label"]),
+        "count": jnp.asarray(batch["label"].shape[0], jnp.int32),
     }
 
 
@@ -179,26 +184,34 @@ def chunk_bounds(steps: int, chunk_steps: int | None, unroll: bool) -> list[tupl
     return [(s, s + chunk) for s in range(0, full, chunk)] + [(s, s + 1) for s in range(full, steps)]
 
 
-def evaluate(state: TrainState, images, labels, augment_key=None, *, batch_size: int) -> dict:
-    """Loss and accuracy over every example exactly once: the last batch is padded and masked.
+def evaluate(
+    state: TrainState, images, labels, augment_key=None, *, batch_size: int, batch_statistics: bool = False
+) -> dict:
+    """Loss and accuracy over every example exactly once: the full batches in a scan, then the remainder as one
+    smaller batch, unpadded (padding would change the statistics of a `batch_statistics` pass, quirk 4).
     An `augment_key` augments the images first (the blog's quirk 2, on the test set)."""
     n = labels.shape[0]
-    steps = -(-n // batch_size)
-    pad = steps * batch_size - n
-    images = jnp.pad(images, ((0, pad), (0, 0), (0, 0))).reshape(steps, batch_size, 28, 28)
-    labels = jnp.pad(labels, (0, pad)).reshape(steps, batch_size)
-    mask = (jnp.arange(steps * batch_size) < n).reshape(steps, batch_size)
+    full = n // batch_size
 
-    def body(_, xs):
-        i, image, label, m = xs
+    def sums(i, image, label):
         key = None if augment_key is None else jax.random.fold_in(augment_key, i)
-        return None, eval_step(
-            state, {"image": prepare_images(image, key, augment_key is not None), "label": label, "mask": m}
-        )
+        batch = {"image": prepare_images(image, key, augment_key is not None), "label": label}
+        return eval_step(state, batch, batch_statistics)
 
-    _, sums = jax.lax.scan(body, None, (jnp.arange(steps), images, labels, mask))
-    sums = jax.tree.map(jnp.sum, sums)
-    return {"loss": sums["loss"] / sums["count"], "accuracy": 100.0 * sums["correct"] / sums["count"]}
+    parts = []
+    if full:
+        shape = (full, batch_size)
+        batches = (
+            jnp.arange(full),
+            images[: full * batch_size].reshape(*shape, 28, 28),
+            labels[: full * batch_size].reshape(shape),
+        )
+        _, scanned = jax.lax.scan(lambda _, xs: (None, sums(*xs)), None, batches)
+        parts.append(jax.tree.map(jnp.sum, scanned))
+    if n % batch_size:
+        parts.append(sums(full, images[full * batch_size :], labels[full * batch_size :]))
+    total = jax.tree.map(lambda *xs: sum(xs), *parts)
+    return {"loss": total["loss"] / total["count"], "accuracy": 100.0 * total["correct"] / total["count"]}
 
 
 def epoch_indices(seed: int, epoch, n: int, batch_size: int, bounds: tuple[tuple[int, int], ...]):
@@ -319,7 +332,8 @@ def train_and_evaluate(
 
     # Compile every variant the run needs, up front: the time is reported apart from the epochs.
     jit_chunk = jax.jit(train_chunk, donate_argnums=0, static_argnames=("augment", "train", "unroll"))
-    jit_eval = jax.jit(evaluate, static_argnames=("batch_size",))
+    jit_eval = jax.jit(evaluate, static_argnames=("batch_size", "batch_statistics"))
+    eval_args = {"batch_size": config.eval_batch_size, "batch_statistics": tests_with_batch_statistics(config)}
     train_modes = sorted({not trains_in_eval_mode(config, e) for e in range(config.epochs)})
     t0 = time.perf_counter()
     sizes = sorted({e - s for s, e in bounds})
@@ -332,12 +346,8 @@ def train_and_evaluate(
             ).compile()
     # Quirk 2: the blog's test set goes through the training augmentation, fresh every epoch.
     test_aug_key = jax.random.PRNGKey(config.seed ^ 0x7E57) if config.blog_quirks and config.augment else None
-    eval_test = jit_eval.lower(state, test_x, test_y, test_aug_key, batch_size=config.eval_batch_size).compile()
-    eval_val = (
-        jit_eval.lower(state, val_x, val_y, None, batch_size=config.eval_batch_size).compile()
-        if val is not None
-        else None
-    )
+    eval_test = jit_eval.lower(state, test_x, test_y, test_aug_key, **eval_args).compile()
+    eval_val = jit_eval.lower(state, val_x, val_y, None, **eval_args).compile() if val is not None else None
     indices = (
         jax.jit(epoch_indices, static_argnums=(0, 2, 3, 4))
         .lower(config.seed, jnp.int32(0), n_train, config.batch_size, tuple(bounds))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import importlib.util
 import json
 import subprocess
 import sys
@@ -29,8 +30,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # runs from a bare checkout too
 
 from jaxmnist.presets import PRESETS  # noqa: E402
+from jaxmnist.runlog import atomic_write  # noqa: E402
 
 FRAMEWORKS = {"jax": "jaxmnist.train", "torch": "torch_ref.train"}
+# What each framework's trainer imports, and how to get it: checked before the first run, since every run is a
+# subprocess of this same interpreter and would otherwise fail one by one.
+REQUIRES = {
+    "jax": (("jax", "flax", "optax", "orbax"), "pip install -e ."),
+    "torch": (("torch", "torchvision"), "pip install -e '.[torch]'"),
+}
 
 
 def name_list(text: str, valid) -> list[str]:
@@ -172,8 +180,21 @@ def reproduce(preset: str, args, out: Path) -> dict:
             for seed in range(args.seeds)
         ]
         result["frameworks"][framework] = aggregate(runs)
-        (out / f"{name}.json").write_text(json.dumps(result, indent=1))  # after each framework: kept if cut off
+        # After each framework, so a cut-off invocation keeps what it finished; but never replace earlier results
+        # with an invocation in which every run failed.
+        if any(len(agg["runs"]) > agg["failed"] for agg in result["frameworks"].values()):
+            atomic_write(out / f"{name}.json", json.dumps(result, indent=1).encode())
     return result
+
+
+def missing_modules(frameworks: list[str]) -> str | None:
+    """A one-line account of what this interpreter lacks for the chosen frameworks, or None."""
+    for framework in frameworks:
+        modules, install = REQUIRES[framework]
+        missing = [m for m in modules if importlib.util.find_spec(m) is None]
+        if missing:
+            return f"{framework} runs need {', '.join(missing)}, which {sys.executable} cannot import (try: {install})"
+    return None
 
 
 # ------------------------------------------------------------------------------------------- table
@@ -234,7 +255,7 @@ def write_readme(out: Path) -> Path:
         ]
     )
     path = out / "README.md"
-    path.write_text(text)
+    atomic_write(path, text.encode())
     return path
 
 
@@ -249,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.num_workers < 0:
         print(f"error: --num-workers must be >= 0, got {args.num_workers}", file=sys.stderr)
+        return 2
+    if problem := missing_modules(args.frameworks):
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     out.mkdir(parents=True, exist_ok=True)
     failed = 0

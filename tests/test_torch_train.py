@@ -24,7 +24,7 @@ from torch import nn
 from jaxmnist import data as data_lib
 from jaxmnist import models, optim
 from jaxmnist import train as jax_train
-from jaxmnist.presets import PRESETS
+from jaxmnist.presets import PRESETS, tests_with_batch_statistics
 from torch_ref import convert
 from torch_ref import models as torch_models
 from torch_ref import train as torch_train
@@ -113,14 +113,12 @@ def run_torch(name, preset, batches_, dtype):
     return initial, np.array(losses), model.state_dict(), optimizer.param_groups[0]["lr"]
 
 
-def run_jax(name, preset, initial, batches_, dtype):
-    """The same steps with jaxmnist.train.train_step, from torch's initial weights."""
-    config = PRESETS[preset]
-    variables = convert.torch_to_flax(name, initial)
+def state_from_torch(name, config, torch_state_dict, dtype=jnp.float32):
+    """create_state's fields, with torch's weights instead of a flax init (whose compile costs seconds)."""
+    variables = convert.torch_to_flax(name, torch_state_dict)
     no_dropout = {"conv_dropout_rate": 0.0, "fc_dropout_rate": 0.0} if name == "cnn_deep" else {}
     tx = jax_train.make_optimizer(config)
-    # create_state's fields, with torch's weights instead of a flax init (whose compile costs seconds).
-    state = jax_train.TrainState(
+    return jax_train.TrainState(
         step=jnp.zeros((), jnp.int32),
         params=variables["params"],
         batch_stats=variables["batch_stats"],
@@ -130,6 +128,12 @@ def run_jax(name, preset, initial, batches_, dtype):
         apply_fn=models.MODELS[name](dtype=dtype, **no_dropout).apply,
         tx=tx,
     )
+
+
+def run_jax(name, preset, initial, batches_, dtype):
+    """The same steps with jaxmnist.train.train_step, from torch's initial weights."""
+    config = PRESETS[preset]
+    state = state_from_torch(name, config, initial, dtype)
     plateau = optim.ReduceLROnPlateau(
         config.lr,
         mode="max",
@@ -193,6 +197,29 @@ def test_training_steps_match_torch(mnist, name, preset, dtype):
     assert loss_errors.max() <= RTOL[dtype]
     assert leaf_errors[worst] <= RTOL[dtype], sorted(leaf_errors.items(), key=lambda kv: -kv[1])[:3]
     assert np.median(list(moved.values())) > 100 * RTOL[dtype]  # agreement is not two copies of the start
+
+
+def test_quirk4_test_pass_uses_batch_statistics_like_torch(mnist):
+    """--blog-quirks on §1/§2 (cnn_cpu, cnn_gpu): test() without model.eval(), i.e. BatchNorm on each test batch's
+    own statistics, in both frameworks; 250 images in batches of 100, so the last batch (50) is ragged."""
+    config = PRESETS["cnn_cpu"].replace(blog_quirks=True, eval_batch_size=100)
+    assert tests_with_batch_statistics(config)
+    assert not tests_with_batch_statistics(PRESETS["cnn_cpu"])  # the correct loop evaluates in eval mode
+    assert not tests_with_batch_statistics(PRESETS["resnet"].replace(blog_quirks=True))  # §3 on calls eval()
+    images, labels = mnist.test_images[:250], mnist.test_labels[:250]
+    torch.manual_seed(0)
+    model = torch_models.get_model("cnn")
+    state = state_from_torch("cnn", config, model.state_dict())
+    loader = torch.utils.data.DataLoader(torch_train.MnistDataset(images, labels, augment=False), batch_size=100)
+    expected = torch_train.evaluate(model, "cnn", loader, torch.device("cpu"), batch_statistics=True)
+    assert model.training  # left in train mode, as the blog's model stays
+
+    evaluate = jax.jit(jax_train.evaluate, static_argnames=("batch_size", "batch_statistics"))
+    got = evaluate(state, jnp.asarray(images), jnp.asarray(labels), batch_size=100, batch_statistics=True)
+    running = evaluate(state, jnp.asarray(images), jnp.asarray(labels), batch_size=100)
+    assert float(got["accuracy"]) == pytest.approx(expected["accuracy"], abs=1e-4)  # same predictions
+    assert float(got["loss"]) == pytest.approx(expected["loss"], rel=1e-5)
+    assert abs(float(running["loss"]) - expected["loss"]) > 1e-2  # fresh running stats differ from batch stats
 
 
 @pytest.mark.slow
@@ -272,10 +299,15 @@ def test_cli_writes_jaxmnists_metrics_format(tmp_path, mnist):
     assert list((tmp_path / "torch").glob("events.out.tfevents.*"))
 
 
-def test_reproduce_table_regenerates_from_json(tmp_path):
+def load_reproduce():
     spec = importlib.util.spec_from_file_location("reproduce", ROOT / "scripts" / "reproduce.py")
     reproduce = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(reproduce)
+    return reproduce
+
+
+def test_reproduce_table_regenerates_from_json(tmp_path):
+    reproduce = load_reproduce()
 
     def run(seed, acc):
         return {
@@ -309,3 +341,24 @@ def test_reproduce_table_regenerates_from_json(tmp_path):
         "| 99.00 % | 99.10 % | 5.00 ± 0.00 s / 5.00 s | jax: cpu:cpu; torch: cpu:cpu |"
     )
     assert "1 run(s) failed" in (tmp_path / "README.md").read_text()
+
+
+def test_reproduce_keeps_results_when_every_run_fails(tmp_path, monkeypatch, capsys):
+    reproduce = load_reproduce()
+    earlier = '{"earlier": "results"}'
+    (tmp_path / "resnet.json").write_text(earlier)
+    monkeypatch.setattr(reproduce, "run_one", lambda fw, preset, seed, args, logdir: {"seed": seed, "error": "boom"})
+    monkeypatch.setattr(reproduce, "write_readme", lambda out: tmp_path / "README.md")
+    (tmp_path / "README.md").write_text("")
+    assert reproduce.main(["--presets", "resnet", "--seeds", "2", "--out", str(tmp_path)]) == 1
+    assert (tmp_path / "resnet.json").read_text() == earlier
+    assert "4 run(s) failed" in capsys.readouterr().err
+
+
+def test_reproduce_refuses_an_interpreter_without_the_framework(tmp_path, monkeypatch, capsys):
+    reproduce = load_reproduce()
+    monkeypatch.setitem(reproduce.REQUIRES, "torch", (("no_such_module_xyz",), "pip install -e '.[torch]'"))
+    assert reproduce.main(["--presets", "cnn_tb", "--frameworks", "torch", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: torch runs need no_such_module_xyz") and len(err.splitlines()) == 1
+    assert not list(tmp_path.iterdir())

@@ -37,6 +37,7 @@ from jaxmnist.presets import (
     add_config_arguments,
     config_from_args,
     split_train,
+    tests_with_batch_statistics,
     trains_in_eval_mode,
     validate,
 )
@@ -99,9 +100,10 @@ def train_epoch(model: nn.Module, name: str, batches, optimizer, device, bar) ->
     return torch.stack(accs).cpu().numpy(), torch.stack(losses).cpu().numpy()
 
 
-def evaluate(model: nn.Module, name: str, batches, device) -> dict:
-    """Mean loss and accuracy (percent) over every example, in eval mode."""
-    model.eval()
+def evaluate(model: nn.Module, name: str, batches, device, batch_statistics: bool = False) -> dict:
+    """Mean loss and accuracy (percent) over every example, in eval mode; with `batch_statistics`, in train mode
+    as the blog's §1/§2 test() (quirk 4: BatchNorm uses and updates each batch's statistics)."""
+    model.train(batch_statistics)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     count = 0
@@ -236,8 +238,9 @@ def train_and_evaluate(
             model.train()
         with runlog.epoch_bar(epoch, config.epochs, steps, progress) as bar:
             acc, loss = train_epoch(model, config.model, itertools.islice(train_loader, steps), optimizer, device, bar)
-        test = evaluate(model, config.model, test_loader, device)
-        val_m = evaluate(model, config.model, val_loader, device) if val_loader is not None else None
+        quirk4 = tests_with_batch_statistics(config)
+        test = evaluate(model, config.model, test_loader, device, quirk4)
+        val_m = evaluate(model, config.model, val_loader, device, quirk4) if val_loader is not None else None
         epoch_s = time.perf_counter() - t_start  # evaluate() synchronised the device
         epoch_times.append(epoch_s)
         lr_used = optimizer.param_groups[0]["lr"]
