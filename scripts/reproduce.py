@@ -22,6 +22,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=positive_int, help="fewer epochs than the blog's (labelled 'reduced epochs')")
     p.add_argument("--max-steps", type=positive_int, help="at most N steps per epoch (smoke tests only)")
     p.add_argument("--blog-quirks", action="store_true", help="the blog's own loop (see --help of either trainer)")
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        help="stop after this many seconds in all: a run still going then is killed, later ones are skipped "
+        "(both recorded); presets run in the order given, seeds 0, 1, ... alternating frameworks",
+    )
     p.add_argument("--num-workers", type=int, default=0, help="torch DataLoader workers (the blog used 4 on GPU)")
     p.add_argument("--data-dir", help="directory of the four MNIST IDX files (else jaxmnist.data's cache/sources)")
     p.add_argument("--out", default=str(ROOT / "results"), help="results directory (default: results/)")
@@ -91,8 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def run_one(framework: str, preset: str, seed: int, args, logdir: Path) -> dict:
-    """One training process; returns its metrics.json summarised, or the error it ended with."""
+def run_one(framework: str, preset: str, seed: int, args, logdir: Path, deadline: float | None = None) -> dict:
+    """One training process; returns its metrics.json summarised, or the error it ended with. A run still going
+    at the `deadline` (time.monotonic()) is killed and recorded as such; past it, none starts."""
+    if deadline is not None and time.monotonic() >= deadline:
+        return {"seed": seed, "skipped": "--budget-s spent before it started", "logdir": str(logdir)}
     cmd = [
         sys.executable,
         "-m",
@@ -111,7 +121,12 @@ def run_one(framework: str, preset: str, seed: int, args, logdir: Path) -> dict:
     cmd += ["--data-dir", args.data_dir] if args.data_dir else []
     cmd += ["--num-workers", str(args.num_workers)] if framework == "torch" else []
     print(f"\n=== {preset} / {framework} / seed {seed}: {' '.join(cmd[1:])}", flush=True)
-    proc = subprocess.run(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True)  # stdout: the run's lines, live
+    timeout = None if deadline is None else max(deadline - time.monotonic(), 1.0)
+    try:  # stdout: the run's lines, live
+        proc = subprocess.run(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        print(f"--- stopped: --budget-s {args.budget_s:g} s spent", flush=True)
+        return {"seed": seed, "error": "stopped at the --budget-s deadline", "logdir": str(logdir)}
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr)
         last = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
@@ -145,7 +160,7 @@ def mean_std(values: list[float]) -> dict | None:
 
 
 def aggregate(runs: list[dict]) -> dict:
-    ok = [r for r in runs if "error" not in r]
+    ok = [r for r in runs if "error" not in r and "skipped" not in r]
     return {
         "runs": runs,
         "final_acc": mean_std([r["final_acc"] for r in ok]),
@@ -154,11 +169,12 @@ def aggregate(runs: list[dict]) -> dict:
         "devices": sorted({r["device"] for r in ok}),
         "versions": ok[0]["versions"] if ok else None,
         "commit": ok[0]["commit"] if ok else None,
-        "failed": len(runs) - len(ok),
+        "failed": sum("error" in r for r in runs),
+        "skipped": sum("skipped" in r for r in runs),
     }
 
 
-def reproduce(preset: str, args, out: Path) -> dict:
+def reproduce(preset: str, args, out: Path, deadline: float | None = None) -> dict:
     config = PRESETS[preset]
     epochs = args.epochs or config.epochs
     result = {
@@ -174,16 +190,16 @@ def reproduce(preset: str, args, out: Path) -> dict:
         "frameworks": {},
     }
     name = preset + ("-blog-quirks" if args.blog_quirks else "")  # both loops' results can sit side by side
-    for framework in args.frameworks:
-        runs = [
-            run_one(framework, preset, seed, args, out / "runs" / name / framework / f"seed{seed}")
-            for seed in range(args.seeds)
-        ]
-        result["frameworks"][framework] = aggregate(runs)
-        # After each framework, so a cut-off invocation keeps what it finished; but never replace earlier results
-        # with an invocation in which every run failed.
-        if any(len(agg["runs"]) > agg["failed"] for agg in result["frameworks"].values()):
-            atomic_write(out / f"{name}.json", json.dumps(result, indent=1).encode())
+    runs = {framework: [] for framework in args.frameworks}
+    for seed in range(args.seeds):  # seed by seed, alternating frameworks: a cut-off run stays comparable
+        for framework in args.frameworks:
+            logdir = out / "runs" / name / framework / f"seed{seed}"
+            runs[framework].append(run_one(framework, preset, seed, args, logdir, deadline))
+            result["frameworks"] = {fw: aggregate(r) for fw, r in runs.items() if r}
+            # After each run, so a cut-off invocation keeps what it finished; but never replace earlier results
+            # with an invocation in which no run succeeded.
+            if any(len(agg["runs"]) > agg["failed"] + agg["skipped"] for agg in result["frameworks"].values()):
+                atomic_write(out / f"{name}.json", json.dumps(result, indent=1).encode())
     return result
 
 
@@ -235,6 +251,7 @@ def write_readme(out: Path) -> Path:
     results.sort(key=lambda r: (list(PRESETS).index(r["preset"]), r["blog_quirks"]))  # the blog's order
     seeds = ", ".join(str(n) for n in sorted({r["seeds"] for r in results}))
     failed = sum(agg["failed"] for r in results for agg in r["frameworks"].values())
+    skipped = sum(agg.get("skipped", 0) for r in results for agg in r["frameworks"].values())
     text = "\n".join(
         [
             "# Reproduction of the blog's experiments",
@@ -251,6 +268,7 @@ def write_readme(out: Path) -> Path:
             "numbers are its single runs. Presets marked 'blog quirks' reproduce the blog's own loop; otherwise the "
             "loop is the correct one (see the README).",
             *(["", f"{failed} run(s) failed: see `error` in the JSON files."] if failed else []),
+            *(["", f"{skipped} run(s) skipped: `--budget-s` was spent before they started."] if skipped else []),
             "",
         ]
     )
@@ -274,13 +292,20 @@ def main(argv: list[str] | None = None) -> int:
     if problem := missing_modules(args.frameworks):
         print(f"error: {problem}", file=sys.stderr)
         return 2
+    if args.budget_s is not None and args.budget_s <= 0:
+        print(f"error: --budget-s must be > 0, got {args.budget_s}", file=sys.stderr)
+        return 2
+    deadline = None if args.budget_s is None else time.monotonic() + args.budget_s
     out.mkdir(parents=True, exist_ok=True)
-    failed = 0
+    failed = skipped = 0
     for preset in args.presets:
-        result = reproduce(preset, args, out)
+        result = reproduce(preset, args, out, deadline)
         failed += sum(agg["failed"] for agg in result["frameworks"].values())
+        skipped += sum(agg["skipped"] for agg in result["frameworks"].values())
         write_readme(out)
     print("\n" + write_readme(out).read_text())
+    if skipped:
+        print(f"note: {skipped} run(s) skipped: --budget-s {args.budget_s:g} s was spent", file=sys.stderr)
     if failed:
         print(f"error: {failed} run(s) failed", file=sys.stderr)
     return 1 if failed else 0

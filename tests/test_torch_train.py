@@ -347,7 +347,7 @@ def test_reproduce_keeps_results_when_every_run_fails(tmp_path, monkeypatch, cap
     reproduce = load_reproduce()
     earlier = '{"earlier": "results"}'
     (tmp_path / "resnet.json").write_text(earlier)
-    monkeypatch.setattr(reproduce, "run_one", lambda fw, preset, seed, args, logdir: {"seed": seed, "error": "boom"})
+    monkeypatch.setattr(reproduce, "run_one", lambda fw, preset, seed, *_: {"seed": seed, "error": "boom"})
     monkeypatch.setattr(reproduce, "write_readme", lambda out: tmp_path / "README.md")
     (tmp_path / "README.md").write_text("")
     assert reproduce.main(["--presets", "resnet", "--seeds", "2", "--out", str(tmp_path)]) == 1
@@ -362,3 +362,24 @@ def test_reproduce_refuses_an_interpreter_without_the_framework(tmp_path, monkey
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: torch runs need no_such_module_xyz") and len(err.splitlines()) == 1
     assert not list(tmp_path.iterdir())
+
+
+def test_reproduce_budget_skips_runs_and_keeps_results(tmp_path, monkeypatch, capsys):
+    reproduce = load_reproduce()
+    order = []
+
+    def fake_run(framework, preset, seed, args, logdir, deadline=None):
+        order.append((framework, seed))
+        return {"seed": seed, "final_acc": 99.0, "best_acc": 99.0, "avg_epoch_s": 1.0, "device": "cpu:cpu",
+                "versions": {}, "commit": None}  # fmt: skip
+
+    monkeypatch.setattr(reproduce, "run_one", fake_run)
+    assert reproduce.main(["--presets", "cnn_tb", "--seeds", "2", "--out", str(tmp_path), "--budget-s", "60"]) == 0
+    assert order == [("jax", 0), ("torch", 0), ("jax", 1), ("torch", 1)]  # seed-major: a cut leaves pairs
+    assert json.loads((tmp_path / "cnn_tb.json").read_text())["frameworks"]["torch"]["final_acc"]["n"] == 2
+
+    monkeypatch.undo()  # the real run_one: past the deadline it starts nothing
+    earlier = (tmp_path / "cnn_tb.json").read_text()
+    assert reproduce.main(["--presets", "cnn_tb", "--seeds", "2", "--out", str(tmp_path), "--budget-s", "1e-9"]) == 0
+    assert (tmp_path / "cnn_tb.json").read_text() == earlier  # nothing ran: earlier results stay
+    assert "=== " not in capsys.readouterr().out
