@@ -424,3 +424,48 @@ def test_max_pool_2x2_routes_gradients_like_torch(rng):
     ref.backward(torch.tensor(g).permute(0, 3, 1, 2))
     assert (out == ref.detach().permute(0, 2, 3, 1).numpy()).all()
     assert (vjp(jnp.asarray(g))[0] == xt.grad.permute(0, 2, 3, 1).numpy()).all()
+
+
+# (input size, kernel, stride, padding): torchvision's deep stages on 28x28 inputs (1x1 and 2x2 maps, padded
+# 3x3 and strided 1x1 convs), plus larger maps and unpadded, even and 7x7 kernels.
+SMALL_CONVS = [(1, 3, 1, 1), (2, 3, 1, 1), (2, 3, 2, 1), (2, 1, 2, 0), (4, 3, 2, 1), (7, 3, 2, 1), (3, 2, 1, 0),
+               (5, 7, 2, 3)]  # fmt: skip
+
+
+@pytest.mark.parametrize('size, k, stride, padding', SMALL_CONVS)
+def test_conv_as_matmul_is_torchs_conv2d(size, k, stride, padding, rng):
+    """Values and both gradients equal F.conv2d's (float64: the sums are only reordered)."""
+    x = rng.standard_normal((3, 5, size, size))
+    w = rng.standard_normal((4, 5, k, k))
+    xt, wt = torch.tensor(x, requires_grad=True), torch.tensor(w, requires_grad=True)
+    ref = F.conv2d(xt, wt, stride=stride, padding=padding)
+    g = rng.standard_normal(ref.shape)
+    ref.backward(torch.tensor(g))
+    with jax.enable_x64():
+        out, vjp = jax.vjp(
+            lambda x, w: models.conv_as_matmul(x, w, stride, padding),
+            jnp.asarray(x.transpose(0, 2, 3, 1)),
+            jnp.asarray(w.transpose(2, 3, 1, 0)),
+        )
+        gx, gw = vjp(jnp.asarray(g.transpose(0, 2, 3, 1)))
+    np.testing.assert_allclose(out, ref.detach().numpy().transpose(0, 2, 3, 1), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(gx, xt.grad.numpy().transpose(0, 2, 3, 1), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(gw, wt.grad.numpy().transpose(2, 3, 1, 0), rtol=1e-12, atol=1e-12)
+
+
+def test_only_tiny_cpu_convolutions_become_matmuls(monkeypatch):
+    """On CPU, the convolutions with at most 4 output pixels (resnet18's last 10) take the matmul path."""
+    calls, matmul = [], models.conv_as_matmul
+
+    def spy(x, kernel, stride, padding):
+        calls.append(x.shape)
+        return matmul(x, kernel, stride, padding)
+
+    monkeypatch.setattr(models, 'conv_as_matmul', spy)
+    monkeypatch.setattr(models, 'SMALL_CONV_PIXELS_CPU', 4)
+    x = jnp.zeros((2, 28, 28, 1))
+    for name, expected in (('cnn', 0), ('resnet', 0), ('resnet18', 10)):
+        calls.clear()
+        model = models.get_model(name)
+        jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), x)
+        assert len(calls) == expected, name
