@@ -125,13 +125,14 @@ def train_step(state: TrainState, batch: dict, train: bool = True) -> tuple[Trai
     return new_state, {"loss": loss, "accuracy": accuracy}
 
 
-def eval_step(state: TrainState, batch: dict, batch_statistics: bool = False) -> dict:
-    """Sums of loss and correct predictions over the batch. `batch_statistics` normalises with the batch's own
-    statistics, as a torch model left in train mode does (the blog's quirk 4); the running ones stay as they are."""
+def eval_step(state: TrainState, batch: dict, batch_statistics: bool = False, dropout_key=None) -> dict:
+    """Sums of loss and correct predictions over the batch. `batch_statistics` runs the model in train mode, as a
+    torch model left in train mode does (the blog's quirk 4): BatchNorm on the batch's own statistics (the running
+    ones stay as they are) and dropout, if any, drawn from `dropout_key`."""
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     if batch_statistics:
         logits, _ = state.apply_fn(
-            variables, batch["image"], train=True, rngs={"dropout": state.rng}, mutable=["batch_stats"]
+            variables, batch["image"], train=True, rngs={"dropout": dropout_key}, mutable=["batch_stats"]
         )
     else:
         logits = state.apply_fn(variables, batch["image"], train=False)
@@ -149,8 +150,9 @@ def prepare_images(images_u8, key, augment: bool):
     return data_lib.normalize(images_u8)
 
 
-# Augmentation keys must differ from dropout keys of the same step.
+# Augmentation keys must differ from dropout keys of the same step, and a test pass's dropout keys (quirk 4) from both.
 _AUGMENT_STREAM = 1 << 30
+_EVAL_STREAM = (1 << 30) + 1
 
 
 def train_chunk(state: TrainState, images, labels, idx, *, augment: bool, train: bool, unroll: bool = False):
@@ -196,7 +198,8 @@ def evaluate(
     def sums(i, image, label):
         key = None if augment_key is None else jax.random.fold_in(augment_key, i)
         batch = {"image": prepare_images(image, key, augment_key is not None), "label": label}
-        return eval_step(state, batch, batch_statistics)
+        dropout_key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(state.rng, _EVAL_STREAM), state.step), i)
+        return eval_step(state, batch, batch_statistics, dropout_key)
 
     parts = []
     if full:

@@ -20,6 +20,7 @@ import dataclasses
 import datetime
 import importlib.util
 import json
+import math
 import subprocess
 import sys
 import time
@@ -34,11 +35,12 @@ from jaxmnist.presets import PRESETS  # noqa: E402
 from jaxmnist.runlog import atomic_write  # noqa: E402
 
 FRAMEWORKS = {"jax": "jaxmnist.train", "torch": "torch_ref.train"}
+MIN_RUN_S = 10.0  # under --budget-s, no run starts with less than this left
 # What each framework's trainer imports, and how to get it: checked before the first run, since every run is a
 # subprocess of this same interpreter and would otherwise fail one by one.
 REQUIRES = {
-    "jax": (("jax", "flax", "optax", "orbax"), "pip install -e ."),
-    "torch": (("torch", "torchvision"), "pip install -e '.[torch]'"),
+    "jax": (("jax", "flax", "optax", "orbax", "tensorboardX", "tqdm", "matplotlib", "PIL"), "pip install -e ."),
+    "torch": (("torch", "torchvision", "tensorboardX", "tqdm", "matplotlib", "PIL"), "pip install -e '.[torch]'"),
 }
 
 
@@ -91,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop after this many seconds in all: a run still going then is killed, later ones are skipped "
         "(both recorded); presets run in the order given, seeds 0, 1, ... alternating frameworks",
     )
+    p.add_argument(
+        "--rerun",
+        action="store_true",
+        help="run every seed again; by default a seed that OUT/<preset>.json already holds, made with the same "
+        "settings, is kept (so an interrupted or budgeted invocation can be continued)",
+    )
     p.add_argument("--num-workers", type=int, default=0, help="torch DataLoader workers (the blog used 4 on GPU)")
     p.add_argument("--data-dir", help="directory of the four MNIST IDX files (else jaxmnist.data's cache/sources)")
     p.add_argument("--out", default=str(ROOT / "results"), help="results directory (default: results/)")
@@ -100,8 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_one(framework: str, preset: str, seed: int, args, logdir: Path, deadline: float | None = None) -> dict:
     """One training process; returns its metrics.json summarised, or the error it ended with. A run still going
-    at the `deadline` (time.monotonic()) is killed and recorded as such; past it, none starts."""
-    if deadline is not None and time.monotonic() >= deadline:
+    at the `deadline` (time.monotonic()) is killed and recorded as 'stopped'; within MIN_RUN_S of it, none starts."""
+    if deadline is not None and deadline - time.monotonic() < MIN_RUN_S:
         return {"seed": seed, "skipped": "--budget-s spent before it started", "logdir": str(logdir)}
     cmd = [
         sys.executable,
@@ -121,12 +129,12 @@ def run_one(framework: str, preset: str, seed: int, args, logdir: Path, deadline
     cmd += ["--data-dir", args.data_dir] if args.data_dir else []
     cmd += ["--num-workers", str(args.num_workers)] if framework == "torch" else []
     print(f"\n=== {preset} / {framework} / seed {seed}: {' '.join(cmd[1:])}", flush=True)
-    timeout = None if deadline is None else max(deadline - time.monotonic(), 1.0)
+    timeout = None if deadline is None else deadline - time.monotonic()
     try:  # stdout: the run's lines, live
         proc = subprocess.run(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         print(f"--- stopped: --budget-s {args.budget_s:g} s spent", flush=True)
-        return {"seed": seed, "error": "stopped at the --budget-s deadline", "logdir": str(logdir)}
+        return {"seed": seed, "stopped": "killed at the --budget-s deadline", "logdir": str(logdir)}
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr)
         last = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
@@ -159,8 +167,12 @@ def mean_std(values: list[float]) -> dict | None:
     }
 
 
+def succeeded(run: dict) -> bool:
+    return not {"error", "skipped", "stopped"} & run.keys()
+
+
 def aggregate(runs: list[dict]) -> dict:
-    ok = [r for r in runs if "error" not in r and "skipped" not in r]
+    ok = [r for r in runs if succeeded(r)]
     return {
         "runs": runs,
         "final_acc": mean_std([r["final_acc"] for r in ok]),
@@ -170,7 +182,7 @@ def aggregate(runs: list[dict]) -> dict:
         "versions": ok[0]["versions"] if ok else None,
         "commit": ok[0]["commit"] if ok else None,
         "failed": sum("error" in r for r in runs),
-        "skipped": sum("skipped" in r for r in runs),
+        "skipped": sum("skipped" in r or "stopped" in r for r in runs),
     }
 
 
@@ -190,17 +202,41 @@ def reproduce(preset: str, args, out: Path, deadline: float | None = None) -> di
         "frameworks": {},
     }
     name = preset + ("-blog-quirks" if args.blog_quirks else "")  # both loops' results can sit side by side
+    path = out / f"{name}.json"
+    kept = {} if args.rerun else earlier_runs(path, result)
     runs = {framework: [] for framework in args.frameworks}
     for seed in range(args.seeds):  # seed by seed, alternating frameworks: a cut-off run stays comparable
         for framework in args.frameworks:
+            if (framework, seed) in kept:
+                print(f"\n=== {preset} / {framework} / seed {seed}: kept from {path} (--rerun runs it again)")
+                runs[framework].append(kept[framework, seed])
+                continue
             logdir = out / "runs" / name / framework / f"seed{seed}"
             runs[framework].append(run_one(framework, preset, seed, args, logdir, deadline))
             result["frameworks"] = {fw: aggregate(r) for fw, r in runs.items() if r}
             # After each run, so a cut-off invocation keeps what it finished; but never replace earlier results
             # with an invocation in which no run succeeded.
-            if any(len(agg["runs"]) > agg["failed"] + agg["skipped"] for agg in result["frameworks"].values()):
-                atomic_write(out / f"{name}.json", json.dumps(result, indent=1).encode())
+            if any(succeeded(r) for r in runs[framework]):
+                atomic_write(path, json.dumps(result, indent=1).encode())
+    result["frameworks"] = {fw: aggregate(r) for fw, r in runs.items() if r}
     return result
+
+
+def earlier_runs(path: Path, result: dict) -> dict:
+    """{(framework, seed): run} of the successful runs in an earlier `path` made with the same settings."""
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    same = ("config", "epochs_run", "max_steps", "blog_quirks")
+    if any(earlier.get(k) != result[k] for k in same):
+        return {}
+    return {
+        (fw, run["seed"]): run
+        for fw, agg in earlier.get("frameworks", {}).items()
+        for run in agg["runs"]
+        if succeeded(run)
+    }
 
 
 def missing_modules(frameworks: list[str]) -> str | None:
@@ -224,8 +260,8 @@ def fmt(stat: dict | None, unit: str = " %", digits: int = 2) -> str:
 
 def table(results: list[dict]) -> str:
     header = (
-        "| preset | blog final (s/epoch) | epochs run | JAX final | JAX best | torch final | torch best "
-        "| s/epoch JAX / torch | device |"
+        "| preset | blog final (s/epoch) | epochs run | seeds JAX / torch | JAX final | JAX best | torch final "
+        "| torch best | s/epoch JAX / torch | device |"
     )
     rows = [header, "|" + "---|" * (header.count("|") - 1)]
     for r in results:
@@ -237,6 +273,11 @@ def table(results: list[dict]) -> str:
         if r["max_steps"]:
             epochs += f", ≤ {r['max_steps']} steps/epoch"
         cells = [f"`{r['preset']}`" + (" (blog quirks)" if r["blog_quirks"] else ""), blog, epochs]
+        cells.append(
+            " / ".join(
+                str(fw[n]["final_acc"]["n"]) if fw.get(n, {}).get("final_acc") else "0" for n in ("jax", "torch")
+            )
+        )
         for name in ("jax", "torch"):
             agg = fw.get(name)
             cells += [fmt(agg and agg["final_acc"]), fmt(agg and agg["best_acc"])]
@@ -249,7 +290,6 @@ def table(results: list[dict]) -> str:
 def write_readme(out: Path) -> Path:
     results = [json.loads(p.read_text()) for p in out.glob("*.json")]
     results.sort(key=lambda r: (list(PRESETS).index(r["preset"]), r["blog_quirks"]))  # the blog's order
-    seeds = ", ".join(str(n) for n in sorted({r["seeds"] for r in results}))
     failed = sum(agg["failed"] for r in results for agg in r["frameworks"].values())
     skipped = sum(agg.get("skipped", 0) for r in results for agg in r["frameworks"].values())
     text = "\n".join(
@@ -261,14 +301,14 @@ def write_readme(out: Path) -> Path:
             "",
             table(results),
             "",
-            f"Accuracies are test accuracy after the last epoch (final) and the highest per-epoch test accuracy (best, "
-            f"selected on the test set as the blog does), mean ± sample std over {seeds} seed(s) per framework "
-            "(seeds 0, 1, ...). "
+            "Accuracies are test accuracy after the last epoch (final) and the highest per-epoch test accuracy (best, "
+            "selected on the test set as the blog does), mean ± sample std over the runs that finished (seeds 0, 1, "
+            "...; their number per framework in the 'seeds' column). "
             "s/epoch is the mean epoch time (training plus evaluation; JAX's compilation is kept out). The blog's "
             "numbers are its single runs. Presets marked 'blog quirks' reproduce the blog's own loop; otherwise the "
             "loop is the correct one (see the README).",
             *(["", f"{failed} run(s) failed: see `error` in the JSON files."] if failed else []),
-            *(["", f"{skipped} run(s) skipped: `--budget-s` was spent before they started."] if skipped else []),
+            *(["", f"{skipped} run(s) skipped or stopped: `--budget-s` was spent."] if skipped else []),
             "",
         ]
     )
@@ -292,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     if problem := missing_modules(args.frameworks):
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    if args.budget_s is not None and args.budget_s <= 0:
+    if args.budget_s is not None and not (math.isfinite(args.budget_s) and args.budget_s > 0):
         print(f"error: --budget-s must be > 0, got {args.budget_s}", file=sys.stderr)
         return 2
     deadline = None if args.budget_s is None else time.monotonic() + args.budget_s
@@ -305,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
         write_readme(out)
     print("\n" + write_readme(out).read_text())
     if skipped:
-        print(f"note: {skipped} run(s) skipped: --budget-s {args.budget_s:g} s was spent", file=sys.stderr)
+        print(f"note: {skipped} run(s) skipped or stopped: --budget-s {args.budget_s:g} s was spent", file=sys.stderr)
     if failed:
         print(f"error: {failed} run(s) failed", file=sys.stderr)
     return 1 if failed else 0

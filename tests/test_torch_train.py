@@ -337,7 +337,7 @@ def test_reproduce_table_regenerates_from_json(tmp_path):
     assert reproduce.main(["--table-only", "--out", str(tmp_path)]) == 0
     row = next(line for line in (tmp_path / "README.md").read_text().splitlines() if line.startswith("| `cnn_tb`"))
     assert row == (
-        "| `cnn_tb` | 99.00 % (5.77 s) | 2 of 20 (reduced epochs) | 99.00 ± 0.14 % | 99.10 ± 0.14 % "
+        "| `cnn_tb` | 99.00 % (5.77 s) | 2 of 20 (reduced epochs) | 2 / 1 | 99.00 ± 0.14 % | 99.10 ± 0.14 % "
         "| 99.00 % | 99.10 % | 5.00 ± 0.00 s / 5.00 s | jax: cpu:cpu; torch: cpu:cpu |"
     )
     assert "1 run(s) failed" in (tmp_path / "README.md").read_text()
@@ -364,7 +364,7 @@ def test_reproduce_refuses_an_interpreter_without_the_framework(tmp_path, monkey
     assert not list(tmp_path.iterdir())
 
 
-def test_reproduce_budget_skips_runs_and_keeps_results(tmp_path, monkeypatch, capsys):
+def test_reproduce_budget_resume_and_skips(tmp_path, monkeypatch, capsys):
     reproduce = load_reproduce()
     order = []
 
@@ -378,8 +378,18 @@ def test_reproduce_budget_skips_runs_and_keeps_results(tmp_path, monkeypatch, ca
     assert order == [("jax", 0), ("torch", 0), ("jax", 1), ("torch", 1)]  # seed-major: a cut leaves pairs
     assert json.loads((tmp_path / "cnn_tb.json").read_text())["frameworks"]["torch"]["final_acc"]["n"] == 2
 
-    monkeypatch.undo()  # the real run_one: past the deadline it starts nothing
-    earlier = (tmp_path / "cnn_tb.json").read_text()
-    assert reproduce.main(["--presets", "cnn_tb", "--seeds", "2", "--out", str(tmp_path), "--budget-s", "1e-9"]) == 0
-    assert (tmp_path / "cnn_tb.json").read_text() == earlier  # nothing ran: earlier results stay
-    assert "=== " not in capsys.readouterr().out
+    order.clear()  # again: every seed is in the JSON with the same settings, so nothing runs, unless --rerun
+    assert reproduce.main(["--presets", "cnn_tb", "--seeds", "2", "--out", str(tmp_path)]) == 0
+    assert order == []
+    assert reproduce.main(["--presets", "cnn_tb", "--seeds", "3", "--out", str(tmp_path)]) == 0
+    assert order == [("jax", 2), ("torch", 2)]
+    assert reproduce.main(["--presets", "cnn_tb", "--seeds", "1", "--out", str(tmp_path), "--rerun"]) == 0
+    assert order == [("jax", 2), ("torch", 2), ("jax", 0), ("torch", 0)]
+
+    monkeypatch.undo()  # the real run_one: with too little budget left it starts nothing, and says so
+    capsys.readouterr()
+    assert reproduce.main(["--presets", "cnn_tb", "--seeds", "3", "--out", str(tmp_path), "--budget-s", "1"]) == 0
+    captured = capsys.readouterr()
+    assert "-m jaxmnist.train" not in captured.out and "4 run(s) skipped or stopped" in captured.err
+    frameworks = json.loads((tmp_path / "cnn_tb.json").read_text())["frameworks"]
+    assert [(agg["final_acc"]["n"], agg["skipped"], agg["failed"]) for agg in frameworks.values()] == [(1, 2, 0)] * 2
