@@ -22,9 +22,9 @@ from flax import traverse_util
 from torch import nn
 
 from jaxmnist import data as data_lib
-from jaxmnist import models, optim
+from jaxmnist import models, optim, presets
 from jaxmnist import train as jax_train
-from jaxmnist.presets import PRESETS, tests_with_batch_statistics
+from jaxmnist.presets import PRESETS
 from torch_ref import convert
 from torch_ref import models as torch_models
 from torch_ref import train as torch_train
@@ -203,9 +203,9 @@ def test_quirk4_test_pass_uses_batch_statistics_like_torch(mnist):
     """--blog-quirks on §1/§2 (cnn_cpu, cnn_gpu): test() without model.eval(), i.e. BatchNorm on each test batch's
     own statistics, in both frameworks; 250 images in batches of 100, so the last batch (50) is ragged."""
     config = PRESETS["cnn_cpu"].replace(blog_quirks=True, eval_batch_size=100)
-    assert tests_with_batch_statistics(config)
-    assert not tests_with_batch_statistics(PRESETS["cnn_cpu"])  # the correct loop evaluates in eval mode
-    assert not tests_with_batch_statistics(PRESETS["resnet"].replace(blog_quirks=True))  # §3 on calls eval()
+    assert presets.tests_with_batch_statistics(config)
+    assert not presets.tests_with_batch_statistics(PRESETS["cnn_cpu"])  # the correct loop evaluates in eval mode
+    assert not presets.tests_with_batch_statistics(PRESETS["resnet"].replace(blog_quirks=True))  # §3 on calls eval()
     images, labels = mnist.test_images[:250], mnist.test_labels[:250]
     torch.manual_seed(0)
     model = torch_models.get_model("cnn")
