@@ -114,19 +114,13 @@ def run_torch(name, preset, batches_, dtype):
 
 
 def state_from_torch(name, config, torch_state_dict, dtype=jnp.float32):
-    """create_state's fields, with torch's weights instead of a flax init (whose compile costs seconds)."""
-    variables = convert.torch_to_flax(name, torch_state_dict)
+    """jaxmnist.train.create_state with torch's weights (no flax init), dropout off and the lr in `dtype`."""
+    state = jax_train.create_state(
+        config, jax.random.PRNGKey(0), dtype, variables=convert.torch_to_flax(name, torch_state_dict)
+    )
     no_dropout = {"conv_dropout_rate": 0.0, "fc_dropout_rate": 0.0} if name == "cnn_deep" else {}
-    tx = jax_train.make_optimizer(config)
-    return jax_train.TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=variables["params"],
-        batch_stats=variables["batch_stats"],
-        opt_state=tx.init(variables["params"]),
-        lr=jnp.asarray(config.lr, dtype),
-        rng=jax.random.PRNGKey(0),
-        apply_fn=models.MODELS[name](dtype=dtype, **no_dropout).apply,
-        tx=tx,
+    return state.replace(
+        lr=jnp.asarray(config.lr, dtype), apply_fn=models.MODELS[name](dtype=dtype, **no_dropout).apply
     )
 
 
