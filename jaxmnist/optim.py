@@ -4,7 +4,8 @@ torch applies the learning rate *after* the momentum buffer (``p -= lr * buf``),
 whereas optax's ``sgd``/``rmsprop`` scale by the learning rate first and then
 accumulate momentum. The two agree while the learning rate is constant and diverge
 once it changes, so ``direction`` gives torch's lr-free update and the learning
-rate is applied last, where a plateau schedule can change it between steps.
+rate is applied last, where a plateau schedule can change it between steps
+(docs/parity.md, "Optimisers and the order of the learning rate"; "ReduceLROnPlateau").
 """
 
 import math

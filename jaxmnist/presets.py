@@ -1,5 +1,6 @@
-"""The blog's experiments as data (SPEC.md, "Experiments"), and the checks and command-line mapping that turn
-user input into a Config. Both trainers, jaxmnist's and torch_ref's, use this module; it imports no framework.
+"""The blog's experiments as data (docs/experiments.md, "Presets"), and the checks and command-line mapping that
+turn user input into a Config. Both trainers, jaxmnist's and torch_ref's, use this module. It imports
+jaxmnist.models only for the list of networks (flax, no device is touched).
 """
 
 from __future__ import annotations
@@ -9,14 +10,12 @@ import dataclasses
 
 import numpy as np
 
+from jaxmnist.cli import ArgumentParser, UsageError
 from jaxmnist.data import DATASETS
+from jaxmnist.models import MODELS
 
-NETWORKS = ("cnn", "cnn_deep", "resnet", "resnet18", "resnet101")
+NETWORKS = tuple(MODELS)
 OPTIMIZERS = ("sgd", "rmsprop")
-
-
-class UsageError(Exception):
-    """Bad input from the user: printed as one line, exit code 2."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +42,7 @@ class Config:
     max_steps: int = 0  # > 0: at most this many steps per epoch (quick runs)
     eval_batch_size: int = 1000
     seed: int = 0
-    blog_quirks: bool = False  # reproduce the blog's own loop: SPEC.md quirks 1-4
+    blog_quirks: bool = False  # reproduce the blog's own loop: quirks 1-4 of docs/experiments.md
     # Whether the blog's test() of this experiment calls model.eval() (§3 on). Quirk 1 (training in eval mode from
     # epoch 2) follows from that call, so --blog-quirks applies it only where it is True. Where it is False (§1/§2),
     # --blog-quirks applies quirk 4 instead: the test pass normalises with batch statistics.
@@ -75,14 +74,8 @@ PRESETS: dict[str, Config] = {
     "resnet101": Config(model="resnet101", batch_size=512, lr=0.001, epochs=50, blog_result=97.50, blog_epoch_s=28.44),
 }
 
-# `--model NAME` alone runs the network's natural preset.
-MODEL_PRESET = {
-    "cnn": "cnn_tb",
-    "cnn_deep": "cnn_deep",
-    "resnet": "resnet",
-    "resnet18": "resnet18",
-    "resnet101": "resnet101",
-}
+# `--model NAME` alone runs the blog's last experiment with that network (cnn: §3's cnn_tb).
+MODEL_PRESET = {config.model: name for name, config in PRESETS.items()}
 
 
 def describe(c: Config) -> str:
@@ -116,6 +109,18 @@ def validate(config: Config) -> None:
         raise UsageError(f"--momentum must be in [0, 1), got {config.momentum}")
 
 
+def plateau_arguments(config: Config) -> dict:
+    """ReduceLROnPlateau's arguments for `config`, apart from the optimiser (torch) or its lr (jaxmnist.optim):
+    mode 'max' on an accuracy, a relative threshold, as §4 of the blog builds it."""
+    return {
+        "mode": "max",
+        "factor": config.plateau_factor,
+        "patience": config.plateau_patience,
+        "threshold": config.plateau_threshold,
+        "threshold_mode": "rel",
+    }
+
+
 def trains_in_eval_mode(config: Config, epoch: int) -> bool:
     """Quirk 1: the blog's test() sets eval mode and train() never undoes it, so from epoch 2 (epoch >= 1,
     counting from 0) it trains with BatchNorm frozen and dropout off."""
@@ -141,6 +146,13 @@ def split_train(data, config: Config):
     order = np.random.default_rng(config.seed).permutation(len(labels))
     val, train = order[: config.val_size], np.sort(order[config.val_size :])
     return (images[train], labels[train]), (images[val], labels[val])
+
+
+def trainer_parser(prog: str, description: str) -> ArgumentParser:
+    """A trainer's command line with the flags both trainers share; each adds its own."""
+    p = ArgumentParser(prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_config_arguments(p)
+    return p
 
 
 def add_config_arguments(p: argparse.ArgumentParser) -> None:

@@ -7,6 +7,8 @@ torchvision's models themselves, whose 3-channel input is made by ``prepare_inpu
 import torchvision
 from torch import nn
 
+from jaxmnist.models import MODELS, TORCHVISION
+
 
 class CNN(nn.Module):
     """Sections 1-3: conv -> max-pool -> ReLU -> BN, twice, then a Linear (8,550 parameters)."""
@@ -112,30 +114,27 @@ class ResNet(nn.Module):
         return self.fc2(self.relu(self.normfc12(out)))
 
 
+# The networks are jaxmnist.models' (one list for both frameworks); torchvision's are built by their own name.
+MODEL_NAMES = tuple(MODELS)
 _BLOG_MODELS = {
     'cnn': CNN,
     'cnn_deep': CNNDeep,
     'resnet': lambda num_classes: ResNet(ResidualBlock, [2, 2, 2], num_classes),
 }
-_TORCHVISION_MODELS = {
-    'resnet18': torchvision.models.resnet18,
-    'resnet101': torchvision.models.resnet101,
-}
-MODEL_NAMES = tuple(_BLOG_MODELS) + tuple(_TORCHVISION_MODELS)
 
 
 def get_model(name, num_classes=None):
     """Builds ``name``; ``num_classes=None`` is the natural head (10 for the blog's nets, 1000 for
     torchvision's)."""
+    if name in TORCHVISION:
+        return getattr(torchvision.models, name)(**({} if num_classes is None else {'num_classes': num_classes}))
     if name in _BLOG_MODELS:
         return _BLOG_MODELS[name](10 if num_classes is None else num_classes)
-    if name in _TORCHVISION_MODELS:
-        return _TORCHVISION_MODELS[name](**({} if num_classes is None else {'num_classes': num_classes}))
     raise ValueError(f'unknown model {name!r}; choose from {", ".join(MODEL_NAMES)}')
 
 
 def prepare_input(name, images):
     """The blog's per-model input step: torchvision's ResNets take the 1-channel batch as 3 channels."""
-    if name in _TORCHVISION_MODELS:
+    if name in TORCHVISION:
         return images.expand(-1, 3, -1, -1)
     return images
