@@ -22,15 +22,24 @@ import warnings
 from pathlib import Path
 
 T_START = time.perf_counter()  # the budget counts imports and data loading too
-
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # runs from a bare checkout too (the GPU machine has no `pip install -e .`)
 
 # JAX and torch share the GPU in this process: JAX must not grab 75 % of its memory up front.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 # The blog's DataLoader forks its workers after JAX has started; they run only PIL and torch CPU code, never JAX,
 # so JAX's fork warning (one per worker, per loader) is noise here.
 warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+
+try:
+    from jaxmnist import cli, runlog
+except ModuleNotFoundError:  # a bare checkout: the GPU scripts set PYTHONPATH instead of installing
+    print("error: cannot import jaxmnist: `pip install -e .` (or `make test` once), or PYTHONPATH=.", file=sys.stderr)
+    sys.exit(2)
+
+from benchlib import environment, plan, profile, report  # noqa: E402
+from benchlib.settings import NETWORKS, Settings, quick_settings  # noqa: E402
+from jaxmnist import data as data_lib  # noqa: E402
+from jaxmnist.cli import UsageError  # noqa: E402
 
 
 def int_list(text: str) -> tuple[int, ...]:
@@ -43,13 +52,8 @@ def int_list(text: str) -> tuple[int, ...]:
     return values
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="scripts/bench.py",
-        description=__doc__.split("\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n".join(__doc__.split("\n")[1:]),
-    )
+def build_parser() -> cli.ArgumentParser:
+    p = cli.script_parser("scripts/bench.py", __doc__)
     p.add_argument("--quick", action="store_true", help="smoke test: cnn and resnet, batch 8, a few steps")
     p.add_argument("--networks", help="comma-separated (default: all five; --quick: cnn,resnet)")
     p.add_argument(
@@ -92,13 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def settings_from_args(args, bench, platform: str, torch_device: str | None):
+def settings_from_args(args, platform: str, torch_device: str | None) -> Settings:
     overrides = {}
     if args.networks:
         nets = tuple(n.strip() for n in args.networks.split(",") if n.strip())
-        unknown = [n for n in nets if n not in bench.NETWORKS]
+        unknown = [n for n in nets if n not in NETWORKS]
         if unknown:
-            raise SystemExit(f"error: unknown network(s) {', '.join(unknown)}; choose from {', '.join(bench.NETWORKS)}")
+            raise UsageError(f"unknown network(s) {', '.join(unknown)}; choose from {', '.join(NETWORKS)}")
         overrides["networks"] = nets
     if args.batch_sizes:
         overrides["batch_sizes"] = args.batch_sizes
@@ -119,7 +123,7 @@ def settings_from_args(args, bench, platform: str, torch_device: str | None):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     overrides["budget_s"] = args.budget_s
-    return bench.quick_settings(**overrides) if args.quick else bench.Settings(**overrides)
+    return quick_settings(**overrides) if args.quick else Settings(**overrides)
 
 
 def pick_torch_device(args) -> tuple[str | None, str | None]:
@@ -135,11 +139,11 @@ def pick_torch_device(args) -> tuple[str | None, str | None]:
     return ("cuda" if torch.cuda.is_available() else "cpu"), None
 
 
-def default_out(bench, env: dict, quick: bool, what: str = "") -> Path:
+def default_out(env: dict, quick: bool, what: str = "") -> Path:
     if env["platform"] == "cpu":
-        name = f"cpu-{bench.slug(env['cpu'].get('model') or 'cpu')}-{env['cpu']['cores']}c"
+        name = f"cpu-{environment.slug(env['cpu'].get('model') or 'cpu')}-{env['cpu']['cores']}c"
     else:
-        name = f"gpu-{bench.slug(env['device_kind'])}"  # 'gpu' whatever jax calls the platform
+        name = f"gpu-{environment.slug(env['device_kind'])}"  # 'gpu' whatever jax calls the platform
     if quick:
         return ROOT / "runs" / "bench" / f"quick-{name}.json"
     return ROOT / "benchmarks" / f"{what}{name}.json"
@@ -150,88 +154,91 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from jaxmnist import bench
+def run_profile(args, env: dict, torch_device: str | None) -> int:
+    """--profile-cnn: the per-op table of the cnn train step, printed and written as JSON."""
+    out = Path(args.out) if args.out else default_out(env, False, f"profile-cnn-{args.profile_cnn}-")
+    print(
+        f"profile of the cnn train step at batch {args.profile_cnn} on {env['platform']}:{env['device_kind']}"
+        f" (load average {', '.join(f'{x:.2f}' for x in os.getloadavg())})",
+        flush=True,
+    )
+    rows = profile.profile_cnn(args.profile_cnn, rounds=args.iters or 15, with_torch=torch_device is not None)
+    doc = {
+        "format": plan.FORMAT_VERSION,
+        "env": env,
+        "profile_cnn": {"batch_size": args.profile_cnn, "rows": rows},
+        "load_avg_end": os.getloadavg(),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    runlog.atomic_write(out, json.dumps(doc, indent=1, default=str).encode())
+    print(report.profile_report(rows), end="")
+    print(f"wrote {out}")
+    return 0
 
-    if args.table:
-        print(bench.report(json.loads(Path(args.table).read_text())), end="")
-        return 0
 
-    import jax
-
-    from jaxmnist import data as data_lib
-
-    platform = jax.default_backend()
-    torch_device, no_torch = pick_torch_device(args)
-    env = bench.environment(torch_device)
-    if no_torch:
-        env["torch"] = {"skipped": no_torch}
-    peak = bench.device_peak(env["platform"], env["device_kind"])
-
-    if args.profile_cnn:
-        out = Path(args.out) if args.out else default_out(bench, env, False, f"profile-cnn-{args.profile_cnn}-")
-        print(
-            f"profile of the cnn train step at batch {args.profile_cnn} on {env['platform']}:{env['device_kind']}"
-            f" (load average {', '.join(f'{x:.2f}' for x in os.getloadavg())})",
-            flush=True,
-        )
-        rows = bench.profile_cnn(args.profile_cnn, rounds=args.iters or 15, with_torch=torch_device is not None)
-        doc = {
-            "format": bench.FORMAT_VERSION,
-            "env": env,
-            "profile_cnn": {"batch_size": args.profile_cnn, "rows": rows},
-            "load_avg_end": os.getloadavg(),
-        }
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(doc, indent=1, default=str))
-        print(bench.profile_report(rows), end="")
-        print(f"wrote {out}")
-        return 0
-
-    settings = settings_from_args(args, bench, platform, torch_device)
-    try:
-        data = data_lib.load(
-            "mnist",
-            args.data_dir,
-            network=not args.offline,
-            progress=False,
-            log=lambda msg: print(f"[data] {msg}", file=sys.stderr),
-        )
-    except data_lib.DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    out = Path(args.out) if args.out else default_out(bench, env, settings.quick)
-    doc = bench.new_doc(settings, env, peak, argv=sys.argv[1:] if argv is None else argv)
+def run_benchmark(args, argv: list[str], env: dict, torch_device: str | None) -> int:
+    """The plan of measurements under the budget; the JSON is rewritten after each, the tables printed at the end."""
+    settings = settings_from_args(args, env["platform"], torch_device)
+    peak = environment.device_peak(env["platform"], env["device_kind"])
+    data = data_lib.load(
+        "mnist",
+        args.data_dir,
+        network=not args.offline,
+        progress=False,
+        log=lambda m: print(f"[data] {m}", file=sys.stderr),
+    )
+    out = Path(args.out) if args.out else default_out(env, settings.quick)
+    doc = plan.new_doc(settings, env, peak, argv=argv)
     doc["data_source"] = data.source
-    runner = bench.Runner(doc, out, settings.budget_s, log=lambda m: print(m, flush=True), t0=T_START)
-    plan = bench.build_plan(settings, data, peak, torch_device if settings.torch else None, doc)
+    runner = plan.Runner(doc, out, settings.budget_s, log=lambda m: print(m, flush=True), t0=T_START)
+    items = plan.build_plan(settings, data, peak, torch_device if settings.torch else None, doc)
     if args.dry_run:
-        for item in plan:
+        for item in items:
             print(
-                f"  tier {bench.priority(item.kind, item.network, item.batch_size, settings)}  {item.kind:22s} "
+                f"  tier {plan.priority(item.kind, item.network, item.batch_size, settings)}  {item.kind:22s} "
                 f"{item.network:9s} batch {item.batch_size:5d}  prior ~{runner.estimate(item):.0f} s"
             )
         return 0
     print(
-        f"{len(plan)} measurements on {env['platform']}:{env['device_kind']}, torch on {torch_device}; "
+        f"{len(items)} measurements on {env['platform']}:{env['device_kind']}, torch on {torch_device}; "
         f"budget {settings.budget_s or 'none'} s; writing {out}",
         flush=True,
     )
-
     signal.signal(signal.SIGTERM, _interrupt)
     interrupted = False
     try:
-        for item in plan:
+        for item in items:
             runner.run(item)
     except KeyboardInterrupt:
         interrupted = True
         print("interrupted: writing partial results", file=sys.stderr)
     runner.save(finished=not interrupted)
     print()
-    print(bench.report(doc), end="")
+    print(report.report(doc), end="")
     print(f"\nwrote {out}")
     return 130 if interrupted else 0
+
+
+def _main(argv: list[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.table:
+        try:
+            doc = json.loads(Path(args.table).read_text())
+        except (OSError, ValueError) as e:
+            raise UsageError(f"cannot read --table {args.table}: {e}") from None
+        print(report.report(doc), end="")
+        return 0
+    torch_device, no_torch = pick_torch_device(args)
+    env = environment.environment(torch_device)
+    if no_torch:
+        env["torch"] = {"skipped": no_torch}
+    if args.profile_cnn:
+        return run_profile(args, env, torch_device)
+    return run_benchmark(args, sys.argv[1:] if argv is None else argv, env, torch_device)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run(lambda: _main(argv), user_errors=(data_lib.DataError,))
 
 
 if __name__ == "__main__":

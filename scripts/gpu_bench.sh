@@ -8,6 +8,7 @@
 # Environment: PYTHON (default python3), DATA_DIR (default data/mnist), BUDGET_S (default 420).
 set -uo pipefail
 cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # a bare checkout: jaxmnist and torch_ref from here
 PYTHON=${PYTHON:-python3}
 DATA_DIR=${DATA_DIR:-data/mnist}
 BUDGET_S=${BUDGET_S:-420}

@@ -16,6 +16,7 @@
 # SMALL (cnn_tb,resnet,cnn_gpu,cnn_cpu,cnn_deep), LARGE (resnet18,resnet101).
 set -uo pipefail
 cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # a bare checkout: jaxmnist and torch_ref from here
 PYTHON=${PYTHON:-python3}
 DATA_DIR=${DATA_DIR:-data/mnist}
 OUT=${OUT:-results/gpu}

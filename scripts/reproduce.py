@@ -28,11 +28,17 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # runs from a bare checkout too
+try:
+    from jaxmnist import cli
+except ModuleNotFoundError:  # a bare checkout: the GPU scripts set PYTHONPATH instead of installing
+    print("error: cannot import jaxmnist: `pip install -e .` (or `make test` once), or PYTHONPATH=.", file=sys.stderr)
+    sys.exit(2)
 
+from jaxmnist.cli import UsageError  # noqa: E402
 from jaxmnist.presets import PRESETS  # noqa: E402
 from jaxmnist.runlog import atomic_write  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
 
 FRAMEWORKS = {"jax": "jaxmnist.train", "torch": "torch_ref.train"}
 MIN_RUN_S = 10.0  # under --budget-s, no run starts with less than this left
@@ -64,13 +70,8 @@ def positive_int(text: str) -> int:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="scripts/reproduce.py",
-        description=__doc__.split("\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n".join(__doc__.split("\n")[1:]),
-    )
+def build_parser() -> cli.ArgumentParser:
+    p = cli.script_parser("scripts/reproduce.py", __doc__)
     p.add_argument(
         "--presets",
         type=lambda t: name_list(t, PRESETS),
@@ -317,24 +318,20 @@ def write_readme(out: Path) -> Path:
     return path
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     out = Path(args.out)
     if args.table_only:
         if not list(out.glob("*.json")):
-            print(f"error: no results (*.json) in {out}", file=sys.stderr)
-            return 2
+            raise UsageError(f"no results (*.json) in {out}")
         print(write_readme(out).read_text())
         return 0
     if args.num_workers < 0:
-        print(f"error: --num-workers must be >= 0, got {args.num_workers}", file=sys.stderr)
-        return 2
+        raise UsageError(f"--num-workers must be >= 0, got {args.num_workers}")
     if problem := missing_modules(args.frameworks):
-        print(f"error: {problem}", file=sys.stderr)
-        return 2
+        raise UsageError(problem)
     if args.budget_s is not None and not (math.isfinite(args.budget_s) and args.budget_s > 0):
-        print(f"error: --budget-s must be > 0, got {args.budget_s}", file=sys.stderr)
-        return 2
+        raise UsageError(f"--budget-s must be > 0, got {args.budget_s}")
     deadline = None if args.budget_s is None else time.monotonic() + args.budget_s
     out.mkdir(parents=True, exist_ok=True)
     failed = skipped = 0
@@ -349,6 +346,10 @@ def main(argv: list[str] | None = None) -> int:
     if failed:
         print(f"error: {failed} run(s) failed", file=sys.stderr)
     return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run(lambda: _main(argv))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,142 @@
+"""The JAX half of the benchmarks: a jitted train step, an epoch and a test pass, each as jaxmnist runs them."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import jax
+import jax.numpy as jnp
+
+from benchlib.environment import peak_for, utilisation
+from benchlib.settings import Settings, config_for, real_batches
+from benchlib.timing import flops_on_cpu, measure, measure_pipelined, pipelined_count, xla_flops
+from jaxmnist import data as data_lib
+from jaxmnist import engine, train
+from jaxmnist.presets import Config
+
+_STATES: dict = {}
+
+
+def initial_state(config: Config, dtype_name: str):
+    """A fresh TrainState for (network, optimiser, dtype), initialised once per run and copied on every use: the
+    init itself compiles, which costs seconds (kept for the whole run: all five networks' states are ~0.6 GB)."""
+    key = (config.model, config.optimizer, config.lr, config.momentum, dtype_name)
+    if key not in _STATES:
+        dtype = {"f32": jnp.float32, "bf16": jnp.bfloat16}[dtype_name]
+        _STATES[key] = engine.create_state(config, jax.random.PRNGKey(0), dtype=dtype)
+    return jax.tree.map(lambda x: x.copy() if isinstance(x, jax.Array) else x, _STATES[key])
+
+
+def jax_step(
+    network: str, batch_size: int, data: data_lib.Dataset, settings: Settings, peak: dict, dtype: str = "f32"
+) -> dict:
+    """One jitted train step (forward, backward, optimiser) on real, normalised batches already on the device.
+
+    Reports lowering/compile time, FLOPs per image (XLA cost analysis, forward + backward + update), the median
+    of synced steps, the pipelined per-step time, images/s and the fraction of the device's peak.
+    """
+    config = config_for(network, batch_size)
+    state = initial_state(config, dtype)
+    batches = [{"image": data_lib.normalize(x), "label": jnp.asarray(y)} for x, y in real_batches(data, batch_size, 4)]
+    jax.block_until_ready(batches)
+    step = jax.jit(engine.train_step, donate_argnums=0)
+    t0 = time.perf_counter()
+    lowered = step.lower(state, batches[0])
+    lower_s = time.perf_counter() - t0
+    compiled = lowered.compile()
+    compile_s = time.perf_counter() - t0
+    flops = xla_flops(lowered)
+    if flops is None:
+        flops = flops_on_cpu(engine.train_step, state, batches[0])
+    flops_compiled = xla_flops(compiled)
+
+    box = {"state": state, "i": 0}
+
+    def one():
+        box["state"], metrics = compiled(box["state"], batches[box["i"] % len(batches)])
+        box["i"] += 1
+        return box["state"], metrics
+
+    t = measure(
+        one,
+        jax.block_until_ready,
+        warmup=settings.warmup,
+        iters=settings.iters,
+        max_s=settings.max_s,
+        min_iters=settings.min_iters,
+    )
+    n = pipelined_count(t.median, settings.iters, settings.max_s)
+    pipelined = measure_pipelined(one, jax.block_until_ready, n)
+    loss = float(jax.device_get(one()[1]["loss"]))
+    platform_name = jax.devices()[0].platform
+    fpi = flops / batch_size if flops else None
+    ips = batch_size / t.median
+    # compile_s is what a first call costs beyond a step: tracing and lowering (lower_s) plus XLA's compile.
+    return {
+        "dtype": dtype,
+        "lower_s": lower_s,
+        "compile_s": compile_s,
+        "flops_per_image": fpi,
+        "flops_per_image_compiled_hlo": flops_compiled / batch_size if flops_compiled else None,
+        "step": t.summary(),
+        "step_ms": 1e3 * t.median,
+        "pipelined_step_ms": 1e3 * pipelined,
+        "pipelined_n": n,
+        "images_per_s": ips,
+        "last_loss": loss,
+        **utilisation(fpi, ips, *peak_for(peak, platform_name, dtype)),
+    }
+
+
+def jax_epoch(network: str, batch_size: int, data: data_lib.Dataset, settings: Settings) -> dict:
+    """A whole training epoch as jaxmnist.train runs it (its compiled chunks on device-resident uint8 data, its
+    epoch loop), compile time reported apart. Evaluation is not included (see `jax_eval`)."""
+    config = config_for(network, batch_size).replace(train_size=settings.train_size)
+    device_data = train.put_on_device(data, config)
+    steps = train.epoch_steps(config, device_data.n_train)
+    unroll = jax.default_backend() == "cpu"
+    bounds = engine.chunk_bounds(steps, settings.chunk_steps, unroll)
+    state = initial_state(config, "f32")
+    t0 = time.perf_counter()
+    training = train.compile_training(config, state, device_data.train, bounds, unroll)
+    compile_s = time.perf_counter() - t0
+    epoch_s = []
+    for epoch in range(settings.epoch_repeats):
+        t0 = time.perf_counter()
+        state, _, _ = train.train_epoch(training, state, device_data.train, epoch, mode=True)  # fetches metrics
+        epoch_s.append(time.perf_counter() - t0)
+    best = min(epoch_s)
+    return {
+        "compile_s": compile_s,
+        "steps": steps,
+        "images": steps * batch_size,
+        "unroll": unroll,
+        "chunks": [e - s for s, e in bounds],
+        "epoch_s_each": epoch_s,
+        "epoch_s": best,
+        "step_ms": 1e3 * best / steps,
+        "images_per_s": steps * batch_size / best,
+        "full_epoch_s_estimate": best * (len(data.train_labels) // batch_size) / steps,
+    }
+
+
+def jax_eval(network: str, batch_size: int, data: data_lib.Dataset, settings: Settings) -> dict:
+    """The test pass as jaxmnist.train runs it (full batches, then the remainder) at `batch_size`."""
+    config = config_for(network, batch_size).replace(eval_batch_size=batch_size)
+    n = min(settings.eval_size or len(data.test_labels), len(data.test_labels))
+    data = dataclasses.replace(data, test_images=data.test_images[:n], test_labels=data.test_labels[:n])
+    device_data = train.put_on_device(data, config)
+    state = initial_state(config, "f32")
+    t0 = time.perf_counter()
+    evaluation = train.compile_evaluation(config, state, device_data)
+    compile_s = time.perf_counter() - t0
+    t = measure(
+        lambda: evaluation(state, device_data, epoch=0),
+        lambda _: None,  # evaluation fetches its result: synchronised
+        warmup=1,
+        iters=max(3, settings.epoch_repeats + 1),
+        max_s=settings.max_s,
+        min_iters=2,
+    )
+    return {"compile_s": compile_s, "images": n, "pass": t.summary(), "pass_s": t.median, "images_per_s": n / t.median}

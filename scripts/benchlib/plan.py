@@ -1,0 +1,270 @@
+"""The plan of a benchmark run and the budget runner that works through it.
+
+`build_plan` lists every measurement the settings ask for, most useful first (`priority`); `Runner` runs them
+under a soft time budget, records failures (OOM, compile errors) instead of stopping, and rewrites the JSON file
+after every measurement, so a killed run keeps what it measured.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import gc
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Callable
+
+from benchlib import jax_side
+from benchlib.environment import first_line
+from benchlib.settings import Settings
+from jaxmnist import data as data_lib
+from jaxmnist import runlog
+from jaxmnist.models import MODELS, TORCHVISION
+
+FORMAT_VERSION = 1
+
+
+def is_oom(e: BaseException) -> bool:
+    """Out of device memory, from JAX (RESOURCE_EXHAUSTED) or torch (OutOfMemoryError)."""
+    text = f"{type(e).__name__} {e}"
+    return "RESOURCE_EXHAUSTED" in text or "OutOfMemory" in text or "out of memory" in text.lower()
+
+
+def release_memory() -> None:
+    """Between measurements: drop the last one's buffers, and hand torch's cached GPU blocks back so that JAX
+    (which shares the GPU in this process) can use them."""
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
+@dataclasses.dataclass
+class Item:
+    """One measurement of the plan: `fn` returns a dict of raw results."""
+
+    kind: str
+    network: str
+    batch_size: int
+    fn: Callable[[], dict]
+
+
+# A guess of each measurement's wall time (compile included) for the budget, in seconds for the cnn; the
+# ResNets cost more by NETWORK_WEIGHT. Replaced by what was measured once a (kind, network) has run.
+KIND_PRIOR_S = {
+    "jax_step": 5,
+    "jax_step_bf16": 5,
+    "torch_tuned": 5,
+    "torch_tuned_compiled": 20,
+    "torch_blog_step": 4,
+    "jax_epoch": 8,
+    "jax_eval": 3,
+    "torch_blog_epoch": 6,
+    "torch_tuned_eval": 2,
+}
+NETWORK_WEIGHT = {"cnn": 1, "cnn_deep": 1.5, "resnet": 3, "resnet18": 4, "resnet101": 15}
+
+
+class Runner:
+    """Runs measurements in order under a soft time budget and keeps the JSON file up to date.
+
+    An item whose estimated cost no longer fits the budget is skipped (recorded, with the reason); later,
+    cheaper items still run. A started item always runs to the end, so keep a margin below any hard limit.
+    Failures are recorded per item (status 'oom' or 'error') and the run goes on.
+    """
+
+    def __init__(
+        self,
+        doc: dict,
+        out: Path | None,
+        budget_s: float | None,
+        log: Callable[[str], None] = print,
+        t0: float | None = None,
+    ):
+        self.doc, self.out, self.budget_s, self.log = doc, out, budget_s, log
+        self.t0 = time.perf_counter() if t0 is None else t0  # pass the process start to count imports too
+        self.costs: dict[tuple[str, str], list[tuple[int, float, float]]] = {}  # (batch, wall s, compile s)
+        doc.setdefault("results", [])
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def estimate(self, item: Item) -> float:
+        """Seconds the item will likely take. The same kind and network measured at another batch size: its
+        compile part as is, the rest scaled with the batch. Else the same kind on other networks, scaled by
+        NETWORK_WEIGHT (so the priors calibrate themselves to the machine). Else the prior."""
+        weight = lambda net: NETWORK_WEIGHT.get(net, 5)  # noqa: E731
+        seen = self.costs.get((item.kind, item.network))
+        if seen:
+            return max(fixed + (wall - fixed) * max(1.0, item.batch_size / bs) for bs, wall, fixed in seen)
+        others = [
+            wall * weight(item.network) / weight(net) * max(1.0, item.batch_size / bs)
+            for (kind, net), runs in self.costs.items()
+            if kind == item.kind
+            for bs, wall, _ in runs
+        ]
+        if others:
+            return max(others)
+        return KIND_PRIOR_S.get(item.kind, 10) * weight(item.network)
+
+    def run(self, item: Item) -> dict:
+        base = {"kind": item.kind, "network": item.network, "batch_size": item.batch_size}
+        est = self.estimate(item)
+        if self.budget_s is not None and self.elapsed() + est > self.budget_s:
+            rec = {
+                **base,
+                "status": "skipped",
+                "reason": f"budget: needs ~{est:.0f} s, {self.budget_s - self.elapsed():.0f} s left",
+            }
+            self.log(f"  skip {item.kind:22s} {item.network:9s} bs {item.batch_size:5d}: {rec['reason']}")
+            return self._add(rec)
+        t0 = time.perf_counter()
+        try:
+            rec = {**base, "status": "ok", **item.fn()}
+        except KeyboardInterrupt:
+            raise
+        except Exception as e:
+            rec = {
+                **base,
+                "status": "oom" if is_oom(e) else "error",
+                "reason": first_line(e),
+                "traceback": traceback.format_exc(limit=4)[-2000:],
+            }
+        release_memory()
+        rec["wall_s"] = time.perf_counter() - t0
+        rec["estimate_s"] = est
+        fixed = min(rec["wall_s"], sum(rec.get(k) or 0.0 for k in ("compile_s", "first_step_s")))
+        self.costs.setdefault((item.kind, item.network), []).append((item.batch_size, rec["wall_s"], fixed))
+        detail = (
+            f"{rec['step_ms']:.2f} ms/step"
+            if "step_ms" in rec
+            else f"{rec['images_per_s']:.0f} img/s"
+            if "images_per_s" in rec
+            else rec.get("reason", "")
+        )
+        self.log(
+            f"  {rec['status']:4s} {item.kind:22s} {item.network:9s} bs {item.batch_size:5d} "
+            f"[{rec['wall_s']:6.1f} s, at {self.elapsed():6.1f} s] {detail}"
+        )
+        return self._add(rec)
+
+    def _add(self, rec: dict) -> dict:
+        self.doc["results"].append(rec)
+        self.save()
+        return rec
+
+    def save(self, finished: bool = False) -> None:
+        self.doc["elapsed_s"] = self.elapsed()
+        self.doc["finished"] = finished
+        self.doc["load_avg_end"] = os.getloadavg()
+        if self.out is not None:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            runlog.atomic_write(self.out, json.dumps(self.doc, indent=1, default=str).encode())
+
+
+def find(doc: dict, kind: str, network: str, batch_size: int, ok: bool = True) -> dict | None:
+    for rec in doc.get("results", []):
+        if (rec["kind"], rec["network"], rec["batch_size"]) == (kind, network, batch_size):
+            if not ok or rec["status"] == "ok":
+                return rec
+    return None
+
+
+# The blog's own networks: torch.compile of these is cheap enough to rank with the core measurements.
+BLOG_NETWORKS = tuple(n for n in MODELS if n not in TORCHVISION)
+STEP_KINDS = ("jax_step", "torch_tuned", "torch_blog_step", "torch_tuned_compiled", "jax_step_bf16")
+EPOCH_KINDS = ("jax_epoch", "jax_eval", "torch_blog_epoch", "torch_tuned_eval")
+
+
+def priority(kind: str, network: str, batch_size: int, settings: Settings) -> int:
+    """Tier of a measurement; lower runs first, so a budget cut loses the least useful ones:
+
+    0. at the first batch size: JAX step, torch tuned (eager) and blog steps, torch.compile of the blog's nets;
+    1. epoch and evaluation (at the epoch batch sizes) and JAX bf16 at the first batch size;
+    2. torch.compile of the torchvision ResNets (minutes of Inductor compiling);
+    3. the other batch sizes.
+    """
+    first = batch_size == settings.batch_sizes[0]
+    if first and (kind in STEP_KINDS[:3] or kind == "torch_tuned_compiled" and network in BLOG_NETWORKS):
+        return 0
+    if kind in EPOCH_KINDS or first and kind == "jax_step_bf16":
+        return 1
+    return 2 if kind == "torch_tuned_compiled" else 3
+
+
+def build_plan(
+    settings: Settings, data: data_lib.Dataset, peak: dict, torch_device: str | None, doc: dict
+) -> list[Item]:
+    """Every measurement the settings ask for, ordered by `priority`, then network, batch size and kind."""
+    import jax
+
+    if settings.torch and torch_device is not None:
+        from benchlib import torch_side  # imports torch: only when torch is measured
+    bf16 = settings.bf16 and jax.default_backend() != "cpu"
+    use_torch = settings.torch and torch_device is not None
+
+    def fpi(net, bs):  # torch's FLOPs per image: the same math, counted by XLA for the JAX step
+        rec = find(doc, "jax_step", net, bs)
+        return rec.get("flops_per_image") if rec else None
+
+    def make(kind: str, net: str, bs: int) -> Item | None:
+        fns = {
+            "jax_step": lambda: jax_side.jax_step(net, bs, data, settings, peak),
+            "jax_step_bf16": lambda: jax_side.jax_step(net, bs, data, settings, peak, "bf16"),
+            "torch_tuned": lambda: torch_side.torch_tuned_step(
+                net, bs, data, settings, torch_device, peak, fpi(net, bs)
+            ),
+            "torch_tuned_compiled": lambda: torch_side.torch_tuned_step(
+                net, bs, data, settings, torch_device, peak, fpi(net, bs), compile=True
+            ),
+            "torch_blog_step": lambda: torch_side.torch_blog_step(
+                net, bs, data, settings, torch_device, peak, fpi(net, bs)
+            ),
+            "jax_epoch": lambda: jax_side.jax_epoch(net, bs, data, settings),
+            "jax_eval": lambda: jax_side.jax_eval(net, bs, data, settings),
+            "torch_blog_epoch": lambda: torch_side.torch_blog_epoch(net, bs, data, settings, torch_device),
+            "torch_tuned_eval": lambda: torch_side.torch_tuned_eval(net, bs, data, settings, torch_device),
+        }
+        wanted = {
+            "jax_step_bf16": bf16,
+            "torch_tuned_compiled": use_torch and settings.torch_compile and bs in settings.compile_batch_sizes,
+            "jax_epoch": bs in settings.epoch_batch_sizes,
+            "jax_eval": bs in settings.epoch_batch_sizes,
+            "torch_blog_epoch": use_torch and bs in settings.epoch_batch_sizes,
+            "torch_tuned_eval": use_torch and bs in settings.epoch_batch_sizes,
+            "torch_tuned": use_torch,
+            "torch_blog_step": use_torch,
+        }.get(kind, True)
+        return Item(kind, net, bs, fns[kind]) if wanted else None
+
+    kinds = STEP_KINDS + EPOCH_KINDS
+    items = [
+        item
+        for net in settings.networks
+        for bs in settings.batch_sizes
+        for kind in kinds
+        if (item := make(kind, net, bs)) is not None
+    ]
+    order = lambda i: (
+        priority(i.kind, i.network, i.batch_size, settings),  # noqa: E731
+        settings.networks.index(i.network),
+        settings.batch_sizes.index(i.batch_size),
+        kinds.index(i.kind),
+    )
+    return sorted(items, key=order)
+
+
+def new_doc(settings: Settings, env: dict, peak: dict, argv: list[str] | None = None) -> dict:
+    return {
+        "format": FORMAT_VERSION,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "argv": argv,
+        "env": env,
+        "peak_tflops": peak,
+        "settings": dataclasses.asdict(settings),
+        "results": [],
+    }
