@@ -1,4 +1,9 @@
-"""Shared fixtures. Tests run on the CPU; nothing here needs a GPU."""
+"""Shared fixtures and the `realdata` rule. Tests run on the CPU; nothing here needs a GPU.
+
+Every test that uses real MNIST asks for the `mnist` fixture, and is marked `realdata` for it automatically, so
+`pytest -m "not realdata"` is an honest offline suite: in the tests without the mark, the network sources of
+jaxmnist.data refuse and the cache ($JAXMNIST_DATA) is an empty directory.
+"""
 
 import numpy as np
 import pytest
@@ -15,6 +20,28 @@ def mnist():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "mnist" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.realdata)
+
+
+@pytest.fixture(autouse=True)
+def offline_unless_realdata(request, monkeypatch, tmp_path_factory):
+    """Outside `realdata` tests, no real MNIST can be reached by accident (a test of the source chain that
+    needs a source patches its own in)."""
+    if request.node.get_closest_marker("realdata"):
+        return
+    from jaxmnist import data
+
+    def refuse(*args, **kwargs):
+        raise data.SourceFailed("tests without the realdata mark (the mnist fixture) fetch no MNIST")
+
+    monkeypatch.setattr(data, "from_mirrors", refuse)
+    monkeypatch.setattr(data, "from_pypi", refuse)
+    monkeypatch.setenv("JAXMNIST_DATA", str(tmp_path_factory.mktemp("empty-cache")))
 
 
 def pytest_configure(config):

@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 from torchvision import transforms
-from torchvision.transforms import functional as F
 from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as F
 
 from jaxmnist import augment
 

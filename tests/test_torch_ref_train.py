@@ -1,12 +1,11 @@
-"""torch_ref.train against jaxmnist.train: step-by-step training parity, accuracy parity, and the CLI.
+"""torch_ref.train, the blog's loop, against jaxmnist: step-by-step training parity, accuracy parity, the CLI.
 
 Training parity runs both frameworks from the same weights (torch's init, moved with torch_to_flax) on the
-same normalised batches of real MNIST, through torch_ref's Dataset on one side and jaxmnist.train.train_step
+same normalised batches of real MNIST, through torch_ref's DataLoader on one side and jaxmnist.engine.train_step
 on the other, with a ReduceLROnPlateau halving the learning rate mid-run in both. Dropout is off on both
 sides (torch: Dropout submodules in eval(); flax: cnn_deep's dropout rates 0) while BatchNorm trains.
 """
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -17,12 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from flax import traverse_util
 from torch import nn
 
 from jaxmnist import data as data_lib
-from jaxmnist import models, optim, presets
+from jaxmnist import engine, models, optim, presets
 from jaxmnist import train as jax_train
 from jaxmnist.presets import PRESETS
 from torch_ref import convert
@@ -54,12 +52,9 @@ def flat(tree):
 
 
 def batches(mnist):
-    """STEPS batches of real MNIST as torch_ref's Dataset serves them: (NCHW tensor, int64 labels)."""
-    dataset = torch_train.MnistDataset(
-        mnist.train_images[: STEPS * BATCH], mnist.train_labels[: STEPS * BATCH], augment=False
-    )
-    loader = torch.utils.data.DataLoader(dataset, batch_size=BATCH, shuffle=False)
-    return list(loader)
+    """STEPS batches of real MNIST as torch_ref's loader serves them: (NCHW tensor, int64 labels)."""
+    images, labels = mnist.train_images[: STEPS * BATCH], mnist.train_labels[: STEPS * BATCH]
+    return list(torch_train.make_loader(images, labels, BATCH, augment=False, shuffle=False, device="cpu"))
 
 
 def test_dataset_matches_jaxmnist_normalisation(mnist):
@@ -94,28 +89,18 @@ def run_torch(name, preset, batches_, dtype):
             m.eval()
     initial = {k: v.clone() for k, v in model.state_dict().items()}
     optimizer = torch_train.build_optimizer(config, model.parameters())
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer,
-        mode="max",
-        factor=config.plateau_factor,
-        patience=config.plateau_patience,
-        threshold=config.plateau_threshold,
-        threshold_mode="rel",
-    )
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, **presets.plateau_arguments(config))
     losses = []
     for (images, labels), metric in zip(batches_, PLATEAU_METRIC):
-        loss = F.cross_entropy(model(torch_models.prepare_input(name, images.to(dtype))), labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        _, loss = torch_train.train_step(model, name, optimizer, images.to(dtype), labels)
         losses.append(loss.item())
         scheduler.step(metric)
     return initial, np.array(losses), model.state_dict(), optimizer.param_groups[0]["lr"]
 
 
 def state_from_torch(name, config, torch_state_dict, dtype=jnp.float32):
-    """jaxmnist.train.create_state with torch's weights (no flax init), dropout off and the lr in `dtype`."""
-    state = jax_train.create_state(
+    """jaxmnist.engine.create_state with torch's weights (no flax init), dropout off and the lr in `dtype`."""
+    state = engine.create_state(
         config, jax.random.PRNGKey(0), dtype, variables=convert.torch_to_flax(name, torch_state_dict)
     )
     no_dropout = {"conv_dropout_rate": 0.0, "fc_dropout_rate": 0.0} if name == "cnn_deep" else {}
@@ -125,18 +110,11 @@ def state_from_torch(name, config, torch_state_dict, dtype=jnp.float32):
 
 
 def run_jax(name, preset, initial, batches_, dtype):
-    """The same steps with jaxmnist.train.train_step, from torch's initial weights."""
+    """The same steps with jaxmnist.engine.train_step, from torch's initial weights."""
     config = PRESETS[preset]
     state = state_from_torch(name, config, initial, dtype)
-    plateau = optim.ReduceLROnPlateau(
-        config.lr,
-        mode="max",
-        factor=config.plateau_factor,
-        patience=config.plateau_patience,
-        threshold=config.plateau_threshold,
-        threshold_mode="rel",
-    )
-    step = jax.jit(jax_train.train_step)
+    plateau = optim.ReduceLROnPlateau(config.lr, **presets.plateau_arguments(config))
+    step = jax.jit(engine.train_step)
     losses = []
     for (images, labels), metric in zip(batches_, PLATEAU_METRIC):
         batch = {
@@ -197,18 +175,16 @@ def test_quirk4_test_pass_uses_batch_statistics_like_torch(mnist):
     """--blog-quirks on §1/§2 (cnn_cpu, cnn_gpu): test() without model.eval(), i.e. BatchNorm on each test batch's
     own statistics, in both frameworks; 250 images in batches of 100, so the last batch (50) is ragged."""
     config = PRESETS["cnn_cpu"].replace(blog_quirks=True, eval_batch_size=100)
-    assert presets.tests_with_batch_statistics(config)
-    assert not presets.tests_with_batch_statistics(PRESETS["cnn_cpu"])  # the correct loop evaluates in eval mode
-    assert not presets.tests_with_batch_statistics(PRESETS["resnet"].replace(blog_quirks=True))  # §3 on calls eval()
+    assert presets.tests_with_batch_statistics(config)  # which presets do is tests/test_presets.py's
     images, labels = mnist.test_images[:250], mnist.test_labels[:250]
     torch.manual_seed(0)
     model = torch_models.get_model("cnn")
     state = state_from_torch("cnn", config, model.state_dict())
-    loader = torch.utils.data.DataLoader(torch_train.MnistDataset(images, labels, augment=False), batch_size=100)
+    loader = torch_train.make_loader(images, labels, 100, augment=False, shuffle=False, device="cpu")
     expected = torch_train.evaluate(model, "cnn", loader, torch.device("cpu"), batch_statistics=True)
     assert model.training  # left in train mode, as the blog's model stays
 
-    evaluate = jax.jit(jax_train.evaluate, static_argnames=("batch_size", "batch_statistics"))
+    evaluate = jax.jit(engine.evaluate, static_argnames=("batch_size", "batch_statistics"))
     got = evaluate(state, jnp.asarray(images), jnp.asarray(labels), batch_size=100, batch_statistics=True)
     running = evaluate(state, jnp.asarray(images), jnp.asarray(labels), batch_size=100)
     assert float(got["accuracy"]) == pytest.approx(expected["accuracy"], abs=1e-4)  # same predictions
@@ -291,99 +267,3 @@ def test_cli_writes_jaxmnists_metrics_format(tmp_path, mnist):
     assert len(torch_record["batches"]["acc"]) == 3
     assert (tmp_path / "torch" / "curves.png").exists()
     assert list((tmp_path / "torch").glob("events.out.tfevents.*"))
-
-
-def load_reproduce():
-    spec = importlib.util.spec_from_file_location("reproduce", ROOT / "scripts" / "reproduce.py")
-    reproduce = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(reproduce)
-    return reproduce
-
-
-def test_reproduce_table_regenerates_from_json(tmp_path):
-    reproduce = load_reproduce()
-
-    def run(seed, acc):
-        return {
-            "seed": seed,
-            "final_acc": acc,
-            "best_acc": acc + 0.1,
-            "avg_epoch_s": 5.0,
-            "device": "cpu:cpu",
-            "versions": {},
-            "commit": None,
-        }
-
-    result = {
-        "preset": "cnn_tb",
-        "blog": {"final_acc": 99.0, "epoch_s": 5.77, "epochs": 20},
-        "epochs_run": 2,
-        "reduced_epochs": True,
-        "max_steps": None,
-        "blog_quirks": False,
-        "seeds": 2,
-        "frameworks": {
-            "jax": reproduce.aggregate([run(0, 98.9), run(1, 99.1)]),
-            "torch": reproduce.aggregate([run(0, 99.0), {"seed": 1, "error": "boom"}]),
-        },
-    }
-    (tmp_path / "cnn_tb.json").write_text(json.dumps(result))
-    assert reproduce.main(["--table-only", "--out", str(tmp_path)]) == 0
-    row = next(line for line in (tmp_path / "README.md").read_text().splitlines() if line.startswith("| `cnn_tb`"))
-    assert row == (
-        "| `cnn_tb` | 99.00 % (5.77 s) | 2 of 20 (reduced epochs) | 2 / 1 | 99.00 ± 0.14 % | 99.10 ± 0.14 % "
-        "| 99.00 % | 99.10 % | 5.00 ± 0.00 s / 5.00 s | jax: cpu:cpu; torch: cpu:cpu |"
-    )
-    assert "1 run(s) failed" in (tmp_path / "README.md").read_text()
-
-
-def test_reproduce_keeps_results_when_every_run_fails(tmp_path, monkeypatch, capsys):
-    reproduce = load_reproduce()
-    earlier = '{"earlier": "results"}'
-    (tmp_path / "resnet.json").write_text(earlier)
-    monkeypatch.setattr(reproduce, "run_one", lambda fw, preset, seed, *_: {"seed": seed, "error": "boom"})
-    monkeypatch.setattr(reproduce, "write_readme", lambda out: tmp_path / "README.md")
-    (tmp_path / "README.md").write_text("")
-    assert reproduce.main(["--presets", "resnet", "--seeds", "2", "--out", str(tmp_path)]) == 1
-    assert (tmp_path / "resnet.json").read_text() == earlier
-    assert "4 run(s) failed" in capsys.readouterr().err
-
-
-def test_reproduce_refuses_an_interpreter_without_the_framework(tmp_path, monkeypatch, capsys):
-    reproduce = load_reproduce()
-    monkeypatch.setitem(reproduce.REQUIRES, "torch", (("no_such_module_xyz",), "pip install -e '.[torch]'"))
-    assert reproduce.main(["--presets", "cnn_tb", "--frameworks", "torch", "--out", str(tmp_path)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: torch runs need no_such_module_xyz") and len(err.splitlines()) == 1
-    assert not list(tmp_path.iterdir())
-
-
-def test_reproduce_budget_resume_and_skips(tmp_path, monkeypatch, capsys):
-    reproduce = load_reproduce()
-    order = []
-
-    def fake_run(framework, preset, seed, args, logdir, deadline=None):
-        order.append((framework, seed))
-        return {"seed": seed, "final_acc": 99.0, "best_acc": 99.0, "avg_epoch_s": 1.0, "device": "cpu:cpu",
-                "versions": {}, "commit": None}  # fmt: skip
-
-    monkeypatch.setattr(reproduce, "run_one", fake_run)
-    assert reproduce.main(["--presets", "cnn_tb", "--seeds", "2", "--out", str(tmp_path), "--budget-s", "60"]) == 0
-    assert order == [("jax", 0), ("torch", 0), ("jax", 1), ("torch", 1)]  # seed-major: a cut leaves pairs
-    assert json.loads((tmp_path / "cnn_tb.json").read_text())["frameworks"]["torch"]["final_acc"]["n"] == 2
-
-    order.clear()  # again: every seed is in the JSON with the same settings, so nothing runs, unless --rerun
-    assert reproduce.main(["--presets", "cnn_tb", "--seeds", "2", "--out", str(tmp_path)]) == 0
-    assert order == []
-    assert reproduce.main(["--presets", "cnn_tb", "--seeds", "3", "--out", str(tmp_path)]) == 0
-    assert order == [("jax", 2), ("torch", 2)]
-    assert reproduce.main(["--presets", "cnn_tb", "--seeds", "1", "--out", str(tmp_path), "--rerun"]) == 0
-    assert order == [("jax", 2), ("torch", 2), ("jax", 0), ("torch", 0)]
-
-    monkeypatch.undo()  # the real run_one: with too little budget left it starts nothing, and says so
-    capsys.readouterr()
-    assert reproduce.main(["--presets", "cnn_tb", "--seeds", "3", "--out", str(tmp_path), "--budget-s", "1"]) == 0
-    captured = capsys.readouterr()
-    assert "-m jaxmnist.train" not in captured.out and "4 run(s) skipped or stopped" in captured.err
-    frameworks = json.loads((tmp_path / "cnn_tb.json").read_text())["frameworks"]
-    assert [(agg["final_acc"]["n"], agg["skipped"], agg["failed"]) for agg in frameworks.values()] == [(1, 2, 0)] * 2

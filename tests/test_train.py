@@ -1,83 +1,15 @@
-"""The training engine: one step per network, resume, recompilation, TensorBoard events, CLI errors, real data."""
+"""jaxmnist.train, the host loop: resume, recompilation, the run's outputs, the CLI's errors (on tiny real runs)."""
 
 import dataclasses
 import json
 import struct
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxmnist import data as data_lib
 from jaxmnist import train
-from jaxmnist.presets import PRESETS, Config
-
-NETWORKS = ["cnn", "cnn_deep", "resnet", "resnet18", pytest.param("resnet101", marks=pytest.mark.slow)]
-
-
-def fake_batch(rng, n=4, classes=10):
-    images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
-    return {"image": data_lib.normalize(images), "label": jnp.asarray(rng.integers(0, classes, n), jnp.int32)}
-
-
-@pytest.mark.parametrize("model", NETWORKS)
-def test_one_train_step_every_network(model, rng):
-    config = Config(model=model, optimizer="rmsprop" if model == "cnn_deep" else "sgd", lr=0.01)
-    state = train.create_state(config, jax.random.PRNGKey(0))
-    batch = fake_batch(rng, classes=10)
-    new_state, metrics = jax.jit(train.train_step)(state, batch)
-    assert np.isfinite(float(metrics["loss"])) and 0 <= float(metrics["accuracy"]) <= 100
-    assert int(new_state.step) == 1
-    for before, after in zip(jax.tree.leaves(state.params), jax.tree.leaves(new_state.params)):
-        assert before.shape == after.shape
-    before = jax.tree_util.tree_flatten_with_path(state.params)[0]
-    still = [
-        jax.tree_util.keystr(path)
-        for (path, a), b in zip(before, jax.tree.leaves(new_state.params))
-        if np.array_equal(a, b)
-    ]
-    # A conv bias feeding a train-mode BatchNorm has an exactly zero gradient (BN removes the mean); in the
-    # blog's resnet those are the only parameters allowed to stay put.
-    assert len(still) < len(before) // 4 and all(
-        p.endswith("['bias']") and "bn" not in p and "fc" not in p for p in still
-    ), still
-    stats_moved = [
-        not np.array_equal(a, b)
-        for a, b in zip(jax.tree.leaves(state.batch_stats), jax.tree.leaves(new_state.batch_stats))
-    ]
-    assert stats_moved and all(stats_moved)
-    logits = new_state.apply_fn(
-        {"params": new_state.params, "batch_stats": new_state.batch_stats}, batch["image"], train=False
-    )
-    assert logits.shape == (4, 1000 if model.startswith("resnet1") else 10)
-
-
-def test_eval_mode_step_freezes_batchnorm(rng):
-    """The blog's quirk 1 (training in eval mode) updates weights but not the running statistics."""
-    state = train.create_state(Config(model="cnn"), jax.random.PRNGKey(0))
-    new_state, _ = jax.jit(train.train_step, static_argnames="train")(state, fake_batch(rng), train=False)
-    assert all(
-        np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state.batch_stats), jax.tree.leaves(new_state.batch_stats))
-    )
-    assert all(
-        not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(new_state.params))
-    )
-
-
-def test_evaluate_counts_every_example_once(rng):
-    state = train.create_state(Config(model="cnn"), jax.random.PRNGKey(0))
-    images = rng.integers(0, 256, (37, 28, 28), dtype=np.uint8)
-    labels = rng.integers(0, 10, 37).astype(np.int32)
-    logits = state.apply_fn(
-        {"params": state.params, "batch_stats": state.batch_stats}, data_lib.normalize(images), train=False
-    )
-    expected = 100 * np.mean(np.argmax(logits, -1) == labels)
-    evaluate = jax.jit(train.evaluate, static_argnames="batch_size")
-    for batch_size in (5, 37, 64):  # ragged, exact, larger than the set
-        got = evaluate(state, jnp.asarray(images), jnp.asarray(labels), batch_size=batch_size)
-        assert abs(float(got["accuracy"]) - expected) < 1e-4
-
+from jaxmnist.presets import Config
 
 TINY = Config(model="cnn", batch_size=64, lr=0.02, epochs=3, train_size=640, eval_batch_size=500)
 
@@ -104,6 +36,8 @@ def test_resume_equals_uninterrupted_run_bitwise(mnist, tmp_path):
 
     assert accuracies(full) == accuracies(resumed)  # the resumed log continues the cut one
     assert (tmp_path / "cut" / "best").is_dir() and (tmp_path / "cut" / "latest").is_dir()
+    with pytest.raises(train.UsageError, match="different settings: lr"):  # a checkpoint is resumed as it was made
+        train.train_and_evaluate(config.replace(lr=0.5), workdir=tmp_path / "cut", resume=True, **run)
 
 
 def test_no_recompilation_after_first_epoch(mnist, tmp_path):
@@ -167,6 +101,9 @@ def test_event_file_tags_and_points(mnist, tmp_path):
         (["--epochs", "0"], "--epochs must be > 0"),
         (["--data-dir", "/nonexistent/mnist"], "does not exist"),
         (["--optimizer", "adam"], "unknown optimizer"),
+        (["--resume"], "--resume needs --workdir"),
+        (["--epochs", "x"], "invalid int value"),
+        (["--no-such-flag"], "unrecognized arguments"),
     ],
 )
 def test_cli_bad_input_one_line_error(argv, message, capsys, tmp_path):
@@ -184,34 +121,5 @@ def test_cli_unwritable_logdir(capsys, tmp_path):
     assert code == 2 and len(err) == 1 and "--logdir" in err[0], err
 
 
-def test_cli_model_picks_its_preset():
-    args = train.build_parser().parse_args(["--model", "resnet", "--epochs", "3"])
-    preset, config = train.config_from_args(args)
-    assert preset == "resnet" and config == PRESETS["resnet"].replace(epochs=3)
-    args = train.build_parser().parse_args(["--preset", "cnn_deep", "--no-plateau", "--blog-quirks"])
-    preset, config = train.config_from_args(args)
-    assert (config.plateau, config.augment, config.blog_quirks, config.optimizer) == (False, True, True, "rmsprop")
-
-
 # The real-data check (cnn, one epoch, >= 97.5 %) is tests/test_torch_train.py::test_one_epoch_accuracy_matches_jax,
 # which runs the same JAX training beside torch's.
-
-
-def test_chunk_bounds():
-    assert train.chunk_bounds(117, None, unroll=True) == [(s, s + 8) for s in range(0, 112, 8)] + [
-        (s, s + 1) for s in range(112, 117)
-    ]
-    assert [e - s for s, e in train.chunk_bounds(117, None, unroll=False)] == [15] * 7 + [1] * 12
-    assert train.chunk_bounds(8, 1, unroll=True) == [(s, s + 1) for s in range(8)]
-
-
-def test_unrolled_chunk_equals_scanned_chunk(rng):
-    state = train.create_state(Config(model="cnn"), jax.random.PRNGKey(0))
-    images = jnp.asarray(rng.integers(0, 256, (48, 28, 28), dtype=np.uint8))
-    labels = jnp.asarray(rng.integers(0, 10, 48), jnp.int32)
-    idx = jnp.arange(48, dtype=jnp.int32).reshape(3, 16)
-    chunk = jax.jit(train.train_chunk, static_argnames=("augment", "train", "unroll"))
-    (a, ma), (b, mb) = (chunk(state, images, labels, idx, augment=True, train=True, unroll=u) for u in (False, True))
-    np.testing.assert_allclose(ma["loss"], mb["loss"], rtol=1e-5)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)

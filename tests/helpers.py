@@ -1,0 +1,59 @@
+"""Helpers shared by several test files: shapes, torch twins of flax variables, a fake dataset."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+from flax import traverse_util
+
+from benchlib import environment, plan
+from benchlib.settings import Settings
+from jaxmnist import data as data_lib
+from jaxmnist import models
+from torch_ref import models as torch_models
+
+
+def flat(tree):
+    return traverse_util.flatten_dict(tree)
+
+
+def init_shapes(name, num_classes=None):
+    return jax.eval_shape(
+        functools.partial(models.get_model(name, num_classes).init, train=False),
+        jax.random.key(0),
+        jnp.zeros((1, 28, 28, 1)),
+    )
+
+
+def torch_model_holding(name, state_dict):
+    """torch_ref's ``name`` with ``state_dict`` loaded strictly; built on 'meta' to skip its init."""
+    with torch.device('meta'):
+        model = torch_models.get_model(name)
+    model.load_state_dict(state_dict, strict=True, assign=True)
+    return model
+
+
+def fake_data(n=40, seed=0):
+    """Random images and labels in a Dataset: n training images, 10 test images (not MNIST)."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+    return data_lib.Dataset("mnist", images, rng.integers(0, 10, n), images[:10], rng.integers(0, 10, 10), "fake")
+
+
+def bench_doc(results, platform="gpu"):
+    """A benchmark document (scripts/benchlib.plan.new_doc) of an H100 run holding `results`."""
+    settings = Settings(batch_sizes=(512, 64), num_workers=4, pin_memory=True)
+    env = {
+        "platform": platform,
+        "device_kind": "NVIDIA H100 80GB HBM3",
+        "versions": {"jax": "x", "flax": "y"},
+        "commit": "abc",
+        "torch": {"version": "t", "device": "cuda"},
+        "load_avg_start": (0.1, 0.1, 0.1),
+        "nvidia_smi": {"gpus": [{"driver_version": "999.1"}]},
+    }
+    doc = plan.new_doc(settings, env, environment.device_peak(platform, env["device_kind"]))
+    doc["results"] = results
+    return doc

@@ -1,0 +1,24 @@
+"""scripts/benchlib/jax_side.py: the JAX measurements run jaxmnist's own programs (tiny, fake data)."""
+
+import numpy as np
+from helpers import fake_data
+
+from benchlib import jax_side
+from benchlib.settings import quick_settings
+
+
+def test_epoch_and_eval_count_what_they_ran():
+    data = fake_data(n=40)
+    settings = quick_settings(train_size=36, eval_size=10, epoch_repeats=2, chunk_steps=2)
+    epoch = jax_side.jax_epoch("cnn", 8, data, settings)
+    assert (epoch["steps"], epoch["images"], epoch["chunks"]) == (4, 32, [2, 2])  # 36 // 8 steps, tail dropped
+    assert len(epoch["epoch_s_each"]) == 2 and epoch["full_epoch_s_estimate"] == epoch["epoch_s"] * 5 / 4
+    evaluation = jax_side.jax_eval("cnn", 4, data, settings)
+    assert evaluation["images"] == 10 and evaluation["pass"]["n"] >= 2
+
+
+def test_step_reports_flops_and_a_finite_loss():
+    step = jax_side.jax_step("cnn", 8, fake_data(), quick_settings(), peak={"fp32": 1.0})
+    assert np.isfinite(step["last_loss"]) and step["dtype"] == "f32"
+    assert 2e6 < step["flops_per_image"] < 4e6  # the cnn: ~2.6 MFLOP per image, forward and backward
+    assert step["peak_kind"] == "fp32" and step["fraction_of_peak"] > 0

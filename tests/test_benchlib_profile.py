@@ -1,0 +1,44 @@
+"""scripts/benchlib/profile.py: the candidate formulations are exact, the what-if swaps stay inside `with`."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchlib import profile
+from jaxmnist import models
+
+
+def test_conv_sliced_matches_xla_convolution(rng):
+    x = jnp.asarray(rng.standard_normal((3, 12, 12, 4), dtype="float32"))
+    k = jnp.asarray(rng.standard_normal((5, 5, 4, 6), dtype="float32"))
+    ref = lambda x, k: jax.lax.conv_general_dilated(
+        x,
+        k,
+        (1, 1),
+        "VALID",  # noqa: E731
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
+    assert jnp.allclose(profile.conv_sliced(x, k), ref(x, k), atol=1e-4)
+    loss = lambda f: lambda x, k: jnp.sum(jnp.sin(f(x, k)))  # noqa: E731
+    for a, b in zip(jax.grad(loss(profile.conv_sliced), (0, 1))(x, k), jax.grad(loss(ref), (0, 1))(x, k)):
+        assert jnp.allclose(a, b, atol=1e-3)
+
+
+def test_what_if_swaps_only_inside_the_block(rng):
+    model = models.get_model("cnn")
+    x = jnp.asarray(rng.standard_normal((2, 28, 28, 1), dtype="float32"))
+    variables = model.init(jax.random.key(0), x, train=False)
+
+    def apply(variables, x):  # a fresh function each time: jax caches traces by function
+        return model.apply(variables, x, train=False)
+
+    def ops():
+        return {e.primitive.name for e in jax.make_jaxpr(lambda v, x: apply(v, x))(variables, x).eqns}
+
+    plain, expected = ops(), apply(variables, x)
+    with profile.what_if(pool=True, conv=True):
+        swapped = ops()
+        np.testing.assert_allclose(apply(variables, x), expected, atol=1e-5)
+    assert "conv_general_dilated" in plain and "conv_general_dilated" not in swapped  # convs became matmuls
+    assert "reduce_max" not in plain and "reduce_window_max" in swapped  # pools back on reduce_window
+    assert ops() == plain  # restored after the block

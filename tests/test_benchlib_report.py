@@ -1,0 +1,57 @@
+"""scripts/benchlib/report.py: the tables name the winner, failures, the device and the run's state."""
+
+from helpers import bench_doc
+
+from benchlib import report
+
+
+def test_report_states_the_winner_and_failures():
+    results = [
+        {
+            "kind": "jax_step",
+            "network": "cnn",
+            "batch_size": 512,
+            "status": "ok",
+            "step_ms": 2.0,
+            "compile_s": 1.0,
+            "images_per_s": 256000.0,
+            "flops_per_image": 2.6e6,
+            "achieved_tflops": 0.67,
+            "fraction_of_peak": 0.00135,
+            "peak_kind": "tf32",
+        },
+        {"kind": "torch_blog_step", "network": "cnn", "batch_size": 512, "status": "ok", "step_ms": 8.0},
+        {"kind": "torch_tuned", "network": "cnn", "batch_size": 512, "status": "ok", "step_ms": 1.0, "mode": "eager"},
+        {
+            "kind": "torch_tuned_compiled",
+            "network": "cnn",
+            "batch_size": 512,
+            "status": "ok",
+            "step_ms": 1.0,
+            "mode": "eager",
+            "compile_error": "BackendCompilerFailed: no gcc",
+        },
+        {
+            "kind": "jax_step",
+            "network": "resnet101",
+            "batch_size": 4096,
+            "status": "oom",
+            "reason": "RESOURCE_EXHAUSTED: out of memory",
+        },
+        {"kind": "jax_epoch", "network": "cnn", "batch_size": 512, "status": "skipped", "reason": "budget"},
+    ]
+    text = report.report(bench_doc(results))
+    assert "| cnn | 512 | 2.60 | 1.00 | 2.00 | 256000 |" in text
+    assert "JAX 4.00x faster" in text and "torch 2.00x faster" in text
+    assert "driver 999.1" in text and "PARTIAL" in text
+    assert "| resnet101 | 4096 |" in text and "oom" in text and "failed (see notes)" in text
+    assert "torch.compile failed for cnn" in text and "H100 SXM" in text
+    assert report.ratio_text(None, 1.0) == "-"
+
+
+def test_profile_report_rows():
+    rows = [{"op": "conv1 fwd", "shape": "x[B,28,28,1]", "jax_ms": 2.0, "jax_min_ms": 1.5, "torch_ms": 1.0,
+             "torch_min_ms": 0.9}, {"op": "whole", "shape": "B=512", "jax_ms": 9.0, "jax_min_ms": 8.0}]  # fmt: skip
+    lines = report.profile_report(rows).splitlines()
+    assert lines[2] == "| conv1 fwd | x[B,28,28,1] | 2.00 (1.50) | 1.00 (0.90) |"
+    assert lines[3] == "| whole | B=512 | 9.00 (8.00) | - |"

@@ -1,0 +1,106 @@
+"""jaxmnist.engine: one step per network, eval-mode steps, evaluation, chunks and epoch indices."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxmnist import data as data_lib
+from jaxmnist import engine
+from jaxmnist.presets import Config
+
+NETWORKS = ["cnn", "cnn_deep", "resnet", "resnet18", pytest.param("resnet101", marks=pytest.mark.slow)]
+
+
+def fake_batch(rng, n=4, classes=10):
+    images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+    return {"image": data_lib.normalize(images), "label": jnp.asarray(rng.integers(0, classes, n), jnp.int32)}
+
+
+@pytest.mark.parametrize("model", NETWORKS)
+def test_one_train_step_every_network(model, rng):
+    config = Config(model=model, optimizer="rmsprop" if model == "cnn_deep" else "sgd", lr=0.01)
+    state = engine.create_state(config, jax.random.PRNGKey(0))
+    batch = fake_batch(rng, classes=10)
+    new_state, metrics = jax.jit(engine.train_step)(state, batch)
+    assert np.isfinite(float(metrics["loss"])) and 0 <= float(metrics["accuracy"]) <= 100
+    assert int(new_state.step) == 1
+    before = jax.tree_util.tree_flatten_with_path(state.params)[0]
+    still = [
+        jax.tree_util.keystr(path)
+        for (path, a), b in zip(before, jax.tree.leaves(new_state.params))
+        if np.array_equal(a, b)
+    ]
+    # A conv bias feeding a train-mode BatchNorm has an exactly zero gradient (BN removes the mean); in the
+    # blog's resnet those are the only parameters allowed to stay put.
+    assert len(still) < len(before) // 4 and all(
+        p.endswith("['bias']") and "bn" not in p and "fc" not in p for p in still
+    ), still
+    stats_moved = [
+        not np.array_equal(a, b)
+        for a, b in zip(jax.tree.leaves(state.batch_stats), jax.tree.leaves(new_state.batch_stats))
+    ]
+    assert stats_moved and all(stats_moved)
+    logits = new_state.apply_fn(
+        {"params": new_state.params, "batch_stats": new_state.batch_stats}, batch["image"], train=False
+    )
+    assert logits.shape == (4, 1000 if model.startswith("resnet1") else 10)
+
+
+def test_eval_mode_step_freezes_batchnorm(rng):
+    """The blog's quirk 1 (training in eval mode) updates weights but not the running statistics."""
+    state = engine.create_state(Config(model="cnn"), jax.random.PRNGKey(0))
+    new_state, _ = jax.jit(engine.train_step, static_argnames="train")(state, fake_batch(rng), train=False)
+    assert all(
+        np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state.batch_stats), jax.tree.leaves(new_state.batch_stats))
+    )
+    assert all(
+        not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(new_state.params))
+    )
+
+
+def test_evaluate_counts_every_example_once(rng):
+    state = engine.create_state(Config(model="cnn"), jax.random.PRNGKey(0))
+    images = rng.integers(0, 256, (37, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, 37).astype(np.int32)
+    logits = state.apply_fn(
+        {"params": state.params, "batch_stats": state.batch_stats}, data_lib.normalize(images), train=False
+    )
+    expected = 100 * np.mean(np.argmax(logits, -1) == labels)
+    evaluate = jax.jit(engine.evaluate, static_argnames="batch_size")
+    for batch_size in (5, 37, 64):  # ragged, exact, larger than the set
+        got = evaluate(state, jnp.asarray(images), jnp.asarray(labels), batch_size=batch_size)
+        assert abs(float(got["accuracy"]) - expected) < 1e-4
+
+
+def test_chunk_bounds():
+    assert engine.chunk_bounds(117, None, unroll=True) == [(s, s + 8) for s in range(0, 112, 8)] + [
+        (s, s + 1) for s in range(112, 117)
+    ]
+    assert [e - s for s, e in engine.chunk_bounds(117, None, unroll=False)] == [15] * 7 + [1] * 12
+    assert engine.chunk_bounds(8, 1, unroll=True) == [(s, s + 1) for s in range(8)]
+
+
+def test_unrolled_chunk_equals_scanned_chunk(rng):
+    state = engine.create_state(Config(model="cnn"), jax.random.PRNGKey(0))
+    images = jnp.asarray(rng.integers(0, 256, (48, 28, 28), dtype=np.uint8))
+    labels = jnp.asarray(rng.integers(0, 10, 48), jnp.int32)
+    idx = jnp.arange(48, dtype=jnp.int32).reshape(3, 16)
+    chunk = jax.jit(engine.train_chunk, static_argnames=("augment", "train", "unroll"))
+    (a, ma), (b, mb) = (chunk(state, images, labels, idx, augment=True, train=True, unroll=u) for u in (False, True))
+    np.testing.assert_allclose(ma["loss"], mb["loss"], rtol=1e-5)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)
+
+
+def test_epoch_indices_are_a_fresh_permutation_per_epoch_without_the_tail():
+    bounds = ((0, 4), (4, 5))  # a chunk of 4 steps, then a single step
+    first = [np.asarray(i) for i in engine.epoch_indices(0, 0, 103, 20, bounds)]
+    assert [i.shape for i in first] == [(4, 20), (1, 20)]
+    order = np.concatenate([i.ravel() for i in first])
+    assert len(set(order.tolist())) == 100 and order.min() >= 0 and order.max() < 103  # 3 left out
+    again = np.concatenate([np.asarray(i).ravel() for i in engine.epoch_indices(0, 0, 103, 20, bounds)])
+    next_epoch = np.concatenate([np.asarray(i).ravel() for i in engine.epoch_indices(0, 1, 103, 20, bounds)])
+    other_seed = np.concatenate([np.asarray(i).ravel() for i in engine.epoch_indices(1, 0, 103, 20, bounds)])
+    assert np.array_equal(order, again)  # (seed, epoch) alone decides: a resumed run draws the same batches
+    assert not np.array_equal(order, next_epoch) and not np.array_equal(order, other_seed)

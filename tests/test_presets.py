@@ -1,0 +1,95 @@
+"""jaxmnist.presets: the experiments as data, the lists derived from them, config checks, the CLI mapping."""
+
+import numpy as np
+import pytest
+
+from jaxmnist import data as data_lib
+from jaxmnist import models, optim, presets
+from jaxmnist.cli import UsageError
+from jaxmnist.presets import MODEL_PRESET, NETWORKS, PRESETS, Config
+
+
+def test_networks_come_from_models_and_every_one_has_a_preset():
+    assert NETWORKS == tuple(models.MODELS)
+    assert {c.model for c in PRESETS.values()} == set(NETWORKS)
+    assert list(MODEL_PRESET) == list(NETWORKS)
+    assert all(PRESETS[preset].model == net for net, preset in MODEL_PRESET.items())
+    assert MODEL_PRESET["cnn"] == "cnn_tb"  # the blog's last experiment with its first network (§3)
+
+
+def parse(*argv):
+    return presets.config_from_args(presets.trainer_parser("prog", "test").parse_args(list(argv)))
+
+
+def test_model_picks_its_preset_and_flags_override():
+    assert parse("--model", "resnet", "--epochs", "3") == ("resnet", PRESETS["resnet"].replace(epochs=3))
+    preset, config = parse("--preset", "cnn_deep", "--no-plateau", "--blog-quirks")
+    assert (config.plateau, config.augment, config.blog_quirks, config.optimizer) == (False, True, True, "rmsprop")
+    assert parse() == ("cnn_tb", PRESETS["cnn_tb"])
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--model", "vgg"], "unknown model 'vgg'"),
+        (["--preset", "nope"], "unknown preset 'nope'"),
+        (["--optimizer", "adam"], "unknown optimizer 'adam'"),
+        (["--lr", "0"], "--lr must be > 0"),
+        (["--eval-batch-size", "-1"], "--eval-batch-size must be > 0"),
+        (["--val-size", "-1"], "--val-size must be >= 0"),
+        (["--momentum", "1"], "--momentum must be in [0, 1)"),
+        (["--epochs", "1.5"], "invalid int value"),
+    ],
+)
+def test_bad_settings_are_usage_errors(argv, message):
+    with pytest.raises(UsageError) as e:
+        parse(*argv)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_plateau_arguments_build_the_rule_of_section_4():
+    config = PRESETS["cnn_deep"]
+    args = presets.plateau_arguments(config)
+    assert args == {"mode": "max", "factor": 0.5, "patience": 3, "threshold": 5e-5, "threshold_mode": "rel"}
+    rule = optim.ReduceLROnPlateau(config.lr, **args)
+    lrs = [rule.step(acc) for acc in (98.0, 98.0, 98.0, 98.0, 98.0)]  # no improvement: the 4th bad epoch halves
+    assert lrs == [1e-3, 1e-3, 1e-3, 1e-3, 5e-4]
+
+
+def test_quirks_follow_where_the_blog_called_eval():
+    """Quirk 1 (eval-mode training from epoch 2) only where test() calls model.eval() (§3 on); quirk 4 (test
+    batches on their own statistics) only where it never does (§1/§2); neither without --blog-quirks."""
+    for name, config in PRESETS.items():
+        quirky = config.replace(blog_quirks=True)
+        assert not presets.trains_in_eval_mode(config, 5) and not presets.tests_with_batch_statistics(config)
+        assert not presets.trains_in_eval_mode(quirky, 0)  # epoch 1 trains in train mode everywhere
+        assert presets.trains_in_eval_mode(quirky, 1) == (name not in ("cnn_cpu", "cnn_gpu")), name
+        assert presets.tests_with_batch_statistics(quirky) == (name in ("cnn_cpu", "cnn_gpu")), name
+
+
+def fake_dataset(n=50):
+    images = np.arange(n, dtype=np.uint8)[:, None, None] * np.ones((1, 28, 28), np.uint8)
+    empty = np.zeros((0, 28, 28), np.uint8)
+    return data_lib.Dataset("mnist", images, np.arange(n) % 10, empty, np.zeros(0, np.int64), "fake")
+
+
+def test_split_train_holds_out_a_seeded_validation_split():
+    data = fake_dataset()
+    (x, y), val = presets.split_train(data, Config(train_size=40, val_size=10, seed=3))
+    assert len(y) == 30 and len(val[1]) == 10
+    train_ids, val_ids = set(x[:, 0, 0].tolist()), set(val[0][:, 0, 0].tolist())
+    assert not train_ids & val_ids and train_ids | val_ids == set(range(40))  # the first 40, split disjointly
+    assert list(x[:, 0, 0]) == sorted(train_ids)  # training images keep their order
+    (_, _), val_again = presets.split_train(data, Config(train_size=40, val_size=10, seed=3))
+    (_, _), val_other = presets.split_train(data, Config(train_size=40, val_size=10, seed=4))
+    assert np.array_equal(val[0], val_again[0]) and not np.array_equal(val[0], val_other[0])
+    assert presets.split_train(data, Config())[1] is None
+    with pytest.raises(UsageError, match="--val-size 50 leaves no training images"):
+        presets.split_train(data, Config(val_size=50))
+
+
+def test_describe_names_the_experiment():
+    assert presets.describe(PRESETS["cnn_deep"].replace(blog_quirks=True)) == (
+        "cnn_deep, batch 512, RMSprop lr 0.001, alpha 0.99, momentum 0.5, 100 epochs, augmentation, "
+        "ReduceLROnPlateau, blog quirks"
+    )

@@ -1,0 +1,90 @@
+"""scripts/reproduce.py: the results table, resume and budget, and its refusals (no training: runs are faked)."""
+
+import json
+
+import reproduce
+
+
+def test_reproduce_table_regenerates_from_json(tmp_path):
+
+    def run(seed, acc):
+        return {
+            "seed": seed,
+            "final_acc": acc,
+            "best_acc": acc + 0.1,
+            "avg_epoch_s": 5.0,
+            "device": "cpu:cpu",
+            "versions": {},
+            "commit": None,
+        }
+
+    result = {
+        "preset": "cnn_tb",
+        "blog": {"final_acc": 99.0, "epoch_s": 5.77, "epochs": 20},
+        "epochs_run": 2,
+        "reduced_epochs": True,
+        "max_steps": None,
+        "blog_quirks": False,
+        "seeds": 2,
+        "frameworks": {
+            "jax": reproduce.aggregate([run(0, 98.9), run(1, 99.1)]),
+            "torch": reproduce.aggregate([run(0, 99.0), {"seed": 1, "error": "boom"}]),
+        },
+    }
+    (tmp_path / "cnn_tb.json").write_text(json.dumps(result))
+    assert reproduce.main(["--table-only", "--out", str(tmp_path)]) == 0
+    row = next(line for line in (tmp_path / "README.md").read_text().splitlines() if line.startswith("| `cnn_tb`"))
+    assert row == (
+        "| `cnn_tb` | 99.00 % (5.77 s) | 2 of 20 (reduced epochs) | 2 / 1 | 99.00 ± 0.14 % | 99.10 ± 0.14 % "
+        "| 99.00 % | 99.10 % | 5.00 ± 0.00 s / 5.00 s | jax: cpu:cpu; torch: cpu:cpu |"
+    )
+    assert "1 run(s) failed" in (tmp_path / "README.md").read_text()
+
+
+def test_reproduce_keeps_results_when_every_run_fails(tmp_path, monkeypatch, capsys):
+    earlier = '{"earlier": "results"}'
+    (tmp_path / "resnet.json").write_text(earlier)
+    monkeypatch.setattr(reproduce, "run_one", lambda fw, preset, seed, *_: {"seed": seed, "error": "boom"})
+    monkeypatch.setattr(reproduce, "write_readme", lambda out: tmp_path / "README.md")
+    (tmp_path / "README.md").write_text("")
+    assert reproduce.main(["--presets", "resnet", "--seeds", "2", "--out", str(tmp_path)]) == 1
+    assert (tmp_path / "resnet.json").read_text() == earlier
+    assert "4 run(s) failed" in capsys.readouterr().err
+
+
+def test_reproduce_refuses_an_interpreter_without_the_framework(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(reproduce.REQUIRES, "torch", (("no_such_module_xyz",), "pip install -e '.[torch]'"))
+    assert reproduce.main(["--presets", "cnn_tb", "--frameworks", "torch", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: torch runs need no_such_module_xyz") and len(err.splitlines()) == 1
+    assert not list(tmp_path.iterdir())
+
+
+def test_reproduce_budget_resume_and_skips(tmp_path, monkeypatch, capsys):
+    order = []
+
+    def fake_run(framework, preset, seed, args, logdir, deadline=None):
+        order.append((framework, seed))
+        return {"seed": seed, "final_acc": 99.0, "best_acc": 99.0, "avg_epoch_s": 1.0, "device": "cpu:cpu",
+                "versions": {}, "commit": None}  # fmt: skip
+
+    monkeypatch.setattr(reproduce, "run_one", fake_run)
+    assert reproduce.main(["--presets", "cnn_tb", "--seeds", "2", "--out", str(tmp_path), "--budget-s", "60"]) == 0
+    assert order == [("jax", 0), ("torch", 0), ("jax", 1), ("torch", 1)]  # seed-major: a cut leaves pairs
+    assert json.loads((tmp_path / "cnn_tb.json").read_text())["frameworks"]["torch"]["final_acc"]["n"] == 2
+
+    order.clear()  # again: every seed is in the JSON with the same settings, so nothing runs, unless --rerun
+    assert reproduce.main(["--presets", "cnn_tb", "--seeds", "2", "--out", str(tmp_path)]) == 0
+    assert order == []
+    assert reproduce.main(["--presets", "cnn_tb", "--seeds", "3", "--out", str(tmp_path)]) == 0
+    assert order == [("jax", 2), ("torch", 2)]
+    assert reproduce.main(["--presets", "cnn_tb", "--seeds", "1", "--out", str(tmp_path), "--rerun"]) == 0
+    assert order == [("jax", 2), ("torch", 2), ("jax", 0), ("torch", 0)]
+
+    monkeypatch.undo()  # the real run_one: with too little budget left it starts nothing, and says so
+    capsys.readouterr()
+    assert reproduce.main(["--presets", "cnn_tb", "--seeds", "3", "--out", str(tmp_path), "--budget-s", "1"]) == 0
+    captured = capsys.readouterr()
+    assert "-m jaxmnist.train" not in captured.out and "4 run(s) skipped or stopped" in captured.err
+    frameworks = json.loads((tmp_path / "cnn_tb.json").read_text())["frameworks"]
+    assert [(agg["final_acc"]["n"], agg["skipped"], agg["failed"]) for agg in frameworks.values()] == [(1, 2, 0)] * 2

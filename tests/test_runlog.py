@@ -1,0 +1,74 @@
+"""jaxmnist.runlog: the lines both trainers print, metrics.json, TensorBoard events, curves.png."""
+
+import io
+import json
+
+import numpy as np
+import pytest
+
+from jaxmnist import runlog
+from jaxmnist.cli import UsageError
+from jaxmnist.presets import PRESETS
+
+
+def run_report(tmp_path, logdir=True):
+    out = io.StringIO()
+    config = PRESETS["cnn_deep"].replace(epochs=2)
+    log = runlog.RunLog(tmp_path, framework="jax", preset="cnn_deep", config=config, device="cpu:cpu", n_train=1000)
+    report = runlog.Report(out, log if logdir else None)
+    report.preamble(
+        "device: cpu", config, "cnn_deep", "cache", n_train=1000, steps=1, tail="ragged tail dropped", n_test=100,
+        n_val=None, monitor="test accuracy", notes=("compile: 1.00 s",),
+    )  # fmt: skip
+    for epoch, (acc, lr, next_lr) in enumerate(((97.5, 1e-3, 1e-3), (98.25, 1e-3, 5e-4))):
+        report.epoch(
+            epoch, test={"accuracy": acc, "loss": 0.1}, val=None, batch_acc=np.array([90.0, 96.0]),
+            batch_loss=np.array([0.3, 0.2]), lr=lr, next_lr=next_lr, time_s=2.0 + epoch,
+        )  # fmt: skip
+    record = report.finish([2.0, 3.0], compile_s=1.0, recompiles=0)
+    return out.getvalue().splitlines(), record
+
+
+def test_report_prints_the_blogs_lines(tmp_path):
+    lines, record = run_report(tmp_path)
+    assert lines == [
+        "device: cpu",
+        "preset cnn_deep: cnn_deep, batch 512, RMSprop lr 0.001, alpha 0.99, momentum 0.5, 2 epochs, augmentation, "
+        "ReduceLROnPlateau; data: cache",
+        "train: 1000 images, 1 steps of 512 per epoch (ragged tail dropped); test: 100 images",
+        "ReduceLROnPlateau monitors the test accuracy",
+        "compile: 1.00 s",
+        "Accuracy on test set(epoch=2):",
+        "[1]: 97.50 %",
+        "[2]: 98.25 %",
+        "    learning rate 0.001 -> 0.0005",
+        "Average time per epoch: 2.50 s",
+        f"final: 98.25 %, best: 98.25 % (epoch 2); logs in {tmp_path}",
+    ]
+    assert (record["final_acc"], record["best_epoch"], record["avg_epoch_s"], record["compile_s"]) == (
+        98.25, 2, 2.5, 1.0,
+    )  # fmt: skip
+
+
+def test_metrics_json_holds_every_batch_and_epoch(tmp_path):
+    _, record = run_report(tmp_path)
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved == json.loads(json.dumps(record))
+    assert saved["batches"]["x"] == [0, 1, 2, 3]  # ceil(1000 / 512) = 2 per epoch: the blog's axis
+    assert [e["lr"] for e in saved["epochs"]] == [1e-3, 1e-3] and saved["epochs"][1]["train_acc"] == 93.0
+    assert saved["framework"] == "jax" and saved["recompiles_after_first_epoch"] == 0
+    assert (tmp_path / "curves.png").stat().st_size > 1000
+    assert not list(tmp_path.glob(".*.tmp"))  # written atomically
+
+
+def test_without_a_logdir_only_the_timing_is_recorded(tmp_path):
+    lines, record = run_report(tmp_path / "unused", logdir=False)
+    assert record == {"compile_s": 1.0, "avg_epoch_s": 2.5, "recompiles_after_first_epoch": 0}
+    assert lines[-1] == "Average time per epoch: 2.50 s"
+
+
+def test_unwritable_logdir_is_a_usage_error(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UsageError, match="cannot write to --logdir"):
+        runlog.RunLog(tmp_path / "file" / "sub", framework="jax", preset=None, config=PRESETS["cnn_tb"],
+                      device="cpu", n_train=10)  # fmt: skip
