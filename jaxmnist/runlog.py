@@ -220,6 +220,11 @@ class Report:
     def __init__(self, out, log: RunLog | None = None):
         self.out, self.log = out, log
 
+    @classmethod
+    def for_run(cls, out, logdir, **run: Any) -> "Report":
+        """A run's report, with a RunLog in `logdir` if one is given (`run`: RunLog's keyword arguments)."""
+        return cls(out, RunLog(logdir, **run) if logdir else None)
+
     def say(self, line: str) -> None:
         print(line, file=self.out, flush=True)
 

@@ -212,6 +212,23 @@ def save(ckpt: Checkpointer, state, config: Config, epoch: int, test_acc: float,
 
 
 # ---------------------------------------------------------------------------------------- the loop
+def announce(report: runlog.Report, config: Config, preset, data: DeviceData, steps: int, compile_s: float) -> None:
+    """The lines before the first epoch: device, experiment, data, schedule, compile time, the blog's header."""
+    report.preamble(
+        f"device: {device_name()} ({jax.default_backend()}), jax {jax.__version__}",
+        config,
+        preset,
+        data.source,
+        n_train=data.n_train,
+        steps=steps,
+        tail="ragged tail dropped",
+        n_test=int(data.test[1].shape[0]),
+        n_val=int(data.val[1].shape[0]) if data.val else None,
+        monitor="validation accuracy" if data.val else "test accuracy",
+        notes=(f"compile: {compile_s:.2f} s (kept out of the epoch times)",),
+    )
+
+
 @dataclasses.dataclass
 class Result:
     state: engine.TrainState
@@ -255,12 +272,9 @@ def train_and_evaluate(
     bounds = engine.chunk_bounds(steps, chunk_steps, unroll)
     state = engine.create_state(config, jax.random.PRNGKey(config.seed))
     plateau = optim.ReduceLROnPlateau(config.lr, **plateau_arguments(config))
-    log = (
-        runlog.RunLog(logdir, framework="jax", preset=preset, config=config, device=device_name(), n_train=data.n_train)
-        if logdir
-        else None
+    report = runlog.Report.for_run(
+        out, logdir, framework="jax", preset=preset, config=config, device=device_name(), n_train=data.n_train
     )
-    report = runlog.Report(out, log)
     ckpt = Checkpointer(workdir) if workdir else None
     state, first_epoch = resume_from(ckpt, state, config, plateau, report) if resume else (state, 0)
 
@@ -269,19 +283,7 @@ def train_and_evaluate(
     training = compile_training(config, state, data.train, bounds, unroll)
     evaluation = compile_evaluation(config, state, data)
     compile_s = time.perf_counter() - t0
-    report.preamble(
-        f"device: {device_name()} ({jax.default_backend()}), jax {jax.__version__}",
-        config,
-        preset,
-        data.source,
-        n_train=data.n_train,
-        steps=steps,
-        tail="ragged tail dropped",
-        n_test=int(data.test[1].shape[0]),
-        n_val=int(data.val[1].shape[0]) if data.val else None,
-        monitor="validation accuracy" if data.val else "test accuracy",
-        notes=(f"compile: {compile_s:.2f} s (kept out of the epoch times)",),
-    )
+    announce(report, config, preset, data, steps, compile_s)
 
     # The epochs.
     epoch_times, watch = [], RecompileWatch(first_epoch)

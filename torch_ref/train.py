@@ -214,14 +214,9 @@ def train_and_evaluate(
     scheduler = None
     if config.plateau and not config.blog_quirks:
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, **plateau_arguments(config))
-    log = (
-        runlog.RunLog(
-            logdir, framework="torch", preset=preset, config=config, device=device_name(device), n_train=len(train_y)
-        )
-        if logdir
-        else None
+    report = runlog.Report.for_run(
+        out, logdir, framework="torch", preset=preset, config=config, device=device_name(device), n_train=len(train_y)
     )
-    report = runlog.Report(out, log)
     report.preamble(
         f"device: {device_name(device)} ({device.type}), torch {torch.__version__}{tf32_note(device)}; "
         f"data loader workers: {num_workers}",
