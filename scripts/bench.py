@@ -4,7 +4,7 @@
     python scripts/bench.py --networks cnn,resnet --batch-sizes 512,64
     python scripts/bench.py --budget-s 420 --data-dir data/mnist --offline   # what scripts/gpu_bench.sh runs
     python scripts/bench.py --profile-cnn 512                # where the cnn step's CPU time goes, op by op
-    python scripts/bench.py --table benchmarks/gpu-nvidia-h100-80gb-hbm3.json   # reprint a saved run
+    python scripts/bench.py --table benchmarks/cpu-2vcpu-pinned-1core.json   # reprint a saved run
 
 Prints a markdown table and writes every raw timing to a JSON file (default benchmarks/<platform>-<device>.json),
 rewritten after each measurement so an interrupted run keeps what it measured. See benchmarks/README.md.
@@ -31,15 +31,14 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
 
 try:
+    from benchlib import environment, plan, profile, report
+    from benchlib.settings import NETWORKS, Settings, quick_settings
     from jaxmnist import cli, runlog
-except ModuleNotFoundError:  # a bare checkout: the GPU scripts set PYTHONPATH instead of installing
-    print("error: cannot import jaxmnist: `pip install -e .` (or `make test` once), or PYTHONPATH=.", file=sys.stderr)
+    from jaxmnist import data as data_lib
+    from jaxmnist.cli import UsageError
+except ModuleNotFoundError as e:  # a bare checkout: the GPU scripts set PYTHONPATH instead of installing
+    print(f"error: cannot import {e.name}: `pip install -e .` (or `make test` once), or PYTHONPATH=.", file=sys.stderr)
     sys.exit(2)
-
-from benchlib import environment, plan, profile, report  # noqa: E402
-from benchlib.settings import NETWORKS, Settings, quick_settings  # noqa: E402
-from jaxmnist import data as data_lib  # noqa: E402
-from jaxmnist.cli import UsageError  # noqa: E402
 
 
 def int_list(text: str) -> tuple[int, ...]:

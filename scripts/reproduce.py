@@ -30,13 +30,12 @@ import numpy as np
 
 try:
     from jaxmnist import cli
-except ModuleNotFoundError:  # a bare checkout: the GPU scripts set PYTHONPATH instead of installing
-    print("error: cannot import jaxmnist: `pip install -e .` (or `make test` once), or PYTHONPATH=.", file=sys.stderr)
+    from jaxmnist.cli import UsageError
+    from jaxmnist.presets import PRESETS
+    from jaxmnist.runlog import atomic_write
+except ModuleNotFoundError as e:  # a bare checkout: the GPU scripts set PYTHONPATH instead of installing
+    print(f"error: cannot import {e.name}: `pip install -e .` (or `make test` once), or PYTHONPATH=.", file=sys.stderr)
     sys.exit(2)
-
-from jaxmnist.cli import UsageError  # noqa: E402
-from jaxmnist.presets import PRESETS  # noqa: E402
-from jaxmnist.runlog import atomic_write  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,7 +45,10 @@ MIN_RUN_S = 10.0  # under --budget-s, no run starts with less than this left
 # subprocess of this same interpreter and would otherwise fail one by one.
 REQUIRES = {
     "jax": (("jax", "flax", "optax", "orbax", "tensorboardX", "tqdm", "matplotlib", "PIL"), "pip install -e ."),
-    "torch": (("torch", "torchvision", "tensorboardX", "tqdm", "matplotlib", "PIL"), "pip install -e '.[torch]'"),
+    "torch": (
+        ("torch", "torchvision", "jax", "flax", "tensorboardX", "tqdm", "matplotlib", "PIL"),
+        "pip install -e '.[torch]'",
+    ),
 }
 
 

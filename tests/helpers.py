@@ -5,14 +5,12 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-import torch
 from flax import traverse_util
 
 from benchlib import environment, plan
 from benchlib.settings import Settings
 from jaxmnist import data as data_lib
 from jaxmnist import models
-from torch_ref import models as torch_models
 
 
 def flat(tree):
@@ -29,6 +27,10 @@ def init_shapes(name, num_classes=None):
 
 def torch_model_holding(name, state_dict):
     """torch_ref's ``name`` with ``state_dict`` loaded strictly; built on 'meta' to skip its init."""
+    import torch  # here: the helpers of JAX-only tests need no torch
+
+    from torch_ref import models as torch_models
+
     with torch.device('meta'):
         model = torch_models.get_model(name)
     model.load_state_dict(state_dict, strict=True, assign=True)
@@ -43,7 +45,7 @@ def fake_data(n=40, seed=0):
 
 
 def bench_doc(results, platform="gpu"):
-    """A benchmark document (scripts/benchlib.plan.new_doc) of an H100 run holding `results`."""
+    """A benchmark document (`new_doc` of scripts/benchlib/plan.py) of an H100 run holding `results`."""
     settings = Settings(batch_sizes=(512, 64), num_workers=4, pin_memory=True)
     env = {
         "platform": platform,

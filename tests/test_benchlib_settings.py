@@ -4,14 +4,13 @@ import numpy as np
 from helpers import fake_data
 
 from benchlib import settings
-from jaxmnist import models
-from jaxmnist.presets import PRESETS
 
 
-def test_networks_and_configs_come_from_the_library():
-    assert settings.NETWORKS == tuple(models.MODELS) == settings.Settings().networks
+def test_a_network_is_measured_with_its_own_optimiser_and_no_augmentation():
     config = settings.config_for("cnn_deep", 64)
-    assert config == PRESETS["cnn_deep"].replace(batch_size=64, augment=False, plateau=False)  # its optimiser
+    assert (config.model, config.batch_size, config.optimizer, config.lr) == ("cnn_deep", 64, "rmsprop", 1e-3)
+    assert not config.augment and not config.plateau  # both frameworks read the same plain batches
+    assert settings.config_for("cnn", 8).lr == 0.04  # cnn's own preset is the blog's §3 (cnn_tb)
 
 
 def test_real_batches_are_distinct_shuffled_batches():

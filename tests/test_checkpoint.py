@@ -21,7 +21,6 @@ def test_latest_and_best_are_kept_and_restored(tmp_path):
     assert meta == {"epoch": 3, "note": "e3", "test_acc": 93.0}
     for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(states[2])):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    assert restored.apply_fn is not None and restored.tx is not None  # the static fields of the template
     ckpt.close()
     assert sorted(p.name for p in (tmp_path / "latest").iterdir()) == ["3"]  # one of each kept
     assert sorted(p.name for p in (tmp_path / "best").iterdir()) == ["2"]

@@ -68,20 +68,21 @@ def test_reproduce_budget_resume_and_skips(tmp_path, monkeypatch, capsys):
         return {"seed": seed, "final_acc": 99.0, "best_acc": 99.0, "avg_epoch_s": 1.0, "device": "cpu:cpu",
                 "versions": {}, "commit": None}  # fmt: skip
 
-    monkeypatch.setattr(reproduce, "run_one", fake_run)
-    assert reproduce.main(["--presets", "cnn_tb", "--seeds", "2", "--out", str(tmp_path), "--budget-s", "60"]) == 0
-    assert order == [("jax", 0), ("torch", 0), ("jax", 1), ("torch", 1)]  # seed-major: a cut leaves pairs
-    assert json.loads((tmp_path / "cnn_tb.json").read_text())["frameworks"]["torch"]["final_acc"]["n"] == 2
+    with monkeypatch.context() as patched:
+        patched.setattr(reproduce, "run_one", fake_run)
+        assert reproduce.main(["--presets", "cnn_tb", "--seeds", "2", "--out", str(tmp_path), "--budget-s", "60"]) == 0
+        assert order == [("jax", 0), ("torch", 0), ("jax", 1), ("torch", 1)]  # seed-major: a cut leaves pairs
+        assert json.loads((tmp_path / "cnn_tb.json").read_text())["frameworks"]["torch"]["final_acc"]["n"] == 2
 
-    order.clear()  # again: every seed is in the JSON with the same settings, so nothing runs, unless --rerun
-    assert reproduce.main(["--presets", "cnn_tb", "--seeds", "2", "--out", str(tmp_path)]) == 0
-    assert order == []
-    assert reproduce.main(["--presets", "cnn_tb", "--seeds", "3", "--out", str(tmp_path)]) == 0
-    assert order == [("jax", 2), ("torch", 2)]
-    assert reproduce.main(["--presets", "cnn_tb", "--seeds", "1", "--out", str(tmp_path), "--rerun"]) == 0
-    assert order == [("jax", 2), ("torch", 2), ("jax", 0), ("torch", 0)]
+        order.clear()  # again: every seed is in the JSON with the same settings, so nothing runs, unless --rerun
+        assert reproduce.main(["--presets", "cnn_tb", "--seeds", "2", "--out", str(tmp_path)]) == 0
+        assert order == []
+        assert reproduce.main(["--presets", "cnn_tb", "--seeds", "3", "--out", str(tmp_path)]) == 0
+        assert order == [("jax", 2), ("torch", 2)]
+        assert reproduce.main(["--presets", "cnn_tb", "--seeds", "1", "--out", str(tmp_path), "--rerun"]) == 0
+        assert order == [("jax", 2), ("torch", 2), ("jax", 0), ("torch", 0)]
 
-    monkeypatch.undo()  # the real run_one: with too little budget left it starts nothing, and says so
+    # The real run_one: with too little budget left it starts nothing, and says so.
     capsys.readouterr()
     assert reproduce.main(["--presets", "cnn_tb", "--seeds", "3", "--out", str(tmp_path), "--budget-s", "1"]) == 0
     captured = capsys.readouterr()

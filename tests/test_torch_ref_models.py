@@ -10,8 +10,15 @@ from jaxmnist import models
 from torch_ref import models as torch_models
 
 
-def test_the_same_networks_as_jaxmnist():
-    assert torch_models.MODEL_NAMES == tuple(models.MODELS)
+@pytest.mark.parametrize('name', list(models.MODELS))
+def test_every_network_of_jaxmnist_has_a_torch_original(name):
+    with torch.device('meta'):
+        model = torch_models.get_model(name)
+    assert isinstance(model, torch.nn.Module)
+    assert (type(model).__module__.startswith('torchvision')) == (name in models.TORCHVISION)
+
+
+def test_unknown_network():
     with pytest.raises(ValueError, match='unknown model'):
         torch_models.get_model('resnet50')
 

@@ -165,7 +165,8 @@ def test_training_steps_match_torch(mnist, name, preset, dtype):
         f"{min(moved.values()):.1e} (min) {np.median(list(moved.values())):.1e} (median) relative"
     )
     config = PRESETS[preset]
-    assert torch_lr == pytest.approx(jax_lr) == pytest.approx(config.lr * config.plateau_factor)  # both dropped
+    assert torch_lr == pytest.approx(config.lr * config.plateau_factor)  # both dropped, once
+    assert jax_lr == pytest.approx(torch_lr)
     assert loss_errors.max() <= RTOL[dtype]
     assert leaf_errors[worst] <= RTOL[dtype], sorted(leaf_errors.items(), key=lambda kv: -kv[1])[:3]
     assert np.median(list(moved.values())) > 100 * RTOL[dtype]  # agreement is not two copies of the start

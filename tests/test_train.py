@@ -1,6 +1,7 @@
 """jaxmnist.train, the host loop: resume, recompilation, the run's outputs, the CLI's errors (on tiny real runs)."""
 
 import dataclasses
+import io
 import json
 import struct
 
@@ -42,13 +43,23 @@ def test_resume_equals_uninterrupted_run_bitwise(mnist, tmp_path):
 
 def test_no_recompilation_after_first_epoch(mnist, tmp_path):
     # Plateau drops set a new learning rate from the host: that must not recompile either.
-    config = TINY.replace(plateau=True, plateau_patience=0, plateau_threshold=0.5, val_size=128)
+    # Threshold 10: an epoch is better only if 11x the best so far, so after epoch 1 none is; patience 0 halves
+    # the rate after every epoch but the first.
+    config = TINY.replace(plateau=True, plateau_patience=0, plateau_threshold=10.0, val_size=128)
+    out = io.StringIO()
     result = train.train_and_evaluate(
-        config, data=tiny_data(mnist), progress=False, logdir=tmp_path, chunk_steps=4, unroll=False
+        config, data=tiny_data(mnist), progress=False, logdir=tmp_path, chunk_steps=4, unroll=False, out=out
     )
     lrs = [e["lr"] for e in result.record["epochs"]]
-    assert lrs[-1] < lrs[0], lrs  # the schedule did act
+    assert lrs == pytest.approx([0.02, 0.02, 0.01]), lrs  # the schedule did act: epoch 2 (of 3) was not better
     assert result.record["recompiles_after_first_epoch"] == 0
+    # The printed lines, in order; a learning-rate line only where the rate changed (after epochs 2 and 3).
+    lines = out.getvalue().splitlines()
+    starts = ["device: ", "cnn, batch 64, SGD lr 0.02", "train: 512 images, 8 steps", "ReduceLROnPlateau monitors the validation",
+              "compile: ", "Accuracy on test set(epoch=3):", "[1]: ", "[2]: ", "    learning rate 0.02 -> 0.01",
+              "[3]: ", "    learning rate 0.01 -> 0.005", "Average time per epoch: ", "final: ",
+              "recompilations after the first epoch: 0"]  # fmt: skip
+    assert len(lines) == len(starts) and all(line.startswith(s) for line, s in zip(lines, starts)), lines
 
 
 def read_events(logdir):
@@ -121,5 +132,5 @@ def test_cli_unwritable_logdir(capsys, tmp_path):
     assert code == 2 and len(err) == 1 and "--logdir" in err[0], err
 
 
-# The real-data check (cnn, one epoch, >= 97.5 %) is tests/test_torch_train.py::test_one_epoch_accuracy_matches_jax,
+# The real-data check (cnn, one epoch, >= 97.5 %) is tests/test_torch_ref_train.py::test_one_epoch_accuracy_matches_jax,
 # which runs the same JAX training beside torch's.

@@ -72,15 +72,18 @@ class MnistDataset(torch.utils.data.Dataset):
         return self.transform(image), int(self.labels[i])
 
 
-def make_loader(images, labels, batch_size: int, *, augment: bool, shuffle: bool, device, num_workers: int = 0):
+def make_loader(
+    images, labels, batch_size: int, *, augment: bool, shuffle: bool, device, num_workers: int = 0, timeout: float = 0
+):
     """The blog's DataLoader over `MnistDataset`: the training loader shuffles, the test loader does not; pinned
-    memory for CUDA, as the blog."""
+    memory for CUDA, as the blog. `timeout` (seconds, with workers) turns a hung worker into an error."""
     return torch.utils.data.DataLoader(
         MnistDataset(images, labels, augment),
         batch_size=batch_size,
         shuffle=shuffle,
         num_workers=num_workers,
         pin_memory=torch.device(device).type == "cuda",
+        timeout=timeout if num_workers else 0,
     )
 
 

@@ -53,19 +53,51 @@ class Item:
     fn: Callable[[], dict]
 
 
-# A guess of each measurement's wall time (compile included) for the budget, in seconds for the cnn; the
-# ResNets cost more by NETWORK_WEIGHT. Replaced by what was measured once a (kind, network) has run.
-KIND_PRIOR_S = {
-    "jax_step": 5,
-    "jax_step_bf16": 5,
-    "torch_tuned": 5,
-    "torch_tuned_compiled": 20,
-    "torch_blog_step": 4,
-    "jax_epoch": 8,
-    "jax_eval": 3,
-    "torch_blog_epoch": 6,
-    "torch_tuned_eval": 2,
-}
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    """A kind of measurement: its framework, whether it is one of the core three (the step in JAX, tuned torch
+    and the blog's loop), whether it times an epoch or a test pass (only at the epoch batch sizes), a guess of
+    its wall time for the cnn (compile included; the budget's prior until it has run once), and what runs it:
+    `measure(context, network, batch_size) -> dict`."""
+
+    framework: str
+    core: bool
+    epoch: bool
+    prior_s: float
+    measure: Callable
+
+
+def _torch_side():
+    from benchlib import torch_side  # imports torch: only when a torch measurement runs
+
+    return torch_side
+
+
+def _fpi(c, net, bs):  # torch's FLOPs per image: the same math, counted by XLA for the JAX step
+    rec = find(c.doc, "jax_step", net, bs)
+    return rec.get("flops_per_image") if rec else None
+
+
+# Every kind, in the order the plan lists one network's measurements at one batch size. `c` is a Context.
+KINDS = {
+    "jax_step": Kind("jax", True, False, 5, lambda c, n, b: jax_side.jax_step(n, b, c.data, c.settings, c.peak)),
+    "torch_tuned": Kind("torch", True, False, 5, lambda c, n, b: _torch_side().torch_tuned_step(
+        n, b, c.data, c.settings, c.torch_device, c.peak, _fpi(c, n, b))),
+    "torch_blog_step": Kind("torch", True, False, 4, lambda c, n, b: _torch_side().torch_blog_step(
+        n, b, c.data, c.settings, c.torch_device, c.peak, _fpi(c, n, b))),
+    "torch_tuned_compiled": Kind("torch", False, False, 20, lambda c, n, b: _torch_side().torch_tuned_step(
+        n, b, c.data, c.settings, c.torch_device, c.peak, _fpi(c, n, b), compile=True)),
+    "jax_step_bf16": Kind("jax", False, False, 5, lambda c, n, b: jax_side.jax_step(
+        n, b, c.data, c.settings, c.peak, "bf16")),
+    "jax_epoch": Kind("jax", False, True, 8, lambda c, n, b: jax_side.jax_epoch(n, b, c.data, c.settings)),
+    "jax_eval": Kind("jax", False, True, 3, lambda c, n, b: jax_side.jax_eval(n, b, c.data, c.settings)),
+    "torch_blog_epoch": Kind("torch", False, True, 6, lambda c, n, b: _torch_side().torch_blog_epoch(
+        n, b, c.data, c.settings, c.torch_device)),
+    "torch_tuned_eval": Kind("torch", False, True, 2, lambda c, n, b: _torch_side().torch_tuned_eval(
+        n, b, c.data, c.settings, c.torch_device)),
+}  # fmt: skip
+EPOCH_KINDS = tuple(name for name, kind in KINDS.items() if kind.epoch)
+# The ResNets cost more than the cnn by these factors (a guess, replaced by what was measured, see Runner.estimate).
 NETWORK_WEIGHT = {"cnn": 1, "cnn_deep": 1.5, "resnet": 3, "resnet18": 4, "resnet101": 15}
 
 
@@ -109,7 +141,7 @@ class Runner:
         ]
         if others:
             return max(others)
-        return KIND_PRIOR_S.get(item.kind, 10) * weight(item.network)
+        return KINDS[item.kind].prior_s * weight(item.network) if item.kind in KINDS else 10 * weight(item.network)
 
     def run(self, item: Item) -> dict:
         base = {"kind": item.kind, "network": item.network, "batch_size": item.batch_size}
@@ -176,8 +208,6 @@ def find(doc: dict, kind: str, network: str, batch_size: int, ok: bool = True) -
 
 # The blog's own networks: torch.compile of these is cheap enough to rank with the core measurements.
 BLOG_NETWORKS = tuple(n for n in MODELS if n not in TORCHVISION)
-STEP_KINDS = ("jax_step", "torch_tuned", "torch_blog_step", "torch_tuned_compiled", "jax_step_bf16")
-EPOCH_KINDS = ("jax_epoch", "jax_eval", "torch_blog_epoch", "torch_tuned_eval")
 
 
 def priority(kind: str, network: str, batch_size: int, settings: Settings) -> int:
@@ -189,11 +219,22 @@ def priority(kind: str, network: str, batch_size: int, settings: Settings) -> in
     3. the other batch sizes.
     """
     first = batch_size == settings.batch_sizes[0]
-    if first and (kind in STEP_KINDS[:3] or kind == "torch_tuned_compiled" and network in BLOG_NETWORKS):
+    if first and (KINDS[kind].core or kind == "torch_tuned_compiled" and network in BLOG_NETWORKS):
         return 0
-    if kind in EPOCH_KINDS or first and kind == "jax_step_bf16":
+    if KINDS[kind].epoch or first and kind == "jax_step_bf16":
         return 1
     return 2 if kind == "torch_tuned_compiled" else 3
+
+
+@dataclasses.dataclass
+class Context:
+    """What every measurement of a run shares."""
+
+    settings: Settings
+    data: data_lib.Dataset
+    peak: dict
+    torch_device: str | None
+    doc: dict  # the results so far (torch's FLOP counts come from the JAX step's)
 
 
 def build_plan(
@@ -202,58 +243,32 @@ def build_plan(
     """Every measurement the settings ask for, ordered by `priority`, then network, batch size and kind."""
     import jax
 
-    if settings.torch and torch_device is not None:
-        from benchlib import torch_side  # imports torch: only when torch is measured
-    bf16 = settings.bf16 and jax.default_backend() != "cpu"
-    use_torch = settings.torch and torch_device is not None
+    context = Context(settings, data, peak, torch_device if settings.torch else None, doc)
 
-    def fpi(net, bs):  # torch's FLOPs per image: the same math, counted by XLA for the JAX step
-        rec = find(doc, "jax_step", net, bs)
-        return rec.get("flops_per_image") if rec else None
+    def wanted(name: str, bs: int) -> bool:
+        kind = KINDS[name]
+        if kind.framework == "torch" and context.torch_device is None:
+            return False
+        if kind.epoch and bs not in settings.epoch_batch_sizes:
+            return False
+        if name == "jax_step_bf16":
+            return settings.bf16 and jax.default_backend() != "cpu"
+        if name == "torch_tuned_compiled":
+            return settings.torch_compile and bs in settings.compile_batch_sizes
+        return True
 
-    def make(kind: str, net: str, bs: int) -> Item | None:
-        fns = {
-            "jax_step": lambda: jax_side.jax_step(net, bs, data, settings, peak),
-            "jax_step_bf16": lambda: jax_side.jax_step(net, bs, data, settings, peak, "bf16"),
-            "torch_tuned": lambda: torch_side.torch_tuned_step(
-                net, bs, data, settings, torch_device, peak, fpi(net, bs)
-            ),
-            "torch_tuned_compiled": lambda: torch_side.torch_tuned_step(
-                net, bs, data, settings, torch_device, peak, fpi(net, bs), compile=True
-            ),
-            "torch_blog_step": lambda: torch_side.torch_blog_step(
-                net, bs, data, settings, torch_device, peak, fpi(net, bs)
-            ),
-            "jax_epoch": lambda: jax_side.jax_epoch(net, bs, data, settings),
-            "jax_eval": lambda: jax_side.jax_eval(net, bs, data, settings),
-            "torch_blog_epoch": lambda: torch_side.torch_blog_epoch(net, bs, data, settings, torch_device),
-            "torch_tuned_eval": lambda: torch_side.torch_tuned_eval(net, bs, data, settings, torch_device),
-        }
-        wanted = {
-            "jax_step_bf16": bf16,
-            "torch_tuned_compiled": use_torch and settings.torch_compile and bs in settings.compile_batch_sizes,
-            "jax_epoch": bs in settings.epoch_batch_sizes,
-            "jax_eval": bs in settings.epoch_batch_sizes,
-            "torch_blog_epoch": use_torch and bs in settings.epoch_batch_sizes,
-            "torch_tuned_eval": use_torch and bs in settings.epoch_batch_sizes,
-            "torch_tuned": use_torch,
-            "torch_blog_step": use_torch,
-        }.get(kind, True)
-        return Item(kind, net, bs, fns[kind]) if wanted else None
-
-    kinds = STEP_KINDS + EPOCH_KINDS
     items = [
-        item
+        Item(name, net, bs, lambda m=KINDS[name].measure, n=net, b=bs: m(context, n, b))
         for net in settings.networks
         for bs in settings.batch_sizes
-        for kind in kinds
-        if (item := make(kind, net, bs)) is not None
+        for name in KINDS
+        if wanted(name, bs)
     ]
-    order = lambda i: (
-        priority(i.kind, i.network, i.batch_size, settings),  # noqa: E731
+    order = lambda i: (  # noqa: E731
+        priority(i.kind, i.network, i.batch_size, settings),
         settings.networks.index(i.network),
         settings.batch_sizes.index(i.batch_size),
-        kinds.index(i.kind),
+        list(KINDS).index(i.kind),
     )
     return sorted(items, key=order)
 

@@ -7,10 +7,7 @@ import dataclasses
 import numpy as np
 
 from jaxmnist import data as data_lib
-from jaxmnist.models import MODELS
-from jaxmnist.presets import MODEL_PRESET, PRESETS, Config
-
-NETWORKS = tuple(MODELS)
+from jaxmnist.presets import MODEL_PRESET, NETWORKS, PRESETS, Config
 
 
 @dataclasses.dataclass

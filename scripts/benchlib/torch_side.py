@@ -34,10 +34,12 @@ def torch_model(network: str, device: str, channels_last: bool = False):
 
 
 def blog_loader(images, labels, batch_size: int, settings: Settings, device: str, shuffle: bool):
-    """torch_ref.train's DataLoader (no augmentation: the benchmark's configs have none)."""
+    """torch_ref.train's DataLoader (no augmentation: the benchmark's configs have none). A worker that hangs for
+    two minutes fails the measurement (recorded) instead of stalling the run."""
     return torch_train.make_loader(
-        images, labels, batch_size, augment=False, shuffle=shuffle, device=device, num_workers=settings.num_workers
-    )
+        images, labels, batch_size, augment=False, shuffle=shuffle, device=device,
+        num_workers=settings.num_workers, timeout=120,
+    )  # fmt: skip
 
 
 def _utilisation(flops_per_image, images_per_s, peak, device: str) -> dict:
@@ -77,7 +79,7 @@ def torch_blog_step(
     ips = batch_size / t.median
     return {
         "num_workers": settings.num_workers,
-        "pin_memory": settings.pin_memory,
+        "pin_memory": loader.pin_memory,
         "step": t.summary(),
         "step_ms": 1e3 * t.median,
         "images_per_s": ips,
@@ -104,7 +106,7 @@ def torch_blog_epoch(network: str, batch_size: int, data: data_lib.Dataset, sett
     test_s = time.perf_counter() - t0
     return {
         "num_workers": settings.num_workers,
-        "pin_memory": settings.pin_memory,
+        "pin_memory": loader.pin_memory,
         "steps": len(acc),
         "images": n,
         "epoch_s": epoch_s,
