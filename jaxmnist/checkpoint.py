@@ -1,31 +1,103 @@
-"""Checkpoints of a training run: the train state (orbax) with the host's state beside it (JSON)."""
+"""Checkpoints of a training run: the train state (orbax) with the host's state beside it (JSON), verified.
+
+WORKDIR/latest keeps the last two epochs, WORKDIR/best the best test accuracy so far. orbax writes a step to a
+temporary directory and renames it; then a manifest of the sha256 of every file it wrote (arrays included) is
+written beside them, atomically, with Ctrl-C and SIGTERM held off until both are done. A step whose files do
+not match its manifest, or that has none (a kill between the rename and the manifest), is damaged: it is moved
+to WORKDIR/damaged/ and reported in one line, and the run resumes from the newest intact step.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import time
 from pathlib import Path
 
-from jaxmnist import engine
+from jaxmnist import cli, engine
 from jaxmnist.cli import UsageError
+
+MANIFEST = "jaxmnist-sha256.json"
+KEEP_LATEST = 2  # a damaged last epoch still leaves the one before
+
+
+def _files(step_dir: Path) -> list[Path]:
+    return sorted(p for p in step_dir.rglob("*") if p.is_file() and p.name != MANIFEST)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_manifest(step_dir: Path) -> None:
+    digests = {str(p.relative_to(step_dir)): _sha256(p) for p in _files(step_dir)}
+    tmp = step_dir / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(digests, indent=0, sort_keys=True))
+    os.replace(tmp, step_dir / MANIFEST)
+
+
+def damage(step_dir: Path) -> str | None:
+    """What is wrong with a step directory (one phrase), or None if every file is as it was written."""
+    try:
+        expected = json.loads((step_dir / MANIFEST).read_text())
+    except FileNotFoundError:
+        return "no checksum manifest (killed while saving, or written by an older jaxmnist)"
+    except (OSError, ValueError) as e:
+        return f"unreadable manifest ({type(e).__name__})"
+    found = {str(p.relative_to(step_dir)): p for p in _files(step_dir)}
+    for name, digest in sorted(expected.items()):
+        if name not in found:
+            return f"{name} is missing"
+        if _sha256(found[name]) != digest:
+            return f"{name} does not match its checksum"
+    extra = sorted(set(found) - set(expected))
+    return f"unexpected file {extra[0]}" if extra else None
 
 
 class Checkpointer:
-    """orbax checkpoints of the train state plus host-side state (JSON): `latest` every epoch, `best` on a new
-    best test accuracy, one of each kept. orbax writes to a temporary directory and renames: atomic."""
+    """The run's checkpoints in `workdir`; damaged steps found on opening are set aside (see `damaged`)."""
 
     def __init__(self, workdir: str | os.PathLike):
         import orbax.checkpoint as ocp
 
         self.ocp, self.workdir = ocp, workdir
-        root = Path(workdir).absolute()
+        self.root = Path(workdir).absolute()
         try:
-            root.mkdir(parents=True, exist_ok=True)
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / ".write-test"
+            probe.write_bytes(b"")
+            probe.unlink()
         except OSError as e:
-            raise UsageError(f"cannot create --workdir {root}: {e.strerror}") from None
-        options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True, enable_async_checkpointing=False)
-        self.latest = ocp.CheckpointManager(root / "latest", options=options)
-        self.best = ocp.CheckpointManager(root / "best", options=options)
+            raise UsageError(f"cannot write to --workdir {workdir}: {e.strerror}") from None
+        self.damaged = [note for kind in ("latest", "best") for note in self._set_aside_damaged(kind)]
+
+        def manager(kind, keep):
+            options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
+            return ocp.CheckpointManager(self.root / kind, options=options)
+
+        self.latest, self.best = manager("latest", KEEP_LATEST), manager("best", 1)
         self.best_acc = self._best_so_far()
+
+    def _set_aside_damaged(self, kind: str) -> list[str]:
+        """Moves every damaged step of WORKDIR/<kind> to WORKDIR/damaged/; one line per step moved."""
+        notes = []
+        steps = self.root / kind
+        for step_dir in sorted(steps.iterdir() if steps.is_dir() else (), key=lambda p: p.name):
+            if not (step_dir.is_dir() and step_dir.name.isdigit()):
+                continue
+            problem = damage(step_dir)
+            if problem is None:
+                continue
+            aside = self.root / "damaged" / f"{kind}-{step_dir.name}-{int(time.time())}"
+            aside.parent.mkdir(exist_ok=True)
+            os.replace(step_dir, aside)
+            notes.append(f"checkpoint {step_dir} is damaged ({problem}); moved to {aside}")
+        return notes
 
     def _best_so_far(self) -> float:
         step = self.best.latest_step()
@@ -34,18 +106,27 @@ class Checkpointer:
         meta = self.best.restore(step, args=self.ocp.args.Composite(meta=self.ocp.args.JsonRestore()))["meta"]
         return meta["test_acc"]
 
-    def _args(self, state, meta):
+    def _save(self, manager, epoch: int, state, meta: dict) -> None:
         arrays = {k: v for k, v in state.__dict__.items() if k not in ("apply_fn", "tx")}
-        return self.ocp.args.Composite(state=self.ocp.args.StandardSave(arrays), meta=self.ocp.args.JsonSave(meta))
+        args = self.ocp.args.Composite(state=self.ocp.args.StandardSave(arrays), meta=self.ocp.args.JsonSave(meta))
+        manager.save(epoch, args=args)
+        write_manifest(Path(manager.directory) / str(epoch))
 
     def save(self, state: engine.TrainState, epoch: int, test_acc: float, meta: dict) -> None:
+        """`latest` every epoch, `best` on a new best test accuracy; a Ctrl-C or SIGTERM waits until both are
+        written."""
         meta = {**meta, "test_acc": test_acc}
-        self.latest.save(epoch, args=self._args(state, meta))
-        if test_acc > self.best_acc:
-            self.best.save(epoch, args=self._args(state, meta))
-            self.best_acc = test_acc
+        with cli.deferred_signals():
+            self._save(self.latest, epoch, state, meta)
+            if test_acc > self.best_acc:
+                self._save(self.best, epoch, state, meta)
+                self.best_acc = test_acc
+
+    def latest_epoch(self) -> int | None:
+        return self.latest.latest_step()
 
     def restore_latest(self, like: engine.TrainState):
+        """(state, meta) of the newest intact step, or None when there is none."""
         step = self.latest.latest_step()
         if step is None:
             return None

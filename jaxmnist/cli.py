@@ -5,13 +5,18 @@
 
 `ArgumentParser` turns argparse's own errors (unknown flag, bad type) into `UsageError`, so they read like
 every other usage error instead of a usage dump; `run` maps UsageError (and the command's `user_errors`) to
-exit 2 and Ctrl-C to exit 130, with an optional hint (`Interrupted`).
+exit 2, a `RunError` (a run that cannot go on: divergence, no intact checkpoint) to exit 1, Ctrl-C to exit 130
+and SIGTERM (a scheduler's pre-emption, once `stop_on_sigterm` is called) to exit 143, with an optional hint
+(`Interrupted`). `deferred_signals` keeps both out of a block that must not be cut (a checkpoint save).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+import threading
 from typing import Callable
 
 
@@ -19,8 +24,58 @@ class UsageError(Exception):
     """Bad input from the user: printed as one line, exit code 2."""
 
 
+class RunError(Exception):
+    """A run that cannot go on (it diverged, no intact checkpoint is left): one line, exit code 1."""
+
+
+class Terminated(Exception):
+    """SIGTERM arrived (after `stop_on_sigterm`): the command stops as on Ctrl-C."""
+
+
 class Interrupted(Exception):
-    """A Ctrl-C the command caught to add a hint (e.g. how to resume): printed after 'interrupted; '."""
+    """A Ctrl-C or SIGTERM the command caught to add a hint (e.g. how to resume): printed after 'interrupted; '
+    or 'terminated; '."""
+
+    def __init__(self, hint: str, terminated: bool = False):
+        super().__init__(hint)
+        self.terminated = terminated
+
+
+_deferral = {"active": False, "pending": None}
+
+
+def _on_sigterm(signum, frame):
+    if _deferral["active"]:
+        _deferral["pending"] = _deferral["pending"] or Terminated
+    else:
+        raise Terminated
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM raises Terminated in the main thread, so a pre-empted run stops like a Ctrl-C'd one."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+@contextlib.contextmanager
+def deferred_signals():
+    """Ctrl-C and SIGTERM wait until the block is done (then raise as usual): a checkpoint is written whole."""
+
+    def on_sigint(signum, frame):
+        _deferral["pending"] = _deferral["pending"] or KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    _deferral.update(active=True, pending=None)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        pending = _deferral["pending"]
+        _deferral.update(active=False, pending=None)
+        if pending is not None:
+            raise pending
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -45,9 +100,15 @@ def run(body: Callable[[], int | None], *, user_errors: tuple[type[Exception], .
     except (UsageError, *user_errors) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except RunError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except Interrupted as e:
-        print(f"interrupted; {e}", file=sys.stderr)
-        return 130
+        print(f"{'terminated' if e.terminated else 'interrupted'}; {e}", file=sys.stderr)
+        return 143 if e.terminated else 130
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

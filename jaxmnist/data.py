@@ -65,6 +65,7 @@ class DatasetSpec:
     files: dict[str, IdxFile]  # keys: train_images, train_labels, test_images, test_labels
     mirrors: tuple[str, ...]
     tfds_name: str
+    num_classes: int = 10  # labels 0..num_classes-1
 
 
 _MNIST_MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/")
@@ -286,7 +287,7 @@ def _download(url: str, progress: bool) -> bytes:
             unit="B",
             unit_scale=True,
             desc=url.rsplit("/", 1)[-1],
-            disable=not progress,
+            disable=not (progress and sys.stderr.isatty()),  # a bar only on a terminal, never in a log file
             file=sys.stderr,
             leave=False,
         ) as bar:
@@ -475,8 +476,12 @@ def load(
     sources: list[tuple[str, Callable[[], Fetched]]] = []
     if data_dir is not None:
         directory = Path(data_dir).expanduser()
-        if not directory.is_dir():
+        if not directory.exists():
             raise DataError(f"data directory {directory} does not exist")
+        if not directory.is_dir():
+            raise DataError(f"data directory {directory} is not a directory")
+        if not os.access(directory, os.R_OK | os.X_OK):
+            raise DataError(f"data directory {directory} is not readable")
         sources.append((f"directory {directory}", lambda: from_directory(directory, spec)))
     sources.append((f"cache {cache}", lambda: from_cache(cache, spec, log)))
     if network:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 
 import numpy as np
 
@@ -99,6 +100,16 @@ def validate(config: Config) -> None:
         raise UsageError(f"unknown model {config.model!r}; choose from {', '.join(NETWORKS)}")
     if config.optimizer not in OPTIMIZERS:
         raise UsageError(f"unknown optimizer {config.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
+    for f in dataclasses.fields(Config):
+        value = getattr(config, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UsageError(f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
+    classes = DATASETS[config.dataset].num_classes if config.dataset in DATASETS else None
+    if config.num_classes is not None and classes is not None and config.num_classes < classes:
+        raise UsageError(
+            f"--num-classes {config.num_classes} is smaller than {config.dataset}'s {classes} classes "
+            f"(labels 0-{classes - 1})"
+        )
     for name in ("lr", "batch_size", "epochs", "eval_batch_size"):
         if not getattr(config, name) > 0:
             raise UsageError(f"--{name.replace('_', '-')} must be > 0, got {getattr(config, name)}")

@@ -14,6 +14,7 @@ import math
 import os
 import platform
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +38,14 @@ def average_line(seconds: float) -> str:
 
 
 def epoch_bar(epoch: int, epochs: int, steps: int, enabled: bool):
-    """The per-epoch progress bar both trainers show on stderr (steps, cleared when the epoch ends)."""
-    import sys
-
+    """The per-epoch progress bar both trainers show on stderr (steps, cleared when the epoch ends). Drawn only on
+    a terminal: redirected to a file (nohup, a batch scheduler) the output stays plain lines, with no carriage
+    returns before the blog's `[k]: xx.xx %` lines."""
     from tqdm import tqdm
 
+    on = enabled and sys.stderr.isatty()
     return tqdm(
-        total=steps, desc=f"epoch {epoch + 1}/{epochs}", leave=False, file=sys.stderr, disable=not enabled, unit="step"
+        total=steps, desc=f"epoch {epoch + 1}/{epochs}", leave=False, file=sys.stderr, disable=not on, unit="step"
     )
 
 
@@ -226,7 +228,7 @@ class Report:
         return cls(out, RunLog(logdir, **run) if logdir else None)
 
     def say(self, line: str) -> None:
-        print(line, file=self.out, flush=True)
+        print(line, file=self.out or sys.stdout, flush=True)  # None: stdout as it is now (capture, redirection)
 
     def preamble(
         self,

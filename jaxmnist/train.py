@@ -129,21 +129,36 @@ def compile_evaluation(config: Config, state, data: DeviceData) -> Evaluation:
     )
 
 
+class Diverged(Exception):
+    """The loss or the state stopped being finite in epoch `epoch` (from 0), at step `step` of it (from 1)."""
+
+    def __init__(self, epoch: int, step: int, loss: float):
+        what = f"loss {loss}" if not np.isfinite(loss) else f"loss {loss:.3g}, then non-finite parameters"
+        super().__init__(f"training diverged in epoch {epoch + 1} at step {step} ({what})")
+        self.epoch, self.step = epoch, step
+
+
 def train_epoch(training: Training, state, train, epoch: int, mode: bool, bar=None):
     """One epoch of chunks; returns (state, per-batch accuracy, per-batch loss) as host arrays. The host waits on
-    a chunk's metrics only once the next chunk is queued."""
-    metrics, pending = [], None
+    a chunk's metrics only once the next chunk is queued, and checks them then: a non-finite loss or state
+    raises Diverged at the end of the chunk where it appeared."""
+    metrics, pending, done = [], None, 0
     for idx in training.indices(jnp.int32(epoch)):
         state, m = training.chunks[mode, idx.shape[0]](state, *train, idx)
         if pending is not None:
-            metrics.append(_fetch(pending, bar))
+            metrics.append(_fetch(pending, bar, epoch, done))
+            done += len(metrics[-1]["loss"])
         pending = m
-    metrics.append(_fetch(pending, bar))
+    metrics.append(_fetch(pending, bar, epoch, done))
     return state, np.concatenate([m["accuracy"] for m in metrics]), np.concatenate([m["loss"] for m in metrics])
 
 
-def _fetch(metrics, bar):
+def _fetch(metrics, bar, epoch: int, done: int):
     metrics = jax.device_get(metrics)
+    bad = np.flatnonzero(~np.isfinite(metrics["loss"]))
+    if len(bad) or not metrics["finite"]:
+        step = int(bad[0]) if len(bad) else len(metrics["loss"]) - 1
+        raise Diverged(epoch, done + step + 1, float(metrics["loss"][step]))
     if bar is not None:
         bar.update(len(metrics["loss"]))
     return metrics
@@ -182,23 +197,49 @@ class RecompileWatch:
 
 
 # ------------------------------------------------------------------------------------- checkpoints
+# What a resumed run may change: a lower learning rate after a divergence, more epochs.
+RESUMABLE_CHANGES = ("lr", "epochs")
+
+
 def resume_from(ckpt: Checkpointer, state, config: Config, plateau, report: runlog.Report):
-    """(state, epochs done) from the latest checkpoint, with the plateau rule and the run log restored;
-    (state, 0) when there is none. A checkpoint made with other settings is a usage error."""
+    """(state, epochs done) from the newest intact checkpoint, with the plateau rule and the run log restored;
+    (state, 0) when there is none. Other settings than RESUMABLE_CHANGES are a usage error; with a new --lr,
+    training continues at it."""
     restored = ckpt.restore_latest(state)
     if restored is None:
+        if ckpt.damaged:
+            raise cli.RunError(f"no intact checkpoint is left in {ckpt.workdir}; remove it to start over")
         report.say(f"no checkpoint in {ckpt.workdir}: starting from scratch")
         return state, 0
     state, meta = restored
     current = dataclasses.asdict(config)
     changed = sorted(k for k in meta["config"].keys() | current.keys() if meta["config"].get(k) != current.get(k))
-    if changed:
+    if set(changed) - set(RESUMABLE_CHANGES):
         raise UsageError(f"checkpoint in {ckpt.workdir} was made with different settings: {', '.join(changed)}")
     plateau.load_state_dict(meta["plateau"])
     if report.log and meta.get("record"):
         report.log.record = meta["record"]
     report.say(f"resumed from {ckpt.workdir} after epoch {meta['epoch']}")
+    if "lr" in changed:
+        report.say(f"learning rate {meta['config']['lr']:g} -> {config.lr:g} (--lr)")
+        plateau.lr = config.lr
+        state = state.replace(lr=jnp.asarray(config.lr, jnp.float32))
     return state, meta["epoch"]
+
+
+def diverged_error(e: Diverged, ckpt: Checkpointer | None, workdir) -> cli.RunError:
+    """The one line a divergence ends the run with: where, the last good checkpoint, what to try."""
+    last = ckpt.latest_epoch() if ckpt else None
+    if last:
+        where = (
+            f"the last good checkpoint is epoch {last} in {workdir}: "
+            f"continue from it with --resume --workdir {workdir} and a lower --lr"
+        )
+    elif ckpt:
+        where = f"no epoch was checkpointed yet in {workdir}; start again with a lower --lr"
+    else:
+        where = "no checkpoint was kept (--workdir keeps one per epoch); start again with a lower --lr"
+    return cli.RunError(f"{e}; {where}")
 
 
 def save(ckpt: Checkpointer, state, config: Config, epoch: int, test_acc: float, plateau, report) -> None:
@@ -253,7 +294,7 @@ def train_and_evaluate(
     unroll: bool | None = None,
     progress: bool = True,
     stop_after_epoch: int | None = None,
-    out=sys.stdout,
+    out=None,
 ) -> Result:
     """Trains `config`, evaluating after every epoch; prints the blog's lines; returns the final state and the
     run record. An epoch runs as the chunks of `engine.chunk_bounds` (`chunk_steps`, `unroll`: default 8
@@ -276,6 +317,8 @@ def train_and_evaluate(
         out, logdir, framework="jax", preset=preset, config=config, device=device_name(), n_train=data.n_train
     )
     ckpt = Checkpointer(workdir) if workdir else None
+    for note in ckpt.damaged if ckpt else ():
+        report.say(note)
     state, first_epoch = resume_from(ckpt, state, config, plateau, report) if resume else (state, 0)
 
     # Compile everything up front, then say what will run.
@@ -292,7 +335,10 @@ def train_and_evaluate(
         t_start = time.perf_counter()
         with runlog.epoch_bar(epoch, config.epochs, steps, progress) as bar:
             mode = not trains_in_eval_mode(config, epoch)
-            state, batch_acc, batch_loss = train_epoch(training, state, data.train, epoch, mode, bar)
+            try:
+                state, batch_acc, batch_loss = train_epoch(training, state, data.train, epoch, mode, bar)
+            except Diverged as e:  # nothing of this epoch is saved: latest and best stay the last good ones
+                raise diverged_error(e, ckpt, workdir) from None
         test, val = evaluation(state, data, epoch)
         epoch_times.append(time.perf_counter() - t_start)
         lr = float(state.lr)
@@ -334,6 +380,7 @@ def build_parser() -> cli.ArgumentParser:
 def _main(argv: list[str] | None) -> None:
     args = build_parser().parse_args(argv)
     preset, config = config_from_args(args)
+    cli.stop_on_sigterm()
     try:
         train_and_evaluate(
             config,
@@ -344,10 +391,11 @@ def _main(argv: list[str] | None) -> None:
             resume=args.resume,
             progress=not args.no_progress,
         )
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, cli.Terminated) as e:
         if not args.workdir:
             raise
-        raise cli.Interrupted(f"continue with --resume --workdir {args.workdir}") from None
+        hint = f"continue with --resume --workdir {args.workdir}"
+        raise cli.Interrupted(hint, terminated=isinstance(e, cli.Terminated)) from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -185,7 +185,7 @@ def train_and_evaluate(
     num_workers: int = 0,
     progress: bool = True,
     data_dir: str | None = None,
-    out=sys.stdout,
+    out=None,
 ) -> dict:
     """Trains `config` with torch and evaluates after every epoch; prints the blog's lines; returns the run
     record: with a logdir, metrics.json's (final and best accuracy, per-epoch metrics), else the timing only."""
@@ -243,6 +243,12 @@ def train_and_evaluate(
             model.train()
         with runlog.epoch_bar(epoch, config.epochs, steps, progress) as bar:
             acc, loss = train_epoch(model, config.model, itertools.islice(train_loader, steps), optimizer, device, bar)
+        if not (np.isfinite(loss).all() and all(torch.isfinite(p).all() for p in model.parameters())):
+            bad = np.flatnonzero(~np.isfinite(loss))
+            step = int(bad[0]) + 1 if len(bad) else len(loss)
+            raise cli.RunError(
+                f"training diverged in epoch {epoch + 1} at step {step} (loss {loss[step - 1]}); try a lower --lr"
+            )
         test = evaluate(model, config.model, test_loader, device, quirk4)
         val_m = evaluate(model, config.model, val_loader, device, quirk4) if val_loader is not None else None
         epoch_times.append(time.perf_counter() - t_start)  # evaluate() synchronised the device
@@ -281,6 +287,7 @@ def build_parser() -> cli.ArgumentParser:
 def _main(argv: list[str] | None) -> None:
     args = build_parser().parse_args(argv)
     preset, config = config_from_args(args)
+    cli.stop_on_sigterm()
     train_and_evaluate(
         config,
         preset=preset,
