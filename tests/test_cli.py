@@ -1,5 +1,9 @@
 """jaxmnist.cli: every command's errors are one line and an exit code, never a traceback."""
 
+import os
+import signal
+import time
+
 import pytest
 
 from jaxmnist import cli
@@ -44,3 +48,34 @@ def test_argparse_errors_become_one_line(capsys):
     assert cli.run(lambda: parser.parse_args(["--m"]) and None) == 2
     lines = capsys.readouterr().err.splitlines()
     assert lines == ["error: argument --n: invalid int value: 'x'", "error: unrecognized arguments: --m"]
+
+
+def test_run_error_exits_1_and_sigterm_143(capsys):
+    assert cli.run(raising(cli.RunError("training diverged"))) == 1
+    assert cli.run(raising(cli.Terminated())) == 143
+    assert cli.run(raising(cli.Interrupted("continue with --resume", terminated=True))) == 143
+    assert capsys.readouterr().err.splitlines() == [
+        "error: training diverged",
+        "terminated",
+        "terminated; continue with --resume",
+    ]
+
+
+@pytest.mark.parametrize("signum, raised", [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, cli.Terminated)])
+def test_signals_wait_for_a_deferred_block(signum, raised):
+    cli.stop_on_sigterm()
+    previous_term = signal.getsignal(signal.SIGTERM)
+    done = []
+    try:
+        with pytest.raises(raised):
+            with cli.deferred_signals():
+                os.kill(os.getpid(), signum)
+                time.sleep(0.05)  # the signal is handled here, inside the block: it must wait
+                done.append("block finished")
+        assert done == ["block finished"]
+        with pytest.raises(raised):  # outside a deferred block it stops the command at once
+            os.kill(os.getpid(), signum)
+            time.sleep(0.05)
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    assert previous_term is not signal.SIG_DFL

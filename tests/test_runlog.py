@@ -72,3 +72,16 @@ def test_unwritable_logdir_is_a_usage_error(tmp_path):
     with pytest.raises(UsageError, match="cannot write to --logdir"):
         runlog.RunLog(tmp_path / "file" / "sub", framework="jax", preset=None, config=PRESETS["cnn_tb"],
                       device="cpu", n_train=10)  # fmt: skip
+
+
+def test_progress_bar_only_on_a_terminal(monkeypatch):
+    """Redirected to a file, stderr gets no bar (no carriage returns in a log); on a terminal it does."""
+    import sys
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
+    assert runlog.epoch_bar(0, 3, 10, enabled=True).disable
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    bar = runlog.epoch_bar(0, 3, 10, enabled=True)
+    assert not bar.disable
+    bar.close()
+    assert runlog.epoch_bar(0, 3, 10, enabled=False).disable  # --no-progress

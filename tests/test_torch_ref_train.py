@@ -268,3 +268,10 @@ def test_cli_writes_jaxmnists_metrics_format(tmp_path, mnist):
     assert len(torch_record["batches"]["acc"]) == 3
     assert (tmp_path / "torch" / "curves.png").exists()
     assert list((tmp_path / "torch").glob("events.out.tfevents.*"))
+
+
+def test_cli_divergence_is_one_line_exit_1(capsys, tmp_path, mnist):
+    argv = ["--model", "cnn", "--lr", "1e6", "--train-size", "2048", "--max-steps", "8", "--epochs", "1"]
+    assert torch_train.main(argv + ["--logdir", str(tmp_path), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: training diverged in epoch 1 at step ") and err.count("\n") == 1, err

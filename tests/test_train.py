@@ -37,8 +37,8 @@ def test_resume_equals_uninterrupted_run_bitwise(mnist, tmp_path):
 
     assert accuracies(full) == accuracies(resumed)  # the resumed log continues the cut one
     assert (tmp_path / "cut" / "best").is_dir() and (tmp_path / "cut" / "latest").is_dir()
-    with pytest.raises(train.UsageError, match="different settings: lr"):  # a checkpoint is resumed as it was made
-        train.train_and_evaluate(config.replace(lr=0.5), workdir=tmp_path / "cut", resume=True, **run)
+    with pytest.raises(train.UsageError, match="different settings: momentum"):  # resumed as it was made
+        train.train_and_evaluate(config.replace(momentum=0.9), workdir=tmp_path / "cut", resume=True, **run)
 
 
 def test_no_recompilation_after_first_epoch(mnist, tmp_path):
@@ -55,10 +55,10 @@ def test_no_recompilation_after_first_epoch(mnist, tmp_path):
     assert result.record["recompiles_after_first_epoch"] == 0
     # The printed lines, in order; a learning-rate line only where the rate changed (after epochs 2 and 3).
     lines = out.getvalue().splitlines()
-    starts = ["device: ", "cnn, batch 64, SGD lr 0.02", "train: 512 images, 8 steps", "ReduceLROnPlateau monitors the validation",
-              "compile: ", "Accuracy on test set(epoch=3):", "[1]: ", "[2]: ", "    learning rate 0.02 -> 0.01",
-              "[3]: ", "    learning rate 0.01 -> 0.005", "Average time per epoch: ", "final: ",
-              "recompilations after the first epoch: 0"]  # fmt: skip
+    starts = ["device: ", "cnn, batch 64, SGD lr 0.02", "train: 512 images, 8 steps",
+              "ReduceLROnPlateau monitors the validation", "compile: ", "Accuracy on test set(epoch=3):",
+              "[1]: ", "[2]: ", "    learning rate 0.02 -> 0.01", "[3]: ", "    learning rate 0.01 -> 0.005",
+              "Average time per epoch: ", "final: ", "recompilations after the first epoch: 0"]  # fmt: skip
     assert len(lines) == len(starts) and all(line.startswith(s) for line, s in zip(lines, starts)), lines
 
 
@@ -99,37 +99,6 @@ def test_event_file_tags_and_points(mnist, tmp_path):
     assert record["final_acc"] == pytest.approx(scalars["acc_test/epoch"][-1][1], abs=1e-4)
     assert (tmp_path / "curves.png").stat().st_size > 1000
     assert list(tmp_path.glob("**/events.out.tfevents.*"))  # hparams sub-run written too
-
-
-@pytest.mark.parametrize(
-    "argv, message",
-    [
-        (["--model", "vgg"], "unknown model"),
-        (["--preset", "nope"], "unknown preset"),
-        (["--lr", "0"], "--lr must be > 0"),
-        (["--lr", "-1"], "--lr must be > 0"),
-        (["--batch-size", "0"], "--batch-size must be > 0"),
-        (["--epochs", "0"], "--epochs must be > 0"),
-        (["--data-dir", "/nonexistent/mnist"], "does not exist"),
-        (["--optimizer", "adam"], "unknown optimizer"),
-        (["--resume"], "--resume needs --workdir"),
-        (["--epochs", "x"], "invalid int value"),
-        (["--no-such-flag"], "unrecognized arguments"),
-    ],
-)
-def test_cli_bad_input_one_line_error(argv, message, capsys, tmp_path):
-    code = train.main(argv + ["--logdir", str(tmp_path / "log"), "--no-progress"])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2
-    assert len(err) == 1 and err[0].startswith("error:") and message in err[0], err
-
-
-def test_cli_unwritable_logdir(capsys, tmp_path):
-    blocker = tmp_path / "file"
-    blocker.write_text("")
-    code = train.main(["--logdir", str(blocker / "sub"), "--no-progress"])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "--logdir" in err[0], err
 
 
 # The real-data check (cnn, one epoch, >= 97.5 %) is tests/test_torch_ref_train.py::test_one_epoch_accuracy_matches_jax,

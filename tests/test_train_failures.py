@@ -1,0 +1,194 @@
+"""jaxmnist.train when things go wrong: bad input of every kind, divergence, damaged checkpoints, kills.
+
+Each bad input must end with one line on stderr (no traceback), a non-zero exit code and no half-written file.
+This file tests jaxmnist/train.py's failure paths; the happy paths are tests/test_train.py's.
+"""
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from jaxmnist import data as data_lib
+from jaxmnist import engine, train
+from jaxmnist.checkpoint import Checkpointer
+from jaxmnist.presets import PRESETS
+
+QUICK = ["--model", "cnn", "--train-size", "1024", "--max-steps", "2", "--epochs", "1", "--no-progress"]
+
+
+def leftovers(root: Path) -> list[str]:
+    """Half-written files: temporaries of atomic writes, write probes, orbax's unfinished steps."""
+    return [str(p) for p in root.rglob("*") if p.name.endswith(".tmp") or ".write-test" in p.name or "tmp" in p.name]
+
+
+def run_cli(argv, capsys, tmp_path):
+    code = train.main([*argv, "--logdir", str(tmp_path / "log")] if "--logdir" not in argv else argv)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return code, err.strip().splitlines()
+
+
+def garbage_dir(tmp_path, **_):
+    directory = tmp_path / "junk"
+    directory.mkdir()
+    for f in data_lib.DATASETS["mnist"].files.values():
+        (directory / f.name).write_bytes(b"\x00\x00\x08\x03" + os.urandom(64))
+    return ["--data-dir", str(directory)]
+
+
+def a_file(tmp_path, **_):
+    (tmp_path / "plain").write_text("")
+    return tmp_path / "plain"
+
+
+# (argv, or a function of tmp_path making it; the message expected in the one line). No real MNIST needed.
+OFFLINE = [
+    (["--lr", "inf"], "--lr must be a finite number, got inf"),
+    (["--lr", "nan"], "--lr must be a finite number, got nan"),
+    (["--lr", "-1"], "--lr must be > 0"),
+    (["--lr", "0"], "--lr must be > 0"),
+    (["--momentum", "nan"], "--momentum must be a finite number"),
+    (["--momentum", "1.5"], "--momentum must be in [0, 1)"),
+    (["--epochs", "0"], "--epochs must be > 0"),
+    (["--epochs", "x"], "argument --epochs: invalid int value: 'x'"),
+    (["--batch-size", "0"], "--batch-size must be > 0"),
+    (["--eval-batch-size", "-3"], "--eval-batch-size must be > 0"),
+    (["--train-size", "-5"], "--train-size must be >= 0"),
+    (["--num-classes", "5"], "--num-classes 5 is smaller than mnist's 10 classes"),
+    (["--model", "vgg"], "unknown model 'vgg'"),
+    (["--preset", "nope"], "unknown preset 'nope'"),
+    (["--optimizer", "adam"], "unknown optimizer 'adam'"),
+    (["--dataset", "cifar10"], "argument --dataset: invalid choice"),
+    (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    (["--resume"], "--resume needs --workdir"),
+    (["--data-dir", "/nonexistent/mnist"], "data directory /nonexistent/mnist does not exist"),
+    (lambda tmp_path: ["--data-dir", str(a_file(tmp_path))], "is not a directory"),
+    (garbage_dir, "train-images-idx3-ubyte: md5"),
+    (lambda tmp_path: ["--logdir", str(a_file(tmp_path) / "sub")], "cannot write to --logdir"),
+    (lambda tmp_path: ["--workdir", str(a_file(tmp_path) / "sub"), "--data-dir", "/nonexistent"], "does not exist"),
+]
+
+
+@pytest.mark.parametrize("argv, message", OFFLINE, ids=[str(i) for i in range(len(OFFLINE))])
+def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path):
+    argv = argv(tmp_path) if callable(argv) else argv
+    code, err = run_cli([*QUICK, *argv], capsys, tmp_path)  # the case after QUICK: its flags win
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    assert not leftovers(tmp_path)
+
+
+def spoiled_copy(mnist, tmp_path, spoil):
+    directory = tmp_path / "data"
+    data_lib.export(mnist, directory)
+    raw = directory / "MNIST" / "raw"
+    spoil(raw / "t10k-labels-idx1-ubyte")
+    return ["--data-dir", str(directory)]
+
+
+def flip(path):
+    b = bytearray(path.read_bytes())
+    b[100] ^= 1
+    path.write_bytes(bytes(b))
+
+
+def checkpoint_of(tmp_path, config, spoil=None):
+    """A workdir holding one checkpoint of `config` (epoch 1), optionally spoiled."""
+    ckpt = Checkpointer(tmp_path / "w")
+    state = engine.create_state(config, jax.random.PRNGKey(0))
+    ckpt.save(state, 1, 50.0, meta={"config": dataclasses.asdict(config), "epoch": 1, "plateau": {}, "record": None})
+    ckpt.close()
+    if spoil:
+        for path in (tmp_path / "w" / "latest").rglob("*"):
+            if path.is_file():
+                path.write_bytes(b"")  # truncated to 0 bytes, as a full disk leaves them
+    return ["--workdir", str(tmp_path / "w"), "--resume"]
+
+
+QUICK_CONFIG = PRESETS["cnn_tb"].replace(train_size=1024, max_steps=2, epochs=1)
+REAL = [
+    (lambda mnist, tmp_path: spoiled_copy(mnist, tmp_path, flip), 2, "t10k-labels-idx1-ubyte: md5"),
+    (lambda mnist, tmp_path: spoiled_copy(mnist, tmp_path, lambda p: p.write_bytes(p.read_bytes()[:-7])), 2,
+     "t10k-labels-idx1-ubyte"),
+    (lambda mnist, tmp_path: ["--val-size", "1024"], 2, "--val-size 1024 leaves no training images"),
+    (lambda mnist, tmp_path: ["--batch-size", "2048"], 2, "--batch-size 2048 exceeds the 1024 training images"),
+    (lambda mnist, tmp_path: checkpoint_of(tmp_path, QUICK_CONFIG.replace(momentum=0.9)), 2,
+     "was made with different settings: momentum"),
+    (lambda mnist, tmp_path: checkpoint_of(tmp_path, QUICK_CONFIG, spoil=True), 1, "no intact checkpoint is left"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("make, code, message", REAL, ids=[str(i) for i in range(len(REAL))])
+def test_bad_data_and_checkpoints_are_one_line(make, code, message, mnist, capsys, tmp_path):
+    got, err = run_cli([*QUICK, *make(mnist, tmp_path)], capsys, tmp_path)
+    assert got == code and err[-1].startswith("error: ") and message in err[-1], err
+    assert all(line.startswith(("error: ", "[data] ")) for line in err), err  # progress notes, then the error
+    assert not leftovers(tmp_path)
+
+
+def test_divergence_stops_the_run_and_resume_with_a_lower_lr_works(mnist, capsys, tmp_path):
+    """Two good epochs, then a resumed run at --lr 1e6 diverges in epoch 3: exit 1, one line naming the epoch,
+    the step and the last good checkpoint; nothing of the bad epoch is saved; --resume at the old rate finishes."""
+    flags = ["--model", "cnn", "--train-size", "2048", "--max-steps", "4", "--no-progress"]
+    flags += ["--workdir", str(tmp_path / "w"), "--logdir", str(tmp_path / "log")]
+    assert train.main([*flags, "--epochs", "2"]) == 0
+    capsys.readouterr()
+    assert train.main([*flags, "--epochs", "3", "--lr", "1e6", "--resume"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: training diverged in epoch 3 at step "), err
+    assert f"the last good checkpoint is epoch 2 in {tmp_path / 'w'}" in err[0] and "lower --lr" in err[0]
+    assert sorted(p.name for p in (tmp_path / "w" / "latest").iterdir()) == ["1", "2"]
+    assert train.main([*flags, "--epochs", "3", "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "resumed from" in out and "after epoch 2" in out and "[3]: " in out
+
+
+def trained_params(workdir: Path, epochs: int):
+    ckpt = Checkpointer(workdir)
+    state, meta = ckpt.restore_latest(engine.create_state(QUICK_CONFIG, jax.random.PRNGKey(0)))
+    assert meta["epoch"] == epochs
+    return jax.tree.leaves((state.params, state.batch_stats, state.opt_state))
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_equals_an_uninterrupted_run(mnist, tmp_path):
+    """SIGKILL at random moments of a run (compiling, mid-epoch, while saving), then --resume until it finishes:
+    the final parameters equal an uninterrupted run's bit for bit, and any checkpoint that the kill left half
+    written is reported and set aside. Each run is a process of its own, on real MNIST (4 epochs of 4 steps)."""
+    flags = [sys.executable, "-m", "jaxmnist.train", "--model", "cnn", "--train-size", "2048", "--max-steps", "4",
+             "--epochs", "4", "--eval-batch-size", "2000", "--no-progress"]  # fmt: skip
+
+    def run(workdir, *extra, kill_after=None):
+        cmd = [*flags, "--workdir", str(workdir), "--logdir", str(workdir / "log"), *extra]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if kill_after is not None:
+            time.sleep(kill_after)
+            proc.send_signal(signal.SIGKILL)
+        out, err = proc.communicate(timeout=300)
+        return proc.returncode, out, err
+
+    code, _, err = run(tmp_path / "whole")
+    assert code == 0, err
+    expected = trained_params(tmp_path / "whole", 4)
+    rng, killed = np.random.default_rng(11), 0
+    for trial in range(2):  # a run takes ~10 s here: compile ~5 s, then 4 epochs with a checkpoint after each
+        workdir = tmp_path / f"killed{trial}"
+        code, _, _ = run(workdir, kill_after=float(rng.uniform(4.0, 12.0)))
+        assert code in (0, -signal.SIGKILL)
+        killed += code == -signal.SIGKILL
+        code, out, err = run(workdir, "--resume")
+        assert code == 0, err
+        assert ("resumed from" in out) or ("starting from scratch" in out), out
+        for line in out.splitlines():  # a step the kill cut short is named and set aside, never used
+            if "is damaged" in line:
+                assert line.startswith(f"checkpoint {workdir}/latest/") and f"moved to {workdir}/damaged/" in line
+        for a, b in zip(expected, trained_params(workdir, 4)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert killed >= 1  # at least one kill landed inside a run
