@@ -1,4 +1,4 @@
-"""Flax mirrors of the blog's five networks, numerically interchangeable with PyTorch.
+"""Flax mirrors of the blog's five networks and the `fast` preset's, numerically interchangeable with PyTorch.
 
 Every layer reproduces its PyTorch counterpart: initialisation (in distribution), padding, BatchNorm
 running statistics, and the C,H,W order of Flatten. Module names follow the PyTorch attribute names,
@@ -43,6 +43,10 @@ def torch_default_bias_init(fan_in: int) -> Callable:
 
 # On CPU, a convolution whose output is at most this many pixels runs as a matmul (`conv2d`); None: never.
 SMALL_CONV_PIXELS_CPU: int | None = 4
+# On CPU, a convolution of a single-channel input (every network's first layer but torchvision's) runs as a matmul:
+# XLA:CPU's weight gradient of a 1-channel convolution is its slow path, 2-5x slower than im2col and a GEMM
+# (benchmarks/README.md, "Per-layer costs").
+SINGLE_CHANNEL_AS_MATMUL_CPU: bool = True
 
 
 def conv_as_matmul(x, kernel, stride: int, padding: int):
@@ -65,10 +69,12 @@ def conv_as_matmul(x, kernel, stride: int, padding: int):
 
 
 def conv2d(x, kernel, stride: int, padding: int):
-    """torch's Conv2d on NHWC x HWIO: XLA's convolution, or on CPU for tiny outputs `conv_as_matmul`."""
-    kh, kw = kernel.shape[:2]
+    """torch's Conv2d on NHWC x HWIO: XLA's convolution, or on CPU `conv_as_matmul` for tiny outputs and for
+    single-channel inputs."""
+    kh, kw, in_channels = kernel.shape[:3]
     out_pixels = ((x.shape[1] + 2 * padding - kh) // stride + 1) * ((x.shape[2] + 2 * padding - kw) // stride + 1)
-    if SMALL_CONV_PIXELS_CPU is not None and out_pixels <= SMALL_CONV_PIXELS_CPU and jax.default_backend() == 'cpu':
+    tiny = SMALL_CONV_PIXELS_CPU is not None and out_pixels <= SMALL_CONV_PIXELS_CPU
+    if (tiny or SINGLE_CHANNEL_AS_MATMUL_CPU and in_channels == 1) and jax.default_backend() == 'cpu':
         return conv_as_matmul(x, kernel, stride, padding)
     return jax.lax.conv_general_dilated(
         x,
@@ -165,15 +171,17 @@ def _max_pool_2x2_fwd(x):
     _, h, w, _ = x.shape
     x = x[:, : h - h % 2, : w - w % 2]  # torch's floor mode drops an odd last row/column
     quads = (x[:, 0::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 0::2], x[:, 1::2, 1::2])  # torch's scan order
-    m = jnp.maximum(jnp.maximum(quads[0], quads[1]), jnp.maximum(quads[2], quads[3]))
-    # Each window's gradient goes to its first maximum in scan order, as torch's max_pool2d backward does.
-    taken = jnp.zeros(m.shape, bool)
-    masks = []
-    for q in quads:
-        hit = (q == m) & ~taken
-        masks.append(hit)
-        taken = taken | hit
-    return m, (tuple(masks), (h, w))
+    a, b, c, d = quads
+    m = jnp.maximum(jnp.maximum(a, b), jnp.maximum(c, d))
+    # Each window's gradient goes to its first maximum in scan order, as torch's max_pool2d backward does. The
+    # masks compare the four values with each other, never with `m`: under jit XLA may compute the input twice,
+    # in two fusions (e.g. a BatchNorm once with FMAs, once without), and `q == m` then found no maximum in some
+    # windows and dropped their gradient (FastNet's ReLU -> pool under jit). Exactly one mask is set per window.
+    first = (a >= b) & (a >= c) & (a >= d)
+    second = ~first & (b >= c) & (b >= d)
+    third = ~first & ~second & (c >= d)
+    fourth = ~(first | second | third)
+    return m, ((first, second, third, fourth), (h, w))
 
 
 def _max_pool_2x2_bwd(res, g):
@@ -248,6 +256,35 @@ class CNNDeep(nn.Module):
         x = nn.relu(Dense(256, dtype=self.dtype, name='fc_1')(flatten_chw(x)))
         x = nn.Dropout(self.fc_dropout_rate, deterministic=not train)(x)
         return Dense(self.num_classes, dtype=self.dtype, name='fc_4')(x)
+
+
+class FastNet(nn.Module):
+    """The `fast` preset's network, built for time to accuracy on a CPU: stages of 3x3 'SAME' conv -> BN -> ReLU
+    (no conv bias: BN follows), each stage ending in a 2x2 max-pool (28 -> 14 -> 7 -> 3), then one Linear.
+
+    'SAME' padding because XLA:CPU runs a padded 3x3 convolution at less than half the cost per output pixel of an
+    unpadded one (benchmarks/README.md, "Per-layer costs"). Module names are torch_ref's ``features.<index>``.
+    """
+
+    widths: Sequence[int] = (32, 64, 128)
+    convs_per_stage: int = 1
+    num_classes: int = 10
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        conv = functools.partial(Conv, kernel_size=3, padding=1, use_bias=False, dtype=self.dtype)
+        norm = functools.partial(BatchNorm, use_running_average=not train, dtype=self.dtype)
+        x = x.astype(self.dtype)
+        index = 0  # the position in torch's Sequential: conv, BN, ReLU per conv, a pool per stage
+        for features in self.widths:
+            for _ in range(self.convs_per_stage):
+                x = conv(features, name=f'features_{index}')(x)
+                x = nn.relu(norm(name=f'features_{index + 1}')(x))
+                index += 3
+            x = max_pool(x, 2, 2)
+            index += 1
+        return Dense(self.num_classes, dtype=self.dtype, name='fc')(flatten_chw(x))
 
 
 class BasicBlock(nn.Module):
@@ -368,7 +405,8 @@ ResNet101 = functools.partial(TorchVisionResNet, stage_sizes=(3, 4, 23, 3), bloc
 # torchvision's architectures, which the blog trains as they are; the other networks are the blog's own.
 TORCHVISION = {'resnet18': ResNet18, 'resnet101': ResNet101}
 # Every network, in the blog's order: the one list the trainers, presets, benchmarks and tests derive theirs from.
-MODELS = {'cnn': CNN, 'cnn_deep': CNNDeep, 'resnet': BlogResNet, **TORCHVISION}
+# `fast` is this project's own (the fast preset, docs/experiments.md), after the blog's.
+MODELS = {'cnn': CNN, 'cnn_deep': CNNDeep, 'resnet': BlogResNet, **TORCHVISION, 'fast': FastNet}
 
 
 def get_model(name: str, num_classes: int | None = None, dtype: Dtype = jnp.float32) -> nn.Module:

@@ -37,10 +37,11 @@ PARAM_COUNTS = {
     'resnet': 598_442,
     'resnet18': 11_689_512,
     'resnet101': 44_549_160,
+    'fast': 104_426,
 }
 BLOG_BN_STAT_COUNTS = {'cnn': 60, 'cnn_deep': 384, 'resnet': 1_120}
 # resnet101 shares every initialiser and layer type with resnet18; its init alone would take 20 s.
-INIT_CHECKED = ['cnn', 'cnn_deep', 'resnet', 'resnet18']
+INIT_CHECKED = ['cnn', 'cnn_deep', 'resnet', 'resnet18', 'fast']
 # Float64 where float32 rounding is amplified past any cross-framework tolerance (module docstring).
 PARITY_DTYPE = {'resnet18': 'float64', 'resnet101': 'float64'}  # Others: float32.
 LOGIT_TOL = {'float32': 1e-5, 'float64': 1e-9}  # max |logits difference|
@@ -49,7 +50,7 @@ NO_DROPOUT = {'cnn_deep': {'conv_dropout_rate': 0.0, 'fc_dropout_rate': 0.0}}
 
 ALL = list(PARAM_COUNTS)
 # resnet101's parity tests compile its forward and backward passes: ~30 s on 2 cores.
-PARITY = ['cnn', 'cnn_deep', 'resnet', 'resnet18', pytest.param('resnet101', marks=pytest.mark.slow)]
+PARITY = ['cnn', 'cnn_deep', 'resnet', 'resnet18', pytest.param('resnet101', marks=pytest.mark.slow), 'fast']
 
 
 def rbg_key(seed):
@@ -363,15 +364,16 @@ def test_max_pool_2x2_routes_gradients_like_torch(rng):
 
 # (input size, kernel, stride, padding): torchvision's deep stages on 28x28 inputs (1x1 and 2x2 maps, padded
 # 3x3 and strided 1x1 convs), plus larger maps and unpadded, even and 7x7 kernels.
-SMALL_CONVS = [(1, 3, 1, 1), (2, 3, 1, 1), (2, 3, 2, 1), (2, 1, 2, 0), (4, 3, 2, 1), (7, 3, 2, 1), (3, 2, 1, 0),
-               (5, 7, 2, 3)]  # fmt: skip
+# Then the first layers of the blog's networks and the fast one: single-channel 28x28 inputs.
+SMALL_CONVS = [(1, 3, 1, 1, 5), (2, 3, 1, 1, 5), (2, 3, 2, 1, 5), (2, 1, 2, 0, 5), (4, 3, 2, 1, 5), (7, 3, 2, 1, 5),
+               (3, 2, 1, 0, 5), (5, 7, 2, 3, 5), (28, 5, 1, 0, 1), (28, 3, 1, 1, 1)]  # fmt: skip
 
 
-@pytest.mark.parametrize('size, k, stride, padding', SMALL_CONVS)
-def test_conv_as_matmul_is_torchs_conv2d(size, k, stride, padding, rng):
+@pytest.mark.parametrize('size, k, stride, padding, channels', SMALL_CONVS)
+def test_conv_as_matmul_is_torchs_conv2d(size, k, stride, padding, channels, rng):
     """Values and both gradients equal F.conv2d's (float64: the sums are only reordered)."""
-    x = rng.standard_normal((3, 5, size, size))
-    w = rng.standard_normal((4, 5, k, k))
+    x = rng.standard_normal((3, channels, size, size))
+    w = rng.standard_normal((4, channels, k, k))
     xt, wt = torch.tensor(x, requires_grad=True), torch.tensor(w, requires_grad=True)
     ref = F.conv2d(xt, wt, stride=stride, padding=padding)
     g = rng.standard_normal(ref.shape)
@@ -388,8 +390,9 @@ def test_conv_as_matmul_is_torchs_conv2d(size, k, stride, padding, rng):
     np.testing.assert_allclose(gw, wt.grad.numpy().transpose(2, 3, 1, 0), rtol=1e-12, atol=1e-12)
 
 
-def test_only_tiny_cpu_convolutions_become_matmuls(monkeypatch):
-    """On CPU, the convolutions with at most 4 output pixels (resnet18's last 10) take the matmul path."""
+def test_only_tiny_and_single_channel_cpu_convolutions_become_matmuls(monkeypatch):
+    """On CPU, the convolutions with at most 4 output pixels (resnet18's last 10) and those of a single-channel
+    input (the first layer of every network but torchvision's, which see 3 channels) take the matmul path."""
     calls, matmul = [], models.conv_as_matmul
 
     def spy(x, kernel, stride, padding):
@@ -398,8 +401,9 @@ def test_only_tiny_cpu_convolutions_become_matmuls(monkeypatch):
 
     monkeypatch.setattr(models, 'conv_as_matmul', spy)
     monkeypatch.setattr(models, 'SMALL_CONV_PIXELS_CPU', 4)
+    monkeypatch.setattr(models, 'SINGLE_CHANNEL_AS_MATMUL_CPU', True)
     x = jnp.zeros((2, 28, 28, 1))
-    for name, expected in (('cnn', 0), ('resnet', 0), ('resnet18', 10)):
+    for name, expected in (('cnn', 1), ('cnn_deep', 1), ('resnet', 1), ('resnet18', 10), ('fast', 1)):
         calls.clear()
         model = models.get_model(name)
         jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), x)

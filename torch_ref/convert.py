@@ -1,6 +1,6 @@
 """Weight transfer between torch_ref's state_dicts and jaxmnist's flax variables, both ways, exactly.
 
-One naming rule covers all five networks. A flax module path, joined with '.', is the torch module
+One naming rule covers every network. A flax module path, joined with '.', is the torch module
 path once each flax name's '_' becomes '.': flax ``layer1_0`` is torch ``layer1.0`` (a Sequential
 index), and no torch module name in these networks contains '_'. Leaves map as
 

@@ -114,12 +114,32 @@ class ResNet(nn.Module):
         return self.fc2(self.relu(self.normfc12(out)))
 
 
+class FastNet(nn.Module):
+    """The `fast` preset's network (not the blog's): stages of 3x3 padded conv -> BN -> ReLU, each ending in a
+    2x2 max-pool (28 -> 14 -> 7 -> 3), then one Linear; jaxmnist.models.FastNet's mirror."""
+
+    def __init__(self, num_classes=10, widths=(32, 64, 128), convs_per_stage=1):
+        super().__init__()
+        layers, channels = [], 1
+        for width in widths:
+            for _ in range(convs_per_stage):
+                layers += [nn.Conv2d(channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
+                channels = width
+            layers.append(nn.MaxPool2d(2))
+        self.features = nn.Sequential(*layers)
+        self.fc = nn.Linear(channels * 3 * 3, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.features(x).flatten(1))
+
+
 # The networks are jaxmnist.models' (one list for both frameworks); torchvision's are built by their own name.
 MODEL_NAMES = tuple(MODELS)
-_BLOG_MODELS = {
+_OWN_MODELS = {
     'cnn': CNN,
     'cnn_deep': CNNDeep,
     'resnet': lambda num_classes: ResNet(ResidualBlock, [2, 2, 2], num_classes),
+    'fast': FastNet,
 }
 
 
@@ -128,8 +148,8 @@ def get_model(name, num_classes=None):
     torchvision's)."""
     if name in TORCHVISION:
         return getattr(torchvision.models, name)(**({} if num_classes is None else {'num_classes': num_classes}))
-    if name in _BLOG_MODELS:
-        return _BLOG_MODELS[name](10 if num_classes is None else num_classes)
+    if name in _OWN_MODELS:
+        return _OWN_MODELS[name](10 if num_classes is None else num_classes)
     raise ValueError(f'unknown model {name!r}; choose from {", ".join(MODEL_NAMES)}')
 
 
