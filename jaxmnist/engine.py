@@ -24,7 +24,7 @@ from flax import struct
 from jaxmnist import augment as augment_lib
 from jaxmnist import data as data_lib
 from jaxmnist import models, optim
-from jaxmnist.presets import Config
+from jaxmnist.presets import Config, schedule_points
 
 
 # ------------------------------------------------------------------------------------------- state
@@ -35,10 +35,24 @@ class TrainState(struct.PyTreeNode):
     params: Any
     batch_stats: Any
     opt_state: Any
-    lr: jax.Array  # float32 []: the current learning rate, set from the host by the plateau schedule
+    lr: jax.Array  # float32 []: the base learning rate, set from the host by the plateau schedule
     rng: jax.Array  # the run's base key; each step folds in its step number
     apply_fn: Any = struct.field(pytree_node=False)
     tx: optax.GradientTransformation = struct.field(pytree_node=False)
+    ema: Any = None  # {'params', 'batch_stats'} averaged over the steps (Config.ema), what evaluation uses; or None
+    schedule: tuple | None = struct.field(pytree_node=False, default=None)  # (steps, multipliers): lr per step
+    label_smoothing: float = struct.field(pytree_node=False, default=0.0)
+    ema_decay: float = struct.field(pytree_node=False, default=0.0)
+
+    def step_lr(self) -> jax.Array:
+        """The learning rate of the step about to run: the base lr times the schedule's multiplier."""
+        if self.schedule is None:
+            return self.lr
+        return self.lr * jnp.interp(self.step.astype(jnp.float32), *map(jnp.asarray, self.schedule))
+
+    def eval_variables(self) -> dict:
+        """The weights evaluation uses: the moving average when there is one."""
+        return self.ema if self.ema is not None else {"params": self.params, "batch_stats": self.batch_stats}
 
 
 def make_optimizer(config: Config) -> optax.GradientTransformation:
@@ -46,33 +60,51 @@ def make_optimizer(config: Config) -> optax.GradientTransformation:
     hp = {"momentum": config.momentum}
     if config.optimizer == "rmsprop":
         hp.update(alpha=config.alpha, eps=config.eps)
+    if config.optimizer == "adamw":
+        hp = {"eps": config.eps, "weight_decay": config.weight_decay}
     return optim.direction(config.optimizer, **hp)
 
 
-def create_state(config: Config, key: jax.Array, dtype=jnp.float32, variables: dict | None = None) -> TrainState:
-    """A fresh state; `variables` ({'params', 'batch_stats'}, e.g. transferred from torch) replace the init."""
+def create_state(
+    config: Config, key: jax.Array, dtype=jnp.float32, variables: dict | None = None, total_steps: int | None = None
+) -> TrainState:
+    """A fresh state; `variables` ({'params', 'batch_stats'}, e.g. transferred from torch) replace the init.
+    A per-step schedule (Config.schedule) needs the run's `total_steps`."""
     model = models.get_model(config.model, num_classes=config.num_classes, dtype=dtype)
     init_key, rng = jax.random.split(key)
     if variables is None:
         variables = jax.jit(functools.partial(model.init, train=False))(init_key, jnp.zeros((1, 28, 28, 1)))
     tx = make_optimizer(config)
+    schedule = None
+    if config.schedule != "constant":
+        if total_steps is None:
+            raise ValueError(f"the {config.schedule} schedule needs total_steps")
+        schedule = tuple(map(tuple, schedule_points(config, total_steps)))
+    weights = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
     return TrainState(
         step=jnp.zeros((), jnp.int32),
-        params=variables["params"],
-        batch_stats=variables.get("batch_stats", {}),
+        params=weights["params"],
+        batch_stats=weights["batch_stats"],
         opt_state=tx.init(variables["params"]),
         lr=jnp.asarray(config.lr, jnp.float32),
         rng=rng,
         apply_fn=model.apply,
         tx=tx,
+        ema=jax.tree.map(jnp.copy, weights) if config.ema else None,
+        schedule=schedule,
+        label_smoothing=config.label_smoothing,
+        ema_decay=config.ema,
     )
 
 
-def cross_entropy(logits, labels):
-    """Per-example loss, computed in at least float32 (bf16 logits are promoted; float64 stays float64)."""
-    return optax.softmax_cross_entropy_with_integer_labels(
-        logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), labels
-    )
+def cross_entropy(logits, labels, label_smoothing: float = 0.0):
+    """Per-example loss, computed in at least float32 (bf16 logits are promoted; float64 stays float64). With
+    `label_smoothing` a, the target is (1 - a) one_hot + a / classes, as torch's cross_entropy(label_smoothing=a)."""
+    logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+    if not label_smoothing:
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype), label_smoothing)
+    return optax.softmax_cross_entropy(logits, targets)
 
 
 # -------------------------------------------------------------------------------------------- steps
@@ -92,13 +124,20 @@ def train_step(state: TrainState, batch: dict, train: bool = True) -> tuple[Trai
             batch_stats = updates["batch_stats"]
         else:
             logits, batch_stats = state.apply_fn(variables, batch["image"], train=False), state.batch_stats
-        return cross_entropy(logits, batch["label"]).mean(), (logits, batch_stats)
+        return cross_entropy(logits, batch["label"], state.label_smoothing).mean(), (logits, batch_stats)
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     direction, opt_state = state.tx.update(grads, state.opt_state, state.params)
-    params = jax.tree.map(lambda p, d: p - state.lr * d, state.params, direction)
+    lr = state.step_lr()
+    params = jax.tree.map(lambda p, d: p - lr * d, state.params, direction)
+    ema = state.ema
+    if ema is not None:  # torch's lerp: e + (1 - decay) (w - e)
+        weights = {"params": params, "batch_stats": batch_stats}
+        ema = jax.tree.map(lambda e, w: e + (1 - state.ema_decay) * (w - e), ema, weights)
     accuracy = 100.0 * jnp.mean(jnp.argmax(logits, -1) == batch["label"])
-    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
+    new_state = state.replace(
+        step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state, ema=ema
+    )
     return new_state, {"loss": loss, "accuracy": accuracy}
 
 
@@ -106,7 +145,7 @@ def eval_step(state: TrainState, batch: dict, batch_statistics: bool = False, dr
     """Sums of loss and correct predictions over the batch. `batch_statistics` runs the model in train mode, as a
     torch model left in train mode does (docs/experiments.md, quirk 4): BatchNorm on the batch's own statistics
     (the running ones stay as they are) and dropout, if any, drawn from `dropout_key`."""
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    variables = state.eval_variables()
     if batch_statistics:
         logits, _ = state.apply_fn(
             variables, batch["image"], train=True, rngs={"dropout": dropout_key}, mutable=["batch_stats"]
@@ -155,7 +194,7 @@ def train_chunk(state: TrainState, images, labels, idx, *, augment: bool, train:
         metrics = jax.tree.map(lambda *xs: jnp.stack(xs), *steps)
     else:
         state, metrics = jax.lax.scan(body, state, idx)
-    return state, {**metrics, "finite": all_finite((state.params, state.batch_stats))}
+    return state, {**metrics, "finite": all_finite((state.params, state.batch_stats, state.ema))}
 
 
 def all_finite(tree) -> jax.Array:

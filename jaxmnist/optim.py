@@ -15,22 +15,26 @@ import optax
 from jaxmnist.presets import OPTIMIZERS
 
 # make_optimizer's arguments other than lr, for optax.inject_hyperparams.
-STATIC_HYPERPARAMS = ('name', 'momentum', 'alpha', 'eps')
+STATIC_HYPERPARAMS = ('name', 'momentum', 'alpha', 'eps', 'weight_decay')
 
 # ReduceLROnPlateau's constructor arguments, saved with its progress.
 _CONFIG = ('lr', 'mode', 'factor', 'patience', 'threshold', 'threshold_mode', 'cooldown', 'min_lr', 'eps')
 
 
-def direction(name, momentum=0.0, alpha=0.99, eps=1e-8):
+def direction(name, momentum=0.0, alpha=0.99, eps=1e-8, weight_decay=0.0):
     """torch's update for ``lr = 1``, before the sign flip: torch steps ``p -= lr * d``.
 
     Args:
-      name: ``'sgd'`` (``torch.optim.SGD``, dampening 0, no Nesterov: ``buf = m buf + g``)
-        or ``'rmsprop'`` (``torch.optim.RMSprop``, not centred:
-        ``sq = alpha sq + (1 - alpha) g^2``, ``buf = m buf + g / (sqrt(sq) + eps)``).
-      momentum: momentum factor ``m`` (torch's default 0).
+      name: ``'sgd'`` (``torch.optim.SGD``, dampening 0, no Nesterov: ``buf = m buf + g``),
+        ``'rmsprop'`` (``torch.optim.RMSprop``, not centred:
+        ``sq = alpha sq + (1 - alpha) g^2``, ``buf = m buf + g / (sqrt(sq) + eps)``)
+        or ``'adamw'`` (``torch.optim.AdamW`` with its default betas (0.9, 0.999):
+        ``d = m_hat / (sqrt(v_hat) + eps) + weight_decay p``; torch's ``p *= 1 - lr wd`` then
+        ``p -= lr m_hat / (sqrt(v_hat) + eps)`` is the same step).
+      momentum: momentum factor ``m`` (torch's default 0; not AdamW's).
       alpha: RMSprop's smoothing constant (torch's default 0.99; optax's is 0.9).
-      eps: RMSprop's term added to the root (outside it, as torch does).
+      eps: RMSprop's and Adam's term added to the root (outside it, as torch does).
+      weight_decay: AdamW's decoupled decay (the others take none).
 
     Returns:
       An ``optax.GradientTransformation`` mapping gradients to ``d``.
@@ -44,10 +48,12 @@ def direction(name, momentum=0.0, alpha=0.99, eps=1e-8):
             optax.scale_by_rms(decay=alpha, eps=eps, initial_scale=0.0, eps_in_sqrt=False, bias_correction=False),
             momentum_buffer,
         )
+    if name == 'adamw':
+        return optax.chain(optax.scale_by_adam(b1=0.9, b2=0.999, eps=eps), optax.add_decayed_weights(weight_decay))
     raise ValueError(f"Unknown optimizer {name!r}; valid names: {', '.join(OPTIMIZERS)}.")
 
 
-def make_optimizer(name, lr, momentum=0.0, alpha=0.99, eps=1e-8):
+def make_optimizer(name, lr, momentum=0.0, alpha=0.99, eps=1e-8, weight_decay=0.0):
     """torch's optimizer ``name`` at learning rate ``lr``, as an optax transformation.
 
     To change ``lr`` between steps the way torch's ``param_group['lr']`` does, wrap it
@@ -55,7 +61,7 @@ def make_optimizer(name, lr, momentum=0.0, alpha=0.99, eps=1e-8):
     only ``lr`` then lives in the state, and the other hyperparameters stay Python
     floats as in torch (injected as float32, ``1 - alpha`` would be off by ~1e-6).
     """
-    return optax.chain(direction(name, momentum, alpha, eps), optax.scale(-lr))
+    return optax.chain(direction(name, momentum, alpha, eps, weight_decay), optax.scale(-lr))
 
 
 class ReduceLROnPlateau:

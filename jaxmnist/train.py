@@ -311,7 +311,7 @@ def train_and_evaluate(
     data = put_on_device(data or data_lib.load(config.dataset, data_dir, progress=progress), config)
     steps = epoch_steps(config, data.n_train)
     bounds = engine.chunk_bounds(steps, chunk_steps, unroll)
-    state = engine.create_state(config, jax.random.PRNGKey(config.seed))
+    state = engine.create_state(config, jax.random.PRNGKey(config.seed), total_steps=steps * config.epochs)
     plateau = optim.ReduceLROnPlateau(config.lr, **plateau_arguments(config))
     report = runlog.Report.for_run(
         out, logdir, framework="jax", preset=preset, config=config, device=device_name(), n_train=data.n_train

@@ -48,6 +48,6 @@ def test_plan_orders_core_measurements_first():
     assert not any(i.kind == "jax_step_bf16" for i in items)  # CPU: bf16 is n/a
     assert {i.batch_size for i in items if i.kind in plan.EPOCH_KINDS} == {512}
     assert {i.network for i in items if i.kind == "torch_tuned_compiled" and i.batch_size == 512} == set(
-        plan.BLOG_NETWORKS + ("resnet18", "resnet101")
+        plan.SMALL_NETWORKS + ("resnet18", "resnet101")
     )
-    assert plan.BLOG_NETWORKS == ("cnn", "cnn_deep", "resnet")
+    assert plan.SMALL_NETWORKS == ("cnn", "cnn_deep", "resnet", "fast")

@@ -47,9 +47,9 @@ def trajectories(torch_optimizer, name, lr, hyperparams):
         loss.backward()
         grads = [p.grad.numpy().copy() for p in model.parameters()]
         optimizer.step()
-        updates, injected_state = injected.update(grads, injected_state)
+        updates, injected_state = injected.update(grads, injected_state, injected_params)
         injected_params = optax.apply_updates(injected_params, updates)
-        directions, lr_free_state = lr_free.update(grads, lr_free_state)
+        directions, lr_free_state = lr_free.update(grads, lr_free_state, lr_free_params)
         lr_free_params = jax.tree.map(lambda p, d: p - lr * d, lr_free_params, directions)
         history.append(
             (
@@ -68,9 +68,13 @@ def trajectories(torch_optimizer, name, lr, hyperparams):
         (torch.optim.SGD, 'sgd', 0.04, dict()),
         (torch.optim.RMSprop, 'rmsprop', 1e-3, dict(alpha=0.99, eps=1e-8, momentum=0.5)),
         (torch.optim.RMSprop, 'rmsprop', 1e-3, dict()),
+        (torch.optim.AdamW, 'adamw', 1e-2, dict(eps=1e-8, weight_decay=5e-2)),
     ],
 )
 def test_matches_torch_across_lr_change(torch_optimizer, name, lr, hyperparams):
+    # Adam divides each moment by the root of another, and torch and optax round sqrt(v / (1 - b2^t)) differently
+    # (torch: sqrt(v) / sqrt(1 - b2^t)): float32 ulps, 10x larger after the division than SGD's or RMSprop's.
+    rtol = 1e-5 if name == 'adamw' else RTOL
     history = trajectories(torch_optimizer, name, lr, hyperparams)
     moved = np.max([np.abs(a - b).max() for a, b in zip(history[-1][0], history[0][0])])
     assert moved > 0.05  # Parameters move far beyond the tolerance.
@@ -78,7 +82,7 @@ def test_matches_torch_across_lr_change(torch_optimizer, name, lr, hyperparams):
         for params in candidates:
             for actual, wanted in zip(params, expected):
                 np.testing.assert_allclose(
-                    actual, wanted, rtol=RTOL, atol=RTOL * np.abs(wanted).max(), err_msg=f'step {step}'
+                    actual, wanted, rtol=rtol, atol=rtol * np.abs(wanted).max(), err_msg=f'step {step}'
                 )
 
 

@@ -37,6 +37,13 @@ def test_model_picks_its_preset_and_flags_override():
         (["--val-size", "-1"], "--val-size must be >= 0"),
         (["--momentum", "1"], "--momentum must be in [0, 1)"),
         (["--epochs", "1.5"], "invalid int value"),
+        (["--schedule", "cosine"], "unknown schedule 'cosine'; choose from constant, onecycle"),
+        (["--label-smoothing", "1"], "--label-smoothing must be in [0, 1)"),
+        (["--warmup", "-0.1"], "--warmup must be in [0, 1)"),
+        (["--ema", "1"], "--ema must be in [0, 1)"),
+        (["--weight-decay", "-1", "--optimizer", "adamw"], "--weight-decay must be >= 0"),
+        (["--weight-decay", "0.1"], "--weight-decay is AdamW's; sgd takes none"),
+        (["--preset", "fast", "--plateau"], "--plateau and --schedule onecycle both set the learning rate"),
     ],
 )
 def test_bad_settings_are_usage_errors(argv, message):

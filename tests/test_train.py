@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from jaxmnist import train
-from jaxmnist.presets import Config
+from jaxmnist.presets import PRESETS, Config
 
 TINY = Config(model="cnn", batch_size=64, lr=0.02, epochs=3, train_size=640, eval_batch_size=500)
 
@@ -39,6 +39,28 @@ def test_resume_equals_uninterrupted_run_bitwise(mnist, tmp_path):
     assert (tmp_path / "cut" / "best").is_dir() and (tmp_path / "cut" / "latest").is_dir()
     with pytest.raises(train.UsageError, match="different settings: momentum"):  # resumed as it was made
         train.train_and_evaluate(config.replace(momentum=0.9), workdir=tmp_path / "cut", resume=True, **run)
+
+
+def test_resume_with_the_fast_recipe_equals_uninterrupted_run_bitwise(mnist, tmp_path):
+    """The fast preset's state carries more: Adam's moments, the weight average; its schedule spans all epochs."""
+    config = PRESETS["fast"].replace(batch_size=64, epochs=3, train_size=640, eval_batch_size=500, ema=0.9)
+    run = dict(data=tiny_data(mnist), progress=False, chunk_steps=5, unroll=False)
+    full = train.train_and_evaluate(config, workdir=tmp_path / "full", **run)
+    train.train_and_evaluate(config, workdir=tmp_path / "cut", stop_after_epoch=2, **run)
+    resumed = train.train_and_evaluate(config, workdir=tmp_path / "cut", resume=True, **run)
+    assert full.state.ema is not None
+    for a, b in zip(jax.tree.leaves(full.state), jax.tree.leaves(resumed.state)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert float(full.state.step_lr()) == 0.0  # the one-cycle ended at 0 after 30 steps
+
+
+def test_fast_preset_learns_on_a_reduced_budget(mnist, tmp_path):
+    """The fast preset itself on real MNIST, cut to 2 epochs of 24 steps (its one-cycle over those 48): 96.64 %
+    measured for seeds 0 and 1 alike (after epoch 1: 82.4 and 92.0 %); bound 93 %."""
+    config = PRESETS["fast"].replace(epochs=2, max_steps=24)
+    result = train.train_and_evaluate(config, data=mnist, progress=False, logdir=tmp_path)
+    assert result.record["final_acc"] >= 93.0, result.record["final_acc"]
+    assert result.record["recompiles_after_first_epoch"] == 0
 
 
 def test_no_recompilation_after_first_epoch(mnist, tmp_path):

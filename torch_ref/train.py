@@ -15,6 +15,7 @@ torch.manual_seed(seed)), so runs agree in distribution, not batch for batch.
 
 from __future__ import annotations
 
+import copy
 import functools
 import itertools
 import math
@@ -36,6 +37,7 @@ from jaxmnist.presets import (
     Config,
     config_from_args,
     plateau_arguments,
+    schedule_points,
     split_train,
     tests_with_batch_statistics,
     trainer_parser,
@@ -88,13 +90,15 @@ def make_loader(
 
 
 def build_optimizer(config: Config, params, fused: bool = False) -> torch.optim.Optimizer:
-    """The preset's optimiser (SGD, or RMSprop for cnn_deep). `fused` (CUDA) is a tuning option of the
-    benchmarks, dropped where this torch does not offer it."""
+    """The preset's optimiser (SGD; RMSprop for cnn_deep; AdamW for fast). `fused` (CUDA) is a tuning option of
+    the benchmarks, dropped where this torch does not offer it."""
     params = list(params)
     kwargs = {"fused": True} if fused else {}
     try:
         if config.optimizer == "sgd":
             return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, **kwargs)
+        if config.optimizer == "adamw":
+            return torch.optim.AdamW(params, lr=config.lr, eps=config.eps, weight_decay=config.weight_decay, **kwargs)
         return torch.optim.RMSprop(
             params, lr=config.lr, alpha=config.alpha, eps=config.eps, momentum=config.momentum, **kwargs
         )
@@ -104,24 +108,65 @@ def build_optimizer(config: Config, params, fused: bool = False) -> torch.optim.
         return build_optimizer(config, params)
 
 
-def train_step(model: nn.Module, name: str, optimizer, images, labels):
+def build_schedule(config: Config, optimizer, total_steps: int):
+    """A LambdaLR stepped after every optimiser step, with jaxmnist's per-step multipliers (presets.schedule_points);
+    None for the constant schedule."""
+    if config.schedule == "constant":
+        return None
+    points = schedule_points(config, total_steps)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: float(np.interp(step, *points)))
+
+
+class WeightAverage:
+    """Config.ema: a copy of the model whose parameters and BatchNorm statistics follow e += (1 - decay) (w - e)
+    after every step (jaxmnist.engine's rule); evaluation uses the copy."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.model, self.decay = copy.deepcopy(model), decay
+
+    @staticmethod
+    def _tensors(model: nn.Module) -> list[torch.Tensor]:
+        return [t for t in itertools.chain(model.parameters(), model.buffers()) if t.dtype.is_floating_point]
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        torch._foreach_lerp_(self._tensors(self.model), self._tensors(model), 1 - self.decay)
+
+
+def train_step(model: nn.Module, name: str, optimizer, images, labels, label_smoothing: float = 0.0):
     """The blog's step on device tensors: forward, cross-entropy, zero_grad, backward, optimiser step.
     Returns (logits, loss), still on the device."""
     logits = model(models.prepare_input(name, images))
-    loss = F.cross_entropy(logits, labels)
+    loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
     return logits, loss
 
 
-def train_epoch(model: nn.Module, name: str, batches, optimizer, device, bar=None) -> tuple[np.ndarray, np.ndarray]:
+def train_epoch(
+    model: nn.Module,
+    name: str,
+    batches,
+    optimizer,
+    device,
+    bar=None,
+    *,
+    label_smoothing: float = 0.0,
+    schedule=None,
+    average: WeightAverage | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """One pass over `batches` from a loader; returns per-batch train accuracy (percent) and loss. The metrics
-    stay on the device until the end of the epoch: no host sync per step."""
+    stay on the device until the end of the epoch: no host sync per step. After every step the per-step
+    `schedule` and the weight `average` advance, if given."""
     accs, losses = [], []
     for images, labels in batches:
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        logits, loss = train_step(model, name, optimizer, images, labels)
+        logits, loss = train_step(model, name, optimizer, images, labels, label_smoothing)
+        if schedule is not None:
+            schedule.step()
+        if average is not None:
+            average.update(model)
         accs.append(100.0 * (logits.argmax(1) == labels).float().mean())
         losses.append(loss.detach())
         if bar is not None:
@@ -217,6 +262,9 @@ def train_and_evaluate(
     scheduler = None
     if config.plateau and not config.blog_quirks:
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, **plateau_arguments(config))
+    per_step = build_schedule(config, optimizer, steps * config.epochs)
+    average = WeightAverage(model, config.ema) if config.ema else None
+    evaluated = average.model if average else model
     report = runlog.Report.for_run(
         out, logdir, framework="torch", preset=preset, config=config, device=device_name(device), n_train=len(train_y)
     )
@@ -242,17 +290,27 @@ def train_and_evaluate(
         if not trains_in_eval_mode(config, epoch):
             model.train()
         with runlog.epoch_bar(epoch, config.epochs, steps, progress) as bar:
-            acc, loss = train_epoch(model, config.model, itertools.islice(train_loader, steps), optimizer, device, bar)
+            acc, loss = train_epoch(
+                model,
+                config.model,
+                itertools.islice(train_loader, steps),
+                optimizer,
+                device,
+                bar,
+                label_smoothing=config.label_smoothing,
+                schedule=per_step,
+                average=average,
+            )
         if not (np.isfinite(loss).all() and all(torch.isfinite(p).all() for p in model.parameters())):
             bad = np.flatnonzero(~np.isfinite(loss))
             step = int(bad[0]) + 1 if len(bad) else len(loss)
             raise cli.RunError(
                 f"training diverged in epoch {epoch + 1} at step {step} (loss {loss[step - 1]}); try a lower --lr"
             )
-        test = evaluate(model, config.model, test_loader, device, quirk4)
-        val_m = evaluate(model, config.model, val_loader, device, quirk4) if val_loader is not None else None
+        test = evaluate(evaluated, config.model, test_loader, device, quirk4)
+        val_m = evaluate(evaluated, config.model, val_loader, device, quirk4) if val_loader is not None else None
         epoch_times.append(time.perf_counter() - t_start)  # evaluate() synchronised the device
-        lr = optimizer.param_groups[0]["lr"]
+        lr = per_step.base_lrs[0] if per_step else optimizer.param_groups[0]["lr"]  # as jaxmnist: the base lr
         if scheduler is not None:
             scheduler.step((val_m or test)["accuracy"])
         report.epoch(
@@ -262,7 +320,7 @@ def train_and_evaluate(
             batch_acc=acc,
             batch_loss=loss,
             lr=lr,
-            next_lr=optimizer.param_groups[0]["lr"],
+            next_lr=per_step.base_lrs[0] if per_step else optimizer.param_groups[0]["lr"],
             time_s=epoch_times[-1],
         )
     return report.finish(epoch_times)

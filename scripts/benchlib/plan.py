@@ -206,8 +206,8 @@ def find(doc: dict, kind: str, network: str, batch_size: int, ok: bool = True) -
     return None
 
 
-# The blog's own networks: torch.compile of these is cheap enough to rank with the core measurements.
-BLOG_NETWORKS = tuple(n for n in MODELS if n not in TORCHVISION)
+# The small networks (all but torchvision's): torch.compile of these is cheap enough to rank with the core ones.
+SMALL_NETWORKS = tuple(n for n in MODELS if n not in TORCHVISION)
 
 
 def priority(kind: str, network: str, batch_size: int, settings: Settings) -> int:
@@ -219,7 +219,7 @@ def priority(kind: str, network: str, batch_size: int, settings: Settings) -> in
     3. the other batch sizes.
     """
     first = batch_size == settings.batch_sizes[0]
-    if first and (KINDS[kind].core or kind == "torch_tuned_compiled" and network in BLOG_NETWORKS):
+    if first and (KINDS[kind].core or kind == "torch_tuned_compiled" and network in SMALL_NETWORKS):
         return 0
     if KINDS[kind].epoch or first and kind == "jax_step_bf16":
         return 1

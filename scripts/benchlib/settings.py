@@ -57,9 +57,12 @@ def quick_settings(**overrides) -> Settings:
 
 
 def config_for(network: str, batch_size: int) -> Config:
-    """The network's own preset (its optimiser and learning rate) at `batch_size`, without augmentation: the
-    benchmark measures the network, and both frameworks then read the same plain ToTensor/Normalize data."""
-    return PRESETS[MODEL_PRESET[network]].replace(batch_size=batch_size, augment=False, plateau=False)
+    """The network's own preset (its optimiser and learning rate) at `batch_size`, without augmentation or a
+    learning-rate schedule: the benchmark measures the network, and both frameworks then read the same plain
+    ToTensor/Normalize data."""
+    return PRESETS[MODEL_PRESET[network]].replace(
+        batch_size=batch_size, augment=False, plateau=False, schedule="constant"
+    )
 
 
 def real_batches(data: data_lib.Dataset, batch_size: int, count: int, seed: int = 0):
