@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 FRAMEWORKS = {"jax": "jaxmnist.train", "torch": "torch_ref.train"}
 MIN_RUN_S = 10.0  # under --budget-s, no run starts with less than this left
+TARGETS = (99.0, 99.5)  # time to reach these test accuracies is recorded per run (time-to-accuracy)
 # What each framework's trainer imports, and how to get it: checked before the first run, since every run is a
 # subprocess of this same interpreter and would otherwise fail one by one.
 REQUIRES = {
@@ -133,8 +134,10 @@ def run_one(framework: str, preset: str, seed: int, args, logdir: Path, deadline
     cmd += ["--num-workers", str(args.num_workers)] if framework == "torch" else []
     print(f"\n=== {preset} / {framework} / seed {seed}: {' '.join(cmd[1:])}", flush=True)
     timeout = None if deadline is None else deadline - time.monotonic()
+    start = time.perf_counter()
     try:  # stdout: the run's lines, live
         proc = subprocess.run(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True, timeout=timeout)
+        wall_s = time.perf_counter() - start
     except subprocess.TimeoutExpired:
         print(f"--- stopped: --budget-s {args.budget_s:g} s spent", flush=True)
         return {"seed": seed, "stopped": "killed at the --budget-s deadline", "logdir": str(logdir)}
@@ -143,21 +146,31 @@ def run_one(framework: str, preset: str, seed: int, args, logdir: Path, deadline
         last = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
         return {"seed": seed, "error": last, "logdir": str(logdir)}
     record = json.loads((logdir / "metrics.json").read_text())
+    test_acc, epoch_s = [e["test_acc"] for e in record["epochs"]], [e["time_s"] for e in record["epochs"]]
     return {
         "seed": seed,
         "final_acc": record["final_acc"],
         "best_acc": record["best_acc"],
         "best_epoch": record["best_epoch"],
-        "test_acc": [e["test_acc"] for e in record["epochs"]],
-        "epoch_s": [e["time_s"] for e in record["epochs"]],
+        "test_acc": test_acc,
+        "epoch_s": epoch_s,
         "avg_epoch_s": record["avg_epoch_s"],
         "compile_s": record["compile_s"],
+        "wall_s": wall_s,
+        "time_to": {str(t): time_to(t, test_acc, epoch_s, wall_s) for t in TARGETS},
         "device": record["device"],
         "versions": record["versions"],
         "commit": record["commit"],
         "num_workers": args.num_workers if framework == "torch" else None,
         "logdir": str(logdir),
     }
+
+
+def time_to(target: float, test_acc: list[float], epoch_s: list[float], wall_s: float) -> float | None:
+    """Seconds from the process's start (imports, data, compilation included) to the end of the first epoch whose
+    test accuracy reached `target`: the run's wall time less the epochs after that one; None if none did."""
+    reached = [i for i, acc in enumerate(test_acc) if acc >= target]
+    return wall_s - sum(epoch_s[reached[0] + 1 :]) if reached else None
 
 
 def mean_std(values: list[float]) -> dict | None:
@@ -181,6 +194,12 @@ def aggregate(runs: list[dict]) -> dict:
         "final_acc": mean_std([r["final_acc"] for r in ok]),
         "best_acc": mean_std([r["best_acc"] for r in ok]),
         "avg_epoch_s": mean_std([r["avg_epoch_s"] for r in ok]),
+        # Runs recorded before wall times were (older result files) have none.
+        "wall_s": mean_std([r["wall_s"] for r in ok if "wall_s" in r]),
+        "time_to": {
+            str(t): mean_std([r["time_to"][str(t)] for r in ok if r.get("time_to", {}).get(str(t)) is not None])
+            for t in TARGETS
+        },
         "devices": sorted({r["device"] for r in ok}),
         "versions": ok[0]["versions"] if ok else None,
         "commit": ok[0]["commit"] if ok else None,
@@ -290,6 +309,40 @@ def table(results: list[dict]) -> str:
     return "\n".join(rows)
 
 
+def time_table(results: list[dict], epoch_s: dict[str, dict]) -> str:
+    """Time to accuracy: per preset and framework with wall times, the wall time per run (compile included) and the
+    time to each of TARGETS (mean over the runs that reached it); then the blog's runs that reached 99.5 %, at its
+    own speed and at this table's measured s/epoch (`epoch_s`: preset -> framework -> seconds)."""
+    header = "| preset | framework | runs | final accuracy | wall time per run | " + " | ".join(
+        f"time to {t:g} % (runs reaching it)" for t in TARGETS
+    ) + " |"
+    rows = [header, "|" + "---|" * (header.count("|") - 1)]
+    for r in results:
+        for name, agg in r["frameworks"].items():
+            if not agg.get("wall_s"):
+                continue
+            n = agg["final_acc"]["n"]
+            reach = [agg["time_to"][str(t)] for t in TARGETS]
+            cells = [f"`{r['preset']}`", name, str(n), fmt(agg["final_acc"]), fmt(agg["wall_s"], " s", 0)]
+            cells += [f"{fmt(s, ' s', 0)} ({s['n'] if s else 0}/{n})" for s in reach]
+            rows.append("| " + " | ".join(cells) + " |")
+    for preset, config in PRESETS.items():
+        if config.blog_best and config.blog_best[1] >= TARGETS[-1] and config.blog_epoch_s:
+            epoch, acc = config.blog_best
+            here = "; ".join(
+                f"{fw} here: {epoch} × {s['mean']:.0f} s = {epoch * s['mean'] / 3600:.1f} h"
+                for fw, s in epoch_s.get(preset, {}).items()
+                if s
+            )
+            rows.append(
+                f"| `{preset}` (the blog's run) | its GPU | 1 | {config.blog_result:.2f} % (best {acc:.2f} %) | "
+                f"{config.epochs} × {config.blog_epoch_s:.2f} s = {config.epochs * config.blog_epoch_s:.0f} s | "
+                f"before epoch 80 (epochs 1-79 not printed) | epoch {epoch}: "
+                f"{epoch * config.blog_epoch_s:.0f} s{'; ' + here if here else ''} |"
+            )
+    return "\n".join(rows)
+
+
 def write_readme(out: Path) -> Path:
     results = [json.loads(p.read_text()) for p in out.glob("*.json")]
     results.sort(key=lambda r: (list(PRESETS).index(r["preset"]), r["blog_quirks"]))  # the blog's order
@@ -312,6 +365,14 @@ def write_readme(out: Path) -> Path:
             "loop is the correct one (see the README).",
             *(["", f"{failed} run(s) failed: see `error` in the JSON files."] if failed else []),
             *(["", f"{skipped} run(s) skipped or stopped: `--budget-s` was spent."] if skipped else []),
+            "",
+            "## Time to accuracy",
+            "",
+            time_table(results, {r["preset"]: {n: a["avg_epoch_s"] for n, a in r["frameworks"].items()} for r in results}),
+            "",
+            "Wall time: from the trainer's process start to its exit (imports, data loading and compilation "
+            "included), measured by `scripts/reproduce.py`. Time to X %: that wall time less the epochs after the "
+            "first epoch whose test accuracy reached X % (read off the test curve; nothing is selected by it).",
             "",
         ]
     )

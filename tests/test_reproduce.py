@@ -41,6 +41,29 @@ def test_reproduce_table_regenerates_from_json(tmp_path):
     assert "1 run(s) failed" in (tmp_path / "README.md").read_text()
 
 
+def test_time_to_accuracy_counts_everything_before_the_epoch_that_reached_it(tmp_path):
+    # 10 s of start-up and compilation, then three 30 s epochs; 99.0 % first after epoch 2, 99.5 % never.
+    assert reproduce.time_to(99.0, [98.5, 99.1, 99.3], [30.0, 30.0, 30.0], wall_s=100.0) == 70.0
+    assert reproduce.time_to(99.5, [98.5, 99.1, 99.3], [30.0, 30.0, 30.0], wall_s=100.0) is None
+    assert reproduce.time_to(98.0, [98.5], [30.0], wall_s=40.0) == 40.0
+
+    def run(seed, curve, wall):
+        epoch_s = [30.0] * len(curve)
+        return {
+            "seed": seed, "final_acc": curve[-1], "best_acc": max(curve), "avg_epoch_s": 30.0, "device": "cpu:cpu",
+            "versions": {}, "commit": None, "wall_s": wall,
+            "time_to": {str(t): reproduce.time_to(t, curve, epoch_s, wall) for t in reproduce.TARGETS},
+        }
+
+    agg = reproduce.aggregate([run(0, [99.2, 99.6], 70.0), run(1, [98.9, 99.4], 72.0)])
+    assert agg["wall_s"]["mean"] == 71.0
+    assert agg["time_to"]["99.0"] == {"mean": 56.0, "std": agg["time_to"]["99.0"]["std"], "n": 2}  # 40 and 72
+    assert agg["time_to"]["99.5"]["n"] == 1 and agg["time_to"]["99.5"]["mean"] == 70.0
+    result = {"preset": "fast", "frameworks": {"jax": agg}}
+    row = reproduce.time_table([result], {}).splitlines()[2]
+    assert row.startswith("| `fast` | jax | 2 | 99.50 ± 0.14 % | 71 ± 1 s | 56 ± 23 s (2/2) | 70 s (1/2) |"), row
+
+
 def test_reproduce_keeps_results_when_every_run_fails(tmp_path, monkeypatch, capsys):
     earlier = '{"earlier": "results"}'
     (tmp_path / "resnet.json").write_text(earlier)
