@@ -341,7 +341,7 @@ def train_and_evaluate(
                 raise diverged_error(e, ckpt, workdir) from None
         test, val = evaluation(state, data, epoch)
         epoch_times.append(time.perf_counter() - t_start)
-        lr = float(state.lr)
+        lr = float(state.step_lr())  # the rate the next step will use: with a per-step schedule, the epoch's last
         if config.plateau and not config.blog_quirks:  # quirk 3: the blog never steps its scheduler
             state = state.replace(lr=jnp.asarray(plateau.step(float((val or test)["accuracy"])), jnp.float32))
         report.epoch(
@@ -351,7 +351,7 @@ def train_and_evaluate(
             batch_acc=batch_acc,
             batch_loss=batch_loss,
             lr=lr,
-            next_lr=float(state.lr),
+            next_lr=float(state.step_lr()),
             time_s=epoch_times[-1],
         )
         if ckpt:

@@ -310,7 +310,7 @@ def train_and_evaluate(
         test = evaluate(evaluated, config.model, test_loader, device, quirk4)
         val_m = evaluate(evaluated, config.model, val_loader, device, quirk4) if val_loader is not None else None
         epoch_times.append(time.perf_counter() - t_start)  # evaluate() synchronised the device
-        lr = per_step.base_lrs[0] if per_step else optimizer.param_groups[0]["lr"]  # as jaxmnist: the base lr
+        lr = optimizer.param_groups[0]["lr"]  # the rate the next step will use, as jaxmnist logs it
         if scheduler is not None:
             scheduler.step((val_m or test)["accuracy"])
         report.epoch(
@@ -320,7 +320,7 @@ def train_and_evaluate(
             batch_acc=acc,
             batch_loss=loss,
             lr=lr,
-            next_lr=per_step.base_lrs[0] if per_step else optimizer.param_groups[0]["lr"],
+            next_lr=optimizer.param_groups[0]["lr"],
             time_s=epoch_times[-1],
         )
     return report.finish(epoch_times)
