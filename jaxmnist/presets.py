@@ -161,11 +161,11 @@ def validate(config: Config) -> None:
 
 
 def schedule_points(config: Config, total_steps: int) -> tuple[list[float], list[float]]:
-    """The learning-rate multiplier of every step as a piecewise-linear function (steps, multipliers), for
-    jnp.interp (jaxmnist.engine) and np.interp (torch_ref's LambdaLR) alike: 1 throughout for 'constant'; for
-    'onecycle', 1/25 at step 0 (torch's OneCycleLR div_factor), 1 after `warmup` of the steps, 0 at the end."""
-    if config.schedule == "constant":
-        return [0.0, float(total_steps)], [1.0, 1.0]
+    """A per-step schedule's learning-rate multiplier as a piecewise-linear function (steps, multipliers), for
+    jnp.interp (jaxmnist.engine) and np.interp (torch_ref's LambdaLR) alike; 'onecycle': 1/25 at step 0 (torch's
+    OneCycleLR div_factor), 1 after `warmup` of the steps, 0 at the end. ('constant' has none: both trainers leave
+    the rate alone.)"""
+    assert config.schedule == "onecycle", config.schedule
     return [0.0, config.warmup * total_steps, float(total_steps)], [1 / 25, 1.0, 0.0]
 
 

@@ -1,5 +1,6 @@
 """Per-layer CPU cost of convolutions in JAX (XLA:CPU) and torch (oneDNN): forward, and forward plus backward
-(gradients of the input and the kernel), one layer at a time, interleaved so both frameworks see the same machine.
+(gradients of the input and the kernel), one layer at a time, timed round-robin (benchlib.timing.measure_interleaved)
+so that all four see the same machine; the best round of each is reported.
 
     python scripts/layer_table.py                       # the fast preset's layers at batch 256
     python scripts/layer_table.py --batch-size 512 --layers 28:1:32:3,14:32:64:3
@@ -12,7 +13,6 @@ The table it prints is kept in benchmarks/README.md ("Per-layer costs").
 from __future__ import annotations
 
 import argparse
-import time
 
 import jax
 import jax.numpy as jnp
@@ -20,23 +20,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from benchlib.timing import measure_interleaved
 from jaxmnist import models
 
 # The fast network's convolutions (jaxmnist.models.FastNet) and two alternatives that were measured for it.
 DEFAULT_LAYERS = "28:1:32:3,28:32:32:3,14:32:64:3,14:64:64:3,7:64:128:3,28:1:32:5,14:32:64:5"
-
-
-def best_ms(fn, repeats: int, max_s: float) -> float:
-    """The fastest of `repeats` calls (after one warm-up), in ms; stops early after `max_s` seconds."""
-    fn()
-    times, start = [], time.perf_counter()
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-        if time.perf_counter() - start > max_s:
-            break
-    return 1e3 * min(times)
 
 
 def jax_layer(b: int, h: int, cin: int, cout: int, k: int, pad: int):
@@ -65,8 +53,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--layers", default=DEFAULT_LAYERS, help="comma-separated H:Cin:Cout:K")
-    p.add_argument("--repeats", type=int, default=10)
-    p.add_argument("--max-s", type=float, default=3.0)
+    p.add_argument("--repeats", type=int, default=10, help="rounds: one call of each of the four per round")
     args = p.parse_args()
     b = args.batch_size
     print(f"batch {b}; jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__} "
@@ -79,8 +66,10 @@ def main() -> None:
         valid = fields[4:] == ["valid"]
         pad, out = (0, h - k + 1) if valid else (k // 2, h)
         mmac = out * out * cin * cout * k * k / 1e6
-        jf, jb = (best_ms(f, args.repeats, args.max_s) for f in jax_layer(b, h, cin, cout, k, pad))
-        tf, tb = (best_ms(f, args.repeats, args.max_s) for f in torch_layer(b, h, cin, cout, k, pad))
+        fns = dict(zip(("jf", "jb"), jax_layer(b, h, cin, cout, k, pad)))
+        fns.update(zip(("tf", "tb"), torch_layer(b, h, cin, cout, k, pad)))
+        timings = measure_interleaved(fns, lambda _: None, rounds=args.repeats)  # every fn syncs itself
+        jf, jb, tf, tb = (1e3 * timings[name].summary()["min_s"] for name in ("jf", "jb", "tf", "tb"))
         name = f"{h}x{h} {cin}->{cout} {k}x{k}" + (" valid" if valid else "")
         print(f"| {name} | {mmac:.2f} | {jf:.1f} | {tf:.1f} | {jb:.1f} | {tb:.1f} | {jb / tb:.2f} |", flush=True)
 

@@ -123,14 +123,17 @@ class WeightAverage:
 
     def __init__(self, model: nn.Module, decay: float):
         self.model, self.decay = copy.deepcopy(model), decay
+        # The tensors of both models, listed once: the optimiser updates them in place, so they stay the same.
+        self._pairs = (self._tensors(self.model), self._tensors(model))
 
     @staticmethod
     def _tensors(model: nn.Module) -> list[torch.Tensor]:
         return [t for t in itertools.chain(model.parameters(), model.buffers()) if t.dtype.is_floating_point]
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        torch._foreach_lerp_(self._tensors(self.model), self._tensors(model), 1 - self.decay)
+    def update(self) -> None:
+        """One step of the average, from the model it was made from."""
+        torch._foreach_lerp_(*self._pairs, 1 - self.decay)
 
 
 def train_step(model: nn.Module, name: str, optimizer, images, labels, label_smoothing: float = 0.0):
@@ -166,7 +169,7 @@ def train_epoch(
         if schedule is not None:
             schedule.step()
         if average is not None:
-            average.update(model)
+            average.update()
         accs.append(100.0 * (logits.argmax(1) == labels).float().mean())
         losses.append(loss.detach())
         if bar is not None:
