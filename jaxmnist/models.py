@@ -148,18 +148,57 @@ class BatchNorm(nn.Module):
         x = x.astype(jnp.promote_types(self.dtype, jnp.float32))
         if self.use_running_average:
             mean, var = running_mean.value, running_var.value
+            y = (x - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
         else:
-            reduction_axes = tuple(range(x.ndim - 1))
-            mean = x.mean(reduction_axes)
-            var = jnp.square(x - mean).mean(reduction_axes)  # two-pass: no cancellation
+            y, mean, var = batch_norm_train(x, scale, bias, self.epsilon)
             # Like flax's BatchNorm, init only creates the statistics; it does not update them.
             if not self.is_initializing():
-                n = x.size // features
-                m = self.momentum
-                running_mean.value = (1 - m) * running_mean.value + m * mean
-                running_var.value = (1 - m) * running_var.value + m * var * (n / (n - 1))
-        y = (x - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
+                self.update_statistics(mean, var, x.size // features)
         return y.astype(self.dtype)
+
+    def update_statistics(self, mean, var, n: int):
+        """torch's running-statistics update from a batch of `n` values per channel: the unbiased variance."""
+        m = self.momentum
+        for name, value in (('mean', mean), ('var', var * (n / (n - 1)))):
+            self.put_variable('batch_stats', name, (1 - m) * self.get_variable('batch_stats', name) + m * value)
+
+
+def _batch_stats(x):
+    axes = tuple(range(x.ndim - 1))
+    mean = x.mean(axes)
+    return mean, jnp.square(x - mean).mean(axes)  # two-pass: no cancellation
+
+
+def _batch_norm_train_fwd(x, scale, bias, epsilon):
+    mean, var = _batch_stats(x)
+    rstd = jax.lax.rsqrt(var + epsilon)
+    return ((x - mean) * rstd * scale + bias, mean, var), (x, mean, rstd, scale)
+
+
+def _batch_norm_train_bwd(epsilon, residuals, cotangents):
+    """The textbook closed form, dx = scale rstd (dy - mean(dy) - xhat mean(dy xhat)), plus the statistics'
+    own cotangents. Two reductions and one elementwise pass; autodiff's graph of the forward makes XLA:CPU
+    take 2.8x longer (28x28x32, batch 256: 29 against 10 ms for BN and ReLU, forward and backward)."""
+    x, mean, rstd, scale = residuals
+    dy, dmean, dvar = cotangents
+    axes = tuple(range(x.ndim - 1))
+    n = x.size // x.shape[-1]
+    xhat = (x - mean) * rstd
+    dbias = dy.sum(axes)
+    dscale = (dy * xhat).sum(axes)
+    k = scale * rstd
+    dx = k * dy - (k / n) * (dbias + xhat * dscale) + dmean / n + (2.0 / n) * dvar * (x - mean)
+    return dx, dscale, dbias
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def batch_norm_train(x, scale, bias, epsilon: float):
+    """Training-mode BatchNorm over all axes but the last: (normalised and affine x, batch mean, biased batch
+    variance), with a hand-written gradient (_batch_norm_train_bwd says why)."""
+    return _batch_norm_train_fwd(x, scale, bias, epsilon)[0]
+
+
+batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
 
 
 def flatten_chw(x):
@@ -209,6 +248,94 @@ def max_pool(x, window: int, strides: int, padding: int = 0):
         return max_pool_2x2(x)
     # reduce_window pads with the -inf init value, as torch's MaxPool2d does.
     return nn.max_pool(x, (window, window), (strides, strides), ((padding, padding), (padding, padding)))
+
+
+# ----------------------------------------------- conv -> BN -> ReLU -> pool of a single-channel input, in one pass
+def _taps_3x3(x):
+    """[N,H,W] -> the nine shifted copies that a 3x3 'SAME' convolution reads, in the kernel's (row, column) order."""
+    h, w = x.shape[1:]
+    x = jnp.pad(x, ((0, 0), (1, 1), (1, 1)))
+    return [x[:, i : i + h, j : j + w] for i in range(3) for j in range(3)]
+
+
+def _windows_2x2(a):
+    """The four pixels of each 2x2 window, as strided views in torch's scan order."""
+    return a[:, 0::2, 0::2], a[:, 0::2, 1::2], a[:, 1::2, 0::2], a[:, 1::2, 1::2]
+
+
+def _stage_1ch(x, w, mean, a, bias):
+    """relu(max-pool(a (conv(x, w) - mean) + bias)) on x [N,H,W] and w [9,C], computed at each window's four
+    pixels (nine FMAs each) without materialising the [N,H,W,C] activation. Also returns, per window, the index of
+    torch's first maximum (int8) and the winner's centred conv output h, which the gradient needs."""
+    h = [sum(t[..., None] * w[k] for k, t in enumerate(q)) - mean for q in zip(*map(_windows_2x2, _taps_3x3(x)))]
+    z = [hq * a + bias for hq in h]
+    first = (z[0] >= z[1]) & (z[0] >= z[2]) & (z[0] >= z[3])
+    second = ~first & (z[1] >= z[2]) & (z[1] >= z[3])
+    third = ~first & ~second & (z[2] >= z[3])
+    index = jnp.where(first, 0, jnp.where(second, 1, jnp.where(third, 2, 3))).astype(jnp.int8)
+    winner = lambda v: jnp.where(first, v[0], jnp.where(second, v[1], jnp.where(third, v[2], v[3])))
+    return jnp.maximum(winner(z), 0), index, winner(h)
+
+
+def stage_1ch_eval(x, kernel, scale, bias, mean, var, epsilon: float):
+    """FastNet's first stage in eval mode (BatchNorm on running statistics) on x [N,H,W,1], H and W even."""
+    a = scale * jax.lax.rsqrt(var + epsilon)
+    return _stage_1ch(x[..., 0], kernel.reshape(9, -1), mean, a, bias)[0]
+
+
+def _stage_1ch_reference(x, kernel, scale, bias, epsilon):
+    y, mean, var = batch_norm_train(conv2d(x, kernel, 1, 1), scale, bias, epsilon)
+    return max_pool_2x2(jax.nn.relu(y)), mean, var
+
+
+def _stage_1ch_train_fwd(x, kernel, scale, bias, epsilon):
+    w = kernel.reshape(9, -1)
+    # The batch statistics of conv(x, w) from the input's: mean = mu w, var = w' Sigma w, with the 9x9 covariance
+    # Sigma of the taps computed centred (two passes, as BatchNorm's own variance).
+    p = jnp.stack(_taps_3x3(x[..., 0]), -1).reshape(-1, 9)
+    mu = p.mean(0)
+    sigma = (p - mu).T @ (p - mu) / p.shape[0]
+    mean, var = mu @ w, jnp.sum(w * (sigma @ w), 0)
+    rstd = jax.lax.rsqrt(var + epsilon)
+    out, index, h = _stage_1ch(x[..., 0], w, mean, scale * rstd, bias)
+    # Without the barrier XLA recomputes the 36 FMAs per output behind `index` in each fusion that reads it.
+    out, index, h = jax.lax.optimization_barrier((out, index, h))
+    return (out, mean, var), (x, kernel, scale, bias, mu, sigma, rstd, out, index, h)
+
+
+def _stage_1ch_train_bwd(epsilon, residuals, cotangents):
+    """Only the pooled winners carry a gradient, so everything is computed at the pooled resolution: with gq the
+    output's cotangent where the output is positive, P the taps at each winner and h its centred conv output,
+    dbias = sum gq, dscale = rstd sum gq h, and dW = scale rstd (P'gq - mu dbias) - scale rstd^2 dscale Sigma W
+    (BatchNorm's gradient through the batch statistics, as functions of W), plus the statistics' own cotangents.
+    The input's gradient, which training never asks for (XLA drops it), comes from the composed reference."""
+    x, kernel, scale, bias, mu, sigma, rstd, out, index, h = residuals
+    dout, dmean, dvar = cotangents
+    w = kernel.reshape(9, -1)
+    gq = jnp.where(out > 0, dout, 0)
+    windows = zip(*map(_windows_2x2, _taps_3x3(x[..., 0])))
+    # P'gq as four batched GEMMs (one per window position); one GEMM over N*H*W/4 rows is 3x slower on XLA:CPU.
+    pg = sum(jnp.einsum('nhwt,nhwc->ntc', jnp.stack(p, -1), jnp.where(index == q, gq, 0)).sum(0)
+             for q, p in enumerate(windows))
+    dbias = gq.sum((0, 1, 2))
+    dscale = jnp.sum(gq * h, (0, 1, 2)) * rstd
+    k, sw = scale * rstd, sigma @ w
+    dw = k * (pg - mu[:, None] * dbias) - k * rstd * dscale * sw + mu[:, None] * dmean + 2 * dvar * sw
+    _, vjp = jax.vjp(lambda x: _stage_1ch_reference(x, kernel, scale, bias, epsilon), x)
+    dx = vjp(cotangents)[0]
+    return dx, dw.reshape(kernel.shape), dscale, dbias
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def stage_1ch_train(x, kernel, scale, bias, epsilon: float):
+    """FastNet's first stage in training mode, Conv2d(1, C, 3, padding=1, bias=False) -> BatchNorm2d (batch
+    statistics) -> ReLU -> MaxPool2d(2), on x [N,H,W,1] with H and W even: (output [N,H/2,W/2,C], batch mean,
+    biased batch variance). The same function as the composed layers, in a few passes over the input instead of
+    a dozen over the [N,H,W,C] activation (benchmarks/README.md, "The fused first stage")."""
+    return _stage_1ch_train_fwd(x, kernel, scale, bias, epsilon)[0]
+
+
+stage_1ch_train.defvjp(_stage_1ch_train_fwd, _stage_1ch_train_bwd)
 
 
 class CNN(nn.Module):
@@ -270,6 +397,7 @@ class FastNet(nn.Module):
     convs_per_stage: int = 1
     num_classes: int = 10
     dtype: Dtype = jnp.float32
+    fuse_first_stage: bool = True  # stage_1ch_*: the same function, 2.5x faster forward plus backward on XLA:CPU
 
     @nn.compact
     def __call__(self, x, train: bool):
@@ -277,7 +405,11 @@ class FastNet(nn.Module):
         norm = functools.partial(BatchNorm, use_running_average=not train, dtype=self.dtype)
         x = x.astype(self.dtype)
         index = 0  # the position in torch's Sequential: conv, BN, ReLU per conv, a pool per stage
-        for features in self.widths:
+        for stage, features in enumerate(self.widths):
+            if stage == 0 and self._fusable(x):
+                x = self._fused_first_stage(conv(features, name='features_0'), norm(name='features_1'), x, train)
+                index += 4
+                continue
             for _ in range(self.convs_per_stage):
                 x = conv(features, name=f'features_{index}')(x)
                 x = nn.relu(norm(name=f'features_{index + 1}')(x))
@@ -285,6 +417,29 @@ class FastNet(nn.Module):
             x = max_pool(x, 2, 2)
             index += 1
         return Dense(self.num_classes, dtype=self.dtype, name='fc')(flatten_chw(x))
+
+    def _fusable(self, x) -> bool:
+        """The first stage fuses when it is one conv of a 1-channel input with even sides, in float32 or wider, and
+        its parameters exist (init runs the composed layers, which create them)."""
+        return (
+            self.fuse_first_stage
+            and self.convs_per_stage == 1
+            and x.shape[-1] == 1
+            and x.shape[1] % 2 == x.shape[2] % 2 == 0
+            and jnp.dtype(self.dtype).itemsize >= 4
+            and not self.is_initializing()
+        )
+
+    @staticmethod
+    def _fused_first_stage(conv: 'Conv', norm: 'BatchNorm', x, train: bool):
+        kernel = conv.variables['params']['kernel']
+        scale, bias = norm.variables['params']['scale'], norm.variables['params']['bias']
+        if not train:
+            stats = norm.variables['batch_stats']
+            return stage_1ch_eval(x, kernel, scale, bias, stats['mean'], stats['var'], norm.epsilon)
+        y, mean, var = stage_1ch_train(x, kernel, scale, bias, norm.epsilon)
+        norm.update_statistics(mean, var, x.size)
+        return y
 
 
 class BasicBlock(nn.Module):

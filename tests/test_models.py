@@ -408,3 +408,44 @@ def test_only_tiny_and_single_channel_cpu_convolutions_become_matmuls(monkeypatc
         model = models.get_model(name)
         jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), x)
         assert len(calls) == expected, name
+
+
+def test_fused_first_stage_is_the_composed_layers(rng):
+    """stage_1ch_train is conv -> BatchNorm (batch statistics) -> ReLU -> max-pool composed (itself torch's, above):
+    its three outputs and the gradients of all four inputs, with cotangents on the batch statistics too (float64:
+    the sums are only reordered, so 1e-10). stage_1ch_eval is the same layers on running statistics."""
+    x = rng.standard_normal((3, 8, 6, 1))
+    x[0, :2, :2] = 0.5  # a window of ties: the gradient goes to its first pixel
+    kernel, scale, bias = rng.standard_normal((3, 3, 1, 5)), rng.uniform(0.5, 1.5, 5), rng.standard_normal(5)
+    with jax.enable_x64():
+        args = tuple(map(jnp.asarray, (x, kernel, scale, bias)))
+        fused, fused_vjp = jax.vjp(lambda *a: models.stage_1ch_train(*a, 1e-5), *args)
+        composed, composed_vjp = jax.vjp(lambda *a: models._stage_1ch_reference(*a, 1e-5), *args)
+        cotangents = tuple(jnp.asarray(rng.standard_normal(o.shape)) for o in composed)
+        for got, want in zip((*fused, *fused_vjp(cotangents)), (*composed, *composed_vjp(cotangents))):
+            np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+        mean, var = jnp.asarray(rng.standard_normal(5)), jnp.asarray(rng.uniform(0.5, 2, 5))
+        y = (models.conv2d(args[0], args[1], 1, 1) - mean) * jax.lax.rsqrt(var + 1e-5) * args[2] + args[3]
+        np.testing.assert_allclose(
+            models.stage_1ch_eval(*args, mean, var, 1e-5), models.max_pool_2x2(jax.nn.relu(y)), rtol=1e-10, atol=1e-10
+        )
+
+
+@pytest.mark.parametrize('train', [False, True], ids=['eval', 'train'])
+def test_fast_network_runs_its_first_stage_fused(train, monkeypatch):
+    """FastNet takes the fused path (so the torch parity tests above check it), and agrees with its composed
+    layers: logits and running statistics (float32: 1e-5, LOGIT_TOL)."""
+    calls = []
+    for fn in ('stage_1ch_train', 'stage_1ch_eval'):
+        monkeypatch.setattr(models, fn, functools.partial(lambda f, *a: calls.append(f) or f(*a), getattr(models, fn)))
+    variables, x = initialised('fast'), inputs(4, seed=0)[1]
+
+    def run(fuse):
+        model = models.FastNet(fuse_first_stage=fuse)
+        return model.apply(variables, x, train=train, mutable=['batch_stats'])
+
+    (fused, fused_stats), (composed, composed_stats) = run(True), run(False)
+    assert len(calls) == 1
+    np.testing.assert_allclose(fused, composed, atol=LOGIT_TOL['float32'])
+    for got, want in zip(jax.tree.leaves(fused_stats), jax.tree.leaves(composed_stats)):
+        np.testing.assert_allclose(got, want, rtol=LOGIT_TOL['float32'], atol=LOGIT_TOL['float32'])
