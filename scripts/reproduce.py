@@ -235,13 +235,24 @@ def reproduce(preset: str, args, out: Path, deadline: float | None = None) -> di
                 continue
             logdir = out / "runs" / name / framework / f"seed{seed}"
             runs[framework].append(run_one(framework, preset, seed, args, logdir, deadline))
-            result["frameworks"] = {fw: aggregate(r) for fw, r in runs.items() if r}
+            result["frameworks"] = with_kept(runs, kept)
             # After each run, so a cut-off invocation keeps what it finished; but never replace earlier results
             # with an invocation in which no run succeeded.
             if any(succeeded(r) for r in runs[framework]):
                 atomic_write(path, json.dumps(result, indent=1).encode())
-    result["frameworks"] = {fw: aggregate(r) for fw, r in runs.items() if r}
+    result["frameworks"] = with_kept(runs, kept)
     return result
+
+
+def with_kept(runs: dict[str, list[dict]], kept: dict) -> dict:
+    """{framework: aggregate} of this invocation's runs and of every kept run it has not reached (yet): neither a
+    cut-off invocation, nor one with fewer seeds or other frameworks, drops earlier results from the JSON."""
+    by_seed: dict[str, dict[int, dict]] = {fw: {} for fw in runs}
+    for (fw, seed), run in kept.items():
+        by_seed.setdefault(fw, {})[seed] = run
+    for fw, done in runs.items():
+        by_seed[fw].update((run["seed"], run) for run in done)
+    return {fw: aggregate([s[k] for k in sorted(s)]) for fw, s in by_seed.items() if s}
 
 
 def earlier_runs(path: Path, result: dict) -> dict:

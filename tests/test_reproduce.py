@@ -112,3 +112,27 @@ def test_reproduce_budget_resume_and_skips(tmp_path, monkeypatch, capsys):
     assert "-m jaxmnist.train" not in captured.out and "4 run(s) skipped or stopped" in captured.err
     frameworks = json.loads((tmp_path / "cnn_tb.json").read_text())["frameworks"]
     assert [(agg["final_acc"]["n"], agg["skipped"], agg["failed"]) for agg in frameworks.values()] == [(1, 2, 0)] * 2
+
+
+def test_reproduce_never_drops_earlier_runs(tmp_path, monkeypatch):
+    def fake_run(framework, preset, seed, args, logdir, deadline=None):
+        if framework == "torch" and seed == 1:
+            raise KeyboardInterrupt  # the invocation is cut off after torch's seed 0
+        return {"seed": seed, "final_acc": 99.0 + seed / 10, "best_acc": 99.0, "avg_epoch_s": 1.0,
+                "device": "cpu:cpu", "versions": {}, "commit": None}  # fmt: skip
+
+    def seeds(fw):
+        agg = json.loads((tmp_path / "cnn_tb.json").read_text())["frameworks"].get(fw)
+        return [run["seed"] for run in agg["runs"]] if agg else []
+
+    monkeypatch.setattr(reproduce, "run_one", fake_run)
+    out = ["--presets", "cnn_tb", "--out", str(tmp_path)]
+    assert reproduce.main([*out, "--seeds", "3", "--frameworks", "jax"]) == 0
+    assert (seeds("jax"), seeds("torch")) == ([0, 1, 2], [])
+    try:  # torch only, cut off: JAX's seeds 1 and 2 were not reached by this invocation, and stay
+        reproduce.main([*out, "--seeds", "3", "--frameworks", "torch"])
+    except KeyboardInterrupt:
+        pass
+    assert (seeds("jax"), seeds("torch")) == ([0, 1, 2], [0])
+    assert reproduce.main([*out, "--seeds", "1"]) == 0  # fewer seeds than the file holds: all are kept
+    assert (seeds("jax"), seeds("torch")) == ([0, 1, 2], [0])
