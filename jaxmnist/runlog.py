@@ -219,16 +219,17 @@ class Report:
     """What a training run prints and records, the same for both trainers: the blog's lines on `out` and,
     with a RunLog, its TensorBoard events and metrics.json."""
 
-    def __init__(self, out, log: RunLog | None = None):
-        self.out, self.log = out, log
+    def __init__(self, out, log: RunLog | None = None, prefix: str = ""):
+        self.out, self.log, self.prefix = out, log, prefix  # prefix: e.g. 'seed 3 ' before each epoch line
 
     @classmethod
-    def for_run(cls, out, logdir, **run: Any) -> "Report":
+    def for_run(cls, out, logdir, prefix: str = "", **run: Any) -> "Report":
         """A run's report, with a RunLog in `logdir` if one is given (`run`: RunLog's keyword arguments)."""
-        return cls(out, RunLog(logdir, **run) if logdir else None)
+        return cls(out, RunLog(logdir, **run) if logdir else None, prefix)
 
     def say(self, line: str) -> None:
-        print(line, file=self.out or sys.stdout, flush=True)  # None: stdout as it is now (capture, redirection)
+        # None: stdout as it is now (capture, redirection)
+        print(self.prefix + line, file=self.out or sys.stdout, flush=True)
 
     def preamble(
         self,

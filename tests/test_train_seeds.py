@@ -1,0 +1,96 @@
+"""jaxmnist.train's seeds: vmapped seeds equal each seed trained alone, sequential seeds share their programs,
+a vmapped stack checkpoints and resumes, the summary (tiny real runs)."""
+
+import dataclasses
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from jaxmnist import train
+from jaxmnist.presets import Config
+
+# Dropout and a plateau rule that fires: each seed's own keys and learning rate matter. No augmentation: its
+# PIL-exact fixed-point rounding can turn a one-ulp difference of the vmapped program into another boundary pixel,
+# after which the two runs part as runs on two machines would (the augmentation itself vmaps exactly).
+TINY = Config(
+    model="cnn", batch_size=64, lr=0.05, epochs=3, train_size=640, eval_batch_size=500, plateau=True,
+    plateau_patience=0,
+)  # fmt: skip
+# Rolled scans of one chunk length keep compilation cheap (the unrolled CPU default compiles ~5x longer).
+RUN = dict(progress=False, chunk_steps=5, unroll=False)
+
+
+def tiny_data(mnist):
+    return dataclasses.replace(mnist, test_images=mnist.test_images[:1000], test_labels=mnist.test_labels[:1000])
+
+
+def curve(result):
+    """Accuracies to 1e-3 points (100 * correct / count in float32 rounds differently in a vmapped program) and
+    learning rates, per epoch."""
+    return [(round(e["test_acc"], 3), round(e["train_acc"], 3), e["lr"]) for e in result.record["epochs"]]
+
+
+def test_parse_seeds():
+    assert train.parse_seeds("3") == (0, 1, 2)
+    assert train.parse_seeds("4-6") == (4, 5, 6)
+    assert train.parse_seeds("0,7,2") == (0, 7, 2)
+    for bad in ("0", "-1", "5-3", "1,1", "a", "1,x"):
+        with pytest.raises(train.UsageError):
+            train.parse_seeds(bad)
+
+
+def test_cpu_runs_seeds_in_turn_unless_told():
+    assert train.choose_seed_mode("auto", TINY, 4)[0] == "sequential"  # tests run on the CPU
+    assert train.choose_seed_mode("vmap", TINY, 4)[0] == "vmap"
+    assert train.choose_seed_mode("auto", TINY, 1)[0] == "sequential"
+
+
+def test_vmapped_seeds_equal_each_seed_alone(mnist, tmp_path):
+    """Tolerance: the same test and train accuracies and learning rates in every epoch; parameters within 1e-4
+    (relative) after 30 steps: vmapped convolutions are grouped ones, summed in another order."""
+    data = tiny_data(mnist)
+    stack = train.train_seeds(TINY, (0, 1), "vmap", data=data, logdir=tmp_path / "log", **RUN)
+    for seed, vmapped in zip((0, 1), stack):
+        alone = train.train_and_evaluate(TINY.replace(seed=seed), data=data, logdir=tmp_path / f"alone{seed}", **RUN)
+        assert curve(vmapped) == curve(alone)
+        for a, b in zip(jax.tree.leaves(vmapped.state), jax.tree.leaves(alone.state)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+    assert curve(stack[0]) != curve(stack[1])  # two seeds, two runs
+    assert [e["lr"] for e in stack[0].record["epochs"]] != [TINY.lr] * 3  # the plateau rule stepped
+    summary = json.loads((tmp_path / "log" / "seeds.json").read_text())
+    finals = [r.record["final_acc"] for r in stack]
+    assert summary["mode"] == "vmap" and summary["final_acc"]["each"] == finals
+    assert summary["final_acc"]["mean"] == pytest.approx(np.mean(finals))
+    for seed in (0, 1):
+        metrics = json.loads((tmp_path / "log" / f"seed{seed}" / "metrics.json").read_text())
+        assert metrics["config"]["seed"] == seed and len(metrics["epochs"]) == 3
+
+
+def test_sequential_seeds_compile_once_and_equal_each_seed_alone(mnist, tmp_path, monkeypatch):
+    data = tiny_data(mnist)
+    compiled = []
+    compile_training = train.compile_training
+    monkeypatch.setattr(train, "compile_training", lambda *a, **k: compiled.append(1) or compile_training(*a, **k))
+    config = TINY.replace(epochs=2, blog_quirks=True)  # quirk 2: the test set augmented with each seed's own key
+    runs = train.train_seeds(config, (0, 1), "sequential", data=data, logdir=tmp_path / "log", **RUN)
+    assert len(compiled) == 1
+    alone = train.train_and_evaluate(config.replace(seed=1), data=data, logdir=tmp_path / "alone", **RUN)
+    assert curve(runs[1]) == curve(alone)
+    for a, b in zip(jax.tree.leaves(runs[1].state), jax.tree.leaves(alone.state)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert json.loads((tmp_path / "log" / "seeds.json").read_text())["mode"] == "sequential"
+
+
+def test_vmapped_stack_resumes_bitwise(mnist, tmp_path):
+    data = tiny_data(mnist)
+    run = dict(data=data, **RUN)
+    full = train.train_seeds(TINY, (0, 1), "vmap", workdir=tmp_path / "full", **run)
+    train.train_seeds(TINY, (0, 1), "vmap", workdir=tmp_path / "cut", stop_after_epoch=1, **run)
+    resumed = train.train_seeds(TINY, (0, 1), "vmap", workdir=tmp_path / "cut", resume=True, **run)
+    for f, r in zip(full, resumed):
+        for a, b in zip(jax.tree.leaves(f.state), jax.tree.leaves(r.state)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(train.UsageError, match="different settings: seeds"):
+        train.train_seeds(TINY, (0, 2), "vmap", workdir=tmp_path / "cut", resume=True, **run)
