@@ -15,6 +15,8 @@ import os
 import time
 from pathlib import Path
 
+import jax
+
 from jaxmnist import cli, engine
 from jaxmnist.cli import UsageError
 
@@ -59,6 +61,13 @@ def damage(step_dir: Path) -> str | None:
     return f"unexpected file {extra[0]}" if extra else None
 
 
+def _barrier(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
 class Checkpointer:
     """The run's checkpoints in `workdir`; damaged steps found on opening are set aside (see `damaged`)."""
 
@@ -69,12 +78,18 @@ class Checkpointer:
         self.root = Path(workdir).absolute()
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            probe = self.root / ".write-test"
+            probe = self.root / f".write-test-{jax.process_index()}"
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as e:
             raise UsageError(f"cannot write to --workdir {workdir}: {e.strerror}") from None
-        self.damaged = [note for kind in ("latest", "best") for note in self._set_aside_damaged(kind)]
+        # With several processes (one shared workdir), process 0 alone sets damaged steps aside and writes
+        # manifests; orbax itself saves and restores the multi-host way (every process its shards).
+        self.main = jax.process_index() == 0
+        self.damaged = (
+            [note for kind in ("latest", "best") for note in self._set_aside_damaged(kind)] if self.main else []
+        )
+        _barrier("jaxmnist-checkpoint-open")
 
         def manager(kind, keep):
             options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
@@ -110,7 +125,9 @@ class Checkpointer:
         arrays = {k: v for k, v in state.__dict__.items() if k not in ("apply_fn", "tx")}
         args = self.ocp.args.Composite(state=self.ocp.args.StandardSave(arrays), meta=self.ocp.args.JsonSave(meta))
         manager.save(epoch, args=args)
-        write_manifest(Path(manager.directory) / str(epoch))
+        if self.main:
+            write_manifest(Path(manager.directory) / str(epoch))
+        _barrier(f"jaxmnist-checkpoint-{epoch}")
 
     def save(self, state: engine.TrainState, epoch: int, test_acc: float, meta: dict) -> None:
         """`latest` every epoch, `best` on a new best test accuracy; a Ctrl-C or SIGTERM waits until both are
