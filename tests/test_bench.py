@@ -34,6 +34,7 @@ def test_quick_cli_writes_json_and_table(tmp_path, mnist):
         "torch_tuned",
         "torch_blog_step",
         "jax_epoch",
+        "jax_epoch_seeds",
         "jax_eval",
         "torch_blog_epoch",
         "torch_tuned_eval",
@@ -43,6 +44,7 @@ def test_quick_cli_writes_json_and_table(tmp_path, mnist):
     assert step["flops_per_image"] > 1e6 and step["step"]["n"] >= 2 and step["compile_s"] > 0
     assert kinds["torch_blog_step"]["num_workers"] == 0
     assert doc["env"]["versions"]["jax"] == jax.__version__ and doc["env"]["commit"]
+    assert kinds["jax_epoch_seeds"]["seeds"] == 2 and "vmapped s per seed" in proc.stdout
     assert "| cnn | 8 |" in proc.stdout and "QUICK SMOKE RUN" in proc.stdout
     assert "JAX " in proc.stdout and "x faster" in proc.stdout
     print(f"quick run: {time.perf_counter() - t0:.1f} s")

@@ -13,6 +13,9 @@ def test_epoch_and_eval_count_what_they_ran():
     epoch = jax_side.jax_epoch("cnn", 8, data, settings)
     assert (epoch["steps"], epoch["images"], epoch["chunks"]) == (4, 32, [2, 2])  # 36 // 8 steps, tail dropped
     assert len(epoch["epoch_s_each"]) == 2 and epoch["full_epoch_s_estimate"] == epoch["epoch_s"] * 5 / 4
+    seeds = jax_side.jax_epoch("cnn", 8, data, settings, n_seeds=3)  # three vmapped seeds
+    assert seeds["seeds"] == 3 and seeds["seed_epoch_s"] == seeds["full_epoch_s_estimate"] / 3
+    assert seeds["images_per_s"] == 3 * 32 / seeds["epoch_s"]
     evaluation = jax_side.jax_eval("cnn", 4, data, settings)
     assert evaluation["images"] == 10 and evaluation["pass"]["n"] >= 2
 

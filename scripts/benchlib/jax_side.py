@@ -89,17 +89,19 @@ def jax_step(
     }
 
 
-def jax_epoch(network: str, batch_size: int, data: data_lib.Dataset, settings: Settings) -> dict:
+def jax_epoch(network: str, batch_size: int, data: data_lib.Dataset, settings: Settings, n_seeds: int = 1) -> dict:
     """A whole training epoch as jaxmnist.train runs it (its compiled chunks on device-resident uint8 data, its
-    epoch loop), compile time reported apart. Evaluation is not included (see `jax_eval`)."""
+    epoch loop), compile time reported apart. Evaluation is not included (see `jax_eval`). `n_seeds` > 1: that
+    many seeds in one vmapped program (`--seeds N --seed-mode vmap`), `seed_epoch_s` the time per seed."""
     config = config_for(network, batch_size).replace(train_size=settings.train_size)
     device_data = train.put_on_device(data, config)
     steps = train.epoch_steps(config, device_data.n_train)
     unroll = jax.default_backend() == "cpu"
     bounds = engine.chunk_bounds(steps, settings.chunk_steps, unroll)
-    state = initial_state(config, "f32")
+    seeds = train.Seeds(tuple(range(n_seeds)), vmapped=n_seeds > 1)
+    state = initial_state(config, "f32") if n_seeds == 1 else seeds.create_state(config, total_steps=steps)
     t0 = time.perf_counter()
-    training = train.compile_training(config, state, device_data.train, bounds, unroll)
+    training = train.compile_training(config, state, device_data.train, bounds, unroll, seeds)
     compile_s = time.perf_counter() - t0
     epoch_s = []
     for epoch in range(settings.epoch_repeats):
@@ -116,8 +118,10 @@ def jax_epoch(network: str, batch_size: int, data: data_lib.Dataset, settings: S
         "epoch_s_each": epoch_s,
         "epoch_s": best,
         "step_ms": 1e3 * best / steps,
-        "images_per_s": steps * batch_size / best,
+        "images_per_s": n_seeds * steps * batch_size / best,
         "full_epoch_s_estimate": best * (len(data.train_labels) // batch_size) / steps,
+        "seeds": n_seeds,
+        "seed_epoch_s": best * (len(data.train_labels) // batch_size) / steps / n_seeds,
     }
 
 

@@ -90,6 +90,8 @@ KINDS = {
     "jax_step_bf16": Kind("jax", False, False, 5, lambda c, n, b: jax_side.jax_step(
         n, b, c.data, c.settings, c.peak, "bf16")),
     "jax_epoch": Kind("jax", False, True, 8, lambda c, n, b: jax_side.jax_epoch(n, b, c.data, c.settings)),
+    "jax_epoch_seeds": Kind("jax", False, True, 30, lambda c, n, b: jax_side.jax_epoch(
+        n, b, c.data, c.settings, n_seeds=c.settings.seeds)),
     "jax_eval": Kind("jax", False, True, 3, lambda c, n, b: jax_side.jax_eval(n, b, c.data, c.settings)),
     "torch_blog_epoch": Kind("torch", False, True, 6, lambda c, n, b: _torch_side().torch_blog_epoch(
         n, b, c.data, c.settings, c.torch_device)),
