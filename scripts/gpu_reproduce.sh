@@ -8,7 +8,8 @@
 #
 # Every preset at the blog's epochs, both frameworks (torch: the blog's DataLoader loop, 4 workers), results in
 # OUT (default results/gpu: the CPU table stays apart). Round 1 runs seed 0 of every preset (SMALL, then LARGE);
-# round 2 seeds 1 and 2 of SMALL. Budget: at the blog's epochs the torch loop alone needs far more than BUDGET_S
+# round 2 seeds 1 and 2 of SMALL; JAX's seeds of a preset train together in one process there, vmapped
+# (reproduce.py --jax-seeds auto), and torch's one after another. Budget: at the blog's epochs the torch loop alone needs far more than BUDGET_S
 # (the blog's own epoch times add up to ~50 min for one seed of each preset), so one call covers what fits;
 # runs past the deadline are killed or skipped and recorded, and calling the script again (same OUT) keeps every
 # finished seed and goes on with the rest. Extra arguments go to reproduce.py (e.g. --epochs 5: a shorter table).

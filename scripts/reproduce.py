@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import functools
 import importlib.util
 import json
 import math
@@ -103,6 +104,13 @@ def build_parser() -> cli.ArgumentParser:
         help="run every seed again; by default a seed that OUT/<preset>.json already holds, made with the same "
         "settings, is kept (so an interrupted or budgeted invocation can be continued)",
     )
+    p.add_argument(
+        "--jax-seeds",
+        choices=("auto", "each", "together"),
+        default="auto",
+        help="JAX's seeds: each in its own process (the wall time per run is its own), or together in one "
+        "process (jaxmnist.train --seeds: vmapped on a GPU); auto: together where JAX has a GPU or TPU",
+    )
     p.add_argument("--num-workers", type=int, default=0, help="torch DataLoader workers (the blog used 4 on GPU)")
     p.add_argument("--data-dir", help="directory of the four MNIST IDX files (else jaxmnist.data's cache/sources)")
     p.add_argument("--out", default=str(ROOT / "results"), help="results directory (default: results/)")
@@ -111,28 +119,32 @@ def build_parser() -> cli.ArgumentParser:
 
 
 def run_one(framework: str, preset: str, seed: int, args, logdir: Path, deadline: float | None = None) -> dict:
-    """One training process; returns its metrics.json summarised, or the error it ended with. A run still going
-    at the `deadline` (time.monotonic()) is killed and recorded as 'stopped'; within MIN_RUN_S of it, none starts."""
+    """One training process of one seed (see `run_seeds`)."""
+    return run_seeds(framework, preset, [seed], args, logdir, deadline)[seed]
+
+
+def run_seeds(
+    framework: str, preset: str, seeds: list[int], args, logdir: Path, deadline: float | None = None
+) -> dict[int, dict]:
+    """One training process for `seeds` (several: JAX's --seeds, logs in LOGDIR/seed<k>); {seed: its metrics.json
+    summarised, or the error it ended with}. A run still going at the `deadline` (time.monotonic()) is killed and
+    recorded as 'stopped'; within MIN_RUN_S of it, none starts. Seeds trained together share the wall time."""
+
+    def each(**what):
+        return {s: {"seed": s, **what, "logdir": str(logdir)} for s in seeds}
+
     if deadline is not None and deadline - time.monotonic() < MIN_RUN_S:
-        return {"seed": seed, "skipped": "--budget-s spent before it started", "logdir": str(logdir)}
-    cmd = [
-        sys.executable,
-        "-m",
-        FRAMEWORKS[framework],
-        "--preset",
-        preset,
-        "--seed",
-        str(seed),
-        "--logdir",
-        str(logdir),
-        "--no-progress",
-    ]
+        return each(skipped="--budget-s spent before it started")
+    which = ["--seed", str(seeds[0])] if len(seeds) == 1 else ["--seeds", ",".join(map(str, seeds))]
+    cmd = [sys.executable, "-m", FRAMEWORKS[framework], "--preset", preset, *which]
+    cmd += ["--logdir", str(logdir), "--no-progress"]
     cmd += ["--epochs", str(args.epochs)] if args.epochs else []
     cmd += ["--max-steps", str(args.max_steps)] if args.max_steps else []
     cmd += ["--blog-quirks"] if args.blog_quirks else []
     cmd += ["--data-dir", args.data_dir] if args.data_dir else []
     cmd += ["--num-workers", str(args.num_workers)] if framework == "torch" else []
-    print(f"\n=== {preset} / {framework} / seed {seed}: {' '.join(cmd[1:])}", flush=True)
+    label = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))} together"
+    print(f"\n=== {preset} / {framework} / {label}: {' '.join(cmd[1:])}", flush=True)
     timeout = None if deadline is None else deadline - time.monotonic()
     start = time.perf_counter()
     try:  # stdout: the run's lines, live
@@ -140,11 +152,15 @@ def run_one(framework: str, preset: str, seed: int, args, logdir: Path, deadline
         wall_s = time.perf_counter() - start
     except subprocess.TimeoutExpired:
         print(f"--- stopped: --budget-s {args.budget_s:g} s spent", flush=True)
-        return {"seed": seed, "stopped": "killed at the --budget-s deadline", "logdir": str(logdir)}
+        return each(stopped="killed at the --budget-s deadline")
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr)
-        last = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
-        return {"seed": seed, "error": last, "logdir": str(logdir)}
+        return each(error=(proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1])
+    return {s: summarise(s, logdir / f"seed{s}" if len(seeds) > 1 else logdir, wall_s, framework, args, seeds) for s in seeds}
+
+
+def summarise(seed: int, logdir: Path, wall_s: float, framework: str, args, together: list[int]) -> dict:
+    """A finished run's record from its metrics.json: accuracies, epoch times, wall time, time to TARGETS."""
     record = json.loads((logdir / "metrics.json").read_text())
     test_acc, epoch_s = [e["test_acc"] for e in record["epochs"]], [e["time_s"] for e in record["epochs"]]
     return {
@@ -162,6 +178,7 @@ def run_one(framework: str, preset: str, seed: int, args, logdir: Path, deadline
         "versions": record["versions"],
         "commit": record["commit"],
         "num_workers": args.num_workers if framework == "torch" else None,
+        "trained_with": together if len(together) > 1 else None,  # seeds of one process: wall time shared
         "logdir": str(logdir),
     }
 
@@ -227,14 +244,22 @@ def reproduce(preset: str, args, out: Path, deadline: float | None = None) -> di
     path = out / f"{name}.json"
     kept = {} if args.rerun else earlier_runs(path, result)
     runs = {framework: [] for framework in args.frameworks}
+    together: dict[int, dict] = {}  # JAX's seeds trained in one process (--jax-seeds together), by seed
     for seed in range(args.seeds):  # seed by seed, alternating frameworks: a cut-off run stays comparable
         for framework in args.frameworks:
             if (framework, seed) in kept:
                 print(f"\n=== {preset} / {framework} / seed {seed}: kept from {path} (--rerun runs it again)")
                 runs[framework].append(kept[framework, seed])
                 continue
-            logdir = out / "runs" / name / framework / f"seed{seed}"
-            runs[framework].append(run_one(framework, preset, seed, args, logdir, deadline))
+            if framework == "jax" and args.jax_seeds == "together":
+                if seed not in together:  # every seed still missing, in one process
+                    missing = [s for s in range(seed, args.seeds) if ("jax", s) not in kept]
+                    logdir = out / "runs" / name / "jax" / f"seeds{missing[0]}-{missing[-1]}"
+                    together.update(run_seeds("jax", preset, missing, args, logdir, deadline))
+                runs[framework].append(together[seed])
+            else:
+                logdir = out / "runs" / name / framework / f"seed{seed}"
+                runs[framework].append(run_one(framework, preset, seed, args, logdir, deadline))
             result["frameworks"] = with_kept(runs, kept)
             # After each run, so a cut-off invocation keeps what it finished; but never replace earlier results
             # with an invocation in which no run succeeded.
@@ -270,6 +295,14 @@ def earlier_runs(path: Path, result: dict) -> dict:
         for run in agg["runs"]
         if succeeded(run)
     }
+
+
+@functools.cache
+def jax_backend() -> str:
+    """JAX's default backend, asked in a child process: this one leaves the accelerator to the runs."""
+    code = "import jax; print(jax.default_backend())"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    return proc.stdout.strip() or "cpu"
 
 
 def missing_modules(frameworks: list[str]) -> str | None:
@@ -383,7 +416,13 @@ def write_readme(out: Path) -> Path:
             "",
             "Wall time: from the trainer's process start to its exit (imports, data loading and compilation "
             "included), measured by `scripts/reproduce.py`. Time to X %: that wall time less the epochs after the "
-            "first epoch whose test accuracy reached X % (read off the test curve; nothing is selected by it).",
+            "first epoch whose test accuracy reached X % (read off the test curve; nothing is selected by it)."
+            + (
+                " Runs trained together in one process (`--jax-seeds together`: vmapped on a GPU) count that "
+                "process's whole wall time, each."
+                if any(run.get("trained_with") for r in results for a in r["frameworks"].values() for run in a["runs"])
+                else ""
+            ),
             "",
         ]
     )
@@ -407,6 +446,8 @@ def _main(argv: list[str] | None) -> int:
     if args.budget_s is not None and not (math.isfinite(args.budget_s) and args.budget_s > 0):
         raise UsageError(f"--budget-s must be > 0, got {args.budget_s}")
     deadline = None if args.budget_s is None else time.monotonic() + args.budget_s
+    if args.jax_seeds == "auto":
+        args.jax_seeds = "together" if "jax" in args.frameworks and jax_backend() != "cpu" else "each"
     out.mkdir(parents=True, exist_ok=True)
     failed = skipped = 0
     for preset in args.presets:

@@ -136,3 +136,22 @@ def test_reproduce_never_drops_earlier_runs(tmp_path, monkeypatch):
     assert (seeds("jax"), seeds("torch")) == ([0, 1, 2], [0])
     assert reproduce.main([*out, "--seeds", "1"]) == 0  # fewer seeds than the file holds: all are kept
     assert (seeds("jax"), seeds("torch")) == ([0, 1, 2], [0])
+
+
+def test_reproduce_trains_jax_seeds_together_when_asked(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_seeds(framework, preset, seeds, args, logdir, deadline=None):
+        calls.append((framework, tuple(seeds)))
+        return {s: {"seed": s, "final_acc": 99.0, "best_acc": 99.0, "avg_epoch_s": 1.0, "device": "gpu:H200",
+                    "versions": {}, "commit": None} for s in seeds}  # fmt: skip
+
+    monkeypatch.setattr(reproduce, "run_seeds", fake_seeds)
+    out = ["--presets", "cnn_tb", "--out", str(tmp_path), "--jax-seeds", "together"]
+    assert reproduce.main([*out, "--seeds", "2", "--frameworks", "jax"]) == 0
+    assert reproduce.main([*out, "--seeds", "5"]) == 0  # JAX's seeds 2-4 in one process, torch's one by one
+    assert calls == [("jax", (0, 1)), ("torch", (0,)), ("torch", (1,)), ("jax", (2, 3, 4))] + [
+        ("torch", (s,)) for s in (2, 3, 4)
+    ]
+    frameworks = json.loads((tmp_path / "cnn_tb.json").read_text())["frameworks"]
+    assert [r["seed"] for r in frameworks["jax"]["runs"]] == [0, 1, 2, 3, 4] and frameworks["torch"]["final_acc"]["n"] == 5
