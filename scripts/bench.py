@@ -82,6 +82,7 @@ def build_parser() -> cli.ArgumentParser:
     p.add_argument("--max-s", type=float, help="stop a measurement after this many seconds of samples (default 3)")
     p.add_argument("--epoch-repeats", type=int, help="epochs timed, best kept (default 2)")
     p.add_argument("--train-size", type=int, help="epoch over only the first N training images")
+    p.add_argument("--seeds", type=int, help="jax_epoch_seeds: this many seeds vmapped in one program (default 4)")
     p.add_argument(
         "--profile-cnn",
         type=int,
@@ -118,7 +119,7 @@ def settings_from_args(args, platform: str, torch_device: str | None) -> Setting
     overrides["torch"] = torch_device is not None
     if args.no_torch_compile:
         overrides["torch_compile"] = False
-    for name in ("iters", "warmup", "max_s", "epoch_repeats", "train_size"):
+    for name in ("iters", "warmup", "max_s", "epoch_repeats", "train_size", "seeds"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     overrides["budget_s"] = args.budget_s

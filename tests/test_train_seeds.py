@@ -58,6 +58,7 @@ def test_vmapped_seeds_equal_each_seed_alone(mnist, tmp_path):
         for a, b in zip(jax.tree.leaves(vmapped.state), jax.tree.leaves(alone.state)):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
     assert curve(stack[0]) != curve(stack[1])  # two seeds, two runs
+    assert [r.record["recompiles_after_first_epoch"] for r in stack] == [0, 0]
     assert [e["lr"] for e in stack[0].record["epochs"]] != [TINY.lr] * 3  # the plateau rule stepped
     summary = json.loads((tmp_path / "log" / "seeds.json").read_text())
     finals = [r.record["final_acc"] for r in stack]
