@@ -254,7 +254,8 @@ def reproduce(preset: str, args, out: Path, deadline: float | None = None) -> di
             if framework == "jax" and args.jax_seeds == "together":
                 if seed not in together:  # every seed still missing, in one process
                     missing = [s for s in range(seed, args.seeds) if ("jax", s) not in kept]
-                    logdir = out / "runs" / name / "jax" / f"seeds{missing[0]}-{missing[-1]}"
+                    dirname = f"seed{seed}" if len(missing) == 1 else "seeds" + "_".join(map(str, missing))
+                    logdir = out / "runs" / name / "jax" / dirname
                     together.update(run_seeds("jax", preset, missing, args, logdir, deadline))
                 runs[framework].append(together[seed])
             else:
