@@ -66,11 +66,13 @@ class Placement:
     mesh: Mesh | None = None
 
     @classmethod
-    def over(cls, devices: int | None) -> "Placement":
-        """A 1-D mesh over `devices` devices (all of them when None and there are several processes)."""
+    def over(cls, devices: int | None, batch_size: int | None = None) -> "Placement":
+        """A 1-D mesh over `devices` devices; None: all of them, or as many as split `batch_size` evenly."""
         available = jax.device_count()
         if devices is None:
-            devices = available if jax.process_count() > 1 else 1
+            devices = available
+            while batch_size and batch_size % devices:
+                devices -= 1
         if not 1 <= devices <= available:
             raise UsageError(f"--devices {devices}: this run sees {available} device(s) ({jax.devices()[0].platform})")
         if devices == 1:

@@ -663,7 +663,7 @@ def build_parser() -> cli.ArgumentParser:
     p.add_argument(
         "--devices",
         type=int,
-        help="data parallel over this many devices (default: 1; with several processes, all of them)",
+        help="data parallel over this many devices (default: all, or as many as split the batch evenly)",
     )
     p.add_argument("--coordinator", help="jax.distributed: host:port of process 0 (or JAX_COORDINATOR_ADDRESS)")
     p.add_argument("--num-processes", type=int, help="jax.distributed: how many processes (or JAX_NUM_PROCESSES)")
@@ -678,8 +678,12 @@ def _main(argv: list[str] | None) -> None:
         raise UsageError("give --seed or --seeds, not both")
     seeds = parse_seeds(args.seeds) if args.seeds is not None else (config.seed,)
     distributed.initialize(args.coordinator, args.num_processes, args.process_id)
-    placement = Placement.over(args.devices)
+    placement = Placement.over(args.devices, config.batch_size)
     main_process = distributed.is_main()  # the others train as silently as they can
+    if main_process and args.devices is None and placement.size < jax.device_count():
+        print(
+            f"using {placement.size} of {jax.device_count()} devices: batch {config.batch_size} splits evenly only so"
+        )
     cli.stop_on_sigterm()
     try:
         train_seeds(

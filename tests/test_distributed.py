@@ -49,9 +49,10 @@ def test_two_devices_equal_one(mnist, tmp_path):
     """The same global batch on a 2-device mesh: the same accuracies, epoch by epoch. Tolerance: 0.05 points of
     test accuracy (5 of 10,000 images) and 0.1 of train accuracy; measured: equal to the last printed digit. Not
     augmented: see tests/test_train_seeds.py on how the augmentation's fixed-point rounding parts two programs."""
-    train([], tmp_path, "one", devices=2)
-    proc = train(["--devices", "2"], tmp_path, "two", devices=2)
-    assert "data parallel over 2 devices" in proc.stdout
+    train(["--devices", "1"], tmp_path, "one", devices=2)
+    proc = train([], tmp_path, "two", devices=3)  # by default as many devices as split the batch of 64
+    assert "using 2 of 3 devices: batch 64 splits evenly only so" in proc.stdout
+    assert "data parallel over 2 devices in 1 process(es): each step's 64 images split 32 per device" in proc.stdout
     for (a_test, a_train), (b_test, b_train) in zip(curve(tmp_path, "one"), curve(tmp_path, "two")):
         assert abs(a_test - b_test) <= 0.05 and abs(a_train - b_train) <= 0.1
 
