@@ -185,34 +185,54 @@ class RunLog:
         atomic_write(self.dir / "metrics.json", json.dumps(self.record, indent=1).encode())
 
     def plot(self) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
+        """curves.png (see `curves_figure`), written atomically."""
         import matplotlib.pyplot as plt
 
-        b, epochs = self.record["batches"], self.record["epochs"]
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-        ax1.plot(b["x"], b["acc"], lw=0.5, alpha=0.6, label="train batch")
-        ax1.set_xlabel("batch_num")
-        ax1.set_ylabel("accuracy (%)")
-        ax1.set_ylim(max(0, min(b["acc"] or [0])), 100.5)
-        ax1b = ax1.twiny()
-        ax1b.plot([e["epoch"] for e in epochs], [e["test_acc"] for e in epochs], "o-", color="C3", label="test")
-        ax1b.set_xlabel("epoch")
-        ax1.legend(loc="lower right")
-        ax1b.legend(loc="lower center")
-        ax2.semilogy(b["x"], b["loss"], lw=0.5, label="train batch loss")
-        ax2.set_xlabel("batch_num")
-        ax2.legend()
-        cfg = self.record["config"]
-        fig.suptitle(
-            f"{self.record['framework']} {self.record.get('preset') or cfg['model']} on {self.record['device']}"
-        )
-        fig.tight_layout()
+        fig = curves_figure(self.record, self.batches_per_epoch_axis)
         tmp = self.dir / ".curves.png.tmp"
         fig.savefig(tmp, dpi=90, format="png")
         plt.close(fig)
         os.replace(tmp, self.dir / "curves.png")
+
+
+def curves_figure(record: dict, batches_per_epoch: int):
+    """Three panels against the epoch: the training loss (per batch, and the epoch's test loss), the error rate
+    on a log axis (test, train, validation: where 99 % and 99.5 % accuracy are 1 % and 0.5 % apart, not a
+    flat line near 100 %), and the learning rate each epoch ended at."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    b, epochs = record["batches"], record["epochs"]
+    x = [e["epoch"] for e in epochs]
+    fig, (loss_ax, err_ax, lr_ax) = plt.subplots(1, 3, figsize=(15, 4))
+    loss_ax.semilogy(np.asarray(b["x"], float) / batches_per_epoch, b["loss"], lw=0.5, alpha=0.6, label="train batch")
+    if any("test_loss" in e for e in epochs):
+        loss_ax.semilogy(x, [e.get("test_loss") for e in epochs], "o-", color="C3", label="test")
+    loss_ax.set(xlabel="epoch", ylabel="loss", title="loss")
+    loss_ax.legend()
+    for key, label, style in (
+        ("test_acc", "test", "o-C3"),
+        ("val_acc", "validation", "s-C2"),
+        ("train_acc", "train", ".-C0"),
+    ):
+        if any(key in e for e in epochs):
+            err = [100.0 - e[key] if key in e else None for e in epochs]
+            err_ax.semilogy(x, err, style, label=label)
+    if epochs:
+        final = 100.0 - epochs[-1]["test_acc"]
+        err_ax.annotate(f"{epochs[-1]['test_acc']:.2f} %", (x[-1], final), textcoords="offset points", xytext=(-10, 8))
+    err_ax.set(xlabel="epoch", ylabel="error (%, log scale)", title="error = 100 - accuracy")
+    err_ax.grid(True, which="both", alpha=0.3)
+    err_ax.legend()
+    if any("lr" in e for e in epochs):
+        lr_ax.plot(x, [e.get("lr") for e in epochs], "o-", color="C4")
+    lr_ax.set(xlabel="epoch", ylabel="learning rate", title="learning rate (at the end of each epoch)")
+    cfg = record["config"]
+    fig.suptitle(f"{record['framework']} {record.get('preset') or cfg['model']} on {record['device']}")
+    fig.tight_layout()
+    return fig
 
 
 class Report:

@@ -61,6 +61,21 @@ def test_metrics_json_holds_every_batch_and_epoch(tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))  # written atomically
 
 
+def test_curves_show_the_error_on_a_log_axis_and_the_learning_rate(tmp_path):
+    import matplotlib.pyplot as plt
+
+    _, record = run_report(tmp_path)
+    fig = runlog.curves_figure(record, batches_per_epoch=2)
+    loss_ax, err_ax, lr_ax = fig.axes
+    lines = {line.get_label(): line for line in err_ax.get_lines()}
+    assert err_ax.get_yscale() == "log" and set(lines) == {"test", "train"}  # no validation split in this run
+    np.testing.assert_allclose(lines["test"].get_ydata(), [2.5, 1.75])  # 100 - 97.5, 100 - 98.25
+    np.testing.assert_allclose(lines["train"].get_ydata(), [7.0, 7.0])  # 100 - mean(90, 96)
+    np.testing.assert_allclose(loss_ax.get_lines()[0].get_xdata(), [0, 0.5, 1, 1.5])  # batches, in epochs
+    np.testing.assert_allclose(lr_ax.get_lines()[0].get_ydata(), [1e-3, 1e-3])
+    plt.close(fig)
+
+
 def test_without_a_logdir_only_the_timing_is_recorded(tmp_path):
     lines, record = run_report(tmp_path / "unused", logdir=False)
     assert record == {"compile_s": 1.0, "avg_epoch_s": 2.5, "recompiles_after_first_epoch": 0}
