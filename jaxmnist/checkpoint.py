@@ -115,11 +115,16 @@ class Checkpointer:
         return notes
 
     def _best_so_far(self) -> float:
-        step = self.best.latest_step()
+        meta = self.read_meta("best")
+        return -1.0 if meta is None else meta["test_acc"]
+
+    def read_meta(self, kind: str = "latest") -> dict | None:
+        """The host-side JSON of the newest step of WORKDIR/<kind> (its config, epoch, ...), or None."""
+        manager = {"latest": self.latest, "best": self.best}[kind]
+        step = manager.latest_step()
         if step is None:
-            return -1.0
-        meta = self.best.restore(step, args=self.ocp.args.Composite(meta=self.ocp.args.JsonRestore()))["meta"]
-        return meta["test_acc"]
+            return None
+        return manager.restore(step, args=self.ocp.args.Composite(meta=self.ocp.args.JsonRestore()))["meta"]
 
     def _save(self, manager, epoch: int, state, meta: dict) -> None:
         arrays = {k: v for k, v in state.__dict__.items() if k not in ("apply_fn", "tx")}
@@ -144,11 +149,16 @@ class Checkpointer:
 
     def restore_latest(self, like: engine.TrainState):
         """(state, meta) of the newest intact step, or None when there is none."""
-        step = self.latest.latest_step()
+        return self.restore(like, "latest")
+
+    def restore(self, like: engine.TrainState, kind: str = "latest"):
+        """(state, meta) of the newest intact step of WORKDIR/<kind> ('latest' or 'best'), or None."""
+        manager = {"latest": self.latest, "best": self.best}[kind]
+        step = manager.latest_step()
         if step is None:
             return None
         target = {k: v for k, v in like.__dict__.items() if k not in ("apply_fn", "tx")}
-        out = self.latest.restore(
+        out = manager.restore(
             step,
             args=self.ocp.args.Composite(state=self.ocp.args.StandardRestore(target), meta=self.ocp.args.JsonRestore()),
         )
