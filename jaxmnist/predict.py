@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmnist import cli, models
+from jaxmnist import cli, interop, models
 from jaxmnist import data as data_lib
 from jaxmnist.cli import RunError, UsageError
 from jaxmnist.presets import Config
@@ -172,23 +172,7 @@ def from_workdir(workdir: str, which: str = "best", seed: int | None = None) -> 
 
 def from_torch(path: str, name: str) -> Model:
     """A PyTorch state_dict of torch_ref's `name` (the blog's classes), loaded strictly and converted exactly."""
-    try:
-        import torch
-
-        from torch_ref import convert
-    except ModuleNotFoundError as e:
-        raise UsageError(f"--torch-state-dict needs {e.name}: pip install -e '.[torch]'") from None
-    try:
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, ValueError) as e:
-        raise UsageError(f"cannot read --torch-state-dict {path}: {str(e).splitlines()[0]}") from None
-    if not isinstance(state_dict, dict):
-        raise UsageError(f"--torch-state-dict {path} holds a {type(state_dict).__name__}, not a state_dict")
-    try:
-        variables = convert.torch_to_flax(name, state_dict)
-    except (ValueError, KeyError) as e:
-        raise UsageError(f"--torch-state-dict {path} is not a {name}: {str(e)[:300]}") from None
-    return Model(name, variables, f"{path} (PyTorch {name})")
+    return Model(name, interop.load_torch(path, name, "--torch-state-dict"), f"{path} (PyTorch {name})")
 
 
 # ------------------------------------------------------------------------------------------ the CLI

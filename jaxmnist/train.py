@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmnist import cli, distributed, engine, optim, runlog
+from jaxmnist import cli, distributed, engine, interop, optim, runlog
 from jaxmnist import data as data_lib
 from jaxmnist.checkpoint import Checkpointer
 from jaxmnist.cli import UsageError
@@ -111,11 +111,12 @@ class Seeds:
         """Seed i's part of a host or device tree the program returned."""
         return jax.tree.map(lambda x: x[i], tree) if self.vmapped else tree
 
-    def create_state(self, config: Config, total_steps: int) -> engine.TrainState:
+    def create_state(self, config: Config, total_steps: int, variables: dict | None = None) -> engine.TrainState:
         """Each seed's fresh state (its own initialisation and keys), stacked when vmapped: vmap draws every
-        seed's initial weights exactly as the seed alone would."""
+        seed's initial weights exactly as the seed alone would. `variables` (e.g. from --init-from) replace the
+        initialisation, the same for every seed."""
         keys = jnp.stack([jax.random.PRNGKey(s) for s in self.seeds])
-        create = functools.partial(engine.create_state, config, total_steps=total_steps)
+        create = functools.partial(engine.create_state, config, variables=variables, total_steps=total_steps)
         return jax.vmap(create)(keys) if self.vmapped else create(keys[0])
 
 
@@ -524,13 +525,15 @@ def _train(
     stop_after_epoch: int | None = None,
     programs: dict | None = None,
     placement: Placement = Placement(),
+    init: dict | None = None,
     out=None,
 ) -> list[Result]:
     """The training loop, for one seed or for vmapped seeds (`seeds`). An epoch runs as the chunks of
     `engine.chunk_bounds` (`chunk_steps`, `unroll`: default 8 unrolled steps on CPU, an eighth of the epoch as
     a rolled scan elsewhere). `logdirs` are the vmapped seeds' (`logdir` one seed's); `programs`, a dict shared
     by runs of the same shapes, keeps the compiled programs for the next; `stop_after_epoch` simulates a killed
-    run (for tests). `placement`: the devices (one by default; a mesh for data parallelism)."""
+    run (for tests). `placement`: the devices (one by default; a mesh for data parallelism). `init`: weights to
+    start from ({'params', 'batch_stats'}, e.g. a PyTorch state_dict's, `--init-from`) instead of the init."""
     validate(config)
     placement.check_batch(config.batch_size)
     if resume and not workdir:
@@ -546,7 +549,7 @@ def _train(
     data = put_on_device(data or data_lib.load(config.dataset, data_dir, progress=progress), config, placement)
     steps = epoch_steps(config, data.n_train)
     bounds = engine.chunk_bounds(steps, chunk_steps, unroll)
-    state = placement.replicate(seeds.create_state(config, total_steps=steps * config.epochs))
+    state = placement.replicate(seeds.create_state(config, total_steps=steps * config.epochs, variables=init))
     prefix = (lambda seed: f"seed {seed} ") if seeds.vmapped else (lambda seed: "")
     runs = [
         SeedRun(
@@ -665,6 +668,12 @@ def build_parser() -> cli.ArgumentParser:
         type=int,
         help="data parallel over this many devices (default: all, or as many as split the batch evenly)",
     )
+    p.add_argument(
+        "--init-from",
+        metavar="FILE.pth",
+        help="start from a PyTorch state_dict of the preset's network (the blog's classes; loaded strictly, "
+        "converted exactly) instead of a fresh initialisation",
+    )
     p.add_argument("--coordinator", help="jax.distributed: host:port of process 0 (or JAX_COORDINATOR_ADDRESS)")
     p.add_argument("--num-processes", type=int, help="jax.distributed: how many processes (or JAX_NUM_PROCESSES)")
     p.add_argument("--process-id", type=int, help="jax.distributed: this process, from 0 (or JAX_PROCESS_ID)")
@@ -677,6 +686,7 @@ def _main(argv: list[str] | None) -> None:
     if args.seeds is not None and args.seed is not None:
         raise UsageError("give --seed or --seeds, not both")
     seeds = parse_seeds(args.seeds) if args.seeds is not None else (config.seed,)
+    init = interop.load_torch(args.init_from, config.model, num_classes=config.num_classes) if args.init_from else None
     distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     placement = Placement.over(args.devices, config.batch_size)
     main_process = distributed.is_main()  # the others train as silently as they can
@@ -697,6 +707,7 @@ def _main(argv: list[str] | None) -> None:
             resume=args.resume,
             progress=not args.no_progress and main_process,
             placement=placement,
+            init=init,
             out=None if main_process else open(os.devnull, "w"),
         )
     except (KeyboardInterrupt, cli.Terminated) as e:

@@ -1,0 +1,93 @@
+"""Weights across frameworks from the command line: jaxmnist.export writes a state_dict the blog's classes load
+strictly with the JAX model's logits; jaxmnist.train --init-from starts from torch's weights (jaxmnist.interop)."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+from jaxmnist import export, interop, predict, train
+from jaxmnist.presets import PRESETS, Config
+
+torch = pytest.importorskip("torch")
+from torch_ref import models as torch_models  # noqa: E402
+
+
+def torch_logits(net, digits):
+    with torch.no_grad():
+        x = (torch.from_numpy(digits.copy()).float()[:, None] / 255 - 0.1307) / 0.3081  # ToTensor, Normalize
+        return net.eval()(torch_models.prepare_input(type(net).__name__, x)).numpy()
+
+
+def jax_logits(model: predict.Model, digits):
+    return np.log(model.probabilities(digits))  # log-softmax: logits up to a constant per row
+
+
+@pytest.mark.parametrize("preset", ["cnn_tb", "fast"])  # no BatchNorm, and BatchNorm with running statistics
+def test_export_loads_strictly_into_torch_ref_with_the_same_logits(preset, mnist, tmp_path, capsys):
+    config = PRESETS[preset].replace(epochs=1, max_steps=3, batch_size=64)
+    data = dataclasses.replace(mnist, test_images=mnist.test_images[:500], test_labels=mnist.test_labels[:500])
+    train.train_and_evaluate(config, data=data, workdir=tmp_path / "ckpt", progress=False, chunk_steps=3, unroll=False)
+    assert export.main(["--workdir", str(tmp_path / "ckpt"), "--to", str(tmp_path / "net.pth")]) == 0
+    assert "load it with torch_ref.models.get_model" in capsys.readouterr().out
+    net = torch_models.get_model(config.model)
+    net.load_state_dict(torch.load(tmp_path / "net.pth", weights_only=True), strict=True)
+    digits = mnist.test_images[:32]
+    theirs = torch_logits(net, digits)
+    ours = jax_logits(predict.from_workdir(str(tmp_path / "ckpt")), digits)
+    # Tolerance 1e-4 on log-probabilities: float32 convolutions in two libraries.
+    np.testing.assert_allclose(ours, theirs - np.log(np.exp(theirs).sum(1, keepdims=True)), atol=1e-4)
+    assert not list(tmp_path.glob(".*.tmp"))  # written atomically
+
+
+def test_init_from_starts_from_torchs_weights(mnist, tmp_path):
+    torch.manual_seed(3)
+    net = torch_models.get_model("cnn")
+    torch.save(net.state_dict(), tmp_path / "cnn.pth")
+    variables = interop.load_torch(tmp_path / "cnn.pth", "cnn")
+    digits = mnist.test_images[:32]
+    theirs = torch_logits(net, digits)
+    np.testing.assert_allclose(
+        jax_logits(predict.Model("cnn", variables, "torch"), digits),
+        theirs - np.log(np.exp(theirs).sum(1, keepdims=True)),
+        atol=1e-4,
+    )
+    # A run started from them, at a learning rate too small to move them: its parameters are torch's (its
+    # BatchNorm statistics have moved: two training steps).
+    config = Config(model="cnn", batch_size=64, lr=1e-12, epochs=1, max_steps=2)
+    data = dataclasses.replace(mnist, test_images=mnist.test_images[:500], test_labels=mnist.test_labels[:500])
+    run = train.train_and_evaluate(config, data=data, init=variables, progress=False)
+    for ours, theirs_ in zip(jax.tree.leaves(run.state.params), jax.tree.leaves(variables["params"])):
+        np.testing.assert_allclose(np.asarray(ours), theirs_, atol=1e-9)
+    cli = ["--model", "cnn", "--init-from", str(tmp_path / "cnn.pth"), "--train-size", "640", "--epochs", "1"]
+    assert train.main([*cli, "--no-progress", "--logdir", str(tmp_path / "log")]) == 0  # the flag, end to end
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--model", "cnn", "--init-from", "/nonexistent.pth"], "cannot read --init-from /nonexistent.pth"),
+        (["--model", "resnet", "--init-from", "CNN_PTH"], "--init-from CNN_PTH is not a resnet state_dict"),
+    ],
+)
+def test_bad_init_from_is_one_line(argv, message, tmp_path, capsys):
+    torch.save(torch_models.get_model("cnn").state_dict(), tmp_path / "cnn.pth")
+    argv = [a.replace("CNN_PTH", str(tmp_path / "cnn.pth")) for a in argv]
+    assert train.main([*argv, "--logdir", str(tmp_path / "log")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: " + message.replace("CNN_PTH", str(tmp_path / "cnn.pth")))
+
+
+def test_export_refuses_a_workdir_without_checkpoints(tmp_path, capsys):
+    assert export.main(["--workdir", str(tmp_path), "--to", str(tmp_path / "x.pth")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: no best checkpoint in {tmp_path}")
+
+
+def test_the_jax_library_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, jaxmnist.train, jaxmnist.predict, jaxmnist.export; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "False", out.stderr[-500:]  # torch only inside --init-from, --torch-state-dict, export
