@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmnist import cli, distributed, engine, interop, optim, runlog
+from jaxmnist import cli, distributed, engine, evaluate, interop, optim, runlog
 from jaxmnist import data as data_lib
 from jaxmnist.checkpoint import Checkpointer
 from jaxmnist.cli import UsageError
@@ -508,6 +508,23 @@ def seeds_summary(results: list[Result], seeds, mode: str, wall_s: float) -> dic
     return summary
 
 
+def write_reports(runs: list[SeedRun], state, seeds: Seeds, data: DeviceData, config: Config) -> None:
+    """Each logged seed's evaluation report (jaxmnist.evaluate) of its final weights on the test set, into its
+    logdir and its TensorBoard events."""
+    logged = [(i, run) for i, run in enumerate(runs) if run.report.log]
+    if not logged:
+        return
+    images, labels = np.asarray(data.test[0]), np.asarray(data.test[1])
+    for i, run in logged:
+        variables = seeds.take(state, i).eval_variables()
+        probs = evaluate.probabilities(state.apply_fn, variables, images, config.eval_batch_size)
+        summary = evaluate.summarise(probs, labels)
+        log = run.report.log
+        evaluate.write(summary, images, log.dir, log.writer, step=len(log.record["epochs"]))
+        run.report.say(f"report: {len(summary['misclassified'])} test digits misclassified; in {log.dir}: "
+                       "report.json, confusion.png, misclassified.png")  # fmt: skip
+
+
 def _train(
     config: Config,
     seeds: Seeds,
@@ -637,6 +654,7 @@ def _train(
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
             break
 
+    write_reports(runs, state, seeds, data, config)
     records = [run.report.finish(epoch_times, compile_s=compile_s, recompiles=watch.after_first) for run in runs]
     if watch.after_first is not None:
         say(f"recompilations after the first epoch: {watch.after_first}")

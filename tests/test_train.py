@@ -121,6 +121,7 @@ def test_event_file_tags_and_points(mnist, tmp_path):
     assert record["final_acc"] == pytest.approx(scalars["acc_test/epoch"][-1][1], abs=1e-4)
     assert (tmp_path / "curves.png").stat().st_size > 1000
     assert list(tmp_path.glob("**/events.out.tfevents.*"))  # hparams sub-run written too
+    assert [s for s, _ in scalars["report/confusion"]] == [2] == [s for s, _ in scalars["report/misclassified"]]
 
 
 # The real-data check (cnn, one epoch, >= 97.5 %) is tests/test_torch_ref_train.py::test_one_epoch_accuracy_matches_jax,

@@ -1,0 +1,203 @@
+"""Where a trained model fails: accuracy, per-class precision and recall, the confusion matrix, the misclassified
+digits.
+
+    python -m jaxmnist.evaluate --workdir ckpt/fast                     # the best checkpoint, on the test set
+    python -m jaxmnist.evaluate --init-from cnn.pth --model cnn         # a PyTorch state_dict of the blog's net
+
+Writes OUT (default WORKDIR/report, or ./report) with report.json (accuracy, per-class precision, recall and
+support, the confusion matrix, every misclassified test index with its predicted class and confidence),
+confusion.png and misclassified.png (the misclassified digits, most confident first, with true and predicted
+labels). jaxmnist.train writes the same report into its --logdir at the end of a run, with both images in
+TensorBoard (`report/confusion`, `report/misclassified`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxmnist import cli, interop, models, predict, runlog
+from jaxmnist import data as data_lib
+from jaxmnist.cli import UsageError
+
+GRID_MAX = 100  # misclassified digits drawn (all are listed in report.json)
+
+
+# ---------------------------------------------------------------------------------------- the numbers
+def probabilities(apply_fn, variables, images_u8: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+    """[N, classes] softmax of the model in eval mode over uint8 [N, 28, 28] images, a batch at a time."""
+    step = jax.jit(lambda v, x: jax.nn.softmax(apply_fn(v, data_lib.normalize(x), train=False).astype(jnp.float32)))
+    return np.concatenate(
+        [np.asarray(step(variables, images_u8[i : i + batch_size])) for i in range(0, len(images_u8), batch_size)]
+    )
+
+
+def summarise(probs: np.ndarray, labels: np.ndarray) -> dict:
+    """Accuracy, the confusion matrix (rows: true class, columns: predicted), per-class precision, recall and
+    support, and the misclassified examples (index, true, predicted, confidence), most confident first."""
+    classes = probs.shape[1]
+    predicted = probs.argmax(1)
+    confusion = np.zeros((classes, classes), np.int64)
+    np.add.at(confusion, (labels, predicted), 1)
+    support, claimed, hits = confusion.sum(1), confusion.sum(0), np.diag(confusion)
+    wrong = np.flatnonzero(predicted != labels)
+    wrong = wrong[np.argsort(-probs[wrong, predicted[wrong]], kind="stable")]
+    return {
+        "n": int(len(labels)),
+        "accuracy": float(100.0 * hits.sum() / len(labels)),
+        "confusion": confusion.tolist(),
+        "per_class": [
+            {
+                "class": c,
+                "support": int(support[c]),
+                "precision": float(hits[c] / claimed[c]) if claimed[c] else None,
+                "recall": float(hits[c] / support[c]) if support[c] else None,
+            }
+            for c in range(classes)
+        ],
+        "misclassified": [
+            {
+                "index": int(i),
+                "true": int(labels[i]),
+                "predicted": int(predicted[i]),
+                "confidence": float(probs[i].max()),
+            }
+            for i in wrong
+        ],
+    }
+
+
+def table(summary: dict) -> str:
+    """The report as text: accuracy, then a line per class."""
+    lines = [
+        f"accuracy: {summary['accuracy']:.2f} % ({summary['n'] - len(summary['misclassified'])} of {summary['n']})",
+        "class  support  precision  recall  most often taken for",
+    ]
+    confusion = np.asarray(summary["confusion"])
+    for row in summary["per_class"]:
+        c = row["class"]
+        others = confusion[c].copy()
+        others[c] = 0
+        taken = f"{others.argmax()} ({others.max()})" if others.max() else "-"
+        fmt = lambda x: "-" if x is None else f"{100 * x:.2f} %"  # noqa: E731
+        lines.append(f"{c:>5}  {row['support']:>7}  {fmt(row['precision']):>9}  {fmt(row['recall']):>6}  {taken}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------- the images
+def confusion_figure(summary: dict):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    confusion = np.asarray(summary["confusion"])
+    classes = len(confusion)
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    off = confusion.astype(float)
+    np.fill_diagonal(off, np.nan)  # the colours show the errors; the diagonal would drown them
+    image = ax.imshow(off, cmap="Reds")
+    for t in range(classes):
+        for p in range(classes):
+            ax.text(p, t, str(confusion[t, p]), ha="center", va="center", fontsize=7,
+                    color="black" if t != p else "tab:blue")  # fmt: skip
+    ax.set(xticks=range(classes), yticks=range(classes), xlabel="predicted", ylabel="true")
+    ax.set_title(f"confusion matrix: {summary['accuracy']:.2f} % of {summary['n']} (errors coloured)")
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    return fig
+
+
+def misclassified_figure(summary: dict, images_u8: np.ndarray, limit: int = GRID_MAX):
+    """The misclassified digits, most confident first, as one tiled image (fast to draw) with a caption each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    wrong = summary["misclassified"][:limit]
+    cols, cell, pad = 10, 28 + 12, 12  # each cell: a caption strip above the digit
+    rows = max(1, -(-len(wrong) // cols))
+    grid = np.full((rows * cell, cols * (28 + 4)), 255, np.uint8)
+    for k, w in enumerate(wrong):
+        r, c = divmod(k, cols)
+        grid[r * cell + pad : r * cell + pad + 28, c * 32 + 2 : c * 32 + 30] = images_u8[w["index"]]
+    fig, ax = plt.subplots(figsize=(cols * 0.9, rows * 1.15 + 0.5))
+    ax.imshow(grid, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    for k, w in enumerate(wrong):
+        r, c = divmod(k, cols)
+        caption = f"{w['true']}→{w['predicted']} {100 * w['confidence']:.0f}%"
+        ax.text(c * 32 + 16, r * cell + pad - 2, caption, ha="center", va="bottom", fontsize=6.5)
+    ax.axis("off")
+    shown = f"the {len(wrong)} most confident" if len(summary["misclassified"]) > len(wrong) else f"all {len(wrong)}"
+    ax.set_title(f"misclassified test digits ({shown} of {len(summary['misclassified'])}): true→predicted, confidence",
+                 fontsize=9)  # fmt: skip
+    fig.tight_layout()
+    return fig
+
+
+def write(summary: dict, images_u8: np.ndarray, out: str | os.PathLike, writer=None, step: int = 0) -> Path:
+    """report.json, confusion.png, misclassified.png into `out` (atomically); the images also into a
+    tensorboardX `writer` if given."""
+    import matplotlib.pyplot as plt
+
+    out = runlog.writable_logdir(out)
+    runlog.atomic_write(out / "report.json", json.dumps(summary, indent=1).encode())
+    for name, fig in (
+        ("confusion", confusion_figure(summary)),
+        ("misclassified", misclassified_figure(summary, images_u8)),
+    ):
+        tmp = out / f".{name}.png.tmp"
+        fig.savefig(tmp, dpi=100, format="png")
+        os.replace(tmp, out / f"{name}.png")
+        if writer is not None:
+            writer.add_figure(f"report/{name}", fig, step, close=False)
+        plt.close(fig)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ the CLI
+def build_parser() -> cli.ArgumentParser:
+    p = cli.script_parser("python -m jaxmnist.evaluate", __doc__)
+    p.add_argument("--workdir", help="a jaxmnist.train --workdir: its checkpoint")
+    p.add_argument("--which", choices=("best", "latest"), default="best", help="which checkpoint (default best)")
+    p.add_argument("--seed", type=int, help="with seeds trained together (--seeds ... vmapped): which one")
+    p.add_argument("--init-from", metavar="FILE.pth", help="instead: a PyTorch state_dict of one of the blog's nets")
+    p.add_argument("--model", choices=tuple(models.MODELS), help="the network of --init-from")
+    p.add_argument("--dataset", choices=sorted(data_lib.DATASETS), default="mnist", help="whose test set")
+    p.add_argument("--data-dir", help="a directory holding the four IDX files")
+    p.add_argument("--out", help="the report's directory (default WORKDIR/report, else ./report)")
+    return p
+
+
+def _main(argv) -> None:
+    args = build_parser().parse_args(argv)
+    if bool(args.workdir) == bool(args.init_from):
+        raise UsageError("give --workdir or --init-from (with --model)")
+    if args.init_from:
+        if not args.model:
+            raise UsageError("--init-from needs --model")
+        model = predict.Model(args.model, interop.load_torch(args.init_from, args.model), f"{args.init_from} (PyTorch)")
+    else:
+        model = predict.from_workdir(args.workdir, args.which, args.seed)
+    data = data_lib.load(args.dataset, args.data_dir, progress=False)
+    module = models.get_model(model.name, model.num_classes)
+    summary = summarise(probabilities(module.apply, model.variables, data.test_images), data.test_labels)
+    out = write(summary, data.test_images, args.out or os.path.join(args.workdir or ".", "report"))
+    print(f"{model.name} from {model.source}, on {args.dataset}'s {summary['n']} test images")
+    print(table(summary))
+    print(f"report: {out}/report.json, confusion.png, misclassified.png")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run(lambda: _main(argv), user_errors=(data_lib.DataError,))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

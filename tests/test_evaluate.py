@@ -1,0 +1,86 @@
+"""jaxmnist.evaluate: the report's numbers agree with each other and with training's evaluation; its images;
+the CLI on a checkpoint and on a PyTorch state_dict."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxmnist import evaluate, train
+from jaxmnist.presets import Config
+
+
+def test_summary_counts_every_example_once():
+    labels = np.array([0, 0, 1, 1, 1, 2])
+    probs = np.eye(3)[[0, 1, 1, 1, 0, 2]] * 0.7 + 0.1  # predicted 0, 1, 1, 1, 0, 2; confidence 0.8
+    probs[1] = [0.05, 0.9, 0.05]  # the most confident mistake
+    s = evaluate.summarise(probs, labels)
+    assert s["confusion"] == [[1, 1, 0], [1, 2, 0], [0, 0, 1]]
+    assert s["accuracy"] == pytest.approx(100 * 4 / 6)
+    assert [(c["support"], c["precision"], c["recall"]) for c in s["per_class"]] == [
+        (2, 0.5, 0.5), (3, 2 / 3, 2 / 3), (1, 1.0, 1.0)
+    ]  # fmt: skip
+    assert [(m["index"], m["true"], m["predicted"]) for m in s["misclassified"]] == [(1, 0, 1), (4, 1, 0)]
+    assert "accuracy: 66.67 % (4 of 6)" in evaluate.table(s)
+
+
+@pytest.fixture(scope="module")
+def trained(mnist, tmp_path_factory):
+    """A cnn trained for 2 short epochs with a workdir and a logdir (the end-of-run report)."""
+    root = tmp_path_factory.mktemp("evaluate")
+    config = Config(model="cnn", batch_size=64, lr=0.05, epochs=2, train_size=4096)
+    result = train.train_and_evaluate(
+        config, data=mnist, workdir=root / "ckpt", logdir=root / "log", progress=False, chunk_steps=16, unroll=False
+    )
+    return root, result
+
+
+def test_the_end_of_run_report_agrees_with_training(mnist, trained):
+    root, result = trained
+    report = json.loads((root / "log" / "report.json").read_text())
+    confusion = np.array(report["confusion"])
+    # The same weights as the last epoch's test pass: the same accuracy (to 1e-3 points, float32 rounding).
+    assert report["accuracy"] == pytest.approx(result.record["final_acc"], abs=1e-3)
+    assert confusion.sum() == report["n"] == 10_000
+    assert confusion.sum(1).tolist() == np.bincount(mnist.test_labels, minlength=10).tolist()
+    assert [c["support"] for c in report["per_class"]] == confusion.sum(1).tolist()
+    assert len(report["misclassified"]) == report["n"] - np.trace(confusion)
+    assert all(mnist.test_labels[m["index"]] == m["true"] != m["predicted"] for m in report["misclassified"])
+    for c in report["per_class"]:
+        assert c["recall"] == pytest.approx(confusion[c["class"], c["class"]] / c["support"])
+    for name in ("confusion.png", "misclassified.png"):
+        with Image.open(root / "log" / name) as image:
+            assert image.format == "PNG" and min(image.size) > 300
+
+
+def test_cli_on_a_checkpoint_and_on_a_state_dict(mnist, trained, tmp_path, capsys):
+    root, _ = trained
+    capsys.readouterr()
+    assert evaluate.main(["--workdir", str(root / "ckpt")]) == 0
+    out = capsys.readouterr().out
+    best = json.loads((root / "ckpt" / "report" / "report.json").read_text())
+    assert f"accuracy: {best['accuracy']:.2f} %" in out and "class  support  precision" in out
+    meta_acc = float(out.split("test accuracy ")[1].split(" %")[0])  # the best checkpoint's, from training
+    assert best["accuracy"] == pytest.approx(meta_acc, abs=0.01)
+    torch = pytest.importorskip("torch")
+    from torch_ref import models as torch_models
+
+    torch.save(torch_models.get_model("cnn").state_dict(), tmp_path / "cnn.pth")
+    args = ["--init-from", str(tmp_path / "cnn.pth"), "--model", "cnn", "--out", str(tmp_path / "r")]
+    assert evaluate.main(args) == 0
+    assert json.loads((tmp_path / "r" / "report.json").read_text())["n"] == 10_000
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        ([], "give --workdir or --init-from (with --model)"),
+        (["--init-from", "x.pth"], "--init-from needs --model"),
+        (["--workdir", "/nonexistent"], "no best checkpoint in /nonexistent"),
+    ],
+)
+def test_bad_arguments_are_one_line(argv, message, capsys):
+    assert evaluate.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {message}")
