@@ -2,6 +2,7 @@
 
     python -m jaxmnist.train --model resnet            # the blog's ResNet preset
     python -m jaxmnist.train --preset cnn_cpu --epochs 3
+    python -m jaxmnist.train --preset cnn_tb --seeds 8          # 8 seeds: vmapped on a GPU, in turn on a CPU
     python -m jaxmnist.train --help
 
 Why it is fast: the uint8 dataset is put on the device once; every program the run needs is compiled before
@@ -435,7 +436,7 @@ def device_name() -> str:
 
 def train_and_evaluate(config: Config, **kwargs) -> Result:
     """Trains `config` (its one seed), evaluating after every epoch; prints the blog's lines; returns the final
-    state and the run record. Keyword arguments as `train_seeds`'s."""
+    state and the run record. Keyword arguments: `_train`'s (data, logdir, workdir, resume, placement, init, ...)."""
     return _train(config, Seeds((config.seed,)), **kwargs)[0]
 
 
