@@ -69,34 +69,40 @@ def _barrier(name: str) -> None:
 
 
 class Checkpointer:
-    """The run's checkpoints in `workdir`; damaged steps found on opening are set aside (see `damaged`)."""
+    """The run's checkpoints in `workdir`; damaged steps found on opening are set aside (see `damaged`).
+    `read_only` (predict, evaluate, export) writes nothing: a damaged newest step is refused instead."""
 
-    def __init__(self, workdir: str | os.PathLike):
+    def __init__(self, workdir: str | os.PathLike, read_only: bool = False):
         import orbax.checkpoint as ocp
 
-        self.ocp, self.workdir = ocp, workdir
+        self.ocp, self.workdir, self.read_only = ocp, workdir, read_only
         self.root = Path(workdir).absolute()
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            probe = self.root / f".write-test-{jax.process_index()}"
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as e:
-            raise UsageError(f"cannot write to --workdir {workdir}: {e.strerror}") from None
+        if not read_only:
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+                probe = self.root / f".write-test-{jax.process_index()}"
+                probe.write_bytes(b"")
+                probe.unlink()
+            except OSError as e:
+                raise UsageError(f"cannot write to --workdir {workdir}: {e.strerror}") from None
         # With several processes (one shared workdir), process 0 alone sets damaged steps aside and writes
         # manifests; orbax itself saves and restores the multi-host way (every process its shards).
         self.main = jax.process_index() == 0
         self.damaged = (
-            [note for kind in ("latest", "best") for note in self._set_aside_damaged(kind)] if self.main else []
+            [note for kind in ("latest", "best") for note in self._set_aside_damaged(kind)]
+            if self.main and not read_only
+            else []
         )
         _barrier("jaxmnist-checkpoint-open")
 
         def manager(kind, keep):
-            options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
+            options = ocp.CheckpointManagerOptions(
+                max_to_keep=keep, create=not read_only, read_only=read_only, enable_async_checkpointing=False
+            )
             return ocp.CheckpointManager(self.root / kind, options=options)
 
         self.latest, self.best = manager("latest", KEEP_LATEST), manager("best", 1)
-        self.best_acc = self._best_so_far()
+        self.best_acc = None if read_only else self._best_so_far()  # only saving needs it
 
     def _set_aside_damaged(self, kind: str) -> list[str]:
         """Moves every damaged step of WORKDIR/<kind> to WORKDIR/damaged/; one line per step moved."""
@@ -118,10 +124,21 @@ class Checkpointer:
         meta = self.read_meta("best")
         return -1.0 if meta is None else meta["test_acc"]
 
-    def read_meta(self, kind: str = "latest") -> dict | None:
-        """The host-side JSON of the newest step of WORKDIR/<kind> (its config, epoch, ...), or None."""
+    def _newest(self, kind: str):
+        """(manager, newest step) of WORKDIR/<kind>; read-only, a damaged newest step is a one-line error."""
         manager = {"latest": self.latest, "best": self.best}[kind]
         step = manager.latest_step()
+        if step is not None and self.read_only and (problem := damage(self.root / kind / str(step))):
+            raise UsageError(
+                f"the {kind} checkpoint in {self.workdir} (epoch {step}) is damaged: {problem}; "
+                f"{'--which latest' if kind == 'best' else 'an earlier epoch'} may still be intact, or --resume "
+                "training sets it aside"
+            )
+        return manager, step
+
+    def read_meta(self, kind: str = "latest") -> dict | None:
+        """The host-side JSON of the newest step of WORKDIR/<kind> (its config, epoch, ...), or None."""
+        manager, step = self._newest(kind)
         if step is None:
             return None
         return manager.restore(step, args=self.ocp.args.Composite(meta=self.ocp.args.JsonRestore()))["meta"]
@@ -153,8 +170,7 @@ class Checkpointer:
 
     def restore(self, like: engine.TrainState, kind: str = "latest"):
         """(state, meta) of the newest intact step of WORKDIR/<kind> ('latest' or 'best'), or None."""
-        manager = {"latest": self.latest, "best": self.best}[kind]
-        step = manager.latest_step()
+        manager, step = self._newest(kind)
         if step is None:
             return None
         target = {k: v for k, v in like.__dict__.items() if k not in ("apply_fn", "tx")}

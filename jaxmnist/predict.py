@@ -152,7 +152,7 @@ def from_workdir(workdir: str, which: str = "best", seed: int | None = None) -> 
 
     if not (Path(workdir) / which).is_dir():
         raise UsageError(f"no {which} checkpoint in {workdir} (train with --workdir {workdir} first)")
-    ckpt = Checkpointer(workdir)
+    ckpt = Checkpointer(workdir, read_only=True)
     meta = ckpt.read_meta(which)
     if meta is None:
         raise UsageError(f"no intact {which} checkpoint in {workdir}")

@@ -123,3 +123,18 @@ def test_a_torch_state_dict_predicts_what_torch_does(mnist, tmp_path):
     np.testing.assert_allclose(model.probabilities(digits), expected, atol=1e-5)
     with pytest.raises(predict.UsageError, match="is not a resnet"):
         predict.from_torch(str(tmp_path / "cnn.pth"), "resnet")
+
+
+def test_reading_a_workdir_writes_nothing_and_refuses_a_damaged_step(workdir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "ckpt"
+    shutil.copytree(workdir, copy)
+    before = sorted(p.relative_to(copy) for p in copy.rglob("*"))
+    assert predict.from_workdir(str(copy), "latest").name == "cnn"
+    newest = max((copy / "best").iterdir(), key=lambda p: int(p.name) if p.name.isdigit() else -1)
+    next(f for f in newest.rglob("*") if f.is_file() and f.stat().st_size > 100).write_bytes(b"garbage")
+    with pytest.raises(predict.UsageError, match=f"the best checkpoint in {copy} .* is damaged"):
+        predict.from_workdir(str(copy))
+    assert predict.from_workdir(str(copy), "latest").name == "cnn"  # the other kind still reads
+    assert sorted(p.relative_to(copy) for p in copy.rglob("*")) == before  # nothing moved, nothing written
