@@ -544,6 +544,7 @@ def _train(
     programs: dict | None = None,
     placement: Placement = Placement(),
     init: dict | None = None,
+    report: bool = True,
     out=None,
 ) -> list[Result]:
     """The training loop, for one seed or for vmapped seeds (`seeds`). An epoch runs as the chunks of
@@ -551,7 +552,8 @@ def _train(
     a rolled scan elsewhere). `logdirs` are the vmapped seeds' (`logdir` one seed's); `programs`, a dict shared
     by runs of the same shapes, keeps the compiled programs for the next; `stop_after_epoch` simulates a killed
     run (for tests). `placement`: the devices (one by default; a mesh for data parallelism). `init`: weights to
-    start from ({'params', 'batch_stats'}, e.g. a PyTorch state_dict's, `--init-from`) instead of the init."""
+    start from ({'params', 'batch_stats'}, e.g. a PyTorch state_dict's, `--init-from`) instead of the init. `report`:
+    the evaluation report into each logdir at the end (`write_reports`)."""
     validate(config)
     placement.check_batch(config.batch_size)
     if resume and not workdir:
@@ -655,7 +657,8 @@ def _train(
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
             break
 
-    write_reports(runs, state, seeds, data, config)
+    if report:
+        write_reports(runs, state, seeds, data, config)
     records = [run.report.finish(epoch_times, compile_s=compile_s, recompiles=watch.after_first) for run in runs]
     if watch.after_first is not None:
         say(f"recompilations after the first epoch: {watch.after_first}")
@@ -693,6 +696,11 @@ def build_parser() -> cli.ArgumentParser:
         help="start from a PyTorch state_dict of the preset's network (the blog's classes; loaded strictly, "
         "converted exactly) instead of a fresh initialisation",
     )
+    p.add_argument(
+        "--no-report",
+        action="store_true",
+        help="no evaluation report (report.json, confusion.png, misclassified.png) in the logdir at the end",
+    )
     p.add_argument("--coordinator", help="jax.distributed: host:port of process 0 (or JAX_COORDINATOR_ADDRESS)")
     p.add_argument("--num-processes", type=int, help="jax.distributed: how many processes (or JAX_NUM_PROCESSES)")
     p.add_argument("--process-id", type=int, help="jax.distributed: this process, from 0 (or JAX_PROCESS_ID)")
@@ -727,6 +735,7 @@ def _main(argv: list[str] | None) -> None:
             progress=not args.no_progress and main_process,
             placement=placement,
             init=init,
+            report=not args.no_report,
             out=None if main_process else open(os.devnull, "w"),
         )
     except (KeyboardInterrupt, cli.Terminated) as e:

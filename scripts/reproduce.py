@@ -143,6 +143,8 @@ def run_seeds(
     cmd += ["--blog-quirks"] if args.blog_quirks else []
     cmd += ["--data-dir", args.data_dir] if args.data_dir else []
     cmd += ["--num-workers", str(args.num_workers)] if framework == "torch" else []
+    # The evaluation report after the last epoch would count in JAX's wall time (torch_ref writes none).
+    cmd += ["--no-report"] if framework == "jax" else []
     label = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))} together"
     print(f"\n=== {preset} / {framework} / {label}: {' '.join(cmd[1:])}", flush=True)
     timeout = None if deadline is None else deadline - time.monotonic()
@@ -156,7 +158,10 @@ def run_seeds(
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr)
         return each(error=(proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1])
-    return {s: summarise(s, logdir / f"seed{s}" if len(seeds) > 1 else logdir, wall_s, framework, args, seeds) for s in seeds}
+    return {
+        s: summarise(s, logdir / f"seed{s}" if len(seeds) > 1 else logdir, wall_s, framework, args, seeds)
+        for s in seeds
+    }
 
 
 def summarise(seed: int, logdir: Path, wall_s: float, framework: str, args, together: list[int]) -> dict:
@@ -358,9 +363,11 @@ def time_table(results: list[dict], epoch_s: dict[str, dict]) -> str:
     """Time to accuracy: per preset and framework with wall times, the wall time per run (compile included) and the
     time to each of TARGETS (mean over the runs that reached it); then the blog's runs that reached 99.5 %, at its
     own speed and at this table's measured s/epoch (`epoch_s`: preset -> framework -> seconds)."""
-    header = "| preset | framework | runs | final accuracy | wall time per run | " + " | ".join(
-        f"time to {t:g} % (runs reaching it)" for t in TARGETS
-    ) + " |"
+    header = (
+        "| preset | framework | runs | final accuracy | wall time per run | "
+        + " | ".join(f"time to {t:g} % (runs reaching it)" for t in TARGETS)
+        + " |"
+    )
     rows = [header, "|" + "---|" * (header.count("|") - 1)]
     for r in results:
         for name, agg in r["frameworks"].items():
@@ -413,7 +420,9 @@ def write_readme(out: Path) -> Path:
             "",
             "## Time to accuracy",
             "",
-            time_table(results, {r["preset"]: {n: a["avg_epoch_s"] for n, a in r["frameworks"].items()} for r in results}),
+            time_table(
+                results, {r["preset"]: {n: a["avg_epoch_s"] for n, a in r["frameworks"].items()} for r in results}
+            ),
             "",
             "Wall time: from the trainer's process start to its exit (imports, data loading and compilation "
             "included), measured by `scripts/reproduce.py`. Time to X %: that wall time less the epochs after the "

@@ -50,8 +50,14 @@ def test_time_to_accuracy_counts_everything_before_the_epoch_that_reached_it(tmp
     def run(seed, curve, wall):
         epoch_s = [30.0] * len(curve)
         return {
-            "seed": seed, "final_acc": curve[-1], "best_acc": max(curve), "avg_epoch_s": 30.0, "device": "cpu:cpu",
-            "versions": {}, "commit": None, "wall_s": wall,
+            "seed": seed,
+            "final_acc": curve[-1],
+            "best_acc": max(curve),
+            "avg_epoch_s": 30.0,
+            "device": "cpu:cpu",
+            "versions": {},
+            "commit": None,
+            "wall_s": wall,
             "time_to": {str(t): reproduce.time_to(t, curve, epoch_s, wall) for t in reproduce.TARGETS},
         }
 
@@ -154,4 +160,18 @@ def test_reproduce_trains_jax_seeds_together_when_asked(tmp_path, monkeypatch):
         ("torch", (s,)) for s in (2, 3, 4)
     ]
     frameworks = json.loads((tmp_path / "cnn_tb.json").read_text())["frameworks"]
-    assert [r["seed"] for r in frameworks["jax"]["runs"]] == [0, 1, 2, 3, 4] and frameworks["torch"]["final_acc"]["n"] == 5
+    assert [r["seed"] for r in frameworks["jax"]["runs"]] == [0, 1, 2, 3, 4] and frameworks["torch"]["final_acc"][
+        "n"
+    ] == 5
+
+
+def test_jax_runs_skip_the_report_that_torch_does_not_write(tmp_path, monkeypatch):
+    commands = []
+
+    class Failed:
+        returncode, stderr = 1, "error: stop here"
+
+    monkeypatch.setattr(reproduce.subprocess, "run", lambda cmd, **kw: commands.append(cmd) or Failed())
+    reproduce.main(["--presets", "cnn_tb", "--seeds", "1", "--out", str(tmp_path), "--jax-seeds", "each"])
+    jax_cmd, torch_cmd = commands
+    assert "--no-report" in jax_cmd and "--no-report" not in torch_cmd  # wall times stay comparable
