@@ -515,9 +515,12 @@ def write_reports(runs: list[SeedRun], state, seeds: Seeds, data: DeviceData, co
     logged = [(i, run) for i, run in enumerate(runs) if run.report.log]
     if not logged:
         return
+    # Everything on the host first: on a mesh of several processes only process 0 writes reports, and a program
+    # over the mesh's global arrays (even a slice) would wait for the others.
     images, labels = np.asarray(data.test[0]), np.asarray(data.test[1])
+    weights = jax.device_get(state.eval_variables())
     for i, run in logged:
-        variables = seeds.take(state, i).eval_variables()
+        variables = seeds.take(weights, i)
         probs = evaluate.probabilities(state.apply_fn, variables, images, config.eval_batch_size)
         summary = evaluate.summarise(probs, labels)
         log = run.report.log
