@@ -5,7 +5,7 @@
 
 The file loads with `load_state_dict(torch.load(FILE), strict=True)` into torch_ref.models.get_model(NAME) (the
 blog's classes) and gives the JAX model's logits (tests/test_export.py). The weights are the ones evaluation
-uses: the moving average when the run kept one. The conversion is torch_ref.convert's; torch is needed.
+uses: the moving average when the run kept one. jaxmnist.interop writes the file itself: no torch needed.
 """
 
 from __future__ import annotations

@@ -84,10 +84,21 @@ def test_export_refuses_a_workdir_without_checkpoints(tmp_path, capsys):
     assert capsys.readouterr().err.startswith(f"error: no best checkpoint in {tmp_path}")
 
 
-def test_the_jax_library_imports_no_torch():
+def test_the_jax_library_imports_no_torch(tmp_path):
     import subprocess
     import sys
 
-    code = "import sys, jaxmnist.train, jaxmnist.predict, jaxmnist.export; print('torch' in sys.modules)"
+    torch.manual_seed(0)
+    net = torch_models.get_model("fast")
+    torch.save(net.state_dict(), tmp_path / "fast.pth")
+    code = (
+        "import sys, jaxmnist.train, jaxmnist.predict, jaxmnist.export; print('torch' in sys.modules); "
+        "sys.modules['torch'] = None; from jaxmnist import interop; "  # any import of torch now fails
+        f"v = interop.load_torch({str(tmp_path / 'fast.pth')!r}, 'fast'); "
+        f"interop.save_torch({str(tmp_path / 'back.pth')!r}, 'fast', v)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.stdout.strip() == "False", out.stderr[-500:]  # torch only inside --init-from, --torch-state-dict, export
+    assert out.stdout.strip() == "False" and out.returncode == 0, out.stderr[-500:]  # .pth without torch
+    back = torch.load(tmp_path / "back.pth", weights_only=True)
+    for key, tensor in net.state_dict().items():  # the round trip without torch is exact
+        assert torch.equal(back[key], tensor), key
