@@ -18,8 +18,6 @@ import os
 import sys
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxmnist import cli, interop, models, predict, runlog
@@ -30,14 +28,6 @@ GRID_MAX = 100  # misclassified digits drawn (all are listed in report.json)
 
 
 # ---------------------------------------------------------------------------------------- the numbers
-def probabilities(apply_fn, variables, images_u8: np.ndarray, batch_size: int = 1000) -> np.ndarray:
-    """[N, classes] softmax of the model in eval mode over uint8 [N, 28, 28] images, a batch at a time."""
-    step = jax.jit(lambda v, x: jax.nn.softmax(apply_fn(v, data_lib.normalize(x), train=False).astype(jnp.float32)))
-    return np.concatenate(
-        [np.asarray(step(variables, images_u8[i : i + batch_size])) for i in range(0, len(images_u8), batch_size)]
-    )
-
-
 def summarise(probs: np.ndarray, labels: np.ndarray) -> dict:
     """Accuracy, the confusion matrix (rows: true class, columns: predicted), per-class precision, recall and
     support, and the misclassified examples (index, true, predicted, confidence), most confident first."""
@@ -187,8 +177,7 @@ def _main(argv) -> None:
     else:
         model = predict.from_workdir(args.workdir, args.which, args.seed)
     data = data_lib.load(args.dataset, args.data_dir, progress=False)
-    module = models.get_model(model.name, model.num_classes)
-    summary = summarise(probabilities(module.apply, model.variables, data.test_images), data.test_labels)
+    summary = summarise(model.probabilities(data.test_images), data.test_labels)
     out = write(summary, data.test_images, args.out or os.path.join(args.workdir or ".", "report"))
     print(f"{model.name} from {model.source}, on {args.dataset}'s {summary['n']} test images")
     print(table(summary))

@@ -17,6 +17,7 @@ stderr, the others go on, and the exit code is then 1.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import sys
 from pathlib import Path
@@ -129,6 +130,19 @@ def _digits_of(path: str, array: np.ndarray) -> list[Digit]:
 
 
 # ------------------------------------------------------------------------------------------ models
+@functools.partial(jax.jit, static_argnums=0)
+def _softmax(apply_fn, variables, images_u8):
+    logits = apply_fn(variables, data_lib.normalize(images_u8), train=False)
+    return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+
+
+def probabilities(apply_fn, variables, images_u8: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+    """[N, classes] softmax of a model in eval mode over uint8 [N, 28, 28] digits, a batch at a time (compiled
+    once per apply_fn and batch shape)."""
+    parts = [_softmax(apply_fn, variables, images_u8[i : i + batch_size]) for i in range(0, len(images_u8), batch_size)]
+    return np.concatenate([np.asarray(p) for p in parts])
+
+
 @dataclasses.dataclass
 class Model:
     name: str  # the network
@@ -136,13 +150,13 @@ class Model:
     source: str  # where they came from, for the first line
     num_classes: int | None = None  # the head, if the run set one (--num-classes)
 
+    @functools.cached_property
+    def module(self):
+        return models.get_model(self.name, self.num_classes)
+
     def probabilities(self, images_u8: np.ndarray) -> np.ndarray:
         """[N, classes] softmax of the network in eval mode, for uint8 [N, 28, 28] digits."""
-        module = models.get_model(self.name, self.num_classes)
-        logits = jax.jit(lambda v, x: module.apply(v, data_lib.normalize(x), train=False))(
-            self.variables, jnp.asarray(images_u8)
-        )
-        return np.asarray(jax.nn.softmax(logits.astype(jnp.float32), axis=-1))
+        return probabilities(self.module.apply, self.variables, images_u8)
 
 
 def from_workdir(workdir: str, which: str = "best", seed: int | None = None) -> Model:

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmnist import cli, distributed, engine, evaluate, interop, optim, runlog
+from jaxmnist import cli, distributed, engine, evaluate, interop, optim, predict, runlog
 from jaxmnist import data as data_lib
 from jaxmnist.checkpoint import Checkpointer
 from jaxmnist.cli import UsageError
@@ -521,7 +521,7 @@ def write_reports(runs: list[SeedRun], state, seeds: Seeds, data: DeviceData, co
     weights = jax.device_get(state.eval_variables())
     for i, run in logged:
         variables = seeds.take(weights, i)
-        probs = evaluate.probabilities(state.apply_fn, variables, images, config.eval_batch_size)
+        probs = predict.probabilities(state.apply_fn, variables, images, config.eval_batch_size)
         summary = evaluate.summarise(probs, labels)
         log = run.report.log
         evaluate.write(summary, images, log.dir, log.writer, step=len(log.record["epochs"]))
