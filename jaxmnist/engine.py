@@ -23,7 +23,8 @@ from flax import struct
 
 from jaxmnist import augment as augment_lib
 from jaxmnist import data as data_lib
-from jaxmnist import models, optim
+from jaxmnist import convs, models, optim
+from jaxmnist.convs import ConvPlan
 from jaxmnist.presets import Config, schedule_points
 
 
@@ -66,11 +67,17 @@ def make_optimizer(config: Config) -> optax.GradientTransformation:
 
 
 def create_state(
-    config: Config, key: jax.Array, dtype=jnp.float32, variables: dict | None = None, total_steps: int | None = None
+    config: Config,
+    key: jax.Array,
+    dtype=jnp.float32,
+    variables: dict | None = None,
+    total_steps: int | None = None,
+    conv_plan: ConvPlan = convs.XLA,
 ) -> TrainState:
     """A fresh state; `variables` ({'params', 'batch_stats'}, e.g. transferred from torch) replace the init.
-    A per-step schedule (Config.schedule) needs the run's `total_steps`."""
-    model = models.get_model(config.model, num_classes=config.num_classes, dtype=dtype)
+    A per-step schedule (Config.schedule) needs the run's `total_steps`. `conv_plan`: how the network's
+    convolutions run (jaxmnist.convs); its programs compile with `conv_plan.compiler_options`."""
+    model = models.get_model(config.model, num_classes=config.num_classes, dtype=dtype, conv_plan=conv_plan)
     init_key, rng = jax.random.split(key)
     if variables is None:
         variables = jax.jit(functools.partial(model.init, train=False))(init_key, jnp.zeros((1, 28, 28, 1)))

@@ -26,6 +26,9 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from jaxmnist import convs
+from jaxmnist.convs import ConvPlan
+
 ModuleDef = Any
 Dtype = Any
 
@@ -41,52 +44,9 @@ def torch_default_bias_init(fan_in: int) -> Callable:
     return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
-# On CPU, a convolution whose output is at most this many pixels runs as a matmul (`conv2d`); None: never.
-SMALL_CONV_PIXELS_CPU: int | None = 4
-# On CPU, a convolution of a single-channel input (every network's first layer but torchvision's) runs as a matmul:
-# XLA:CPU's weight gradient of a 1-channel convolution is its slow path, 2-5x slower than im2col and a GEMM
-# (benchmarks/README.md, "Per-layer costs").
-SINGLE_CHANNEL_AS_MATMUL_CPU: bool = True
-
-
-def conv_as_matmul(x, kernel, stride: int, padding: int):
-    """torch's Conv2d (NHWC x HWIO) as im2col by strided slices plus one matmul, leaving out the kernel taps
-    that only ever see padding (their products are exact zeros). For the tiny outputs of the deep ResNet
-    stages, where XLA:CPU's convolution is 20-27x slower than oneDNN while a GEMM is not (benchmarks/README.md)."""
-    kh, kw, _, features = kernel.shape
-    h, w = x.shape[1:3]
-    ho, wo = (h + 2 * padding - kh) // stride + 1, (w + 2 * padding - kw) // stride + 1
-
-    def real(offset, size, out):  # does tap offset ever read an unpadded row (column)?
-        return any(padding <= offset + stride * t < padding + size for t in range(out))
-
-    taps = [(i, j) for i in range(kh) for j in range(kw) if real(i, h, ho) and real(j, w, wo)]
-    x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-    patches = jnp.concatenate(
-        [x[:, i : i + stride * (ho - 1) + 1 : stride, j : j + stride * (wo - 1) + 1 : stride] for i, j in taps], -1
-    )
-    return patches @ jnp.concatenate([kernel[i, j] for i, j in taps], 0).reshape(-1, features)
-
-
-def conv2d(x, kernel, stride: int, padding: int):
-    """torch's Conv2d on NHWC x HWIO: XLA's convolution, or on CPU `conv_as_matmul` for tiny outputs and for
-    single-channel inputs."""
-    kh, kw, in_channels = kernel.shape[:3]
-    out_pixels = ((x.shape[1] + 2 * padding - kh) // stride + 1) * ((x.shape[2] + 2 * padding - kw) // stride + 1)
-    tiny = SMALL_CONV_PIXELS_CPU is not None and out_pixels <= SMALL_CONV_PIXELS_CPU
-    if (tiny or SINGLE_CHANNEL_AS_MATMUL_CPU and in_channels == 1) and jax.default_backend() == 'cpu':
-        return conv_as_matmul(x, kernel, stride, padding)
-    return jax.lax.conv_general_dilated(
-        x,
-        kernel,
-        window_strides=(stride, stride),
-        padding=((padding, padding), (padding, padding)),
-        dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-    )
-
-
 class Conv(nn.Module):
-    """Conv2d with PyTorch's padding and default initialisation, on NHWC inputs and HWIO kernels."""
+    """Conv2d with PyTorch's padding and default initialisation, on NHWC inputs and HWIO kernels, run in the
+    formulation `plan` gives its shape (jaxmnist.convs)."""
 
     features: int
     kernel_size: int
@@ -95,13 +55,14 @@ class Conv(nn.Module):
     use_bias: bool = True
     kernel_init: Callable = torch_default_kernel_init
     dtype: Dtype = jnp.float32
+    plan: ConvPlan = convs.XLA
 
     @nn.compact
     def __call__(self, x):
         in_features = x.shape[-1]
         kernel_shape = (self.kernel_size, self.kernel_size, in_features, self.features)
         kernel = self.param('kernel', self.kernel_init, kernel_shape, jnp.float32)
-        y = conv2d(x.astype(self.dtype), kernel.astype(self.dtype), self.strides, self.padding)
+        y = convs.conv2d(x.astype(self.dtype), kernel.astype(self.dtype), self.strides, self.padding, self.plan)
         if self.use_bias:
             fan_in = in_features * self.kernel_size * self.kernel_size
             bias = self.param('bias', torch_default_bias_init(fan_in), (self.features,), jnp.float32)
@@ -284,7 +245,7 @@ def stage_1ch_eval(x, kernel, scale, bias, mean, var, epsilon: float):
 
 
 def _stage_1ch_reference(x, kernel, scale, bias, epsilon):
-    y, mean, var = batch_norm_train(conv2d(x, kernel, 1, 1), scale, bias, epsilon)
+    y, mean, var = batch_norm_train(convs.lax_conv(x, kernel, 1, 1), scale, bias, epsilon)
     return max_pool_2x2(jax.nn.relu(y)), mean, var
 
 
@@ -343,10 +304,11 @@ class CNN(nn.Module):
 
     num_classes: int = 10
     dtype: Dtype = jnp.float32
+    conv_plan: ConvPlan = convs.XLA  # how its convolutions run (jaxmnist.convs)
 
     @nn.compact
     def __call__(self, x, train: bool):
-        conv = functools.partial(Conv, dtype=self.dtype)
+        conv = functools.partial(Conv, dtype=self.dtype, plan=self.conv_plan)
         norm = functools.partial(BatchNorm, use_running_average=not train, dtype=self.dtype)
         x = x.astype(self.dtype)
         for i, features in enumerate((10, 20), start=1):
@@ -367,10 +329,11 @@ class CNNDeep(nn.Module):
     conv_dropout_rate: float = 0.25
     fc_dropout_rate: float = 0.5
     dtype: Dtype = jnp.float32
+    conv_plan: ConvPlan = convs.XLA  # how its convolutions run (jaxmnist.convs)
 
     @nn.compact
     def __call__(self, x, train: bool):
-        conv = functools.partial(Conv, kernel_init=kaiming_normal_fan_out, dtype=self.dtype)
+        conv = functools.partial(Conv, kernel_init=kaiming_normal_fan_out, dtype=self.dtype, plan=self.conv_plan)
         norm = functools.partial(BatchNorm, use_running_average=not train, dtype=self.dtype)
         x = x.astype(self.dtype)
         for stage, (features, kernel_size) in enumerate(((32, 5), (64, 3)), start=1):
@@ -397,11 +360,14 @@ class FastNet(nn.Module):
     convs_per_stage: int = 1
     num_classes: int = 10
     dtype: Dtype = jnp.float32
+    conv_plan: ConvPlan = convs.XLA  # how its convolutions run (jaxmnist.convs)
     fuse_first_stage: bool = True  # stage_1ch_*: the same function, 2.5x faster forward plus backward on XLA:CPU
 
     @nn.compact
     def __call__(self, x, train: bool):
-        conv = functools.partial(Conv, kernel_size=3, padding=1, use_bias=False, dtype=self.dtype)
+        conv = functools.partial(
+            Conv, kernel_size=3, padding=1, use_bias=False, dtype=self.dtype, plan=self.conv_plan
+        )
         norm = functools.partial(BatchNorm, use_running_average=not train, dtype=self.dtype)
         x = x.astype(self.dtype)
         index = 0  # the position in torch's Sequential: conv, BN, ReLU per conv, a pool per stage
@@ -502,10 +468,11 @@ class BlogResNet(nn.Module):
     stage_sizes: Sequence[int] = (2, 2, 2)
     num_classes: int = 10
     dtype: Dtype = jnp.float32
+    conv_plan: ConvPlan = convs.XLA  # how its convolutions run (jaxmnist.convs)
 
     @nn.compact
     def __call__(self, x, train: bool):
-        conv = functools.partial(Conv, dtype=self.dtype)
+        conv = functools.partial(Conv, dtype=self.dtype, plan=self.conv_plan)
         norm = functools.partial(BatchNorm, use_running_average=not train, dtype=self.dtype)
         x = nn.relu(norm(name='bn')(conv(16, 3, 1, 1, name='conv')(x.astype(self.dtype))))
         for i, num_blocks in enumerate(self.stage_sizes):
@@ -536,10 +503,13 @@ class TorchVisionResNet(nn.Module):
     block_cls: ModuleDef
     num_classes: int = 1000
     dtype: Dtype = jnp.float32
+    conv_plan: ConvPlan = convs.XLA  # how its convolutions run (jaxmnist.convs)
 
     @nn.compact
     def __call__(self, x, train: bool):
-        conv = functools.partial(Conv, use_bias=False, kernel_init=kaiming_normal_fan_out, dtype=self.dtype)
+        conv = functools.partial(
+            Conv, use_bias=False, kernel_init=kaiming_normal_fan_out, dtype=self.dtype, plan=self.conv_plan
+        )
         norm = functools.partial(BatchNorm, use_running_average=not train, dtype=self.dtype)
         x = jnp.broadcast_to(x, x.shape[:-1] + (3,)).astype(self.dtype)
         x = nn.relu(norm(name='bn1')(conv(64, 7, 2, 3, name='conv1')(x)))
@@ -564,13 +534,16 @@ TORCHVISION = {'resnet18': ResNet18, 'resnet101': ResNet101}
 MODELS = {'cnn': CNN, 'cnn_deep': CNNDeep, 'resnet': BlogResNet, **TORCHVISION, 'fast': FastNet}
 
 
-def get_model(name: str, num_classes: int | None = None, dtype: Dtype = jnp.float32) -> nn.Module:
+def get_model(
+    name: str, num_classes: int | None = None, dtype: Dtype = jnp.float32, conv_plan: ConvPlan = convs.XLA
+) -> nn.Module:
     """Builds the network ``name`` (a key of MODELS).
 
     ``num_classes=None`` keeps the network's natural head, as the blog trains it: 10 classes for
-    cnn, cnn_deep and resnet, torchvision's 1000 for resnet18 and resnet101.
+    cnn, cnn_deep and resnet, torchvision's 1000 for resnet18 and resnet101. ``conv_plan``: how its
+    convolutions run (jaxmnist.convs; XLA's own choice by default).
     """
     if name not in MODELS:
         raise ValueError(f'unknown model {name!r}; choose from {", ".join(MODELS)}')
     kwargs = {} if num_classes is None else {'num_classes': num_classes}
-    return MODELS[name](dtype=dtype, **kwargs)
+    return MODELS[name](dtype=dtype, conv_plan=conv_plan, **kwargs)

@@ -26,10 +26,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmnist import cli, distributed, engine, evaluate, interop, optim, predict, runlog
+from jaxmnist import cli, convs, distributed, engine, evaluate, interop, models, optim, predict, runlog
 from jaxmnist import data as data_lib
 from jaxmnist.checkpoint import Checkpointer
 from jaxmnist.cli import UsageError
+from jaxmnist.convs import ConvPlan
 from jaxmnist.distributed import Placement
 from jaxmnist.presets import (
     Config,
@@ -112,12 +113,16 @@ class Seeds:
         """Seed i's part of a host or device tree the program returned."""
         return jax.tree.map(lambda x: x[i], tree) if self.vmapped else tree
 
-    def create_state(self, config: Config, total_steps: int, variables: dict | None = None) -> engine.TrainState:
+    def create_state(
+        self, config: Config, total_steps: int, variables: dict | None = None, conv_plan: ConvPlan = convs.XLA
+    ) -> engine.TrainState:
         """Each seed's fresh state (its own initialisation and keys), stacked when vmapped: vmap draws every
         seed's initial weights exactly as the seed alone would. `variables` (e.g. from --init-from) replace the
         initialisation, the same for every seed."""
         keys = jnp.stack([jax.random.PRNGKey(s) for s in self.seeds])
-        create = functools.partial(engine.create_state, config, variables=variables, total_steps=total_steps)
+        create = functools.partial(
+            engine.create_state, config, variables=variables, total_steps=total_steps, conv_plan=conv_plan
+        )
         return jax.vmap(create)(keys) if self.vmapped else create(keys[0])
 
 
@@ -185,11 +190,18 @@ def shardings(placement: Placement, inputs: tuple, outputs) -> dict:
 
 
 def compile_training(
-    config: Config, state, train, bounds, unroll: bool, seeds: Seeds | None = None, placement: Placement = Placement()
+    config: Config,
+    state,
+    train,
+    bounds,
+    unroll: bool,
+    seeds: Seeds | None = None,
+    placement: Placement = Placement(),
+    conv_plan: ConvPlan = convs.XLA,
 ) -> Training:
     """Every chunk variant the run will call: both train modes if the blog's quirk 1 (docs/experiments.md)
     switches to eval mode, and each chunk length of `bounds` (at most two). On a mesh, the indices' batch axis
-    is sharded, all else replicated."""
+    is sharded, all else replicated. `conv_plan`: the state's network's, for its compiler options."""
     seeds = seeds or Seeds((config.seed,))
     stack = (len(seeds.seeds),) if seeds.vmapped else ()
     placement.check_batch(config.batch_size)
@@ -199,7 +211,8 @@ def compile_training(
     for mode in modes:
         chunk = functools.partial(engine.train_chunk, augment=config.augment, train=mode, unroll=unroll)
         sharded = shardings(placement, (None, None, None, batch), (None, None))
-        jit_chunk = jax.jit(seeds.map(chunk, (0, None, None, 0)), donate_argnums=0, **sharded)
+        options = conv_plan.compiler_options
+        jit_chunk = jax.jit(seeds.map(chunk, (0, None, None, 0)), donate_argnums=0, compiler_options=options, **sharded)
         for size in sorted({e - s for s, e in bounds}):
             idx = jax.ShapeDtypeStruct((*stack, size, config.batch_size), jnp.int32, sharding=batch)
             chunks[mode, size] = jit_chunk.lower(state, *train, idx).compile()
@@ -237,17 +250,23 @@ def test_augment_key(config: Config, seeds: Seeds) -> jax.Array | None:
 
 
 def compile_evaluation(
-    config: Config, state, data: DeviceData, seeds: Seeds | None = None, placement: Placement = Placement()
+    config: Config,
+    state,
+    data: DeviceData,
+    seeds: Seeds | None = None,
+    placement: Placement = Placement(),
+    conv_plan: ConvPlan = convs.XLA,
 ) -> Evaluation:
     """The test and validation passes. On a mesh every device evaluates the whole split (replicated): about a
-    twentieth of an epoch's work, left unsharded."""
+    twentieth of an epoch's work, left unsharded. `conv_plan`: the state's network's, for its compiler options."""
     seeds = seeds or Seeds((config.seed,))
     kwargs = {"batch_size": config.eval_batch_size, "batch_statistics": tests_with_batch_statistics(config)}
     pass_ = functools.partial(engine.evaluate, **kwargs)
     key = placement.replicate(test_augment_key(config, seeds))
     sharded = shardings(placement, (None,) * 4, None)
-    jit_test = jax.jit(seeds.map(pass_, (0, None, None, None if key is None else 0)), **sharded)
-    jit_val = jax.jit(seeds.map(pass_, (0, None, None, None)), **sharded)
+    options = conv_plan.compiler_options
+    jit_test = jax.jit(seeds.map(pass_, (0, None, None, None if key is None else 0)), compiler_options=options, **sharded)
+    jit_val = jax.jit(seeds.map(pass_, (0, None, None, None)), compiler_options=options, **sharded)
     return Evaluation(
         test=jit_test.lower(state, *data.test, key).compile(),
         val=jit_val.lower(state, *data.val, None).compile() if data.val else None,
@@ -405,6 +424,18 @@ def save(ckpt: Checkpointer, state, config: Config, epoch: int, test_acc: float,
     ckpt.save(state, epoch + 1, test_acc, {"config": dataclasses.asdict(config), "epoch": epoch + 1, **meta})
 
 
+def choose_conv_plan(
+    config: Config, impl: str | None, resuming: Checkpointer | None, placement: Placement, say: Callable
+) -> ConvPlan:
+    """How the run's convolutions run: a resumed run's as its checkpoint recorded them (so that it continues bit
+    for bit), else `--conv-impl` (`convs.plan_for`: on the CPU `auto` times the candidates once per machine)."""
+    meta = resuming.read_meta() if resuming and resuming.latest_epoch() else None
+    if meta and "conv_plan" in meta:
+        return ConvPlan.from_json(meta["conv_plan"])
+    model = models.get_model(config.model, num_classes=config.num_classes)
+    return convs.plan_for(impl, model, config.batch_size // placement.size, say)
+
+
 # ---------------------------------------------------------------------------------------- the loop
 def announce(out, config: Config, preset, data: DeviceData, steps: int, notes: tuple[str, ...]) -> None:
     """The lines before the first epoch: device, experiment, data, schedule, `notes`, the blog's header."""
@@ -548,6 +579,7 @@ def _train(
     placement: Placement = Placement(),
     init: dict | None = None,
     report: bool = True,
+    conv_impl: str | None = None,
     out=None,
 ) -> list[Result]:
     """The training loop, for one seed or for vmapped seeds (`seeds`). An epoch runs as the chunks of
@@ -556,7 +588,8 @@ def _train(
     by runs of the same shapes, keeps the compiled programs for the next; `stop_after_epoch` simulates a killed
     run (for tests). `placement`: the devices (one by default; a mesh for data parallelism). `init`: weights to
     start from ({'params', 'batch_stats'}, e.g. a PyTorch state_dict's, `--init-from`) instead of the init. `report`:
-    the evaluation report into each logdir at the end (`write_reports`)."""
+    the evaluation report into each logdir at the end (`write_reports`). `conv_impl`: how the convolutions run
+    (`--conv-impl`, `choose_conv_plan`)."""
     validate(config)
     placement.check_batch(config.batch_size)
     if resume and not workdir:
@@ -572,7 +605,10 @@ def _train(
     data = put_on_device(data or data_lib.load(config.dataset, data_dir, progress=progress), config, placement)
     steps = epoch_steps(config, data.n_train)
     bounds = engine.chunk_bounds(steps, chunk_steps, unroll)
-    state = placement.replicate(seeds.create_state(config, total_steps=steps * config.epochs, variables=init))
+    ckpt = Checkpointer(workdir) if workdir else None
+    plan = choose_conv_plan(config, conv_impl, ckpt if resume else None, placement, say)
+    state = seeds.create_state(config, total_steps=steps * config.epochs, variables=init, conv_plan=plan)
+    state = placement.replicate(state)
     prefix = (lambda seed: f"seed {seed} ") if seeds.vmapped else (lambda seed: "")
     runs = [
         SeedRun(
@@ -591,17 +627,16 @@ def _train(
         )
         for seed, d in zip(seeds.seeds, logdirs)
     ]
-    ckpt = Checkpointer(workdir) if workdir else None
     for note in ckpt.damaged if ckpt else ():
         say(note)
     state, first_epoch = resume_from(ckpt, state, config, runs, seeds, say) if resume else (state, 0)
 
     # Compile everything up front (or take the programs an earlier seed compiled), then say what will run.
     t0 = time.perf_counter()
-    key = (config.replace(seed=0), seeds.seeds if seeds.vmapped else None, tuple(bounds), unroll, placement)
+    key = (config.replace(seed=0), seeds.seeds if seeds.vmapped else None, tuple(bounds), unroll, placement, plan)
     if programs is None or key not in programs:
-        training = compile_training(config, state, data.train, bounds, unroll, seeds, placement)
-        evaluation = compile_evaluation(config, state, data, seeds, placement)
+        training = compile_training(config, state, data.train, bounds, unroll, seeds, placement, plan)
+        evaluation = compile_evaluation(config, state, data, seeds, placement, plan)
         if programs is not None:
             programs[key] = training, evaluation, state
     else:  # the same programs, for this run's seeds and a state of the same pytree (its static fields too)
@@ -611,7 +646,7 @@ def _train(
         test_key = placement.replicate(test_augment_key(config, seeds))
         evaluation = dataclasses.replace(evaluation, seeds=seeds, test_augment_key=test_key)
     compile_s = time.perf_counter() - t0
-    notes = [f"compile: {compile_s:.2f} s (kept out of the epoch times)"]
+    notes = [f"compile: {compile_s:.2f} s (kept out of the epoch times)", f"convolutions: {plan.describe()}"]
     if placement.mesh is not None:
         per = config.batch_size // placement.size
         notes.append(
@@ -655,7 +690,8 @@ def _train(
                 time_s=epoch_times[-1],
             )
         if ckpt:
-            save(ckpt, state, config, epoch, float(np.mean(test["accuracy"])), host_meta(runs, seeds))
+            meta = {**host_meta(runs, seeds), "conv_plan": plan.to_json()}
+            save(ckpt, state, config, epoch, float(np.mean(test["accuracy"])), meta)
         watch.epoch_ended(epoch)
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
             break
@@ -704,6 +740,13 @@ def build_parser() -> cli.ArgumentParser:
         action="store_true",
         help="no evaluation report (report.json, confusion.png, misclassified.png) in the logdir at the end",
     )
+    p.add_argument(
+        "--conv-impl",
+        choices=convs.IMPLS,
+        help="how convolutions run: auto (default, or $JAXMNIST_CONV_IMPL) times XLA:CPU's kernel libraries and "
+        "formulations once per machine and keeps the fastest (cached); xla: XLA's own choice (the default off the "
+        "CPU); eigen: XLA's Eigen kernels; matmul: im2col and a GEMM. A resumed run keeps its own",
+    )
     p.add_argument("--coordinator", help="jax.distributed: host:port of process 0 (or JAX_COORDINATOR_ADDRESS)")
     p.add_argument("--num-processes", type=int, help="jax.distributed: how many processes (or JAX_NUM_PROCESSES)")
     p.add_argument("--process-id", type=int, help="jax.distributed: this process, from 0 (or JAX_PROCESS_ID)")
@@ -739,6 +782,7 @@ def _main(argv: list[str] | None) -> None:
             placement=placement,
             init=init,
             report=not args.no_report,
+            conv_impl=args.conv_impl,
             out=None if main_process else open(os.devnull, "w"),
         )
     except (KeyboardInterrupt, cli.Terminated) as e:

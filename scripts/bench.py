@@ -33,7 +33,7 @@ warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=R
 try:
     from benchlib import environment, plan, profile, report
     from benchlib.settings import NETWORKS, Settings, quick_settings
-    from jaxmnist import cli, runlog
+    from jaxmnist import cli, convs, runlog
     from jaxmnist import data as data_lib
     from jaxmnist.cli import UsageError
 except ModuleNotFoundError as e:  # a bare checkout: the GPU scripts set PYTHONPATH instead of installing
@@ -72,6 +72,11 @@ def build_parser() -> cli.ArgumentParser:
     p.add_argument("--offline", action="store_true", help="never try the network for MNIST")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, help="JAX bf16 steps (default: on for GPU)")
     p.add_argument("--no-torch", action="store_true", help="JAX only")
+    p.add_argument(
+        "--conv-impl",
+        choices=convs.IMPLS,
+        help="how JAX's convolutions run, as jaxmnist.train's --conv-impl (default: auto, or $JAXMNIST_CONV_IMPL)",
+    )
     p.add_argument("--no-torch-compile", action="store_true", help="no torch.compile measurements")
     p.add_argument("--torch-device", help="cpu or cuda[:N] (default: cuda when available)")
     p.add_argument(
@@ -82,7 +87,7 @@ def build_parser() -> cli.ArgumentParser:
     p.add_argument("--max-s", type=float, help="stop a measurement after this many seconds of samples (default 3)")
     p.add_argument("--epoch-repeats", type=int, help="epochs timed, best kept (default 2)")
     p.add_argument("--train-size", type=int, help="epoch over only the first N training images")
-    p.add_argument("--seeds", type=int, help="jax_epoch_seeds: this many seeds vmapped in one program (default 4)")
+    p.add_argument("--seeds", type=int, help="jax_epoch_seeds: this many seeds vmapped in one program (default 4; 1: none)")
     p.add_argument(
         "--profile-cnn",
         type=int,
@@ -119,7 +124,7 @@ def settings_from_args(args, platform: str, torch_device: str | None) -> Setting
     overrides["torch"] = torch_device is not None
     if args.no_torch_compile:
         overrides["torch_compile"] = False
-    for name in ("iters", "warmup", "max_s", "epoch_repeats", "train_size", "seeds"):
+    for name in ("iters", "warmup", "max_s", "epoch_repeats", "train_size", "seeds", "conv_impl"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     overrides["budget_s"] = args.budget_s

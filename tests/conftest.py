@@ -47,11 +47,16 @@ def offline_unless_realdata(request, monkeypatch, tmp_path_factory):
 def pytest_configure(config):
     # Several tests compile the same programs (e.g. a run and its resumed copy); a per-session persistent
     # cache compiles each once. Per session, so no test depends on what an earlier run left behind.
+    import os
     import tempfile
 
     import jax
 
     config._xla_cache = tempfile.mkdtemp(prefix="jaxmnist-xla-cache-")
+    # Runs, in this process and in the CLI tests' subprocesses, take XLA's convolutions as they are instead of
+    # timing the candidates (tests/test_convs.py times them, into its own cache file).
+    os.environ.setdefault("JAXMNIST_CONV_IMPL", "xla")
+    os.environ["JAXMNIST_CONV_CACHE"] = os.path.join(config._xla_cache, "conv-timings.json")
     jax.config.update("jax_compilation_cache_dir", config._xla_cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from helpers import flat, init_shapes, torch_model_holding
 from torch import nn
 
-from jaxmnist import models
+from jaxmnist import convs, models
 from torch_ref import convert
 from torch_ref import models as torch_models
 
@@ -362,54 +362,6 @@ def test_max_pool_2x2_routes_gradients_like_torch(rng):
     assert (vjp(jnp.asarray(g))[0] == xt.grad.permute(0, 2, 3, 1).numpy()).all()
 
 
-# (input size, kernel, stride, padding): torchvision's deep stages on 28x28 inputs (1x1 and 2x2 maps, padded
-# 3x3 and strided 1x1 convs), plus larger maps and unpadded, even and 7x7 kernels.
-# Then the first layers of the blog's networks and the fast one: single-channel 28x28 inputs.
-SMALL_CONVS = [(1, 3, 1, 1, 5), (2, 3, 1, 1, 5), (2, 3, 2, 1, 5), (2, 1, 2, 0, 5), (4, 3, 2, 1, 5), (7, 3, 2, 1, 5),
-               (3, 2, 1, 0, 5), (5, 7, 2, 3, 5), (28, 5, 1, 0, 1), (28, 3, 1, 1, 1)]  # fmt: skip
-
-
-@pytest.mark.parametrize('size, k, stride, padding, channels', SMALL_CONVS)
-def test_conv_as_matmul_is_torchs_conv2d(size, k, stride, padding, channels, rng):
-    """Values and both gradients equal F.conv2d's (float64: the sums are only reordered)."""
-    x = rng.standard_normal((3, channels, size, size))
-    w = rng.standard_normal((4, channels, k, k))
-    xt, wt = torch.tensor(x, requires_grad=True), torch.tensor(w, requires_grad=True)
-    ref = F.conv2d(xt, wt, stride=stride, padding=padding)
-    g = rng.standard_normal(ref.shape)
-    ref.backward(torch.tensor(g))
-    with jax.enable_x64():
-        out, vjp = jax.vjp(
-            lambda x, w: models.conv_as_matmul(x, w, stride, padding),
-            jnp.asarray(x.transpose(0, 2, 3, 1)),
-            jnp.asarray(w.transpose(2, 3, 1, 0)),
-        )
-        gx, gw = vjp(jnp.asarray(g.transpose(0, 2, 3, 1)))
-    np.testing.assert_allclose(out, ref.detach().numpy().transpose(0, 2, 3, 1), rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(gx, xt.grad.numpy().transpose(0, 2, 3, 1), rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(gw, wt.grad.numpy().transpose(2, 3, 1, 0), rtol=1e-12, atol=1e-12)
-
-
-def test_only_tiny_and_single_channel_cpu_convolutions_become_matmuls(monkeypatch):
-    """On CPU, the convolutions with at most 4 output pixels (resnet18's last 10) and those of a single-channel
-    input (the first layer of every network but torchvision's, which see 3 channels) take the matmul path."""
-    calls, matmul = [], models.conv_as_matmul
-
-    def spy(x, kernel, stride, padding):
-        calls.append(x.shape)
-        return matmul(x, kernel, stride, padding)
-
-    monkeypatch.setattr(models, 'conv_as_matmul', spy)
-    monkeypatch.setattr(models, 'SMALL_CONV_PIXELS_CPU', 4)
-    monkeypatch.setattr(models, 'SINGLE_CHANNEL_AS_MATMUL_CPU', True)
-    x = jnp.zeros((2, 28, 28, 1))
-    for name, expected in (('cnn', 1), ('cnn_deep', 1), ('resnet', 1), ('resnet18', 10), ('fast', 1)):
-        calls.clear()
-        model = models.get_model(name)
-        jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), x)
-        assert len(calls) == expected, name
-
-
 def test_fused_first_stage_is_the_composed_layers(rng):
     """stage_1ch_train is conv -> BatchNorm (batch statistics) -> ReLU -> max-pool composed (itself torch's, above):
     its three outputs and the gradients of all four inputs, with cotangents on the batch statistics too (float64:
@@ -425,7 +377,7 @@ def test_fused_first_stage_is_the_composed_layers(rng):
         for got, want in zip((*fused, *fused_vjp(cotangents)), (*composed, *composed_vjp(cotangents))):
             np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
         mean, var = jnp.asarray(rng.standard_normal(5)), jnp.asarray(rng.uniform(0.5, 2, 5))
-        y = (models.conv2d(args[0], args[1], 1, 1) - mean) * jax.lax.rsqrt(var + 1e-5) * args[2] + args[3]
+        y = (convs.lax_conv(args[0], args[1], 1, 1) - mean) * jax.lax.rsqrt(var + 1e-5) * args[2] + args[3]
         np.testing.assert_allclose(
             models.stage_1ch_eval(*args, mean, var, 1e-5), models.max_pool_2x2(jax.nn.relu(y)), rtol=1e-10, atol=1e-10
         )

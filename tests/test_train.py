@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxmnist import train
+from jaxmnist import convs, train
 from jaxmnist.presets import PRESETS, Config
 
 TINY = Config(model="cnn", batch_size=64, lr=0.02, epochs=3, train_size=640, eval_batch_size=500)
@@ -39,6 +39,21 @@ def test_resume_equals_uninterrupted_run_bitwise(mnist, tmp_path):
     assert (tmp_path / "cut" / "best").is_dir() and (tmp_path / "cut" / "latest").is_dir()
     with pytest.raises(train.UsageError, match="different settings: momentum"):  # resumed as it was made
         train.train_and_evaluate(config.replace(momentum=0.9), workdir=tmp_path / "cut", resume=True, **run)
+
+
+def test_a_resumed_run_keeps_the_convolution_plan_it_started_with(mnist, tmp_path):
+    """The plan is in the checkpoint: resumed with another --conv-impl, the run continues with its own, bit for
+    bit as the uninterrupted run (each formulation rounds differently, so another plan would show)."""
+    config = TINY.replace(epochs=2)
+    run = dict(data=tiny_data(mnist), progress=False, chunk_steps=5, unroll=False, report=False)
+    full = train.train_and_evaluate(config, conv_impl="matmul", **run)
+    train.train_and_evaluate(config, workdir=tmp_path, stop_after_epoch=1, conv_impl="matmul", **run)
+    out = io.StringIO()
+    resumed = train.train_and_evaluate(config, workdir=tmp_path, resume=True, conv_impl="xla", out=out, **run)
+    assert "convolutions: eigen kernels (resumed); every layer as matmul" in out.getvalue()
+    for a, b in zip(jax.tree.leaves(full.state), jax.tree.leaves(resumed.state)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert train.Checkpointer(tmp_path).read_meta()["conv_plan"] == convs.fixed_plan("matmul").to_json()
 
 
 def test_resume_with_the_fast_recipe_equals_uninterrupted_run_bitwise(mnist, tmp_path):

@@ -11,20 +11,32 @@ import jax.numpy as jnp
 from benchlib.environment import peak_for, utilisation
 from benchlib.settings import Settings, config_for, real_batches
 from benchlib.timing import flops_on_cpu, measure, measure_pipelined, pipelined_count, xla_flops
+from jaxmnist import convs, engine, models, train
 from jaxmnist import data as data_lib
-from jaxmnist import engine, train
 from jaxmnist.presets import Config
 
 _STATES: dict = {}
 
 
-def initial_state(config: Config, dtype_name: str):
-    """A fresh TrainState for (network, optimiser, dtype), initialised once per run and copied on every use: the
-    init itself compiles, which costs seconds (kept for the whole run: all five networks' states are ~0.6 GB)."""
-    key = (config.model, config.optimizer, config.lr, config.momentum, dtype_name)
+def conv_plan(config: Config, settings: Settings) -> convs.ConvPlan:
+    """How the network's convolutions run at this batch size, chosen as jaxmnist.train chooses (`--conv-impl`;
+    auto: measured once per machine and cached, so a second call costs a trace)."""
+    model = models.get_model(config.model, num_classes=config.num_classes)
+    return convs.plan_for(settings.conv_impl, model, config.batch_size, say=lambda m: print(m, flush=True))
+
+
+def plan_record(plan: convs.ConvPlan) -> dict:
+    return {"conv_plan": plan.to_json(), "conv_plan_text": plan.describe()}
+
+
+def initial_state(config: Config, dtype_name: str, plan: convs.ConvPlan = convs.XLA):
+    """A fresh TrainState for (network, optimiser, dtype, conv plan), initialised once per run and copied on every
+    use: the init itself compiles, which costs seconds (kept for the whole run: all five networks' states are
+    ~0.6 GB)."""
+    key = (config.model, config.optimizer, config.lr, config.momentum, dtype_name, plan)
     if key not in _STATES:
         dtype = {"f32": jnp.float32, "bf16": jnp.bfloat16}[dtype_name]
-        _STATES[key] = engine.create_state(config, jax.random.PRNGKey(0), dtype=dtype)
+        _STATES[key] = engine.create_state(config, jax.random.PRNGKey(0), dtype=dtype, conv_plan=plan)
     return jax.tree.map(lambda x: x.copy() if isinstance(x, jax.Array) else x, _STATES[key])
 
 
@@ -37,10 +49,11 @@ def jax_step(
     of synced steps, the pipelined per-step time, images/s and the fraction of the device's peak.
     """
     config = config_for(network, batch_size)
-    state = initial_state(config, dtype)
+    plan = conv_plan(config, settings)
+    state = initial_state(config, dtype, plan)
     batches = [{"image": data_lib.normalize(x), "label": jnp.asarray(y)} for x, y in real_batches(data, batch_size, 4)]
     jax.block_until_ready(batches)
-    step = jax.jit(engine.train_step, donate_argnums=0)
+    step = jax.jit(engine.train_step, donate_argnums=0, compiler_options=plan.compiler_options)
     t0 = time.perf_counter()
     lowered = step.lower(state, batches[0])
     lower_s = time.perf_counter() - t0
@@ -85,6 +98,7 @@ def jax_step(
         "pipelined_n": n,
         "images_per_s": ips,
         "last_loss": loss,
+        **plan_record(plan),
         **utilisation(fpi, ips, *peak_for(peak, platform_name, dtype)),
     }
 
@@ -99,9 +113,13 @@ def jax_epoch(network: str, batch_size: int, data: data_lib.Dataset, settings: S
     unroll = jax.default_backend() == "cpu"
     bounds = engine.chunk_bounds(steps, settings.chunk_steps, unroll)
     seeds = train.Seeds(tuple(range(n_seeds)), vmapped=n_seeds > 1)
-    state = initial_state(config, "f32") if n_seeds == 1 else seeds.create_state(config, total_steps=steps)
+    plan = conv_plan(config, settings)
+    if n_seeds == 1:
+        state = initial_state(config, "f32", plan)
+    else:
+        state = seeds.create_state(config, total_steps=steps, conv_plan=plan)
     t0 = time.perf_counter()
-    training = train.compile_training(config, state, device_data.train, bounds, unroll, seeds)
+    training = train.compile_training(config, state, device_data.train, bounds, unroll, seeds, conv_plan=plan)
     compile_s = time.perf_counter() - t0
     epoch_s = []
     for epoch in range(settings.epoch_repeats):
@@ -122,6 +140,7 @@ def jax_epoch(network: str, batch_size: int, data: data_lib.Dataset, settings: S
         "full_epoch_s_estimate": best * (len(data.train_labels) // batch_size) / steps,
         "seeds": n_seeds,
         "seed_epoch_s": best * (len(data.train_labels) // batch_size) / steps / n_seeds,
+        **plan_record(plan),
     }
 
 
@@ -131,9 +150,10 @@ def jax_eval(network: str, batch_size: int, data: data_lib.Dataset, settings: Se
     n = min(settings.eval_size or len(data.test_labels), len(data.test_labels))
     data = dataclasses.replace(data, test_images=data.test_images[:n], test_labels=data.test_labels[:n])
     device_data = train.put_on_device(data, config)
-    state = initial_state(config, "f32")
+    plan = conv_plan(config, settings)
+    state = initial_state(config, "f32", plan)
     t0 = time.perf_counter()
-    evaluation = train.compile_evaluation(config, state, device_data)
+    evaluation = train.compile_evaluation(config, state, device_data, conv_plan=plan)
     compile_s = time.perf_counter() - t0
     t = measure(
         lambda: evaluation(state, device_data, epoch=0),
@@ -143,4 +163,11 @@ def jax_eval(network: str, batch_size: int, data: data_lib.Dataset, settings: Se
         max_s=settings.max_s,
         min_iters=2,
     )
-    return {"compile_s": compile_s, "images": n, "pass": t.summary(), "pass_s": t.median, "images_per_s": n / t.median}
+    return {
+        "compile_s": compile_s,
+        "images": n,
+        "pass": t.summary(),
+        "pass_s": t.median,
+        "images_per_s": n / t.median,
+        **plan_record(plan),
+    }

@@ -257,6 +257,8 @@ def build_plan(
             return settings.bf16 and jax.default_backend() != "cpu"
         if name == "torch_tuned_compiled":
             return settings.torch_compile and bs in settings.compile_batch_sizes
+        if name == "jax_epoch_seeds":
+            return settings.seeds > 1  # --seeds 1: nothing to compare one seed's epoch with
         return True
 
     items = [

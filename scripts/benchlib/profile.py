@@ -17,7 +17,7 @@ from flax import linen as nn
 from benchlib.settings import config_for
 from benchlib.timing import measure_interleaved
 from jaxmnist import data as data_lib
-from jaxmnist import engine, models
+from jaxmnist import convs, engine, models
 
 
 # Two CPU-friendly formulations of the cnn's ops, measured by `profile_cnn` as candidates for jaxmnist.models.
@@ -38,21 +38,21 @@ def conv_sliced(x, k):
 def what_if(pool: bool = False, conv: bool = False):
     """While a train step is traced: with `pool`, the model's 2x2/2 max-pool back on XLA's reduce_window (whose
     gradient is select_and_scatter); with `conv`, its stride-1 unpadded convolutions as `conv_sliced`. Swaps
-    jaxmnist.models' own `max_pool` / `conv2d` inside the `with` only; JAX itself is left alone."""
+    jaxmnist's own `models.max_pool` / `convs.conv2d` inside the `with` only; JAX itself is left alone."""
 
     def reduce_window_pool(x, window, strides, padding=0, _orig=models.max_pool):
         if (window, strides, padding) == (2, 2, 0):
             return nn.max_pool(x, (2, 2), (2, 2))
         return _orig(x, window, strides, padding)
 
-    def sliced_conv(x, kernel, stride, padding, _orig=models.conv2d):
-        return conv_sliced(x, kernel) if (stride, padding) == (1, 0) else _orig(x, kernel, stride, padding)
+    def sliced_conv(x, kernel, stride, padding, plan=convs.XLA, _orig=convs.conv2d):
+        return conv_sliced(x, kernel) if (stride, padding) == (1, 0) else _orig(x, kernel, stride, padding, plan)
 
     with contextlib.ExitStack() as stack:
         if pool:
             stack.enter_context(mock.patch.object(models, "max_pool", reduce_window_pool))
         if conv:
-            stack.enter_context(mock.patch.object(models, "conv2d", sliced_conv))
+            stack.enter_context(mock.patch.object(convs, "conv2d", sliced_conv))
         yield
 
 

@@ -34,6 +34,7 @@ class Settings:
     pin_memory: bool = False
     budget_s: float | None = None
     quick: bool = False
+    conv_impl: str | None = None  # jaxmnist.convs: None is $JAXMNIST_CONV_IMPL, else auto, as in jaxmnist.train
 
 
 def quick_settings(**overrides) -> Settings:

@@ -1,0 +1,338 @@
+"""How the networks' convolutions run: each layer's formulation and XLA:CPU's kernel library, chosen per machine.
+
+The same convolution costs up to 20x more or less on one x86 CPU than on another, depending on which of XLA:CPU's
+kernels runs it: by default XLA hands convolutions to YNNPACK, which on CPUs without AVX-512 is 5-13x slower than
+XLA's older Eigen kernels for the blog's layers (benchmarks/README.md, "Convolutions on AVX2 CPUs"). So, as cuDNN's
+autotuner does on GPUs, the first run on a machine times the candidates for every convolution shape it needs
+(forward plus backward, at the run's batch size), keeps the fastest, and caches the timings by CPU identity:
+
+- the *library* (a compiler option of a whole program, so one per network): `xla` (XLA's default kernels) or
+  `eigen` (YNNPACK's convolutions switched off, `--xla_cpu_experimental_ynn_fusion_type=`);
+- each layer's *formulation*: `conv` (`lax.conv_general_dilated`) or `matmul` (im2col by strided slices and one
+  GEMM, `conv_as_matmul`).
+
+Every candidate computes the same function (float64 tests against `lax.conv` in tests/test_convs.py); only the
+rounding differs, so a resumed run takes the plan of the run it resumes (`ConvPlan.to_json`, in the checkpoint).
+
+    plan = plan_for('auto', model, batch_size=512)       # measured once per machine, cached
+    model = model.clone(conv_plan=plan)
+    jax.jit(step, compiler_options=plan.compiler_options)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# What `--conv-impl` accepts: `auto` measures; the others fix the plan. `xla` is XLA's own choice for everything
+# (the default on GPUs and TPUs, where nothing is measured).
+IMPLS = ('auto', 'xla', 'eigen', 'matmul')
+# A program's compiler options per library. YNNPACK's fusions off sends convolutions back to XLA's Eigen kernels.
+LIBRARIES = {'xla': {}, 'eigen': {'xla_cpu_experimental_ynn_fusion_type': ''}}
+ENV_IMPL = 'JAXMNIST_CONV_IMPL'  # the default of --conv-impl
+ENV_CACHE = 'JAXMNIST_CONV_CACHE'  # the timings' file (default ~/.cache/jaxmnist/conv-timings.json)
+CACHE_FORMAT = 1
+TUNING_BATCH = 256  # measured at the run's batch size, or this if smaller
+
+
+# ------------------------------------------------------------------------------------------ formulations
+def lax_conv(x, kernel, stride: int, padding: int):
+    """torch's Conv2d on NHWC x HWIO through XLA's convolution."""
+    return jax.lax.conv_general_dilated(
+        x,
+        kernel,
+        window_strides=(stride, stride),
+        padding=((padding, padding), (padding, padding)),
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+    )
+
+
+def conv_as_matmul(x, kernel, stride: int, padding: int):
+    """torch's Conv2d (NHWC x HWIO) as im2col by strided slices plus one matmul, leaving out the kernel taps
+    that only ever see padding (their products are exact zeros). Wins where XLA:CPU's convolution has a slow
+    path: single-channel inputs (its weight gradient) and the 1x1 and 2x2 maps of torchvision's deep stages."""
+    kh, kw, _, features = kernel.shape
+    h, w = x.shape[1:3]
+    ho, wo = (h + 2 * padding - kh) // stride + 1, (w + 2 * padding - kw) // stride + 1
+
+    def real(offset, size, out):  # does tap offset ever read an unpadded row (column)?
+        return any(padding <= offset + stride * t < padding + size for t in range(out))
+
+    taps = [(i, j) for i in range(kh) for j in range(kw) if real(i, h, ho) and real(j, w, wo)]
+    x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    patches = jnp.concatenate(
+        [x[:, i : i + stride * (ho - 1) + 1 : stride, j : j + stride * (wo - 1) + 1 : stride] for i, j in taps], -1
+    )
+    return patches @ jnp.concatenate([kernel[i, j] for i, j in taps], 0).reshape(-1, features)
+
+
+FORMULATIONS: dict[str, Callable] = {'conv': lax_conv, 'matmul': conv_as_matmul}
+
+
+@dataclasses.dataclass(frozen=True)
+class Geometry:
+    """One convolution as the network calls it, less the batch: input H x W x Cin, Cout, a K x K kernel."""
+
+    h: int
+    w: int
+    cin: int
+    cout: int
+    k: int
+    stride: int
+    padding: int
+    dtype: str
+
+    @classmethod
+    def of(cls, x, kernel, stride: int, padding: int) -> Geometry:
+        kh, _, cin, cout = kernel.shape
+        return cls(x.shape[1], x.shape[2], cin, cout, kh, stride, padding, jnp.dtype(x.dtype).name)
+
+    @property
+    def key(self) -> str:
+        return f'{self.h}x{self.w} {self.cin}->{self.cout} {self.k}x{self.k}/{self.stride} pad {self.padding} {self.dtype}'
+
+    def out_size(self) -> int:
+        return (self.h + 2 * self.padding - self.k) // self.stride + 1
+
+
+# ---------------------------------------------------------------------------------------------- the plan
+@dataclasses.dataclass(frozen=True)
+class ConvPlan:
+    """The library of a network's programs and each layer's formulation (`layers`: pairs of Geometry.key and a
+    FORMULATIONS name; a layer not listed uses `default`). Hashable: a module attribute, static under jit."""
+
+    library: str = 'xla'
+    default: str = 'conv'
+    layers: tuple[tuple[str, str], ...] = ()
+    source: str = 'fixed'  # how it was chosen: fixed, measured, cached, resumed
+
+    def __post_init__(self):
+        if self.library not in LIBRARIES:
+            raise ValueError(f'unknown convolution library {self.library!r}; choose from {", ".join(LIBRARIES)}')
+        for name in [self.default, *dict(self.layers).values()]:
+            if name not in FORMULATIONS:
+                raise ValueError(f'unknown convolution formulation {name!r}; choose from {", ".join(FORMULATIONS)}')
+
+    def formulation(self, geometry: Geometry) -> str:
+        return dict(self.layers).get(geometry.key, self.default)
+
+    @property
+    def compiler_options(self) -> dict:
+        """The XLA options every program that runs the network compiles with (none off the CPU)."""
+        return dict(LIBRARIES[self.library]) if jax.default_backend() == 'cpu' else {}
+
+    def describe(self) -> str:
+        """One line: the library and which layers run as what."""
+        by = {}
+        for key, name in self.layers:
+            by.setdefault(name, []).append(key.rsplit(' pad', 1)[0])
+        parts = [f'{name}: {", ".join(keys)}' for name, keys in sorted(by.items())]
+        return f'{self.library} kernels ({self.source}); ' + ('; '.join(parts) or f'every layer as {self.default}')
+
+    def to_json(self) -> dict:
+        return {'library': self.library, 'default': self.default, 'layers': [list(p) for p in self.layers]}
+
+    @classmethod
+    def from_json(cls, d: dict, source: str = 'resumed') -> ConvPlan:
+        return cls(d['library'], d['default'], tuple(tuple(p) for p in d['layers']), source)
+
+
+XLA = ConvPlan()
+
+
+def conv2d(x, kernel, stride: int, padding: int, plan: ConvPlan = XLA):
+    """torch's Conv2d on NHWC x HWIO, in the formulation `plan` gives this layer."""
+    geometry = Geometry.of(x, kernel, stride, padding)
+    return FORMULATIONS[plan.formulation(geometry)](x, kernel, stride, padding)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Recorder(ConvPlan):
+    """A plan that notes every geometry it is asked about (tracing only)."""
+
+    seen: list = dataclasses.field(default_factory=list, compare=False, hash=False)
+
+    def formulation(self, geometry: Geometry) -> str:
+        if geometry not in self.seen:
+            self.seen.append(geometry)
+        return self.default
+
+
+def geometries(model, batch_size: int) -> list[Geometry]:
+    """The convolutions a training step of `model` calls, in order (traced abstractly: nothing runs)."""
+    recorder = _Recorder()
+    probe = model.clone(conv_plan=recorder)
+    x = jax.ShapeDtypeStruct((batch_size, 28, 28, 1), jnp.float32)
+    variables = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x)
+    rngs = {'dropout': jax.random.PRNGKey(0)}
+    jax.eval_shape(lambda v, x: probe.apply(v, x, train=True, rngs=rngs, mutable=['batch_stats']), variables, x)
+    return list(recorder.seen)
+
+
+def fixed_plan(impl: str) -> ConvPlan:
+    """`xla`, `eigen` (every layer through lax.conv) or `matmul` (every layer im2col + GEMM, Eigen's library)."""
+    if impl == 'xla':
+        return XLA
+    if impl == 'eigen':
+        return ConvPlan('eigen')
+    if impl == 'matmul':
+        return ConvPlan('eigen', default='matmul')
+    raise ValueError(f'unknown --conv-impl {impl!r}; choose from {", ".join(IMPLS)}')
+
+
+# --------------------------------------------------------------------------------------------- measuring
+def cpu_identity() -> str:
+    """What the timings are valid for: CPU model, family/model/stepping, vector extensions, usable cores, the
+    JAX version and the XLA flags of the process."""
+    info = {}
+    try:
+        for line in Path('/proc/cpuinfo').read_text().splitlines():
+            key, _, value = line.partition(':')
+            info.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    flags = set(info.get('flags', '').split())
+    isa = '+'.join(f for f in ('avx2', 'fma', 'avx512f', 'avx512_bf16', 'amx_tile') if f in flags) or platform.machine()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+    model = info.get('model name', platform.processor() or platform.machine())
+    family = f"family {info.get('cpu family', '?')} model {info.get('model', '?')} stepping {info.get('stepping', '?')}"
+    flags_env = os.environ.get('XLA_FLAGS', '')
+    return f'{model}, {family}, {isa}, {cores} cores, jax {jax.__version__}' + (f', XLA_FLAGS={flags_env}' if flags_env else '')
+
+
+def cache_path() -> Path:
+    return Path(os.environ.get(ENV_CACHE) or Path.home() / '.cache' / 'jaxmnist' / 'conv-timings.json')
+
+
+def _read_cache(path: Path) -> dict:
+    """The cached timings, or {} when the file is missing, unreadable or of another format (it is rebuilt)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) and data.get('format') == CACHE_FORMAT else {}
+
+
+def _write_cache(path: Path, machine: str, timings: dict) -> None:
+    """Merges `timings` into the file under `machine`, atomically (a concurrent writer can lose an entry, never
+    corrupt the file)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = _read_cache(path) or {'format': CACHE_FORMAT, 'machines': {}}
+        data['machines'].setdefault(machine, {}).update(timings)
+        tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only home: the next run measures again
+
+
+# What is timed per layer: XLA's convolution in each library, and the matmul formulation once (its GEMM and copies
+# are XLA's own code whatever the library: timed with Eigen's).
+CANDIDATES = {'xla/conv': ('xla', 'conv'), 'eigen/conv': ('eigen', 'conv'), 'matmul': ('eigen', 'matmul')}
+
+
+def _candidate(library: str, formulation: str) -> str:
+    return 'matmul' if formulation == 'matmul' else f'{library}/{formulation}'
+
+
+def _complete(times) -> bool:
+    """Whether a cached entry holds a time for every candidate (an older or damaged one is measured again)."""
+    return isinstance(times, dict) and all(isinstance(times.get(c), (int, float)) for c in CANDIDATES)
+
+
+def _is_stem(i: int, geometry: Geometry) -> bool:
+    """Whether the i-th convolution reads the images (no input gradient): the first, on a 28x28 map of 1 channel
+    (or torchvision's 3 copies of it)."""
+    return i == 0 and geometry.h == 28 and geometry.cin <= 3
+
+
+def _timing_key(geometry: Geometry, batch_size: int, first: bool) -> str:
+    return f'{geometry.key} batch {batch_size}' + (' no-input-grad' if first else '')
+
+
+def time_candidate(geometry: Geometry, batch_size: int, library: str, formulation: str, stem: bool, give_up_s: float):
+    """Seconds for forward plus backward (the kernel's gradient; the input's too unless `stem`) of one layer at
+    `batch_size`: compiled ahead, then the best of three runs, or the first run alone when it is already slower
+    than `give_up_s`."""
+    g = geometry
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((batch_size, g.h, g.w, g.cin)), g.dtype)
+    w = jnp.asarray(rng.standard_normal((g.k, g.k, g.cin, g.cout)) / g.k, g.dtype)
+    conv = FORMULATIONS[formulation]
+    loss = lambda x, w: jnp.sum(jnp.square(conv(x, w, g.stride, g.padding)))
+    grad = jax.jit(jax.grad(loss, argnums=1 if stem else (0, 1)), compiler_options=LIBRARIES[library])
+    grad = grad.lower(x, w).compile()
+    best = float('inf')
+    for _ in range(3):
+        t = time.perf_counter()
+        jax.block_until_ready(grad(x, w))
+        best = min(best, time.perf_counter() - t)
+        if best > give_up_s:
+            break
+    return best
+
+
+def measured_plan(model, batch_size: int, say: Callable = print) -> ConvPlan:
+    """The fastest library and per-layer formulations for `model` on this machine, from the cache where it has
+    the timings, else measured now (and cached). Timed at `batch_size`, at most TUNING_BATCH: a few seconds per
+    network on 2 cores, where the slowest candidates cost seconds a call."""
+    batch_size = min(batch_size, TUNING_BATCH)
+    layers = geometries(model, batch_size)
+    machine, path = cpu_identity(), cache_path()
+    known = _read_cache(path).get('machines', {}).get(machine, {})
+    timings, fresh = {}, {}
+    missing = [g for i, g in enumerate(layers) if not _complete(known.get(_timing_key(g, batch_size, _is_stem(i, g))))]
+    if missing:
+        say(f'timing {len(CANDIDATES)} ways to run each of {len(missing)} convolution shapes on this CPU ({machine})')
+    t0 = time.perf_counter()
+    for i, g in enumerate(layers):
+        key = _timing_key(g, batch_size, _is_stem(i, g))
+        if not _complete(known.get(key)):
+            times = {}
+            for name, (lib, f) in CANDIDATES.items():
+                give_up = 2 * min(times.values(), default=float('inf'))
+                times[name] = time_candidate(g, batch_size, lib, f, _is_stem(i, g), give_up)
+            fresh[key] = times
+        timings[g] = known[key] if _complete(known.get(key)) else fresh[key]
+    if fresh:
+        _write_cache(path, machine, fresh)
+        say(f'convolution timings: {time.perf_counter() - t0:.1f} s, cached in {path}')
+    return choose(timings, 'cached' if not fresh else 'measured')
+
+
+def choose(timings: dict, source: str) -> ConvPlan:
+    """The plan from per-layer timings ({Geometry: {candidate: seconds}}): the library whose layers, each in its
+    faster formulation, cost least in all (a library is a whole program's), then each layer's formulation."""
+
+    def best(lib, t):
+        return min(FORMULATIONS, key=lambda f: t[_candidate(lib, f)])
+
+    def cost(lib):
+        return sum(t[_candidate(lib, best(lib, t))] for t in timings.values())
+
+    library = min(LIBRARIES, key=cost)
+    layers = sorted((g.key, f) for g, t in timings.items() if (f := best(library, t)) != 'conv')
+    return ConvPlan(library, 'conv', tuple(layers), source)
+
+
+def plan_for(impl: str | None, model, batch_size: int, say: Callable = print) -> ConvPlan:
+    """The plan of `--conv-impl impl` (None: $JAXMNIST_CONV_IMPL, else auto) for `model` at `batch_size`. Off
+    the CPU `auto` is XLA's own choice; on the CPU it is `measured_plan`."""
+    impl = impl or os.environ.get(ENV_IMPL) or 'auto'
+    if impl not in IMPLS:
+        raise ValueError(f'unknown --conv-impl {impl!r}; choose from {", ".join(IMPLS)}')
+    if impl != 'auto':
+        return fixed_plan(impl)
+    if jax.default_backend() != 'cpu':
+        return XLA
+    return measured_plan(model, batch_size, say)

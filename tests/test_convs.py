@@ -1,0 +1,154 @@
+"""jaxmnist.convs: every formulation is torch's Conv2d, plans route layers, the autotuner measures once and caches."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from jaxmnist import convs, models
+from jaxmnist.convs import ConvPlan, Geometry
+
+# (input size, kernel, stride, padding, channels): torchvision's deep stages on 28x28 inputs (1x1 and 2x2 maps,
+# padded 3x3 and strided 1x1 convs), larger maps, unpadded, even and 7x7 kernels, then the blog's layer shapes
+# scaled down in width: single-channel 28x28 stems, cnn_deep's 'VALID' 5x5 and resnet's strided 3x3.
+SHAPES = [(1, 3, 1, 1, 5), (2, 3, 1, 1, 5), (2, 3, 2, 1, 5), (2, 1, 2, 0, 5), (4, 3, 2, 1, 5), (7, 3, 2, 1, 5),
+          (3, 2, 1, 0, 5), (5, 7, 2, 3, 5), (28, 5, 1, 0, 1), (28, 3, 1, 1, 1), (12, 5, 1, 0, 3), (14, 3, 2, 1, 4)]  # fmt: skip
+
+
+@pytest.mark.parametrize('formulation', list(convs.FORMULATIONS))
+@pytest.mark.parametrize('size, k, stride, padding, channels', SHAPES)
+def test_every_formulation_is_torchs_conv2d(formulation, size, k, stride, padding, channels, rng):
+    """Values and both gradients equal F.conv2d's (float64: the sums are only reordered, so 1e-12)."""
+    x = rng.standard_normal((3, channels, size, size))
+    w = rng.standard_normal((4, channels, k, k))
+    xt, wt = torch.tensor(x, requires_grad=True), torch.tensor(w, requires_grad=True)
+    ref = F.conv2d(xt, wt, stride=stride, padding=padding)
+    g = rng.standard_normal(ref.shape)
+    ref.backward(torch.tensor(g))
+    conv = convs.FORMULATIONS[formulation]
+    with jax.enable_x64():
+        out, vjp = jax.vjp(
+            lambda x, w: conv(x, w, stride, padding),
+            jnp.asarray(x.transpose(0, 2, 3, 1)),
+            jnp.asarray(w.transpose(2, 3, 1, 0)),
+        )
+        gx, gw = vjp(jnp.asarray(g.transpose(0, 2, 3, 1)))
+    np.testing.assert_allclose(out, ref.detach().numpy().transpose(0, 2, 3, 1), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(gx, xt.grad.numpy().transpose(0, 2, 3, 1), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(gw, wt.grad.numpy().transpose(2, 3, 1, 0), rtol=1e-12, atol=1e-12)
+
+
+def test_libraries_compute_the_same_convolution(rng):
+    """A program compiled with each library's options gives XLA's convolution and both gradients (float32, where
+    the libraries differ: 1e-5 relative to the largest value); Eigen's program holds no YNNPACK fusion."""
+    x = jnp.asarray(rng.standard_normal((8, 12, 12, 16)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((3, 3, 16, 8)) / 12, jnp.float32)
+    loss = lambda x, w: jnp.sum(jnp.sin(convs.lax_conv(x, w, 1, 1)))
+    f = lambda x, w: (convs.lax_conv(x, w, 1, 1), *jax.grad(loss, argnums=(0, 1))(x, w))
+    results = {}
+    for library, options in convs.LIBRARIES.items():
+        compiled = jax.jit(f, compiler_options=options).lower(x, w).compile()
+        if library == 'eigen':
+            assert 'ynn' not in compiled.as_text().lower()
+        results[library] = compiled(x, w)
+    for a, b in zip(results['xla'], results['eigen']):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * float(jnp.abs(a).max()))
+
+
+def test_geometries_are_the_networks_convolutions():
+    """The trace finds every convolution a training step calls, once each, in order; the fast network's fused
+    first stage is no convolution."""
+    keys = [g.key for g in convs.geometries(models.get_model('cnn_deep'), 4)]
+    assert keys == [
+        '28x28 1->32 5x5/1 pad 0 float32',
+        '24x24 32->32 5x5/1 pad 0 float32',
+        '10x10 32->64 3x3/1 pad 0 float32',
+        '8x8 64->64 3x3/1 pad 0 float32',
+    ]
+    assert next(g.key for g in convs.geometries(models.get_model('fast'), 4)).startswith('14x14 32->64 3x3/1')
+    assert len(convs.geometries(models.get_model('resnet18'), 4)) == 11
+
+
+def test_a_plan_routes_only_its_listed_layers(monkeypatch):
+    """Layers the plan lists run as their formulation; the others as its default; logits agree (float32)."""
+    calls = []
+    matmul = convs.conv_as_matmul
+    monkeypatch.setitem(convs.FORMULATIONS, 'matmul', lambda *a: calls.append(a[0].shape) or matmul(*a))
+    listed = ('7x7 64->64 3x3/1 pad 1 float32', '14x14 32->64 3x3/2 pad 1 float32')
+    plan = ConvPlan('eigen', 'conv', tuple((k, 'matmul') for k in listed))
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 28, 28, 1)), jnp.float32)
+    model = models.get_model('resnet')
+    variables = model.init(jax.random.key(0), x, train=False)
+    planned = model.clone(conv_plan=plan).apply(variables, x, train=False)
+    # three 7x7 64->64 convs; the strided conv and the 3x3 projection of the first block of stage 3
+    assert sorted(calls) == [(2, 7, 7, 64)] * 3 + [(2, 14, 14, 32)] * 2
+    np.testing.assert_allclose(planned, model.apply(variables, x, train=False), rtol=1e-5, atol=1e-5)
+
+
+def test_plan_json_round_trip_and_bad_names():
+    plan = ConvPlan('eigen', 'conv', (('7x7 64->64 3x3/1 pad 1 float32', 'matmul'),), 'measured')
+    again = ConvPlan.from_json(json.loads(json.dumps(plan.to_json())))
+    assert (again.library, again.default, again.layers, again.source) == (*(plan.library, plan.default), plan.layers, 'resumed')
+    assert hash(again) == hash(ConvPlan.from_json(plan.to_json()))
+    assert 'matmul: 7x7 64->64 3x3/1' in plan.describe()
+    with pytest.raises(ValueError, match='unknown convolution library'):
+        ConvPlan('onednn')
+    with pytest.raises(ValueError, match='unknown convolution formulation'):
+        ConvPlan('xla', 'winograd')
+    with pytest.raises(ValueError, match='unknown --conv-impl'):
+        convs.plan_for('fastest', models.get_model('cnn'), 8)
+    assert convs.plan_for('eigen', None, 8).compiler_options == convs.LIBRARIES['eigen']
+    assert convs.plan_for('xla', None, 8) == convs.XLA
+
+
+def test_choose_takes_the_cheapest_library_then_each_layers_fastest():
+    """The library is one per program: the least total over the layers, each in its better formulation there."""
+    a, b = Geometry(28, 28, 16, 16, 3, 1, 1, 'float32'), Geometry(2, 2, 256, 256, 3, 1, 1, 'float32')
+    timings = {a: {'xla/conv': 0.50, 'eigen/conv': 0.10, 'matmul': 0.40}, b: {'xla/conv': 0.02, 'eigen/conv': 0.09, 'matmul': 0.05}}
+    plan = convs.choose(timings, 'measured')
+    assert (plan.library, plan.layers) == ('eigen', ((b.key, 'matmul'),))  # 0.15 in all against xla's 0.42
+    timings[a]['xla/conv'] = 0.05
+    assert convs.choose(timings, 'measured') == ConvPlan('xla', 'conv', (), 'measured')
+
+
+def test_measured_plan_times_each_shape_once_then_reads_the_cache(tmp_path, monkeypatch):
+    """Real timings of the cnn's two layers at batch 2 (three candidates each), cached under this CPU's identity;
+    a second call measures nothing and gives the same plan."""
+    monkeypatch.setenv(convs.ENV_CACHE, str(tmp_path / 'timings.json'))
+    timed = []
+    time_candidate = convs.time_candidate
+    monkeypatch.setattr(convs, 'time_candidate', lambda *a: timed.append(a[2:4]) or time_candidate(*a))
+    said = []
+    first = convs.measured_plan(models.get_model('cnn'), 2, say=said.append)
+    assert len(timed) == 2 * len(convs.CANDIDATES) and first.source == 'measured'
+    assert said[0].startswith('timing 3 ways to run each of 2 convolution shapes') and 'cached in' in said[-1]
+    cached = json.loads((tmp_path / 'timings.json').read_text())['machines'][convs.cpu_identity()]
+    assert sorted(cached) == ['12x12 10->20 5x5/1 pad 0 float32 batch 2', '28x28 1->10 5x5/1 pad 0 float32 batch 2 no-input-grad']
+    assert all(t > 0 for times in cached.values() for t in times.values())
+    timed.clear()
+    second = convs.measured_plan(models.get_model('cnn'), 2, say=said.append)
+    assert timed == [] and second.source == 'cached' and (second.library, second.layers) == (first.library, first.layers)
+
+
+@pytest.mark.parametrize('spoil', ['{"format": 1, "mach', 'null', '{"format": 0}', '{"format": 1, "machines": {"%s": {"12x12 10->20 5x5/1 pad 0 float32 batch 2": {"xla/conv": "x"}}}}'])
+def test_a_damaged_or_foreign_cache_is_measured_again_and_rewritten(spoil, tmp_path, monkeypatch):
+    path = tmp_path / 'timings.json'
+    path.write_text(spoil.replace('%s', convs.cpu_identity()))
+    monkeypatch.setenv(convs.ENV_CACHE, str(path))
+    monkeypatch.setattr(convs, 'time_candidate', lambda g, b, lib, f, stem, give_up: {'matmul': 1.0}.get(f, 2.0))
+    plan = convs.measured_plan(models.get_model('cnn'), 2, say=lambda m: None)
+    assert plan.layers and all(f == 'matmul' for _, f in plan.layers)
+    assert len(json.loads(path.read_text())['machines'][convs.cpu_identity()]) == 2
+    assert not list(tmp_path.glob('.*.tmp'))  # written by an atomic rename
+
+
+def test_auto_off_the_cpu_and_the_environment_default(monkeypatch):
+    monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
+    assert convs.plan_for('auto', None, 8) == convs.XLA  # nothing measured: XLA's own choice
+    assert ConvPlan('eigen').compiler_options == {}  # no CPU options for another backend's programs
+    monkeypatch.setenv(convs.ENV_IMPL, 'matmul')
+    assert convs.plan_for(None, None, 8).default == 'matmul'
