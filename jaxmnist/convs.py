@@ -98,7 +98,9 @@ class Geometry:
 
     @property
     def key(self) -> str:
-        return f'{self.h}x{self.w} {self.cin}->{self.cout} {self.k}x{self.k}/{self.stride} pad {self.padding} {self.dtype}'
+        return (
+            f'{self.h}x{self.w} {self.cin}->{self.cout} {self.k}x{self.k}/{self.stride} pad {self.padding} {self.dtype}'
+        )
 
     def out_size(self) -> int:
         return (self.h + 2 * self.padding - self.k) // self.stride + 1
@@ -206,7 +208,9 @@ def cpu_identity() -> str:
     model = info.get('model name', platform.processor() or platform.machine())
     family = f"family {info.get('cpu family', '?')} model {info.get('model', '?')} stepping {info.get('stepping', '?')}"
     flags_env = os.environ.get('XLA_FLAGS', '')
-    return f'{model}, {family}, {isa}, {cores} cores, jax {jax.__version__}' + (f', XLA_FLAGS={flags_env}' if flags_env else '')
+    return f'{model}, {family}, {isa}, {cores} cores, jax {jax.__version__}' + (
+        f', XLA_FLAGS={flags_env}' if flags_env else ''
+    )
 
 
 def cache_path() -> Path:

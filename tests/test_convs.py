@@ -92,7 +92,11 @@ def test_a_plan_routes_only_its_listed_layers(monkeypatch):
 def test_plan_json_round_trip_and_bad_names():
     plan = ConvPlan('eigen', 'conv', (('7x7 64->64 3x3/1 pad 1 float32', 'matmul'),), 'measured')
     again = ConvPlan.from_json(json.loads(json.dumps(plan.to_json())))
-    assert (again.library, again.default, again.layers, again.source) == (*(plan.library, plan.default), plan.layers, 'resumed')
+    assert (again.library, again.default, again.layers, again.source) == (
+        *(plan.library, plan.default),
+        plan.layers,
+        'resumed',
+    )
     assert hash(again) == hash(ConvPlan.from_json(plan.to_json()))
     assert 'matmul: 7x7 64->64 3x3/1' in plan.describe()
     with pytest.raises(ValueError, match='unknown convolution library'):
@@ -108,7 +112,10 @@ def test_plan_json_round_trip_and_bad_names():
 def test_choose_takes_the_cheapest_library_then_each_layers_fastest():
     """The library is one per program: the least total over the layers, each in its better formulation there."""
     a, b = Geometry(28, 28, 16, 16, 3, 1, 1, 'float32'), Geometry(2, 2, 256, 256, 3, 1, 1, 'float32')
-    timings = {a: {'xla/conv': 0.50, 'eigen/conv': 0.10, 'matmul': 0.40}, b: {'xla/conv': 0.02, 'eigen/conv': 0.09, 'matmul': 0.05}}
+    timings = {
+        a: {'xla/conv': 0.50, 'eigen/conv': 0.10, 'matmul': 0.40},
+        b: {'xla/conv': 0.02, 'eigen/conv': 0.09, 'matmul': 0.05},
+    }
     plan = convs.choose(timings, 'measured')
     assert (plan.library, plan.layers) == ('eigen', ((b.key, 'matmul'),))  # 0.15 in all against xla's 0.42
     timings[a]['xla/conv'] = 0.05
@@ -127,14 +134,27 @@ def test_measured_plan_times_each_shape_once_then_reads_the_cache(tmp_path, monk
     assert len(timed) == 2 * len(convs.CANDIDATES) and first.source == 'measured'
     assert said[0].startswith('timing 3 ways to run each of 2 convolution shapes') and 'cached in' in said[-1]
     cached = json.loads((tmp_path / 'timings.json').read_text())['machines'][convs.cpu_identity()]
-    assert sorted(cached) == ['12x12 10->20 5x5/1 pad 0 float32 batch 2', '28x28 1->10 5x5/1 pad 0 float32 batch 2 no-input-grad']
+    assert sorted(cached) == [
+        '12x12 10->20 5x5/1 pad 0 float32 batch 2',
+        '28x28 1->10 5x5/1 pad 0 float32 batch 2 no-input-grad',
+    ]
     assert all(t > 0 for times in cached.values() for t in times.values())
     timed.clear()
     second = convs.measured_plan(models.get_model('cnn'), 2, say=said.append)
-    assert timed == [] and second.source == 'cached' and (second.library, second.layers) == (first.library, first.layers)
+    assert (
+        timed == [] and second.source == 'cached' and (second.library, second.layers) == (first.library, first.layers)
+    )
 
 
-@pytest.mark.parametrize('spoil', ['{"format": 1, "mach', 'null', '{"format": 0}', '{"format": 1, "machines": {"%s": {"12x12 10->20 5x5/1 pad 0 float32 batch 2": {"xla/conv": "x"}}}}'])
+@pytest.mark.parametrize(
+    'spoil',
+    [
+        '{"format": 1, "mach',
+        'null',
+        '{"format": 0}',
+        '{"format": 1, "machines": {"%s": {"12x12 10->20 5x5/1 pad 0 float32 batch 2": {"xla/conv": "x"}}}}',
+    ],
+)
 def test_a_damaged_or_foreign_cache_is_measured_again_and_rewritten(spoil, tmp_path, monkeypatch):
     path = tmp_path / 'timings.json'
     path.write_text(spoil.replace('%s', convs.cpu_identity()))
