@@ -265,7 +265,9 @@ def compile_evaluation(
     key = placement.replicate(test_augment_key(config, seeds))
     sharded = shardings(placement, (None,) * 4, None)
     options = conv_plan.compiler_options
-    jit_test = jax.jit(seeds.map(pass_, (0, None, None, None if key is None else 0)), compiler_options=options, **sharded)
+    jit_test = jax.jit(
+        seeds.map(pass_, (0, None, None, None if key is None else 0)), compiler_options=options, **sharded
+    )
     jit_val = jax.jit(seeds.map(pass_, (0, None, None, None)), compiler_options=options, **sharded)
     return Evaluation(
         test=jit_test.lower(state, *data.test, key).compile(),

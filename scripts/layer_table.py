@@ -95,8 +95,10 @@ def main() -> None:
     args = p.parse_args()
     b, impls = args.batch_size, args.impls.split(",")
     layers = blog_layers() if args.blog else args.layers
-    print(f"batch {b}; jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads); CPU: {convs.cpu_identity()}; best of {args.repeats}, ms")
+    print(
+        f"batch {b}; jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads); CPU: {convs.cpu_identity()}; best of {args.repeats}, ms"
+    )
     heads = [f"jax {impls[0]} fwd", "torch fwd", *(f"jax {i} fwd+bwd" for i in impls), "torch fwd+bwd"]
     print("| layer | MMAC/img | " + " | ".join(heads) + " | fastest jax / torch (fwd+bwd) |")
     print("|---|---:|" + "---:|" * len(heads) + "---|")
