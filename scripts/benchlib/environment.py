@@ -10,7 +10,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from jaxmnist import runlog
+from jaxmnist import convs, runlog
 
 # Dense (no 2:4 sparsity) peak TFLOP/s from NVIDIA's datasheets, at boost clock and full board power; a
 # power-capped or throttled board reaches less. "fp32" is the CUDA-core rate; "tf32"/"bf16" are tensor cores.
@@ -66,6 +66,9 @@ def cpu_peak_estimate() -> dict:
         "flop_per_cycle": per_cycle,
         "fp32_tflops": cores * ghz * per_cycle / 1000 if ghz else None,
         "estimate": True,
+        # model, family/model/stepping, vector extensions, usable cores: what the per-machine convolution timings
+        # of jaxmnist.convs are cached under, and what names the machine beside every time the run reports.
+        "identity": convs.cpu_identity(),
     }
 
 

@@ -159,6 +159,7 @@ def _notes(doc: dict) -> list[str]:
     else:
         notes.append(f"Peak FLOP/s unknown for this device ({peak.get('source')}).")
     if env["platform"] == "cpu":
+        notes.append(f"CPU: {(env.get('cpu') or {}).get('identity', (env.get('cpu') or {}).get('model'))}.")
         notes.append("JAX bf16: n/a on CPU (not measured).")
     elif not settings.get("bf16"):
         notes.append("JAX bf16: not requested (--bf16).")
