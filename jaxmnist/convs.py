@@ -115,7 +115,9 @@ class ConvPlan:
     library: str = 'xla'
     default: str = 'conv'
     layers: tuple[tuple[str, str], ...] = ()
-    source: str = 'fixed'  # how it was chosen: fixed, measured, cached, resumed
+    # How it was chosen (fixed, measured, cached, resumed): said, not compared, so that a plan read from the cache is the
+    # one just measured (the programs compiled for one seed serve the next).
+    source: str = dataclasses.field(default='fixed', compare=False)
 
     def __post_init__(self):
         if self.library not in LIBRARIES:

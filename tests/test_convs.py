@@ -141,9 +141,8 @@ def test_measured_plan_times_each_shape_once_then_reads_the_cache(tmp_path, monk
     assert all(t > 0 for times in cached.values() for t in times.values())
     timed.clear()
     second = convs.measured_plan(models.get_model('cnn'), 2, say=said.append)
-    assert (
-        timed == [] and second.source == 'cached' and (second.library, second.layers) == (first.library, first.layers)
-    )
+    assert timed == [] and second.source == 'cached'
+    assert second == first and hash(second) == hash(first)  # the same plan: programs compiled for it are reused
 
 
 @pytest.mark.parametrize(
