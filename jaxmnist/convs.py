@@ -293,26 +293,24 @@ def measured_plan(model, batch_size: int, say: Callable = print) -> ConvPlan:
     the timings, else measured now (and cached). Timed at `batch_size`, at most TUNING_BATCH: a few seconds per
     network on 2 cores, where the slowest candidates cost seconds a call."""
     batch_size = min(batch_size, TUNING_BATCH)
-    layers = geometries(model, batch_size)
+    layers = [(g, _is_stem(i, g)) for i, g in enumerate(geometries(model, batch_size))]
+    keys = {g: _timing_key(g, batch_size, stem) for g, stem in layers}
     machine, path = cpu_identity(), cache_path()
     known = _read_cache(path).get('machines', {}).get(machine, {})
-    timings, fresh = {}, {}
-    missing = [g for i, g in enumerate(layers) if not _complete(known.get(_timing_key(g, batch_size, _is_stem(i, g))))]
+    missing = [(g, stem) for g, stem in layers if not _complete(known.get(keys[g]))]
     if missing:
         say(f'timing {len(CANDIDATES)} ways to run each of {len(missing)} convolution shapes on this CPU ({machine})')
-    t0 = time.perf_counter()
-    for i, g in enumerate(layers):
-        key = _timing_key(g, batch_size, _is_stem(i, g))
-        if not _complete(known.get(key)):
-            times = {}
-            for name, (lib, f) in CANDIDATES.items():
-                give_up = 2 * min(times.values(), default=float('inf'))
-                times[name] = time_candidate(g, batch_size, lib, f, _is_stem(i, g), give_up)
-            fresh[key] = times
-        timings[g] = known[key] if _complete(known.get(key)) else fresh[key]
+    t0, fresh = time.perf_counter(), {}
+    for g, stem in missing:
+        times = {}
+        for name, (lib, f) in CANDIDATES.items():
+            give_up = 2 * min(times.values(), default=float('inf'))
+            times[name] = time_candidate(g, batch_size, lib, f, stem, give_up)
+        fresh[keys[g]] = times
     if fresh:
         _write_cache(path, machine, fresh)
         say(f'convolution timings: {time.perf_counter() - t0:.1f} s, cached in {path}')
+    timings = {g: fresh.get(keys[g]) or known[keys[g]] for g, _ in layers}
     return choose(timings, 'cached' if not fresh else 'measured')
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 
 import jax
@@ -20,9 +21,14 @@ _STATES: dict = {}
 
 def conv_plan(config: Config, settings: Settings) -> convs.ConvPlan:
     """How the network's convolutions run at this batch size, chosen as jaxmnist.train chooses (`--conv-impl`;
-    auto: measured once per machine and cached, so a second call costs a trace)."""
-    model = models.get_model(config.model, num_classes=config.num_classes)
-    return convs.plan_for(settings.conv_impl, model, config.batch_size, say=lambda m: print(m, flush=True))
+    auto: measured once per machine and cached), once per run: step, epoch and evaluation share it."""
+    return _conv_plan(config.model, config.num_classes, config.batch_size, settings.conv_impl)
+
+
+@functools.lru_cache(maxsize=None)
+def _conv_plan(network: str, num_classes: int | None, batch_size: int, impl: str | None) -> convs.ConvPlan:
+    model = models.get_model(network, num_classes=num_classes)
+    return convs.plan_for(impl, model, batch_size, say=lambda m: print(m, flush=True))
 
 
 def plan_record(plan: convs.ConvPlan) -> dict:
