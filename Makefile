@@ -27,8 +27,9 @@ test: $(VENV)/.installed-dev
 data: $(VENV)/.installed-base
 	$(PY) -m jaxmnist.data $(ARGS)
 
-# The fast preset (this project's, docs/experiments.md): 99.5 % in about 4 minutes on 2 CPU cores with AVX-512
-# (254 s), about 11 on AVX2-only ones (60 s per epoch on a Zen 3). The blog's own: jaxmnist.train --preset NAME.
+# Runs `python -m jaxmnist.train --preset fast $(ARGS)` (installed as `jaxmnist-train`): this project's fast preset
+# (docs/experiments.md), 99.5 % in about 4 minutes on 2 CPU cores with AVX-512 (254 s), about 11 on AVX2-only ones
+# (60 s per epoch on a Zen 3). The blog's own experiments: ARGS="--preset NAME" (or --model NAME).
 train: $(VENV)/.installed-base
 	$(PY) -m jaxmnist.train --preset fast $(ARGS)
 

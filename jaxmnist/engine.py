@@ -3,7 +3,7 @@
 - `TrainState`, `create_state`: everything that changes during training, as one pytree;
 - `train_step(state, batch) -> (state, metrics)` and `eval_step`: one batch;
 - `train_chunk`: several steps over device-resident uint8 data, as a `lax.scan` or unrolled;
-- `evaluate`: a whole split, every example exactly once; `epoch_indices`: an epoch's shuffled batches.
+- `eval_split`: a whole split, every example exactly once; `epoch_indices`: an epoch's shuffled batches.
 
 Every random draw comes from (seed, step) or (seed, epoch), never from host state, so a resumed run repeats an
 uninterrupted one bit for bit. Learning rates are applied after the optimiser's direction (torch's order), so a
@@ -22,8 +22,8 @@ import optax
 from flax import struct
 
 from jaxmnist import augment as augment_lib
-from jaxmnist import data as data_lib
 from jaxmnist import convs, models, optim
+from jaxmnist import data as data_lib
 from jaxmnist.convs import ConvPlan
 from jaxmnist.presets import Config, schedule_points
 
@@ -218,7 +218,7 @@ def chunk_bounds(steps: int, chunk_steps: int | None, unroll: bool) -> list[tupl
     return [(s, s + chunk) for s in range(0, full, chunk)] + [(s, s + 1) for s in range(full, steps)]
 
 
-def evaluate(
+def eval_split(
     state: TrainState, images, labels, augment_key=None, *, batch_size: int, batch_statistics: bool = False
 ) -> dict:
     """Loss and accuracy over every example exactly once: the full batches in a scan, then the remainder as one

@@ -2,7 +2,7 @@
 digits.
 
     python -m jaxmnist.evaluate --workdir ckpt/fast                     # the best checkpoint, on the test set
-    python -m jaxmnist.evaluate --init-from cnn.pth --model cnn         # a PyTorch state_dict of the blog's net
+    python -m jaxmnist.evaluate --torch-state-dict cnn.pth --model cnn  # a PyTorch state_dict of the blog's net
 
 Writes OUT (default WORKDIR/report, or ./report) with report.json (accuracy, per-class precision, recall and
 support, the confusion matrix, every misclassified test index with its predicted class and confidence),
@@ -20,9 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxmnist import cli, interop, models, predict, runlog
+from jaxmnist import cli, compile_cache, runlog, weights
 from jaxmnist import data as data_lib
-from jaxmnist.cli import UsageError
 
 GRID_MAX = 100  # misclassified digits drawn (all are listed in report.json)
 
@@ -155,11 +154,8 @@ def write(summary: dict, images_u8: np.ndarray, out: str | os.PathLike, writer=N
 # ------------------------------------------------------------------------------------------ the CLI
 def build_parser() -> cli.ArgumentParser:
     p = cli.script_parser("python -m jaxmnist.evaluate", __doc__)
-    p.add_argument("--workdir", help="a jaxmnist.train --workdir: its checkpoint")
-    p.add_argument("--which", choices=("best", "latest"), default="best", help="which checkpoint (default best)")
-    p.add_argument("--seed", type=int, help="with seeds trained together (--seeds ... vmapped): which one")
-    p.add_argument("--init-from", metavar="FILE.pth", help="instead: a PyTorch state_dict of one of the blog's nets")
-    p.add_argument("--model", choices=tuple(models.MODELS), help="the network of --init-from")
+    weights.add_flags(p)
+    compile_cache.add_flag(p)
     p.add_argument("--dataset", choices=sorted(data_lib.DATASETS), default="mnist", help="whose test set")
     p.add_argument("--data-dir", help="a directory holding the four IDX files")
     p.add_argument("--out", help="the report's directory (default WORKDIR/report, else ./report)")
@@ -168,14 +164,8 @@ def build_parser() -> cli.ArgumentParser:
 
 def _main(argv) -> None:
     args = build_parser().parse_args(argv)
-    if bool(args.workdir) == bool(args.init_from):
-        raise UsageError("give --workdir or --init-from (with --model)")
-    if args.init_from:
-        if not args.model:
-            raise UsageError("--init-from needs --model")
-        model = predict.Model(args.model, interop.load_torch(args.init_from, args.model), f"{args.init_from} (PyTorch)")
-    else:
-        model = predict.from_workdir(args.workdir, args.which, args.seed)
+    compile_cache.configure(args.no_compile_cache)
+    model = weights.load(args)
     data = data_lib.load(args.dataset, args.data_dir, progress=False)
     summary = summarise(model.probabilities(data.test_images), data.test_labels)
     out = write(summary, data.test_images, args.out or os.path.join(args.workdir or ".", "report"))

@@ -261,7 +261,7 @@ def write_pth(path: str | os.PathLike, state: dict[str, np.ndarray]) -> Path:
 
 
 # ------------------------------------------------------------------------------- for the command lines
-def load_torch(path: str | os.PathLike, name: str, flag: str = "--init-from", num_classes: int | None = None) -> dict:
+def load_torch(path: str | os.PathLike, name: str, flag: str = "--torch-state-dict", num_classes: int | None = None) -> dict:
     """{'params', 'batch_stats'} from a state_dict of torch_ref's `name` in a .pth file, loaded strictly: every
     key of the network and no other, every shape as the network's. Every failure is one line."""
     try:

@@ -12,7 +12,8 @@ import math
 
 import optax
 
-from jaxmnist.presets import OPTIMIZERS
+# The optimisers every trainer offers (--optimizer), defined here and listed everywhere else.
+OPTIMIZERS = ("sgd", "rmsprop", "adamw")
 
 # make_optimizer's arguments other than lr, for optax.inject_hyperparams.
 STATIC_HYPERPARAMS = ('name', 'momentum', 'alpha', 'eps', 'weight_decay')

@@ -17,19 +17,15 @@ stderr, the others go on, and the exit code is then 1.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import sys
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from jaxmnist import cli, interop, models
+from jaxmnist import cli, compile_cache, weights
 from jaxmnist import data as data_lib
 from jaxmnist.cli import RunError, UsageError
-from jaxmnist.presets import Config
 
 INK = 0.1  # a pixel is ink when it is at least this fraction of the brightest one (after the background)
 
@@ -129,68 +125,8 @@ def _digits_of(path: str, array: np.ndarray) -> list[Digit]:
     return [Digit(f"{path}[{i}]", image) for i, image in enumerate(array)]
 
 
-# ------------------------------------------------------------------------------------------ models
-@functools.partial(jax.jit, static_argnums=0)
-def _softmax(apply_fn, variables, images_u8):
-    logits = apply_fn(variables, data_lib.normalize(images_u8), train=False)
-    return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-
-
-def probabilities(apply_fn, variables, images_u8: np.ndarray, batch_size: int = 1000) -> np.ndarray:
-    """[N, classes] softmax of a model in eval mode over uint8 [N, 28, 28] digits, a batch at a time (compiled
-    once per apply_fn and batch shape)."""
-    parts = [_softmax(apply_fn, variables, images_u8[i : i + batch_size]) for i in range(0, len(images_u8), batch_size)]
-    return np.concatenate([np.asarray(p) for p in parts])
-
-
-@dataclasses.dataclass
-class Model:
-    name: str  # the network
-    variables: dict  # {'params', 'batch_stats'}: the weights evaluation uses
-    source: str  # where they came from, for the first line
-    num_classes: int | None = None  # the head, if the run set one (--num-classes)
-
-    @functools.cached_property
-    def module(self):
-        return models.get_model(self.name, self.num_classes)
-
-    def probabilities(self, images_u8: np.ndarray) -> np.ndarray:
-        """[N, classes] softmax of the network in eval mode, for uint8 [N, 28, 28] digits."""
-        return probabilities(self.module.apply, self.variables, images_u8)
-
-
-def from_workdir(workdir: str, which: str = "best", seed: int | None = None) -> Model:
-    """The weights of a jaxmnist.train checkpoint (the weight average, if the run kept one)."""
-    from jaxmnist.checkpoint import Checkpointer
-    from jaxmnist.train import Seeds
-
-    if not (Path(workdir) / which).is_dir():
-        raise UsageError(f"no {which} checkpoint in {workdir} (train with --workdir {workdir} first)")
-    ckpt = Checkpointer(workdir, read_only=True)
-    meta = ckpt.read_meta(which)
-    if meta is None:
-        raise UsageError(f"no intact {which} checkpoint in {workdir}")
-    known = {f.name for f in dataclasses.fields(Config)}
-    config = Config(**{k: v for k, v in meta["config"].items() if k in known})
-    seeds = tuple(meta.get("seeds") or (config.seed,))
-    if len(seeds) > 1 and seed not in seeds:
-        raise UsageError(f"{workdir} holds seeds {', '.join(map(str, seeds))} trained together: pick one with --seed")
-    stack = Seeds(seeds, vmapped=len(seeds) > 1)
-    state, meta = ckpt.restore(stack.create_state(config, total_steps=1), which)
-    ckpt.close()
-    state = stack.take(state, seeds.index(seed)) if len(seeds) > 1 else state
-    variables = jax.device_get(state.eval_variables())
-    where = f"{workdir} ({which}: epoch {meta['epoch']}, test accuracy {meta['test_acc']:.2f} %)"
-    return Model(config.model, variables, where, config.num_classes)
-
-
-def from_torch(path: str, name: str) -> Model:
-    """A PyTorch state_dict of torch_ref's `name` (the blog's classes), loaded strictly and converted exactly."""
-    return Model(name, interop.load_torch(path, name, "--torch-state-dict"), f"{path} (PyTorch {name})")
-
-
 # ------------------------------------------------------------------------------------------ the CLI
-def predict(model: Model, digits: list[Digit], top: int) -> list[dict]:
+def predict(model: weights.Model, digits: list[Digit], top: int) -> list[dict]:
     probs = model.probabilities(np.stack([d.image for d in digits]))
     order = np.argsort(-probs, axis=1)[:, :top]
     return [
@@ -202,31 +138,19 @@ def predict(model: Model, digits: list[Digit], top: int) -> list[dict]:
 def build_parser() -> cli.ArgumentParser:
     p = cli.script_parser("python -m jaxmnist.predict", __doc__)
     p.add_argument("images", nargs="+", help="image files (any format PIL reads), IDX image files or .npy arrays")
-    p.add_argument("--workdir", help="a jaxmnist.train --workdir: its checkpoint")
-    p.add_argument("--which", choices=("best", "latest"), default="best", help="which checkpoint (default best)")
-    p.add_argument("--seed", type=int, help="with seeds trained together (--seeds ... vmapped): which one")
-    p.add_argument("--torch-state-dict", help="instead: a PyTorch state_dict of one of the blog's networks")
-    p.add_argument("--model", choices=tuple(models.MODELS), help="the network of --torch-state-dict")
+    weights.add_flags(p)
+    compile_cache.add_flag(p)
     p.add_argument("--top", type=int, default=3, help="how many classes to print per digit (default 3)")
     p.add_argument("--json", action="store_true", help="one JSON document on stdout, for machines")
     return p
 
 
-def load_model(args) -> Model:
-    if bool(args.workdir) == bool(args.torch_state_dict):
-        raise UsageError("give --workdir or --torch-state-dict (with --model)")
-    if args.torch_state_dict:
-        if not args.model:
-            raise UsageError("--torch-state-dict needs --model")
-        return from_torch(args.torch_state_dict, args.model)
-    return from_workdir(args.workdir, args.which, args.seed)
-
-
 def _main(argv) -> int:
     args = build_parser().parse_args(argv)
+    compile_cache.configure(args.no_compile_cache)
     if args.top < 1:
         raise UsageError(f"--top must be >= 1, got {args.top}")
-    model = load_model(args)
+    model = weights.load(args)
     digits, failed = [], 0
     for path in args.images:
         try:

@@ -14,9 +14,9 @@ import numpy as np
 from jaxmnist.cli import ArgumentParser, UsageError
 from jaxmnist.data import DATASETS
 from jaxmnist.models import MODELS
+from jaxmnist.optim import OPTIMIZERS
 
 NETWORKS = tuple(MODELS)
-OPTIMIZERS = ("sgd", "rmsprop", "adamw")
 SCHEDULES = ("constant", "onecycle")
 
 

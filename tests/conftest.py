@@ -5,6 +5,8 @@ Every test that uses real MNIST asks for the `mnist` fixture, and is marked `rea
 jaxmnist.data refuse and the cache ($JAXMNIST_DATA) is an empty directory.
 """
 
+import os
+
 import numpy as np
 import pytest
 
@@ -17,6 +19,18 @@ def mnist():
     return data.load("mnist", progress=False)
 
 
+@pytest.fixture(scope="session")
+def debian_fashion_mnist():
+    """The directory of Debian's Fashion-MNIST (`apt-get install dataset-fashion-mnist`; .ci/run installs it)."""
+    from jaxmnist import sources
+
+    directory = sources.DATASETS["fashion_mnist"].system_dirs[0]
+    if not os.path.isdir(directory):
+        pytest.skip(f"NOT TESTED: Debian's Fashion-MNIST is not installed here ({directory}); "
+                    "apt-get install dataset-fashion-mnist")  # fmt: skip
+    return directory
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
@@ -24,7 +38,7 @@ def rng():
 
 def pytest_collection_modifyitems(items):
     for item in items:
-        if "mnist" in getattr(item, "fixturenames", ()):
+        if {"mnist", "debian_fashion_mnist"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.realdata)
 
 
@@ -34,31 +48,32 @@ def offline_unless_realdata(request, monkeypatch, tmp_path_factory):
     needs a source patches its own in)."""
     if request.node.get_closest_marker("realdata"):
         return
-    from jaxmnist import data
+    from jaxmnist import sources
 
     def refuse(*args, **kwargs):
-        raise data.SourceFailed("tests without the realdata mark (the mnist fixture) fetch no MNIST")
+        raise sources.SourceFailed("tests without the realdata mark (the mnist fixture) fetch no MNIST")
 
-    monkeypatch.setattr(data, "from_mirrors", refuse)
-    monkeypatch.setattr(data, "from_pypi", refuse)
+    monkeypatch.setattr(sources, "from_mirrors", refuse)
+    monkeypatch.setattr(sources, "from_pypi", refuse)
+    monkeypatch.setattr(sources, "from_system", refuse)
     monkeypatch.setenv("JAXMNIST_DATA", str(tmp_path_factory.mktemp("empty-cache")))
 
 
 def pytest_configure(config):
-    # Several tests compile the same programs (e.g. a run and its resumed copy); a per-session persistent
-    # cache compiles each once. Per session, so no test depends on what an earlier run left behind.
-    import os
+    # Several tests compile the same programs (a run and its resumed copy, the CLI tests' subprocesses); one
+    # persistent cache per session, shared with every subprocess through the environment, compiles each once.
+    # Per session, so no test depends on what an earlier session left behind.
     import tempfile
 
-    import jax
+    from jaxmnist import compile_cache
 
     config._xla_cache = tempfile.mkdtemp(prefix="jaxmnist-xla-cache-")
+    os.environ[compile_cache.ENV] = config._xla_cache
+    compile_cache.configure()
     # Runs, in this process and in the CLI tests' subprocesses, take XLA's convolutions as they are instead of
     # timing the candidates (tests/test_convs.py times them, into its own cache file).
     os.environ.setdefault("JAXMNIST_CONV_IMPL", "xla")
     os.environ["JAXMNIST_CONV_CACHE"] = os.path.join(config._xla_cache, "conv-timings.json")
-    jax.config.update("jax_compilation_cache_dir", config._xla_cache)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 
 
 def pytest_unconfigure(config):

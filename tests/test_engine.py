@@ -68,7 +68,7 @@ def test_evaluate_counts_every_example_once(rng):
         {"params": state.params, "batch_stats": state.batch_stats}, data_lib.normalize(images), train=False
     )
     expected = 100 * np.mean(np.argmax(logits, -1) == labels)
-    evaluate = jax.jit(engine.evaluate, static_argnames="batch_size")
+    evaluate = jax.jit(engine.eval_split, static_argnames="batch_size")
     for batch_size in (5, 37, 64):  # ragged, exact, larger than the set
         got = evaluate(state, jnp.asarray(images), jnp.asarray(labels), batch_size=batch_size)
         assert abs(float(got["accuracy"]) - expected) < 1e-4

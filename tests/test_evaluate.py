@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxmnist import evaluate, train
+from jaxmnist import evaluate, train, trainer
 from jaxmnist.presets import Config
 
 
@@ -30,7 +30,7 @@ def trained(mnist, tmp_path_factory):
     """A cnn trained for 2 short epochs with a workdir and a logdir (the end-of-run report)."""
     root = tmp_path_factory.mktemp("evaluate")
     config = Config(model="cnn", batch_size=64, lr=0.05, epochs=2, train_size=4096)
-    result = train.train_and_evaluate(
+    result = trainer.train_and_evaluate(
         config, data=mnist, workdir=root / "ckpt", logdir=root / "log", progress=False, chunk_steps=16, unroll=False
     )
     return root, result
@@ -75,8 +75,9 @@ def test_cli_on_a_checkpoint_and_on_a_state_dict(mnist, trained, tmp_path, capsy
 @pytest.mark.parametrize(
     "argv, message",
     [
-        ([], "give --workdir or --init-from (with --model)"),
-        (["--init-from", "x.pth"], "--init-from needs --model"),
+        ([], "give --workdir or --torch-state-dict (with --model)"),
+        (["--torch-state-dict", "x.pth"], "--torch-state-dict needs --model"),
+        (["--init-from", "x.pth"], "--torch-state-dict needs --model"),  # the old spelling, an alias
         (["--workdir", "/nonexistent"], "no best checkpoint in /nonexistent"),
     ],
 )

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxmnist import export, interop, predict, train
+from jaxmnist import export, interop, train, trainer, weights
 from jaxmnist.presets import PRESETS, Config
 
 torch = pytest.importorskip("torch")
@@ -20,7 +20,7 @@ def torch_logits(net, digits):
         return net.eval()(torch_models.prepare_input(type(net).__name__, x)).numpy()
 
 
-def jax_logits(model: predict.Model, digits):
+def jax_logits(model: weights.Model, digits):
     return np.log(model.probabilities(digits))  # log-softmax: logits up to a constant per row
 
 
@@ -28,14 +28,14 @@ def jax_logits(model: predict.Model, digits):
 def test_export_loads_strictly_into_torch_ref_with_the_same_logits(preset, mnist, tmp_path, capsys):
     config = PRESETS[preset].replace(epochs=1, max_steps=3, batch_size=64)
     data = dataclasses.replace(mnist, test_images=mnist.test_images[:500], test_labels=mnist.test_labels[:500])
-    train.train_and_evaluate(config, data=data, workdir=tmp_path / "ckpt", progress=False, chunk_steps=3, unroll=False)
+    trainer.train_and_evaluate(config, data=data, workdir=tmp_path / "ckpt", progress=False, chunk_steps=3, unroll=False)
     assert export.main(["--workdir", str(tmp_path / "ckpt"), "--to", str(tmp_path / "net.pth")]) == 0
     assert "load it with torch_ref.models.get_model" in capsys.readouterr().out
     net = torch_models.get_model(config.model)
     net.load_state_dict(torch.load(tmp_path / "net.pth", weights_only=True), strict=True)
     digits = mnist.test_images[:32]
     theirs = torch_logits(net, digits)
-    ours = jax_logits(predict.from_workdir(str(tmp_path / "ckpt")), digits)
+    ours = jax_logits(weights.from_workdir(str(tmp_path / "ckpt")), digits)
     # Tolerance 1e-4 on log-probabilities: float32 convolutions in two libraries.
     np.testing.assert_allclose(ours, theirs - np.log(np.exp(theirs).sum(1, keepdims=True)), atol=1e-4)
     assert not list(tmp_path.glob(".*.tmp"))  # written atomically
@@ -49,7 +49,7 @@ def test_init_from_starts_from_torchs_weights(mnist, tmp_path):
     digits = mnist.test_images[:32]
     theirs = torch_logits(net, digits)
     np.testing.assert_allclose(
-        jax_logits(predict.Model("cnn", variables, "torch"), digits),
+        jax_logits(weights.Model("cnn", variables, "torch"), digits),
         theirs - np.log(np.exp(theirs).sum(1, keepdims=True)),
         atol=1e-4,
     )
@@ -57,7 +57,7 @@ def test_init_from_starts_from_torchs_weights(mnist, tmp_path):
     # BatchNorm statistics have moved: two training steps).
     config = Config(model="cnn", batch_size=64, lr=1e-12, epochs=1, max_steps=2)
     data = dataclasses.replace(mnist, test_images=mnist.test_images[:500], test_labels=mnist.test_labels[:500])
-    run = train.train_and_evaluate(config, data=data, init=variables, progress=False)
+    run = trainer.train_and_evaluate(config, data=data, init=variables, progress=False)
     for ours, theirs_ in zip(jax.tree.leaves(run.state.params), jax.tree.leaves(variables["params"])):
         np.testing.assert_allclose(np.asarray(ours), theirs_, atol=1e-9)
     cli = ["--model", "cnn", "--init-from", str(tmp_path / "cnn.pth"), "--train-size", "640", "--epochs", "1"]
@@ -67,8 +67,8 @@ def test_init_from_starts_from_torchs_weights(mnist, tmp_path):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--model", "cnn", "--init-from", "/nonexistent.pth"], "cannot read --init-from /nonexistent.pth"),
-        (["--model", "resnet", "--init-from", "CNN_PTH"], "--init-from CNN_PTH is not a resnet state_dict"),
+        (["--model", "cnn", "--torch-state-dict", "/nonexistent.pth"], "cannot read --torch-state-dict /nonexistent.pth"),
+        (["--model", "resnet", "--init-from", "CNN_PTH"], "--torch-state-dict CNN_PTH is not a resnet state_dict"),
     ],
 )
 def test_bad_init_from_is_one_line(argv, message, tmp_path, capsys):

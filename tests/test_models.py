@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from helpers import flat, init_shapes, torch_model_holding
 from torch import nn
 
-from jaxmnist import convs, models
+from jaxmnist import convs, layers, models
 from torch_ref import convert
 from torch_ref import models as torch_models
 
@@ -270,7 +270,7 @@ def test_cnn_deep_convs_are_kaiming_fan_out():
 
 def test_batchnorm_is_torchs_batchnorm2d():
     torch_bn = nn.BatchNorm2d(6)
-    bn = models.BatchNorm(use_running_average=False)
+    bn = layers.BatchNorm(use_running_average=False)
     variables = bn.init(jax.random.key(0), jnp.zeros((1, 5, 5, 6)))
     for step in range(3):
         x = torch.randn(4, 6, 5, 5, generator=torch.Generator().manual_seed(step)) * 3 + 2
@@ -289,7 +289,7 @@ def test_batchnorm_is_torchs_batchnorm2d():
 
 
 def test_torchvision_max_pool_pads_with_minus_infinity():
-    pooled = models.max_pool(-jnp.ones((1, 4, 4, 1)), 3, 2, padding=1)
+    pooled = layers.max_pool(-jnp.ones((1, 4, 4, 1)), 3, 2, padding=1)
     assert pooled.shape == (1, 2, 2, 1)
     assert np.all(pooled == -1)
 
@@ -354,7 +354,7 @@ def test_max_pool_2x2_routes_gradients_like_torch(rng):
     """Forward equals MaxPool2d(2); the gradient goes to the first maximum of each window, ties included."""
     x = rng.integers(0, 3, (2, 9, 8, 3)).astype("float32")  # small integers: many ties; odd height is floored
     g = rng.standard_normal((2, 4, 4, 3)).astype("float32")
-    out, vjp = jax.vjp(models.max_pool_2x2, jnp.asarray(x))
+    out, vjp = jax.vjp(layers.max_pool_2x2, jnp.asarray(x))
     xt = torch.tensor(x).permute(0, 3, 1, 2).requires_grad_()
     ref = torch.nn.functional.max_pool2d(xt, 2)
     ref.backward(torch.tensor(g).permute(0, 3, 1, 2))
@@ -371,15 +371,15 @@ def test_fused_first_stage_is_the_composed_layers(rng):
     kernel, scale, bias = rng.standard_normal((3, 3, 1, 5)), rng.uniform(0.5, 1.5, 5), rng.standard_normal(5)
     with jax.enable_x64():
         args = tuple(map(jnp.asarray, (x, kernel, scale, bias)))
-        fused, fused_vjp = jax.vjp(lambda *a: models.stage_1ch_train(*a, 1e-5), *args)
-        composed, composed_vjp = jax.vjp(lambda *a: models._stage_1ch_reference(*a, 1e-5), *args)
+        fused, fused_vjp = jax.vjp(lambda *a: layers.stage_1ch_train(*a, 1e-5), *args)
+        composed, composed_vjp = jax.vjp(lambda *a: layers._stage_1ch_reference(*a, 1e-5), *args)
         cotangents = tuple(jnp.asarray(rng.standard_normal(o.shape)) for o in composed)
         for got, want in zip((*fused, *fused_vjp(cotangents)), (*composed, *composed_vjp(cotangents))):
             np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
         mean, var = jnp.asarray(rng.standard_normal(5)), jnp.asarray(rng.uniform(0.5, 2, 5))
         y = (convs.lax_conv(args[0], args[1], 1, 1) - mean) * jax.lax.rsqrt(var + 1e-5) * args[2] + args[3]
         np.testing.assert_allclose(
-            models.stage_1ch_eval(*args, mean, var, 1e-5), models.max_pool_2x2(jax.nn.relu(y)), rtol=1e-10, atol=1e-10
+            layers.stage_1ch_eval(*args, mean, var, 1e-5), layers.max_pool_2x2(jax.nn.relu(y)), rtol=1e-10, atol=1e-10
         )
 
 

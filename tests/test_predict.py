@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxmnist import predict, train
+from jaxmnist import predict, trainer, weights
 from jaxmnist.presets import Config
 
 N = 200  # test digits checked
@@ -46,12 +46,12 @@ def workdir(mnist, tmp_path_factory):
     """A cnn trained for 2 short epochs (8,192 images): ~97 % on the test set."""
     path = tmp_path_factory.mktemp("predict") / "ckpt"
     config = Config(model="cnn", batch_size=64, lr=0.05, epochs=2, train_size=8192)
-    train.train_and_evaluate(config, data=mnist, workdir=path, progress=False, chunk_steps=16, unroll=False)
+    trainer.train_and_evaluate(config, data=mnist, workdir=path, progress=False, chunk_steps=16, unroll=False)
     return path
 
 
 def test_pngs_give_the_evaluations_classes_and_disguised_digits_are_recognised(mnist, workdir, tmp_path, rng, capsys):
-    model = predict.from_workdir(str(workdir))
+    model = weights.from_workdir(str(workdir))
     digits, labels = mnist.test_images[:N], mnist.test_labels[:N]
     evaluated = model.probabilities(digits).argmax(1)
     paths = []
@@ -115,14 +115,14 @@ def test_a_torch_state_dict_predicts_what_torch_does(mnist, tmp_path):
     torch.manual_seed(0)
     net = torch_models.get_model("cnn").eval()
     torch.save(net.state_dict(), tmp_path / "cnn.pth")
-    model = predict.from_torch(str(tmp_path / "cnn.pth"), "cnn")
+    model = weights.from_torch(str(tmp_path / "cnn.pth"), "cnn")
     digits = mnist.test_images[:16]
     with torch.no_grad():
         x = (torch.from_numpy(digits.copy()).float()[:, None] / 255 - 0.1307) / 0.3081  # ToTensor, Normalize
         expected = torch.softmax(net(x), -1).numpy()
     np.testing.assert_allclose(model.probabilities(digits), expected, atol=1e-5)
     with pytest.raises(predict.UsageError, match="is not a resnet"):
-        predict.from_torch(str(tmp_path / "cnn.pth"), "resnet")
+        weights.from_torch(str(tmp_path / "cnn.pth"), "resnet")
 
 
 def test_reading_a_workdir_writes_nothing_and_refuses_a_damaged_step(workdir, tmp_path):
@@ -131,10 +131,10 @@ def test_reading_a_workdir_writes_nothing_and_refuses_a_damaged_step(workdir, tm
     copy = tmp_path / "ckpt"
     shutil.copytree(workdir, copy)
     before = sorted(p.relative_to(copy) for p in copy.rglob("*"))
-    assert predict.from_workdir(str(copy), "latest").name == "cnn"
+    assert weights.from_workdir(str(copy), "latest").name == "cnn"
     newest = max((copy / "best").iterdir(), key=lambda p: int(p.name) if p.name.isdigit() else -1)
     next(f for f in newest.rglob("*") if f.is_file() and f.stat().st_size > 100).write_bytes(b"garbage")
     with pytest.raises(predict.UsageError, match=f"the best checkpoint in {copy} .* is damaged"):
-        predict.from_workdir(str(copy))
-    assert predict.from_workdir(str(copy), "latest").name == "cnn"  # the other kind still reads
+        weights.from_workdir(str(copy))
+    assert weights.from_workdir(str(copy), "latest").name == "cnn"  # the other kind still reads
     assert sorted(p.relative_to(copy) for p in copy.rglob("*")) == before  # nothing moved, nothing written

@@ -20,7 +20,7 @@ from flax import traverse_util
 from torch import nn
 
 from jaxmnist import data as data_lib
-from jaxmnist import engine, models, optim, presets
+from jaxmnist import engine, models, optim, presets, trainer
 from jaxmnist import train as jax_train
 from jaxmnist.presets import PRESETS
 from torch_ref import convert
@@ -239,7 +239,7 @@ def test_quirk4_test_pass_uses_batch_statistics_like_torch(mnist):
     expected = torch_train.evaluate(model, "cnn", loader, torch.device("cpu"), batch_statistics=True)
     assert model.training  # left in train mode, as the blog's model stays
 
-    evaluate = jax.jit(engine.evaluate, static_argnames=("batch_size", "batch_statistics"))
+    evaluate = jax.jit(engine.eval_split, static_argnames=("batch_size", "batch_statistics"))
     got = evaluate(state, jnp.asarray(images), jnp.asarray(labels), batch_size=100, batch_statistics=True)
     running = evaluate(state, jnp.asarray(images), jnp.asarray(labels), batch_size=100)
     assert float(got["accuracy"]) == pytest.approx(expected["accuracy"], abs=1e-4)  # same predictions
@@ -256,7 +256,7 @@ def test_one_epoch_accuracy_matches_jax(mnist, tmp_path):
         run = config.replace(seed=seed)
         logdir = tmp_path / f"seed{seed}"
         accs["jax"].append(
-            jax_train.train_and_evaluate(
+            trainer.train_and_evaluate(
                 run, preset="cnn_cpu", data=mnist, logdir=logdir / "jax", progress=False
             ).record["final_acc"]
         )

@@ -9,7 +9,9 @@ import jax
 import numpy as np
 import pytest
 
-from jaxmnist import convs, train
+from jaxmnist import convs, trainer
+from jaxmnist.checkpoint import Checkpointer
+from jaxmnist.cli import UsageError
 from jaxmnist.presets import PRESETS, Config
 
 TINY = Config(model="cnn", batch_size=64, lr=0.02, epochs=3, train_size=640, eval_batch_size=500)
@@ -24,9 +26,9 @@ def test_resume_equals_uninterrupted_run_bitwise(mnist, tmp_path):
     data = tiny_data(mnist)
     # Rolled scans and one chunk size keep compilation cheap (the unrolled CPU default compiles ~5x longer).
     run = dict(data=data, progress=False, chunk_steps=5, unroll=False)
-    full = train.train_and_evaluate(config, workdir=tmp_path / "full", logdir=tmp_path / "log_full", **run)
-    train.train_and_evaluate(config, workdir=tmp_path / "cut", logdir=tmp_path / "log_cut", stop_after_epoch=1, **run)
-    resumed = train.train_and_evaluate(
+    full = trainer.train_and_evaluate(config, workdir=tmp_path / "full", logdir=tmp_path / "log_full", **run)
+    trainer.train_and_evaluate(config, workdir=tmp_path / "cut", logdir=tmp_path / "log_cut", stop_after_epoch=1, **run)
+    resumed = trainer.train_and_evaluate(
         config, workdir=tmp_path / "cut", logdir=tmp_path / "log_cut", resume=True, **run
     )
     for a, b in zip(jax.tree.leaves(full.state), jax.tree.leaves(resumed.state)):
@@ -37,8 +39,8 @@ def test_resume_equals_uninterrupted_run_bitwise(mnist, tmp_path):
 
     assert accuracies(full) == accuracies(resumed)  # the resumed log continues the cut one
     assert (tmp_path / "cut" / "best").is_dir() and (tmp_path / "cut" / "latest").is_dir()
-    with pytest.raises(train.UsageError, match="different settings: momentum"):  # resumed as it was made
-        train.train_and_evaluate(config.replace(momentum=0.9), workdir=tmp_path / "cut", resume=True, **run)
+    with pytest.raises(UsageError, match="different settings: momentum"):  # resumed as it was made
+        trainer.train_and_evaluate(config.replace(momentum=0.9), workdir=tmp_path / "cut", resume=True, **run)
 
 
 def test_a_resumed_run_keeps_the_convolution_plan_it_started_with(mnist, tmp_path):
@@ -46,23 +48,23 @@ def test_a_resumed_run_keeps_the_convolution_plan_it_started_with(mnist, tmp_pat
     bit as the uninterrupted run (each formulation rounds differently, so another plan would show)."""
     config = TINY.replace(epochs=2)
     run = dict(data=tiny_data(mnist), progress=False, chunk_steps=5, unroll=False, report=False)
-    full = train.train_and_evaluate(config, conv_impl="matmul", **run)
-    train.train_and_evaluate(config, workdir=tmp_path, stop_after_epoch=1, conv_impl="matmul", **run)
+    full = trainer.train_and_evaluate(config, conv_impl="matmul", **run)
+    trainer.train_and_evaluate(config, workdir=tmp_path, stop_after_epoch=1, conv_impl="matmul", **run)
     out = io.StringIO()
-    resumed = train.train_and_evaluate(config, workdir=tmp_path, resume=True, conv_impl="xla", out=out, **run)
+    resumed = trainer.train_and_evaluate(config, workdir=tmp_path, resume=True, conv_impl="xla", out=out, **run)
     assert "convolutions: eigen kernels (resumed); every layer as matmul" in out.getvalue()
     for a, b in zip(jax.tree.leaves(full.state), jax.tree.leaves(resumed.state)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    assert train.Checkpointer(tmp_path).read_meta()["conv_plan"] == convs.fixed_plan("matmul").to_json()
+    assert Checkpointer(tmp_path).read_meta()["conv_plan"] == convs.fixed_plan("matmul").to_json()
 
 
 def test_resume_with_the_fast_recipe_equals_uninterrupted_run_bitwise(mnist, tmp_path):
     """The fast preset's state carries more: Adam's moments, the weight average; its schedule spans all epochs."""
     config = PRESETS["fast"].replace(batch_size=64, epochs=3, train_size=640, eval_batch_size=500, ema=0.9)
     run = dict(data=tiny_data(mnist), progress=False, chunk_steps=5, unroll=False)
-    full = train.train_and_evaluate(config, workdir=tmp_path / "full", **run)
-    train.train_and_evaluate(config, workdir=tmp_path / "cut", stop_after_epoch=2, **run)
-    resumed = train.train_and_evaluate(config, workdir=tmp_path / "cut", resume=True, **run)
+    full = trainer.train_and_evaluate(config, workdir=tmp_path / "full", **run)
+    trainer.train_and_evaluate(config, workdir=tmp_path / "cut", stop_after_epoch=2, **run)
+    resumed = trainer.train_and_evaluate(config, workdir=tmp_path / "cut", resume=True, **run)
     assert full.state.ema is not None
     for a, b in zip(jax.tree.leaves(full.state), jax.tree.leaves(resumed.state)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -73,7 +75,7 @@ def test_fast_preset_learns_on_a_reduced_budget(mnist, tmp_path):
     """The fast preset itself on real MNIST, cut to 2 epochs of 24 steps (its one-cycle over those 48): 96.64 %
     measured for seeds 0 and 1 alike (after epoch 1: 82.4 and 92.0 %); bound 93 %."""
     config = PRESETS["fast"].replace(epochs=2, max_steps=24)
-    result = train.train_and_evaluate(config, data=mnist, progress=False, logdir=tmp_path)
+    result = trainer.train_and_evaluate(config, data=mnist, progress=False, logdir=tmp_path)
     assert result.record["final_acc"] >= 93.0, result.record["final_acc"]
     assert result.record["recompiles_after_first_epoch"] == 0
 
@@ -84,7 +86,7 @@ def test_no_recompilation_after_first_epoch(mnist, tmp_path):
     # the rate after every epoch but the first.
     config = TINY.replace(plateau=True, plateau_patience=0, plateau_threshold=10.0, val_size=128)
     out = io.StringIO()
-    result = train.train_and_evaluate(
+    result = trainer.train_and_evaluate(
         config, data=tiny_data(mnist), progress=False, logdir=tmp_path, chunk_steps=4, unroll=False, out=out
     )
     lrs = [e["lr"] for e in result.record["epochs"]]
@@ -119,7 +121,7 @@ def read_events(logdir):
 
 def test_event_file_tags_and_points(mnist, tmp_path):
     config = TINY.replace(epochs=2)
-    train.train_and_evaluate(
+    trainer.train_and_evaluate(
         config, data=tiny_data(mnist), progress=False, logdir=tmp_path, chunk_steps=5, unroll=False
     )
     scalars = read_events(tmp_path)

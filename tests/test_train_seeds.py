@@ -8,7 +8,8 @@ import jax
 import numpy as np
 import pytest
 
-from jaxmnist import train
+from jaxmnist import programs, seeds, trainer
+from jaxmnist.cli import UsageError
 from jaxmnist.presets import Config
 
 # Dropout and a plateau rule that fires: each seed's own keys and learning rate matter. No augmentation: its
@@ -33,27 +34,27 @@ def curve(result):
 
 
 def test_parse_seeds():
-    assert train.parse_seeds("3") == (0, 1, 2)
-    assert train.parse_seeds("4-6") == (4, 5, 6)
-    assert train.parse_seeds("0,7,2") == (0, 7, 2)
+    assert seeds.parse_seeds("3") == (0, 1, 2)
+    assert seeds.parse_seeds("4-6") == (4, 5, 6)
+    assert seeds.parse_seeds("0,7,2") == (0, 7, 2)
     for bad in ("0", "-1", "5-3", "1,1", "a", "1,x"):
-        with pytest.raises(train.UsageError):
-            train.parse_seeds(bad)
+        with pytest.raises(UsageError):
+            seeds.parse_seeds(bad)
 
 
 def test_cpu_runs_seeds_in_turn_unless_told():
-    assert train.choose_seed_mode("auto", TINY, 4)[0] == "sequential"  # tests run on the CPU
-    assert train.choose_seed_mode("vmap", TINY, 4)[0] == "vmap"
-    assert train.choose_seed_mode("auto", TINY, 1)[0] == "sequential"
+    assert seeds.choose_seed_mode("auto", TINY, 4)[0] == "sequential"  # tests run on the CPU
+    assert seeds.choose_seed_mode("vmap", TINY, 4)[0] == "vmap"
+    assert seeds.choose_seed_mode("auto", TINY, 1)[0] == "sequential"
 
 
 def test_vmapped_seeds_equal_each_seed_alone(mnist, tmp_path):
     """Tolerance: the same test and train accuracies and learning rates in every epoch; parameters within 1e-4
     (relative) after 30 steps: vmapped convolutions are grouped ones, summed in another order."""
     data = tiny_data(mnist)
-    stack = train.train_seeds(TINY, (0, 1), "vmap", data=data, logdir=tmp_path / "log", **RUN)
+    stack = trainer.train_seeds(TINY, (0, 1), "vmap", data=data, logdir=tmp_path / "log", **RUN)
     for seed, vmapped in zip((0, 1), stack):
-        alone = train.train_and_evaluate(TINY.replace(seed=seed), data=data, logdir=tmp_path / f"alone{seed}", **RUN)
+        alone = trainer.train_and_evaluate(TINY.replace(seed=seed), data=data, logdir=tmp_path / f"alone{seed}", **RUN)
         assert curve(vmapped) == curve(alone)
         for a, b in zip(jax.tree.leaves(vmapped.state), jax.tree.leaves(alone.state)):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
@@ -72,12 +73,12 @@ def test_vmapped_seeds_equal_each_seed_alone(mnist, tmp_path):
 def test_sequential_seeds_compile_once_and_equal_each_seed_alone(mnist, tmp_path, monkeypatch):
     data = tiny_data(mnist)
     compiled = []
-    compile_training = train.compile_training
-    monkeypatch.setattr(train, "compile_training", lambda *a, **k: compiled.append(1) or compile_training(*a, **k))
+    compile_training = programs.compile_training
+    monkeypatch.setattr(programs, "compile_training", lambda *a, **k: compiled.append(1) or compile_training(*a, **k))
     config = TINY.replace(epochs=2, blog_quirks=True)  # quirk 2: the test set augmented with each seed's own key
-    runs = train.train_seeds(config, (0, 1), "sequential", data=data, logdir=tmp_path / "log", **RUN)
+    runs = trainer.train_seeds(config, (0, 1), "sequential", data=data, logdir=tmp_path / "log", **RUN)
     assert len(compiled) == 1
-    alone = train.train_and_evaluate(config.replace(seed=1), data=data, logdir=tmp_path / "alone", **RUN)
+    alone = trainer.train_and_evaluate(config.replace(seed=1), data=data, logdir=tmp_path / "alone", **RUN)
     assert curve(runs[1]) == curve(alone)
     for a, b in zip(jax.tree.leaves(runs[1].state), jax.tree.leaves(alone.state)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -87,11 +88,11 @@ def test_sequential_seeds_compile_once_and_equal_each_seed_alone(mnist, tmp_path
 def test_vmapped_stack_resumes_bitwise(mnist, tmp_path):
     data = tiny_data(mnist)
     run = dict(data=data, **RUN)
-    full = train.train_seeds(TINY, (0, 1), "vmap", workdir=tmp_path / "full", **run)
-    train.train_seeds(TINY, (0, 1), "vmap", workdir=tmp_path / "cut", stop_after_epoch=1, **run)
-    resumed = train.train_seeds(TINY, (0, 1), "vmap", workdir=tmp_path / "cut", resume=True, **run)
+    full = trainer.train_seeds(TINY, (0, 1), "vmap", workdir=tmp_path / "full", **run)
+    trainer.train_seeds(TINY, (0, 1), "vmap", workdir=tmp_path / "cut", stop_after_epoch=1, **run)
+    resumed = trainer.train_seeds(TINY, (0, 1), "vmap", workdir=tmp_path / "cut", resume=True, **run)
     for f, r in zip(full, resumed):
         for a, b in zip(jax.tree.leaves(f.state), jax.tree.leaves(r.state)):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    with pytest.raises(train.UsageError, match="different settings: seeds"):
-        train.train_seeds(TINY, (0, 2), "vmap", workdir=tmp_path / "cut", resume=True, **run)
+    with pytest.raises(UsageError, match="different settings: seeds"):
+        trainer.train_seeds(TINY, (0, 2), "vmap", workdir=tmp_path / "cut", resume=True, **run)

@@ -12,9 +12,10 @@ import jax.numpy as jnp
 from benchlib.environment import peak_for, utilisation
 from benchlib.settings import Settings, config_for, real_batches
 from benchlib.timing import flops_on_cpu, measure, measure_pipelined, pipelined_count, xla_flops
-from jaxmnist import convs, engine, models, train
+from jaxmnist import convs, engine, models, programs
 from jaxmnist import data as data_lib
 from jaxmnist.presets import Config
+from jaxmnist.seeds import Seeds
 
 _STATES: dict = {}
 
@@ -114,23 +115,23 @@ def jax_epoch(network: str, batch_size: int, data: data_lib.Dataset, settings: S
     epoch loop), compile time reported apart. Evaluation is not included (see `jax_eval`). `n_seeds` > 1: that
     many seeds in one vmapped program (`--seeds N --seed-mode vmap`), `seed_epoch_s` the time per seed."""
     config = config_for(network, batch_size).replace(train_size=settings.train_size)
-    device_data = train.put_on_device(data, config)
-    steps = train.epoch_steps(config, device_data.n_train)
+    device_data = programs.put_on_device(data, config)
+    steps = programs.epoch_steps(config, device_data.n_train)
     unroll = jax.default_backend() == "cpu"
     bounds = engine.chunk_bounds(steps, settings.chunk_steps, unroll)
-    seeds = train.Seeds(tuple(range(n_seeds)), vmapped=n_seeds > 1)
+    seeds = Seeds(tuple(range(n_seeds)), vmapped=n_seeds > 1)
     plan = conv_plan(config, settings)
     if n_seeds == 1:
         state = initial_state(config, "f32", plan)
     else:
         state = seeds.create_state(config, total_steps=steps, conv_plan=plan)
     t0 = time.perf_counter()
-    training = train.compile_training(config, state, device_data.train, bounds, unroll, seeds, conv_plan=plan)
+    training = programs.compile_training(config, state, device_data.train, bounds, unroll, seeds, conv_plan=plan)
     compile_s = time.perf_counter() - t0
     epoch_s = []
     for epoch in range(settings.epoch_repeats):
         t0 = time.perf_counter()
-        state, _, _ = train.train_epoch(training, state, device_data.train, epoch, mode=True)  # fetches metrics
+        state, _, _ = programs.train_epoch(training, state, device_data.train, epoch, mode=True)  # fetches metrics
         epoch_s.append(time.perf_counter() - t0)
     best = min(epoch_s)
     return {
@@ -155,15 +156,15 @@ def jax_eval(network: str, batch_size: int, data: data_lib.Dataset, settings: Se
     config = config_for(network, batch_size).replace(eval_batch_size=batch_size)
     n = min(settings.eval_size or len(data.test_labels), len(data.test_labels))
     data = dataclasses.replace(data, test_images=data.test_images[:n], test_labels=data.test_labels[:n])
-    device_data = train.put_on_device(data, config)
+    device_data = programs.put_on_device(data, config)
     plan = conv_plan(config, settings)
     state = initial_state(config, "f32", plan)
     t0 = time.perf_counter()
-    evaluation = train.compile_evaluation(config, state, device_data, conv_plan=plan)
+    evals = programs.compile_eval_passes(config, state, device_data, conv_plan=plan)
     compile_s = time.perf_counter() - t0
     t = measure(
-        lambda: evaluation(state, device_data, epoch=0),
-        lambda _: None,  # evaluation fetches its result: synchronised
+        lambda: evals(state, device_data, epoch=0),
+        lambda _: None,  # the passes fetch its result: synchronised
         warmup=1,
         iters=max(3, settings.epoch_repeats + 1),
         max_s=settings.max_s,

@@ -16,8 +16,8 @@ from flax import linen as nn
 
 from benchlib.settings import config_for
 from benchlib.timing import measure_interleaved
+from jaxmnist import convs, engine, layers, models
 from jaxmnist import data as data_lib
-from jaxmnist import convs, engine, models
 
 
 # Two CPU-friendly formulations of the cnn's ops, measured by `profile_cnn` as candidates for jaxmnist.models.
@@ -38,9 +38,9 @@ def conv_sliced(x, k):
 def what_if(pool: bool = False, conv: bool = False):
     """While a train step is traced: with `pool`, the model's 2x2/2 max-pool back on XLA's reduce_window (whose
     gradient is select_and_scatter); with `conv`, its stride-1 unpadded convolutions as `conv_sliced`. Swaps
-    jaxmnist's own `models.max_pool` / `convs.conv2d` inside the `with` only; JAX itself is left alone."""
+    jaxmnist's own `layers.max_pool` / `convs.conv2d` inside the `with` only; JAX itself is left alone."""
 
-    def reduce_window_pool(x, window, strides, padding=0, _orig=models.max_pool):
+    def reduce_window_pool(x, window, strides, padding=0, _orig=layers.max_pool):
         if (window, strides, padding) == (2, 2, 0):
             return nn.max_pool(x, (2, 2), (2, 2))
         return _orig(x, window, strides, padding)
@@ -116,7 +116,7 @@ def profile_cnn(
         ("maxpool1 fwd (reduce_window)", "[B,24,24,10]", pool, (y1,)),
         ("maxpool1 bwd (select_and_scatter)", "", bwd(pool), (y1, p1)),
         ("maxpool1 bwd, reshape-max", "", bwd(pool_reshape), (y1, p1)),
-        ("maxpool1 bwd, max_pool_2x2", "", bwd(models.max_pool_2x2), (y1, p1)),
+        ("maxpool1 bwd, max_pool_2x2", "", bwd(layers.max_pool_2x2), (y1, p1)),
         ("relu+BN1 fwd+bwd", "[B,12,12,10]", relu_bn_fwd_bwd, (p1, s10, s10, p1)),
         ("conv2 fwd (10->20, 5x5)", "x[B,12,12,10]", conv, (x2, k2)),
         ("conv2 fwd, conv_sliced", "", conv_sliced, (x2, k2)),
@@ -126,7 +126,7 @@ def profile_cnn(
         ("conv2 input-grad, conv_sliced", "", igrad(conv_sliced), (x2, k2, y2)),
         ("maxpool2 fwd (reduce_window)", "[B,8,8,20]", pool, (y2,)),
         ("maxpool2 bwd (select_and_scatter)", "", bwd(pool), (y2, p2)),
-        ("maxpool2 bwd, max_pool_2x2", "", bwd(models.max_pool_2x2), (y2, p2)),
+        ("maxpool2 bwd, max_pool_2x2", "", bwd(layers.max_pool_2x2), (y2, p2)),
         ("relu+BN2 fwd+bwd", "[B,4,4,20]", relu_bn_fwd_bwd, (p2, s20, s20, p2)),
         ("fc fwd+bwd (320->10)", "[B,320]", dense_fwd_bwd, (f32(B, 320), f32(320, 10), f32(B, 10))),
     ]

@@ -1,0 +1,102 @@
+"""A run's checkpoints and what they keep of the host: each seed's plateau rule and run log, the settings and
+the convolution plan, so that `--resume` continues a killed run bit for bit, or refuses in one line."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax.numpy as jnp
+
+from jaxmnist import cli, convs, models, optim, runlog
+from jaxmnist.checkpoint import Checkpointer
+from jaxmnist.cli import UsageError
+from jaxmnist.convs import ConvPlan
+from jaxmnist.distributed import Placement
+from jaxmnist.presets import Config
+from jaxmnist.programs import Diverged
+from jaxmnist.seeds import Seeds
+
+# What a resumed run may change: a lower learning rate after a divergence, more epochs.
+RESUMABLE_CHANGES = ("lr", "epochs")
+
+
+@dataclasses.dataclass
+class SeedRun:
+    """One seed's host side: its plateau rule (stepped on its own accuracy) and its report (lines, logs)."""
+
+    seed: int
+    plateau: optim.ReduceLROnPlateau
+    report: runlog.Report
+
+
+def host_meta(runs: list[SeedRun], seeds: Seeds) -> dict:
+    """What a checkpoint keeps of the host side: each seed's plateau rule and run log (one seed: unlisted)."""
+    plateau = [r.plateau.state_dict() for r in runs]
+    record = [r.report.log.record if r.report.log else None for r in runs]
+    if not seeds.vmapped:
+        return {"plateau": plateau[0], "record": record[0]}
+    return {"seeds": list(seeds.seeds), "plateau": plateau, "record": record}
+
+
+def resume_from(ckpt: Checkpointer, state, config: Config, runs: list[SeedRun], seeds: Seeds, say: Callable):
+    """(state, epochs done) from the newest intact checkpoint, with each seed's plateau rule and run log
+    restored; (state, 0) when there is none. Other settings than RESUMABLE_CHANGES are a usage error; with a
+    new --lr, training continues at it."""
+    restored = ckpt.restore_latest(state)
+    if restored is None:
+        if ckpt.damaged:
+            raise cli.RunError(f"no intact checkpoint is left in {ckpt.workdir}; remove it to start over")
+        say(f"no checkpoint in {ckpt.workdir}: starting from scratch")
+        return state, 0
+    state, meta = restored
+    current = dataclasses.asdict(config)
+    changed = sorted(k for k in meta["config"].keys() | current.keys() if meta["config"].get(k) != current.get(k))
+    if meta.get("seeds", [config.seed]) != list(seeds.seeds):
+        changed.append("seeds")
+    if set(changed) - set(RESUMABLE_CHANGES):
+        raise UsageError(f"checkpoint in {ckpt.workdir} was made with different settings: {', '.join(changed)}")
+    listed = (lambda x: x) if seeds.vmapped else (lambda x: [x])
+    for run, plateau, record in zip(runs, listed(meta["plateau"]), listed(meta.get("record"))):
+        run.plateau.load_state_dict(plateau)
+        if run.report.log and record:
+            run.report.log.record = record
+    say(f"resumed from {ckpt.workdir} after epoch {meta['epoch']}")
+    if "lr" in changed:
+        say(f"learning rate {meta['config']['lr']:g} -> {config.lr:g} (--lr)")
+        for run in runs:
+            run.plateau.lr = config.lr
+        state = state.replace(lr=seeds.array([config.lr] * len(runs), jnp.float32))
+    return state, meta["epoch"]
+
+
+def diverged_error(e: Diverged, ckpt: Checkpointer | None, workdir) -> cli.RunError:
+    """The one line a divergence ends the run with: where, the last good checkpoint, what to try."""
+    last = ckpt.latest_epoch() if ckpt else None
+    if last:
+        where = (
+            f"the last good checkpoint is epoch {last} in {workdir}: "
+            f"continue from it with --resume --workdir {workdir} and a lower --lr"
+        )
+    elif ckpt:
+        where = f"no epoch was checkpointed yet in {workdir}; start again with a lower --lr"
+    else:
+        where = "no checkpoint was kept (--workdir keeps one per epoch); start again with a lower --lr"
+    return cli.RunError(f"{e}; {where}")
+
+
+def save(ckpt: Checkpointer, state, config: Config, epoch: int, test_acc: float, meta: dict) -> None:
+    """The epoch's checkpoint; `test_acc` (the mean over vmapped seeds) decides whether it is the best."""
+    ckpt.save(state, epoch + 1, test_acc, {"config": dataclasses.asdict(config), "epoch": epoch + 1, **meta})
+
+
+def choose_conv_plan(
+    config: Config, impl: str | None, resuming: Checkpointer | None, placement: Placement, say: Callable
+) -> ConvPlan:
+    """How the run's convolutions run: a resumed run's as its checkpoint recorded them (so that it continues bit
+    for bit), else `--conv-impl` (`convs.plan_for`: on the CPU `auto` times the candidates once per machine)."""
+    meta = resuming.read_meta() if resuming and resuming.latest_epoch() else None
+    if meta and "conv_plan" in meta:
+        return ConvPlan.from_json(meta["conv_plan"])
+    model = models.get_model(config.model, num_classes=config.num_classes)
+    return convs.plan_for(impl, model, config.batch_size // placement.size, say)
