@@ -86,7 +86,7 @@ class Run:
     steps: int
     plan: ConvPlan
     state: engine.TrainState
-    runs: list[SeedRun]
+    seed_runs: list[SeedRun]
     ckpt: Checkpointer | None
     first_epoch: int
 
@@ -184,15 +184,15 @@ def run_epoch(run: Run, training: Training, evals: EvalPasses, epoch: int, progr
     lr = np.atleast_1d(jax.device_get(run.state.step_lr()))  # the rate the next step will use, per seed
     if config.plateau and not config.blog_quirks:  # quirk 3: the blog never steps its scheduler
         monitored = np.atleast_1d((val or test)["accuracy"])
-        rates = [r.plateau.step(float(acc)) for r, acc in zip(run.runs, monitored)]
+        rates = [r.plateau.step(float(acc)) for r, acc in zip(run.seed_runs, monitored)]
         run.state = run.state.replace(lr=seeds.array(rates, jnp.float32))
     next_lr = np.atleast_1d(jax.device_get(run.state.step_lr()))
-    for i, r in enumerate(run.runs):
+    for i, r in enumerate(run.seed_runs):
         r.report.epoch(epoch, test=seeds.take(test, i), val=seeds.take(val, i) if val else None,
                        batch_acc=seeds.take(batch_acc, i), batch_loss=seeds.take(batch_loss, i), lr=float(lr[i]),
                        next_lr=float(next_lr[i]), time_s=seconds)  # fmt: skip
     if run.ckpt:
-        meta = {**host_meta(run.runs, seeds), "conv_plan": run.plan.to_json()}
+        meta = {**host_meta(run.seed_runs, seeds), "conv_plan": run.plan.to_json()}
         save(run.ckpt, run.state, config, epoch, float(np.mean(test["accuracy"])), meta)
     return seconds
 
@@ -200,7 +200,7 @@ def run_epoch(run: Run, training: Training, evals: EvalPasses, epoch: int, progr
 def write_reports(run: Run) -> None:
     """Each logged seed's evaluation report (jaxmnist.evaluate) of its final weights on the test set, into its
     logdir and its TensorBoard events."""
-    logged = [(i, r) for i, r in enumerate(run.runs) if r.report.log]
+    logged = [(i, r) for i, r in enumerate(run.seed_runs) if r.report.log]
     if not logged:
         return
     # Everything on the host first: on a mesh of several processes only process 0 writes reports, and a program
@@ -221,7 +221,7 @@ def finish(run: Run, opts: Options, epoch_times: list[float], compile_s: float, 
     """Reports, each seed's run record (metrics.json), the recompilation count; the checkpointer closed."""
     if opts.report:
         write_reports(run)
-    records = [r.report.finish(epoch_times, compile_s=compile_s, recompiles=watch.after_first) for r in run.runs]
+    records = [r.report.finish(epoch_times, compile_s=compile_s, recompiles=watch.after_first) for r in run.seed_runs]
     if watch.after_first is not None:
         runlog.Report(opts.out).say(f"recompilations after the first epoch: {watch.after_first}")
     if run.ckpt:

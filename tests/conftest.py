@@ -67,16 +67,20 @@ def pytest_configure(config):
 
     from jaxmnist import compile_cache
 
-    config._xla_cache = tempfile.mkdtemp(prefix="jaxmnist-xla-cache-")
-    os.environ[compile_cache.ENV] = config._xla_cache
+    if os.environ.get("JAXMNIST_TEST_SESSION_CACHE"):  # a pytest-xdist worker: the controller's cache
+        config._xla_cache = None
+    else:
+        config._xla_cache = tempfile.mkdtemp(prefix="jaxmnist-xla-cache-")
+        os.environ["JAXMNIST_TEST_SESSION_CACHE"] = os.environ[compile_cache.ENV] = config._xla_cache
     compile_cache.configure()
     # Runs, in this process and in the CLI tests' subprocesses, take XLA's convolutions as they are instead of
     # timing the candidates (tests/test_convs.py times them, into its own cache file).
     os.environ.setdefault("JAXMNIST_CONV_IMPL", "xla")
-    os.environ["JAXMNIST_CONV_CACHE"] = os.path.join(config._xla_cache, "conv-timings.json")
+    os.environ["JAXMNIST_CONV_CACHE"] = os.path.join(os.environ[compile_cache.ENV], "conv-timings.json")
 
 
 def pytest_unconfigure(config):
     import shutil
 
-    shutil.rmtree(getattr(config, "_xla_cache", ""), ignore_errors=True)
+    if getattr(config, "_xla_cache", None):
+        shutil.rmtree(config._xla_cache, ignore_errors=True)
