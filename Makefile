@@ -21,8 +21,10 @@ $(VENV)/.installed-dev: pyproject.toml | $(PY)
 	$(PIP) install -e '.[dev]'
 	touch $@ $(VENV)/.installed-base
 
+# The suite runs on every core (pytest-xdist; TEST_WORKERS=0 for one process): compiling is mostly single-threaded.
+TEST_WORKERS ?= auto
 test: $(VENV)/.installed-dev
-	$(PY) -m pytest $(ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(ARGS)
 
 data: $(VENV)/.installed-base
 	$(PY) -m jaxmnist.data $(ARGS)

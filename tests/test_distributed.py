@@ -45,15 +45,23 @@ def test_placement_refuses_what_it_cannot_do():
         distributed.initialize("127.0.0.1:1", None, 0)
 
 
-def test_two_devices_equal_one(mnist, tmp_path):
+@pytest.fixture(scope="module")
+def one_device(tmp_path_factory, mnist):
+    """The run both data-parallel runs are compared with: one process, one device."""
+    root = tmp_path_factory.mktemp("one")
+    train([], root, "one")
+    return curve(root, "one")
+
+
+@pytest.mark.xdist_group("distributed")  # one worker runs both, so the baseline runs once
+def test_two_devices_equal_one(one_device, tmp_path):
     """The same global batch on a 2-device mesh: the same accuracies, epoch by epoch. Tolerance: 0.05 points of
     test accuracy (5 of 10,000 images) and 0.1 of train accuracy; measured: equal to the last printed digit. Not
     augmented: see tests/test_train_seeds.py on how the augmentation's fixed-point rounding parts two programs."""
-    train(["--devices", "1"], tmp_path, "one", devices=2)
     proc = train([], tmp_path, "two", devices=3)  # by default as many devices as split the batch of 64
     assert "using 2 of 3 devices: batch 64 splits evenly only so" in proc.stdout
     assert "data parallel over 2 devices in 1 process(es): each step's 64 images split 32 per device" in proc.stdout
-    for (a_test, a_train), (b_test, b_train) in zip(curve(tmp_path, "one"), curve(tmp_path, "two")):
+    for (a_test, a_train), (b_test, b_train) in zip(one_device, curve(tmp_path, "two"), strict=True):
         assert abs(a_test - b_test) <= 0.05 and abs(a_train - b_train) <= 0.1
 
 
@@ -77,10 +85,10 @@ def two_processes(args, tmp_path, name):
     return [out for out, _ in outs]
 
 
-def test_two_processes_equal_one(mnist, tmp_path):
+@pytest.mark.xdist_group("distributed")
+def test_two_processes_equal_one(one_device, tmp_path):
     """Two processes with one CPU device each (gloo collectives): process 0 alone prints and writes logs; their
     checkpoints (orbax, multi-host) resume; the run equals one process's. Tolerance as with two devices."""
-    train([], tmp_path, "one")
     workdir = ["--workdir", str(tmp_path / "ckpt")]
     out0, out1 = two_processes([*workdir, "--epochs", "1"], tmp_path, "first")
     assert "data parallel over 2 devices in 2 process(es)" in out0
@@ -88,5 +96,5 @@ def test_two_processes_equal_one(mnist, tmp_path):
     assert not (tmp_path / "first1").exists()  # nor writes logs
     out0, _ = two_processes([*workdir, "--resume"], tmp_path, "first")  # the same logdir: the log continues
     assert "resumed from" in out0 and "[2]:" in out0 and "[1]:" not in out0
-    for (a_test, a_train), (b_test, b_train) in zip(curve(tmp_path, "one"), curve(tmp_path, "first0"), strict=True):
+    for (a_test, a_train), (b_test, b_train) in zip(one_device, curve(tmp_path, "first0"), strict=True):
         assert abs(a_test - b_test) <= 0.05 and abs(a_train - b_train) <= 0.1

@@ -249,8 +249,10 @@ def test_quirk4_test_pass_uses_batch_statistics_like_torch(mnist):
 
 @pytest.mark.slow
 def test_one_epoch_accuracy_matches_jax(mnist, tmp_path):
-    """cnn_cpu (batch 64, SGD lr 0.01, momentum 0.5) for one epoch, two seeds in each framework."""
-    config = PRESETS["cnn_cpu"].replace(epochs=1)
+    """cnn_cpu (batch 64, SGD lr 0.01, momentum 0.5) for one epoch of half the training set (469 steps), two seeds
+    in each framework. Measured (2026-11-30, Zen 3): JAX 97.17 and 96.95 %, torch 97.21 and 96.96 %; bounds: every
+    run >= 96.5 %, the means within 0.3 points (a whole epoch: >= 97.5 %, the same 0.3)."""
+    config = PRESETS["cnn_cpu"].replace(epochs=1, train_size=30_000)
     accs = {"jax": [], "torch": []}
     for seed in (0, 1):
         run = config.replace(seed=seed)
@@ -265,8 +267,8 @@ def test_one_epoch_accuracy_matches_jax(mnist, tmp_path):
                 "final_acc"
             ]
         )
-    print(f"\ncnn_cpu, 1 epoch, seeds 0 and 1: jax {accs['jax']}, torch {accs['torch']}")
-    assert min(accs["jax"] + accs["torch"]) >= 97.5
+    print(f"\ncnn_cpu, 1 epoch of 30,000 images, seeds 0 and 1: jax {accs['jax']}, torch {accs['torch']}")
+    assert min(accs["jax"] + accs["torch"]) >= 96.5
     assert abs(np.mean(accs["jax"]) - np.mean(accs["torch"])) <= 0.3
 
 

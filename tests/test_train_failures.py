@@ -197,6 +197,7 @@ def run_until(cmd, kill_when=None, workdir: Path | None = None) -> tuple[int, st
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("kill")  # one worker runs all three, so the uninterrupted run runs once
 @pytest.mark.parametrize("kind, what, where", KILL_POINTS, ids=[w for _, _, w in KILL_POINTS])
 def test_kill_9_then_resume_equals_an_uninterrupted_run(kind, what, where, mnist, tmp_path, uninterrupted):
     """SIGKILL at a chosen moment of a run, then --resume: the final parameters equal an uninterrupted run's bit
