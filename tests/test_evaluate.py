@@ -31,7 +31,7 @@ def trained(mnist, tmp_path_factory):
     root = tmp_path_factory.mktemp("evaluate")
     config = Config(model="cnn", batch_size=64, lr=0.05, epochs=2, train_size=4096)
     result = trainer.train_and_evaluate(
-        config, data=mnist, workdir=root / "ckpt", logdir=root / "log", progress=False, chunk_steps=16, unroll=False
+        config, data=mnist, workdir=root / "ckpt", logdir=root / "log", progress=False, chunk_steps=1, unroll=True
     )
     return root, result
 

@@ -28,7 +28,7 @@ def jax_logits(model: weights.Model, digits):
 def test_export_loads_strictly_into_torch_ref_with_the_same_logits(preset, mnist, tmp_path, capsys):
     config = PRESETS[preset].replace(epochs=1, max_steps=3, batch_size=64)
     data = dataclasses.replace(mnist, test_images=mnist.test_images[:500], test_labels=mnist.test_labels[:500])
-    trainer.train_and_evaluate(config, data=data, workdir=tmp_path / "ckpt", progress=False, chunk_steps=3, unroll=False)
+    trainer.train_and_evaluate(config, data=data, workdir=tmp_path / "ckpt", progress=False, chunk_steps=1, unroll=True)
     assert export.main(["--workdir", str(tmp_path / "ckpt"), "--to", str(tmp_path / "net.pth")]) == 0
     assert "load it with torch_ref.models.get_model" in capsys.readouterr().out
     net = torch_models.get_model(config.model)

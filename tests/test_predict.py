@@ -46,7 +46,7 @@ def workdir(mnist, tmp_path_factory):
     """A cnn trained for 2 short epochs (8,192 images): ~97 % on the test set."""
     path = tmp_path_factory.mktemp("predict") / "ckpt"
     config = Config(model="cnn", batch_size=64, lr=0.05, epochs=2, train_size=8192)
-    trainer.train_and_evaluate(config, data=mnist, workdir=path, progress=False, chunk_steps=16, unroll=False)
+    trainer.train_and_evaluate(config, data=mnist, workdir=path, progress=False, chunk_steps=1, unroll=True)
     return path
 
 
