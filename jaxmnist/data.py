@@ -29,15 +29,22 @@ from typing import Callable
 import numpy as np
 
 from jaxmnist import cli, sources
-from jaxmnist.sources import DATASETS, HUB_WHEEL, DataError, DatasetSpec, Fetched, SourceFailed, read_idx, write_idx
+from jaxmnist.sources import (
+    DATASETS,
+    HUB_WHEEL,
+    SPLITS,
+    DataError,
+    DatasetSpec,
+    Fetched,
+    SourceFailed,
+    read_idx,
+    write_idx,
+)
 
 __all__ = ["DATASETS", "MEAN", "STD", "SPLITS", "DataError", "Dataset", "export", "load", "normalize", "read_idx"]
 
 # ToTensor() then Normalize((0.1307,), (0.3081,)), as in every experiment of the blog.
 MEAN, STD = 0.1307, 0.3081
-
-SPLITS = ("train", "test")
-
 
 @dataclasses.dataclass
 class Dataset:
