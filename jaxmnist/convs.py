@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import platform
 import time
 from pathlib import Path
 from typing import Callable
@@ -32,6 +31,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jaxmnist import host
 
 # What `--conv-impl` accepts: `auto` measures; the others fix the plan. `xla` is XLA's own choice for everything
 # (the default on GPUs and TPUs, where nothing is measured).
@@ -195,24 +196,10 @@ def fixed_plan(impl: str) -> ConvPlan:
 
 # --------------------------------------------------------------------------------------------- measuring
 def cpu_identity() -> str:
-    """What the timings are valid for: CPU model, family/model/stepping, vector extensions, usable cores, the
-    JAX version and the XLA flags of the process."""
-    info = {}
-    try:
-        for line in Path('/proc/cpuinfo').read_text().splitlines():
-            key, _, value = line.partition(':')
-            info.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
-    flags = set(info.get('flags', '').split())
-    isa = '+'.join(f for f in ('avx2', 'fma', 'avx512f', 'avx512_bf16', 'amx_tile') if f in flags) or platform.machine()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
-    model = info.get('model name', platform.processor() or platform.machine())
-    family = f"family {info.get('cpu family', '?')} model {info.get('model', '?')} stepping {info.get('stepping', '?')}"
+    """What the timings are valid for: the machine (`host.machine`: CPU model, family/model/stepping, vector
+    extensions, usable cores), the JAX version and the XLA flags of the process."""
     flags_env = os.environ.get('XLA_FLAGS', '')
-    return f'{model}, {family}, {isa}, {cores} cores, jax {jax.__version__}' + (
-        f', XLA_FLAGS={flags_env}' if flags_env else ''
-    )
+    return f'{host.machine()}, jax {jax.__version__}' + (f', XLA_FLAGS={flags_env}' if flags_env else '')
 
 
 def cache_path() -> Path:

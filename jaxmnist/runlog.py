@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from jaxmnist.cli import UsageError
+from jaxmnist.host import load_average, machine, process_age_s
 
 FORMAT_VERSION = 1
 
@@ -118,6 +119,7 @@ class RunLog:
             "preset": preset,
             "config": cfg,
             "device": device,
+            "machine": machine(),
             "platform": platform.platform(),
             "python": platform.python_version(),
             "commit": git_commit(),
@@ -142,7 +144,9 @@ class RunLog:
         b["loss"] += [float(l) for l in loss]
 
     def add_epoch(self, epoch: int, **metrics: float) -> None:
-        """Per-epoch scalars (epoch counts from 1): test_acc, test_loss, val_acc, lr, time_s, train_loss, ..."""
+        """Per-epoch scalars (epoch counts from 1): test_acc, test_loss, val_acc, lr, time_s, train_loss, ...
+        Each epoch also records the load average and, when the run was resumed on another machine, that machine;
+        the first epoch of a run records `startup_s`, the seconds from the process's start to that epoch's."""
         tags = {
             "test_acc": "acc_test/epoch",
             "test_loss": "loss_test/epoch",
@@ -154,7 +158,14 @@ class RunLog:
         for key, value in metrics.items():
             if key in tags and value is not None:
                 self.writer.add_scalar(tags[key], value, epoch)
-        self.record["epochs"].append({"epoch": epoch, **{k: v for k, v in metrics.items() if v is not None}})
+        age, here = process_age_s(), machine()
+        if not self.record["epochs"] and age is not None and "time_s" in metrics:
+            self.record["startup_s"] = round(age - metrics["time_s"], 3)
+        extra = {"load": load_average()}
+        if here != self.record.get("machine", here):  # a run resumed elsewhere: its epochs name their machine
+            extra["machine"] = here
+        entry = {"epoch": epoch, **metrics, **extra}
+        self.record["epochs"].append({k: v for k, v in entry.items() if v is not None})
         self.writer.flush()
         self.save()
 
@@ -172,7 +183,9 @@ class RunLog:
         }
 
     def finish(self, **extra: Any) -> dict:
-        self.record.update(self.summary(), **extra)
+        """The record with its summary; a resumed run's averages cover every epoch, not only this process's."""
+        self.record.update(extra)
+        self.record.update(self.summary())
         hparams = {k: v for k, v in self.record["config"].items() if isinstance(v, (int, float, str, bool))}
         results = {f"hparam/{k}": v for k, v in self.summary().items() if isinstance(v, (int, float))}
         self.writer.add_hparams(hparams, results, name="hparams")

@@ -22,6 +22,8 @@ import functools
 import importlib.util
 import json
 import math
+import re
+import shutil
 import subprocess
 import sys
 import time
@@ -33,6 +35,7 @@ try:
     from jaxmnist import cli
     from jaxmnist.cli import UsageError
     from jaxmnist.presets import PRESETS
+    from jaxmnist.host import machine
     from jaxmnist.runlog import atomic_write
 except ModuleNotFoundError as e:  # a bare checkout: the GPU scripts set PYTHONPATH instead of installing
     print(f"error: cannot import {e.name}: `pip install -e .` (or `make test` once), or PYTHONPATH=.", file=sys.stderr)
@@ -42,6 +45,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 FRAMEWORKS = {"jax": "jaxmnist.train", "torch": "torch_ref.train"}
 MIN_RUN_S = 10.0  # under --budget-s, no run starts with less than this left
+# A run's checkpoints, in its logdir until it ends: a run stopped by --budget-s (or a session's end) continues there,
+# bit for bit, in a later invocation. Each process it took is a line of SEGMENTS.
+CHECKPOINTS, SEGMENTS = "checkpoint", "segments.json"
 TARGETS = (99.0, 99.5)  # time to reach these test accuracies is recorded per run (time-to-accuracy)
 # What each framework's trainer imports, and how to get it: checked before the first run, since every run is a
 # subprocess of this same interpreter and would otherwise fail one by one.
@@ -135,9 +141,12 @@ def run_seeds(
 
     if deadline is not None and deadline - time.monotonic() < MIN_RUN_S:
         return each(skipped="--budget-s spent before it started")
+    workdir = logdir / CHECKPOINTS
+    if args.rerun and logdir.exists():  # from scratch: no checkpoint, no segments, no logs of an earlier run
+        shutil.rmtree(logdir)
     which = ["--seed", str(seeds[0])] if len(seeds) == 1 else ["--seeds", ",".join(map(str, seeds))]
     cmd = [sys.executable, "-m", FRAMEWORKS[framework], "--preset", preset, *which]
-    cmd += ["--logdir", str(logdir), "--no-progress"]
+    cmd += ["--logdir", str(logdir), "--no-progress", "--workdir", str(workdir), "--resume"]
     cmd += ["--epochs", str(args.epochs)] if args.epochs else []
     cmd += ["--max-steps", str(args.max_steps)] if args.max_steps else []
     cmd += ["--blog-quirks"] if args.blog_quirks else []
@@ -153,21 +162,49 @@ def run_seeds(
         proc = subprocess.run(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True, timeout=timeout)
         wall_s = time.perf_counter() - start
     except subprocess.TimeoutExpired:
-        print(f"--- stopped: --budget-s {args.budget_s:g} s spent", flush=True)
-        return each(stopped="killed at the --budget-s deadline")
+        add_segment(logdir, time.perf_counter() - start, "stopped")
+        print(f"--- stopped: --budget-s {args.budget_s:g} s spent; the next invocation resumes it", flush=True)
+        return each(stopped="killed at the --budget-s deadline; resumable from its checkpoint")
+    add_segment(logdir, wall_s, "finished" if proc.returncode == 0 else "failed")
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr)
         return each(error=(proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1])
+    shutil.rmtree(workdir, ignore_errors=True)  # the run is done: its record holds what is kept
     return {
         s: summarise(s, logdir / f"seed{s}" if len(seeds) > 1 else logdir, wall_s, framework, args, seeds)
         for s in seeds
     }
 
 
+def add_segment(logdir: Path, wall_s: float, ended: str) -> None:
+    """One process of a run, appended to LOGDIR/SEGMENTS: its wall time, how it ended, where and when."""
+    path = logdir / SEGMENTS
+    segments = json.loads(path.read_text()) if path.exists() else []
+    when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    segments.append({"wall_s": round(wall_s, 2), "ended": ended, "machine": machine(), "at": when})
+    logdir.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, json.dumps(segments, indent=1).encode())
+
+
+def loaded_epochs(record: dict) -> list[int]:
+    """The epochs whose 1-minute load average exceeded the machine's cores + 1: they shared the cores with other
+    work, so their times are not a quiet run's."""
+    found = re.search(r"(\d+) cores", record.get("machine", ""))
+    cores = int(found.group(1)) if found else None
+    return [e["epoch"] for e in record["epochs"] if cores and e.get("load", 0) > cores + 1]
+
+
 def summarise(seed: int, logdir: Path, wall_s: float, framework: str, args, together: list[int]) -> dict:
-    """A finished run's record from its metrics.json: accuracies, epoch times, wall time, time to TARGETS."""
+    """A finished run's record from its metrics.json: accuracies, epoch times, wall time, time to TARGETS, the
+    machine. A run resumed across processes counts as wall time its first process's start-up (imports, data,
+    compilation) plus every epoch: what one uninterrupted process would have taken."""
     record = json.loads((logdir / "metrics.json").read_text())
     test_acc, epoch_s = [e["test_acc"] for e in record["epochs"]], [e["time_s"] for e in record["epochs"]]
+    path = logdir / SEGMENTS
+    segments = json.loads(path.read_text()) if path.exists() else []
+    resumed = len(segments) > 1
+    if resumed and record.get("startup_s") is not None:
+        wall_s = record["startup_s"] + sum(epoch_s)
     return {
         "seed": seed,
         "final_acc": record["final_acc"],
@@ -182,6 +219,10 @@ def summarise(seed: int, logdir: Path, wall_s: float, framework: str, args, toge
         "device": record["device"],
         "versions": record["versions"],
         "commit": record["commit"],
+        "machine": record.get("machine"),
+        "other_machines": sorted({e["machine"] for e in record["epochs"] if "machine" in e}),
+        "loaded_epochs": loaded_epochs(record),
+        "segments": len(segments) if resumed else None,
         "num_workers": args.num_workers if framework == "torch" else None,
         "trained_with": together if len(together) > 1 else None,  # seeds of one process: wall time shared
         "logdir": str(logdir),

@@ -6,6 +6,7 @@ on the other, with a ReduceLROnPlateau halving the learning rate mid-run in both
 sides (torch: Dropout submodules in eval(); flax: cnn_deep's dropout rates 0) while BatchNorm trains.
 """
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -331,3 +332,47 @@ def test_cli_divergence_is_one_line_exit_1(capsys, tmp_path, mnist):
     assert torch_train.main(argv + ["--logdir", str(tmp_path), "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: training diverged in epoch 1 at step ") and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("preset", ["fast", "cnn_deep"])
+def test_resume_equals_an_uninterrupted_run_bitwise(preset, tmp_path, mnist):
+    """A run stopped after epoch 1 and resumed from its workdir ends as the uninterrupted run, bit for bit: fast
+    carries AdamW, a one-cycle schedule, augmentation and (here) a weight average; cnn_deep RMSprop, dropout and
+    the plateau rule (patience 0 and a tiny lr here, so that it fires). Three epochs of 4 steps on 256 images, 256 test images."""
+    data = dataclasses.replace(mnist, test_images=mnist.test_images[:256], test_labels=mnist.test_labels[:256])
+    config = PRESETS[preset].replace(epochs=3, train_size=256, max_steps=4, batch_size=64)
+    config = config.replace(plateau_patience=0, lr=1e-7) if config.plateau else config.replace(ema=0.9)
+
+    def run(name, **kw):
+        logdir = tmp_path / name
+        torch_train.train_and_evaluate(config, preset=preset, data=data, logdir=logdir, progress=False, **kw)
+        return json.loads((logdir / "metrics.json").read_text())
+
+    whole = run("whole", workdir=tmp_path / "w_whole")
+    with pytest.raises(torch_train.resume_lib.UsageError):
+        torch_train.train_and_evaluate(config, data=data, progress=False, resume=True)  # no workdir
+    run("cut", workdir=tmp_path / "w_cut", stop_after_epoch=1)
+    resumed = run("cut", workdir=tmp_path / "w_cut", resume=True)
+    strip = lambda r: [{k: v for k, v in e.items() if k not in ("time_s", "load")} for e in r["epochs"]]  # noqa: E731
+    assert strip(resumed) == strip(whole) and len(whole["epochs"]) == 3
+    assert resumed["batches"] == whole["batches"]
+    states = [torch.load(tmp_path / w / "checkpoint.pt", weights_only=True) for w in ("w_whole", "w_cut")]
+    lrs = [s["parts"]["optimizer"]["param_groups"][0]["lr"] for s in states]
+    assert lrs[0] == lrs[1]
+    if config.plateau:
+        assert lrs[0] < config.lr and states[0]["parts"]["plateau"] == states[1]["parts"]["plateau"]  # it fired
+    for name, part in states[0]["parts"]["model"].items():
+        assert torch.equal(part, states[1]["parts"]["model"][name]), name
+    assert torch.equal(states[0]["rng"], states[1]["rng"])
+
+
+def test_resume_refuses_other_settings_and_a_damaged_checkpoint(tmp_path, mnist, capsys):
+    flags = ["--model", "cnn", "--train-size", "128", "--max-steps", "2", "--batch-size", "64", "--no-progress"]
+    workdir = ["--workdir", str(tmp_path / "w"), "--logdir", str(tmp_path / "log")]
+    assert torch_train.main(flags + workdir + ["--epochs", "1"]) == 0
+    assert torch_train.main(flags + workdir + ["--epochs", "2", "--lr", "0.5", "--resume"]) == 2
+    assert capsys.readouterr().err == f"error: checkpoint in {tmp_path / 'w'} was made with different settings: epochs, lr\n"
+    (tmp_path / "w" / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    assert torch_train.main(flags + workdir + ["--epochs", "2", "--resume"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot read {tmp_path / 'w' / 'checkpoint.pt'}") and err.count("\n") == 1, err

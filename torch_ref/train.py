@@ -45,6 +45,7 @@ from jaxmnist.presets import (
     validate,
 )
 from torch_ref import models
+from torch_ref import resume as resume_lib
 
 
 class MnistDataset(torch.utils.data.Dataset):
@@ -234,15 +235,22 @@ def train_and_evaluate(
     progress: bool = True,
     data_dir: str | None = None,
     out=None,
+    workdir: str | None = None,
+    resume: bool = False,
+    stop_after_epoch: int | None = None,
 ) -> dict:
     """Trains `config` with torch and evaluates after every epoch; prints the blog's lines; returns the run
-    record: with a logdir, metrics.json's (final and best accuracy, per-epoch metrics), else the timing only."""
+    record: with a logdir, metrics.json's (final and best accuracy, per-epoch metrics), else the timing only.
+    With a `workdir`, every epoch ends with a checkpoint there (torch_ref.resume), which `resume` continues from;
+    `stop_after_epoch` ends the run early as a kill would (tests)."""
     validate(config)
     if num_workers < 0:
         raise UsageError(f"--num-workers must be >= 0, got {num_workers}")
     device = resolve_device(device)
     if logdir:
         runlog.writable_logdir(logdir)
+    if resume and not workdir:
+        raise UsageError("--resume needs the --workdir of the run to continue")
 
     # Data, model, optimiser, schedule, logs.
     if data is None:
@@ -285,10 +293,24 @@ def train_and_evaluate(
         monitor="validation accuracy" if val is not None else "test accuracy",
     )
 
+    # What a checkpoint keeps; a resumed run continues from it (random streams included).
+    parts = {
+        "model": model,
+        "optimizer": optimizer,
+        "schedule": per_step,
+        "plateau": scheduler,
+        "average": average.model if average else None,
+    }
+    first_epoch = 0
+    if resume:
+        first_epoch, record = resume_lib.restore(workdir, config, parts, report.say)
+        if record and report.log:
+            report.log.record = record
+
     # The epochs.
     epoch_times = []
     quirk4 = tests_with_batch_statistics(config)
-    for epoch in range(config.epochs):
+    for epoch in range(first_epoch, config.epochs):
         t_start = time.perf_counter()
         if not trains_in_eval_mode(config, epoch):
             model.train()
@@ -326,6 +348,10 @@ def train_and_evaluate(
             next_lr=optimizer.param_groups[0]["lr"],
             time_s=epoch_times[-1],
         )
+        if workdir:
+            resume_lib.save(workdir, epoch + 1, config, parts, report.log.record if report.log else None)
+        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
+            break
     return report.finish(epoch_times)
 
 
@@ -342,6 +368,8 @@ def build_parser() -> cli.ArgumentParser:
         default=0,
         help="DataLoader worker processes (the blog used 4, with pinned memory, on its GPU)",
     )
+    p.add_argument("--workdir", help="a checkpoint after every epoch (WORKDIR/checkpoint.pt), for --resume")
+    p.add_argument("--resume", action="store_true", help="continue the run checkpointed in --workdir")
     return p
 
 
@@ -349,15 +377,23 @@ def _main(argv: list[str] | None) -> None:
     args = build_parser().parse_args(argv)
     preset, config = config_from_args(args)
     cli.stop_on_sigterm()
-    train_and_evaluate(
-        config,
-        preset=preset,
-        logdir=args.logdir or os.path.join("runs", f"torch_{preset}"),
-        device=args.device,
-        num_workers=args.num_workers,
-        progress=not args.no_progress,
-        data_dir=args.data_dir,
-    )
+    try:
+        train_and_evaluate(
+            config,
+            preset=preset,
+            logdir=args.logdir or os.path.join("runs", f"torch_{preset}"),
+            device=args.device,
+            num_workers=args.num_workers,
+            progress=not args.no_progress,
+            data_dir=args.data_dir,
+            workdir=args.workdir,
+            resume=args.resume,
+        )
+    except (KeyboardInterrupt, cli.Terminated) as e:
+        if not args.workdir:
+            raise
+        hint = f"continue with --resume --workdir {args.workdir}"
+        raise cli.Interrupted(hint, terminated=isinstance(e, cli.Terminated)) from None
 
 
 def main(argv: list[str] | None = None) -> int:

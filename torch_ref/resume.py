@@ -1,0 +1,75 @@
+"""torch_ref's checkpoint: everything an epoch leaves behind, so that `--resume` continues a stopped run bit for bit.
+
+WORKDIR/checkpoint.pt holds the model, the optimiser, both schedules, the weight average, the random streams
+(torch's global generator draws the DataLoader's shuffle, the augmentation and the dropout) and the run log's
+record. It is written after every epoch to a temporary file and renamed, so a kill leaves the previous epoch's
+intact. jaxmnist's checkpoints (jaxmnist.checkpoint) are the JAX side's counterpart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import torch
+
+from jaxmnist import cli
+from jaxmnist.cli import UsageError
+
+FILE = "checkpoint.pt"
+RESUMABLE_CHANGES = ("epochs",)  # what a resumed run may change
+
+
+def path(workdir: str | os.PathLike) -> Path:
+    return Path(workdir) / FILE
+
+
+def _state_dicts(parts: dict) -> dict:
+    return {name: part.state_dict() for name, part in parts.items() if part is not None}
+
+
+def save(workdir, epoch: int, config, parts: dict, record: dict | None) -> None:
+    """The state after `epoch` epochs: `parts` (name -> model, optimiser, scheduler or None), the random streams,
+    `record` (the run log's), written atomically."""
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    state = {
+        "epoch": epoch,
+        "config": dataclasses.asdict(config),
+        "parts": _state_dicts(parts),
+        "rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "record": record,
+    }
+    target = path(workdir)
+    tmp = target.with_name(f".{FILE}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, target)
+
+
+def restore(workdir, config, parts: dict, say) -> tuple[int, dict | None]:
+    """(epochs done, the run log's record) from WORKDIR/checkpoint.pt, with `parts` and the random streams
+    restored in place; (0, None) when there is none. Other settings than RESUMABLE_CHANGES are a usage error."""
+    target = path(workdir)
+    if not target.exists():
+        say(f"no checkpoint in {workdir}: starting from scratch")
+        return 0, None
+    try:
+        state = torch.load(target, weights_only=True)
+    except Exception as e:  # a damaged file: name it, never a traceback
+        raise cli.RunError(f"cannot read {target} ({type(e).__name__}); remove it to start over") from None
+    current = dataclasses.asdict(config)
+    changed = sorted(k for k in state["config"].keys() | current.keys() if state["config"].get(k) != current.get(k))
+    if set(changed) - set(RESUMABLE_CHANGES):
+        raise UsageError(f"checkpoint in {workdir} was made with different settings: {', '.join(changed)}")
+    missing = sorted(name for name, part in parts.items() if part is not None and name not in state["parts"])
+    if missing:
+        raise UsageError(f"checkpoint in {workdir} lacks {', '.join(missing)}: it was made with other settings")
+    for name, part in parts.items():
+        if part is not None:
+            part.load_state_dict(state["parts"][name])
+    torch.set_rng_state(state["rng"])
+    if state["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    say(f"resumed from {workdir} after epoch {state['epoch']}")
+    return state["epoch"], state["record"]
