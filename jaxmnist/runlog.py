@@ -96,6 +96,21 @@ def atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def summary_writer(logdir: Path):
+    """tensorboardX's SummaryWriter, imported without torch where torch is not loaded yet: tensorboardX imports
+    torch when it can (about 4 s of every JAX run's start) only to accept torch tensors, which jaxmnist never
+    passes (it writes floats). torch_ref, which has loaded torch already, gets the usual import."""
+    if "tensorboardX.writer" not in sys.modules and "torch" not in sys.modules:
+        sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX takes as "no torch"
+        try:
+            from tensorboardX import SummaryWriter
+        finally:
+            del sys.modules["torch"]
+    from tensorboardX import SummaryWriter
+
+    return SummaryWriter(str(logdir))
+
+
 class RunLog:
     """Collects a run's metrics; writes TensorBoard events, metrics.json and curves.png into `logdir`."""
 
@@ -128,9 +143,7 @@ class RunLog:
             "epochs": [],
             "batches": {"x": [], "acc": [], "loss": []},
         }
-        from tensorboardX import SummaryWriter
-
-        self.writer = SummaryWriter(str(self.dir))
+        self.writer = summary_writer(self.dir)
 
     def add_batches(self, epoch: int, acc: np.ndarray, loss: np.ndarray) -> None:
         """One epoch's per-batch train accuracy (percent) and loss; epoch counts from 0 as in the blog."""

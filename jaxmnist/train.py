@@ -69,6 +69,12 @@ def build_parser() -> cli.ArgumentParser:
         "formulations once per machine and keeps the fastest (cached); xla: XLA's own choice (the default off the "
         "CPU); eigen: XLA's Eigen kernels; matmul: im2col and a GEMM. A resumed run keeps its own",
     )
+    p.add_argument(
+        "--chunk-steps",
+        type=int,
+        help="training steps per compiled program (default: 8 unrolled steps on the CPU, an eighth of the epoch as "
+        "a scan elsewhere); 1 compiles fastest, for short runs",
+    )
     compile_cache.add_flag(p)
     p.add_argument("--coordinator", help="jax.distributed: host:port of process 0 (or JAX_COORDINATOR_ADDRESS)")
     p.add_argument("--num-processes", type=int, help="jax.distributed: how many processes (or JAX_NUM_PROCESSES)")
@@ -82,6 +88,8 @@ def _main(argv: list[str] | None) -> None:
     if args.seeds is not None and args.seed is not None:
         raise UsageError("give --seed or --seeds, not both")
     seeds = parse_seeds(args.seeds) if args.seeds is not None else (config.seed,)
+    if args.chunk_steps is not None and args.chunk_steps < 1:
+        raise UsageError(f"--chunk-steps must be >= 1, got {args.chunk_steps}")
     compile_cache.configure(args.no_compile_cache)
     state_dict = args.torch_state_dict
     init = (
@@ -110,6 +118,7 @@ def _main(argv: list[str] | None) -> None:
             init=init,
             report=not args.no_report,
             conv_impl=args.conv_impl,
+            chunk_steps=args.chunk_steps,
             out=None if main_process else open(os.devnull, "w"),
         )
     except (KeyboardInterrupt, cli.Terminated) as e:

@@ -12,7 +12,7 @@ import pytest
 from jaxmnist import compile_cache
 
 RUN = [sys.executable, "-m", "jaxmnist.train", "--model", "cnn", "--train-size", "640", "--max-steps", "2",
-       "--epochs", "1", "--eval-batch-size", "1000", "--no-progress", "--no-report"]  # fmt: skip
+       "--epochs", "1", "--eval-batch-size", "1000", "--no-progress", "--no-report", "--chunk-steps", "1"]  # fmt: skip
 
 
 def test_where_the_cache_lives(monkeypatch, tmp_path):

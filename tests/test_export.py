@@ -92,7 +92,9 @@ def test_the_jax_library_imports_no_torch(tmp_path):
     net = torch_models.get_model("fast")
     torch.save(net.state_dict(), tmp_path / "fast.pth")
     code = (
-        "import sys, jaxmnist.train, jaxmnist.predict, jaxmnist.export; print('torch' in sys.modules); "
+        "import sys, jaxmnist.train, jaxmnist.predict, jaxmnist.export; from jaxmnist import runlog; "
+        f"runlog.summary_writer({str(tmp_path / 'events')!r}).close(); "  # tensorboardX would import torch
+        "print('torch' in sys.modules); "
         "sys.modules['torch'] = None; from jaxmnist import interop; "  # any import of torch now fails
         f"v = interop.load_torch({str(tmp_path / 'fast.pth')!r}, 'fast'); "
         f"interop.save_torch({str(tmp_path / 'back.pth')!r}, 'fast', v)"

@@ -371,7 +371,8 @@ def test_resume_refuses_other_settings_and_a_damaged_checkpoint(tmp_path, mnist,
     workdir = ["--workdir", str(tmp_path / "w"), "--logdir", str(tmp_path / "log")]
     assert torch_train.main(flags + workdir + ["--epochs", "1"]) == 0
     assert torch_train.main(flags + workdir + ["--epochs", "2", "--lr", "0.5", "--resume"]) == 2
-    assert capsys.readouterr().err == f"error: checkpoint in {tmp_path / 'w'} was made with different settings: epochs, lr\n"
+    err = capsys.readouterr().err
+    assert err == f"error: checkpoint in {tmp_path / 'w'} was made with different settings: epochs, lr\n"
     (tmp_path / "w" / "checkpoint.pt").write_bytes(b"not a checkpoint")
     assert torch_train.main(flags + workdir + ["--epochs", "2", "--resume"]) == 1
     err = capsys.readouterr().err

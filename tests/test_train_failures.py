@@ -22,6 +22,7 @@ from jaxmnist.checkpoint import Checkpointer
 from jaxmnist.presets import PRESETS
 
 QUICK = ["--model", "cnn", "--train-size", "1024", "--max-steps", "2", "--epochs", "1", "--no-progress"]
+QUICK += ["--chunk-steps", "1"]  # one-step programs compile fastest
 
 
 def leftovers(root: Path) -> list[str]:
@@ -75,6 +76,7 @@ OFFLINE = [
     (["--seeds", "2", "--seed", "1"], "give --seed or --seeds, not both"),
     (["--seeds", "2", "--seed-mode", "vmap", "--val-size", "10"], "--seed-mode vmap cannot hold out --val-size"),
     (["--seed-mode", "both"], "argument --seed-mode: invalid choice"),
+    (["--chunk-steps", "0"], "--chunk-steps must be >= 1, got 0"),
     (["--data-dir", "/nonexistent/mnist"], "data directory /nonexistent/mnist does not exist"),
     (lambda tmp_path: ["--data-dir", str(a_file(tmp_path))], "is not a directory"),
     (garbage_dir, "train-images-idx3-ubyte: md5"),
@@ -142,7 +144,7 @@ def test_bad_data_and_checkpoints_are_one_line(make, code, message, mnist, capsy
 def test_divergence_stops_the_run_and_resume_with_a_lower_lr_works(mnist, capsys, tmp_path):
     """Two good epochs, then a resumed run at --lr 1e6 diverges in epoch 3: exit 1, one line naming the epoch,
     the step and the last good checkpoint; nothing of the bad epoch is saved; --resume at the old rate finishes."""
-    flags = ["--model", "cnn", "--train-size", "2048", "--max-steps", "4", "--no-progress"]
+    flags = ["--model", "cnn", "--train-size", "2048", "--max-steps", "4", "--no-progress", "--chunk-steps", "1"]
     flags += ["--workdir", str(tmp_path / "w"), "--logdir", str(tmp_path / "log")]
     assert train.main([*flags, "--epochs", "2"]) == 0
     capsys.readouterr()
@@ -218,8 +220,8 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(kind, what, where, mnist
 
 def kill_run(workdir: Path, *extra) -> list[str]:
     return [sys.executable, "-m", "jaxmnist.train", "--model", "cnn", "--train-size", "2048", "--max-steps", "4",
-            "--epochs", "4", "--eval-batch-size", "2000", "--no-progress", "--workdir", str(workdir), "--logdir",
-            str(workdir / "log"), *extra]  # fmt: skip
+            "--epochs", "4", "--eval-batch-size", "2000", "--no-progress", "--chunk-steps", "1", "--workdir",
+            str(workdir), "--logdir", str(workdir / "log"), *extra]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
