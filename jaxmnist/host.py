@@ -20,7 +20,7 @@ def machine() -> str:
     flags = set(info.get("flags", "").split())
     isa = "+".join(f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile") if f in flags) or platform.machine()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    model = info.get("model name", platform.processor() or platform.machine())
+    model = info.get("model name") or platform.processor() or platform.machine()  # processor(): a subprocess
     family = f"family {info.get('cpu family', '?')} model {info.get('model', '?')} stepping {info.get('stepping', '?')}"
     return f"{model}, {family}, {isa}, {cores} cores"
 

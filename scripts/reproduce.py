@@ -10,7 +10,12 @@ GPU memory or threads while the other runs, and one failed run does not end the 
 OUT/runs/<preset>/<framework>/seed<k> (metrics.json, TensorBoard events, curves.png). OUT/<preset>.json gathers
 its runs (final, best, per-epoch test accuracy and time) with mean ± std per framework, the devices, versions,
 commit and epochs run against the blog's (OUT/<preset>-blog-quirks.json and runs/<preset>-blog-quirks with
---blog-quirks); OUT/README.md is the table of all OUT/*.json.
+--blog-quirks); OUT/README.md is the table of all OUT/*.json (scripts/results_table.py).
+
+Runs longer than a session: every run checkpoints each epoch into its logdir's `checkpoint/` and is started with
+--resume, so a run that --budget-s stopped (or a kill, or a closed session) continues bit for bit the next time
+the same command runs; the checkpoint is removed when the run ends. Its wall time is then rebuilt as the first
+process's start-up plus every epoch. Each run records its machine and each epoch's load average.
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ except ModuleNotFoundError as e:  # a bare checkout: the GPU scripts set PYTHONP
     print(f"error: cannot import {e.name}: `pip install -e .` (or `make test` once), or PYTHONPATH=.", file=sys.stderr)
     sys.exit(2)
 
+from results_table import TARGETS, write_readme  # noqa: E402 (scripts/, beside this file)
+
 ROOT = Path(__file__).resolve().parent.parent
 
 FRAMEWORKS = {"jax": "jaxmnist.train", "torch": "torch_ref.train"}
@@ -48,7 +55,6 @@ MIN_RUN_S = 10.0  # under --budget-s, no run starts with less than this left
 # A run's checkpoints, in its logdir until it ends: a run stopped by --budget-s (or a session's end) continues there,
 # bit for bit, in a later invocation. Each process it took is a line of SEGMENTS.
 CHECKPOINTS, SEGMENTS = "checkpoint", "segments.json"
-TARGETS = (99.0, 99.5)  # time to reach these test accuracies is recorded per run (time-to-accuracy)
 # What each framework's trainer imports, and how to get it: checked before the first run, since every run is a
 # subprocess of this same interpreter and would otherwise fail one by one.
 REQUIRES = {
@@ -219,6 +225,7 @@ def summarise(seed: int, logdir: Path, wall_s: float, framework: str, args, toge
         "device": record["device"],
         "versions": record["versions"],
         "commit": record["commit"],
+        "startup_s": record.get("startup_s"),
         "machine": record.get("machine"),
         "other_machines": sorted({e["machine"] for e in record["epochs"] if "machine" in e}),
         "loaded_epochs": loaded_epochs(record),
@@ -246,6 +253,15 @@ def mean_std(values: list[float]) -> dict | None:
     }
 
 
+def quiet_epoch_s(run: dict) -> float | None:
+    """A run's mean epoch time over the epochs that had the cores to themselves; None where it recorded no load
+    (runs made before loads were recorded) or every epoch shared the cores."""
+    if "loaded_epochs" not in run:
+        return None
+    quiet = [t for i, t in enumerate(run["epoch_s"]) if i + 1 not in run["loaded_epochs"]]
+    return float(np.mean(quiet)) if quiet else None
+
+
 def succeeded(run: dict) -> bool:
     return not {"error", "skipped", "stopped"} & run.keys()
 
@@ -264,6 +280,11 @@ def aggregate(runs: list[dict]) -> dict:
             for t in TARGETS
         },
         "devices": sorted({r["device"] for r in ok}),
+        "machines": sorted({r["machine"] for r in ok if r.get("machine")}),
+        # Epoch times of quiet epochs only (runs that recorded their load; the others: None).
+        "quiet_epoch_s": mean_std([q for r in ok if (q := quiet_epoch_s(r)) is not None]),
+        "loaded_runs": sum(bool(r.get("loaded_epochs")) for r in ok),
+        "resumed_runs": sum(bool(r.get("segments")) for r in ok),
         "versions": ok[0]["versions"] if ok else None,
         "commit": ok[0]["commit"] if ok else None,
         "failed": sum("error" in r for r in runs),
@@ -360,126 +381,6 @@ def missing_modules(frameworks: list[str]) -> str | None:
         if missing:
             return f"{framework} runs need {', '.join(missing)}, which {sys.executable} cannot import (try: {install})"
     return None
-
-
-# ------------------------------------------------------------------------------------------- table
-def fmt(stat: dict | None, unit: str = " %", digits: int = 2) -> str:
-    if not stat:
-        return "—"
-    if stat["n"] == 1:
-        return f"{stat['mean']:.{digits}f}{unit}"
-    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}{unit}"
-
-
-def table(results: list[dict]) -> str:
-    header = (
-        "| preset | blog final (s/epoch) | epochs run | seeds JAX / torch | JAX final | JAX best | torch final "
-        "| torch best | s/epoch JAX / torch | device |"
-    )
-    rows = [header, "|" + "---|" * (header.count("|") - 1)]
-    for r in results:
-        fw = r["frameworks"]
-        blog = f"{r['blog']['final_acc']:.2f} %" if r["blog"]["final_acc"] is not None else "—"
-        if r["blog"]["epoch_s"] is not None:
-            blog += f" ({r['blog']['epoch_s']:.2f} s)"
-        epochs = f"{r['epochs_run']} of {r['blog']['epochs']}" + (" (reduced epochs)" if r["reduced_epochs"] else "")
-        if r["max_steps"]:
-            epochs += f", ≤ {r['max_steps']} steps/epoch"
-        cells = [f"`{r['preset']}`" + (" (blog quirks)" if r["blog_quirks"] else ""), blog, epochs]
-        cells.append(
-            " / ".join(
-                str(fw[n]["final_acc"]["n"]) if fw.get(n, {}).get("final_acc") else "0" for n in ("jax", "torch")
-            )
-        )
-        for name in ("jax", "torch"):
-            agg = fw.get(name)
-            cells += [fmt(agg and agg["final_acc"]), fmt(agg and agg["best_acc"])]
-        cells.append(" / ".join(fmt(fw[n]["avg_epoch_s"], " s") if n in fw else "—" for n in ("jax", "torch")))
-        cells.append("; ".join(f"{n}: {', '.join(fw[n]['devices']) or '—'}" for n in fw))
-        rows.append("| " + " | ".join(cells) + " |")
-    return "\n".join(rows)
-
-
-def time_table(results: list[dict], epoch_s: dict[str, dict]) -> str:
-    """Time to accuracy: per preset and framework with wall times, the wall time per run (compile included) and the
-    time to each of TARGETS (mean over the runs that reached it); then the blog's runs that reached 99.5 %, at its
-    own speed and at this table's measured s/epoch (`epoch_s`: preset -> framework -> seconds)."""
-    header = (
-        "| preset | framework | runs | final accuracy | wall time per run | "
-        + " | ".join(f"time to {t:g} % (runs reaching it)" for t in TARGETS)
-        + " |"
-    )
-    rows = [header, "|" + "---|" * (header.count("|") - 1)]
-    for r in results:
-        for name, agg in r["frameworks"].items():
-            if not agg.get("wall_s"):
-                continue
-            n = agg["final_acc"]["n"]
-            reach = [agg["time_to"][str(t)] for t in TARGETS]
-            cells = [f"`{r['preset']}`", name, str(n), fmt(agg["final_acc"]), fmt(agg["wall_s"], " s", 0)]
-            cells += [f"{fmt(s, ' s', 0)} ({s['n'] if s else 0}/{n})" for s in reach]
-            rows.append("| " + " | ".join(cells) + " |")
-    for preset, config in PRESETS.items():
-        if config.blog_best and config.blog_best[1] >= TARGETS[-1] and config.blog_epoch_s:
-            epoch, acc = config.blog_best
-            here = "; ".join(
-                f"{fw} here: {epoch} × {s['mean']:.0f} s = {epoch * s['mean'] / 3600:.1f} h"
-                for fw, s in epoch_s.get(preset, {}).items()
-                if s
-            )
-            rows.append(
-                f"| `{preset}` (the blog's run) | its GPU | 1 | {config.blog_result:.2f} % (best {acc:.2f} %) | "
-                f"{config.epochs} × {config.blog_epoch_s:.2f} s = {config.epochs * config.blog_epoch_s:.0f} s | "
-                f"before epoch 80 (epochs 1-79 not printed) | epoch {epoch}: "
-                f"{epoch * config.blog_epoch_s:.0f} s{'; ' + here if here else ''} |"
-            )
-    return "\n".join(rows)
-
-
-def write_readme(out: Path) -> Path:
-    results = [json.loads(p.read_text()) for p in out.glob("*.json")]
-    results.sort(key=lambda r: (list(PRESETS).index(r["preset"]), r["blog_quirks"]))  # the blog's order
-    failed = sum(agg["failed"] for r in results for agg in r["frameworks"].values())
-    skipped = sum(agg.get("skipped", 0) for r in results for agg in r["frameworks"].values())
-    text = "\n".join(
-        [
-            "# Reproduction of the blog's experiments",
-            "",
-            "Written by `scripts/reproduce.py`; regenerate it from the JSON files with `python scripts/reproduce.py "
-            "--table-only --out DIR` (DIR: this directory). Each run and its logs: `<preset>.json`, `runs/`.",
-            "",
-            table(results),
-            "",
-            "Accuracies are test accuracy after the last epoch (final) and the highest per-epoch test accuracy (best, "
-            "selected on the test set as the blog does), mean ± sample std over the runs that finished (seeds 0, 1, "
-            "...; their number per framework in the 'seeds' column). "
-            "s/epoch is the mean epoch time (training plus evaluation; JAX's compilation is kept out). The blog's "
-            "numbers are its single runs. Presets marked 'blog quirks' reproduce the blog's own loop; otherwise the "
-            "loop is the correct one (see the README).",
-            *(["", f"{failed} run(s) failed: see `error` in the JSON files."] if failed else []),
-            *(["", f"{skipped} run(s) skipped or stopped: `--budget-s` was spent."] if skipped else []),
-            "",
-            "## Time to accuracy",
-            "",
-            time_table(
-                results, {r["preset"]: {n: a["avg_epoch_s"] for n, a in r["frameworks"].items()} for r in results}
-            ),
-            "",
-            "Wall time: from the trainer's process start to its exit (imports, data loading and compilation "
-            "included), measured by `scripts/reproduce.py`. Time to X %: that wall time less the epochs after the "
-            "first epoch whose test accuracy reached X % (read off the test curve; nothing is selected by it)."
-            + (
-                " Runs trained together in one process (`--jax-seeds together`: vmapped on a GPU) count that "
-                "process's whole wall time, each."
-                if any(run.get("trained_with") for r in results for a in r["frameworks"].values() for run in a["runs"])
-                else ""
-            ),
-            "",
-        ]
-    )
-    path = out / "README.md"
-    atomic_write(path, text.encode())
-    return path
 
 
 def _main(argv: list[str] | None) -> int:

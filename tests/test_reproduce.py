@@ -1,8 +1,14 @@
-"""scripts/reproduce.py: the results table, resume and budget, and its refusals (no training: runs are faked)."""
+"""scripts/reproduce.py: the results table, resume and budget, and its refusals (runs are faked), and one real
+run stopped and resumed in a later invocation."""
 
 import json
 
+import pytest
 import reproduce
+import results_table
+
+from jaxmnist import train, trainer
+from jaxmnist.presets import config_from_args
 
 
 def test_reproduce_table_regenerates_from_json(tmp_path):
@@ -13,7 +19,10 @@ def test_reproduce_table_regenerates_from_json(tmp_path):
             "final_acc": acc,
             "best_acc": acc + 0.1,
             "avg_epoch_s": 5.0,
+            "epoch_s": [4.0, 6.0],
+            "loaded_epochs": [2] if seed else [],  # seed 1's second epoch shared the cores: left out
             "device": "cpu:cpu",
+            "machine": "AMD EPYC, family 25 model 1 stepping 1, avx2+fma, 2 cores",
             "versions": {},
             "commit": None,
         }
@@ -36,9 +45,10 @@ def test_reproduce_table_regenerates_from_json(tmp_path):
     row = next(line for line in (tmp_path / "README.md").read_text().splitlines() if line.startswith("| `cnn_tb`"))
     assert row == (
         "| `cnn_tb` | 99.00 % (5.77 s) | 2 of 20 (reduced epochs) | 2 / 1 | 99.00 ± 0.14 % | 99.10 ± 0.14 % "
-        "| 99.00 % | 99.10 % | 5.00 ± 0.00 s / 5.00 s | jax: cpu:cpu; torch: cpu:cpu |"
+        "| 99.00 % | 99.10 % | 4.50 ± 0.71 s / 5.00 s | 0.90 | jax: M1; torch: M1 |"
     )
-    assert "1 run(s) failed" in (tmp_path / "README.md").read_text()
+    text = (tmp_path / "README.md").read_text()
+    assert "1 run(s) failed" in text and "Machines: M1: AMD EPYC, family 25 model 1 stepping 1, avx2+fma" in text
 
 
 def test_time_to_accuracy_counts_everything_before_the_epoch_that_reached_it(tmp_path):
@@ -66,7 +76,7 @@ def test_time_to_accuracy_counts_everything_before_the_epoch_that_reached_it(tmp
     assert agg["time_to"]["99.0"] == {"mean": 56.0, "std": agg["time_to"]["99.0"]["std"], "n": 2}  # 40 and 72
     assert agg["time_to"]["99.5"]["n"] == 1 and agg["time_to"]["99.5"]["mean"] == 70.0
     result = {"preset": "fast", "frameworks": {"jax": agg}}
-    row = reproduce.time_table([result], {}).splitlines()[2]
+    row = results_table.time_table([result], {}).splitlines()[2]
     assert row.startswith("| `fast` | jax | 2 | 99.50 ± 0.14 % | 71 ± 1 s | 56 ± 23 s (2/2) | 70 s (1/2) |"), row
 
 
@@ -175,3 +185,25 @@ def test_jax_runs_skip_the_report_that_torch_does_not_write(tmp_path, monkeypatc
     reproduce.main(["--presets", "cnn_tb", "--seeds", "1", "--out", str(tmp_path), "--jax-seeds", "each"])
     jax_cmd, torch_cmd = commands
     assert "--no-report" in jax_cmd and "--no-report" not in torch_cmd  # wall times stay comparable
+
+
+@pytest.mark.slow
+def test_a_stopped_run_resumes_in_the_next_invocation_bit_for_bit(tmp_path, mnist):
+    """A run that an earlier invocation left after epoch 1 (its checkpoint, its log, a 'stopped' segment) is
+    continued by the next one from that checkpoint: the same test accuracies as an uninterrupted run, its wall
+    time rebuilt as start-up plus epochs, the checkpoint removed once it ends."""
+    flags = ["--preset", "cnn_tb", "--seed", "0", "--epochs", "2", "--max-steps", "2"]
+    preset, config = config_from_args(train.build_parser().parse_args(flags))  # what reproduce's run trains
+    logdir = tmp_path / "out" / "runs" / "cnn_tb" / "jax" / "seed0"
+    common = dict(preset=preset, data=mnist, progress=False, report=False)
+    trainer.train_and_evaluate(config, logdir=logdir, workdir=logdir / reproduce.CHECKPOINTS, stop_after_epoch=1,
+                               **common)  # fmt: skip
+    reproduce.add_segment(logdir, 12.5, "stopped")
+    whole = trainer.train_and_evaluate(config, logdir=tmp_path / "whole", **common).record
+
+    out = ["--presets", "cnn_tb", "--seeds", "1", "--epochs", "2", "--max-steps", "2", "--frameworks", "jax"]
+    assert reproduce.main([*out, "--out", str(tmp_path / "out")]) == 0
+    run = json.loads((tmp_path / "out" / "cnn_tb.json").read_text())["frameworks"]["jax"]["runs"][0]
+    assert run["test_acc"] == [e["test_acc"] for e in whole["epochs"]]
+    assert run["segments"] == 2 and run["wall_s"] == pytest.approx(run["startup_s"] + sum(run["epoch_s"]))
+    assert run["machine"] and not (logdir / reproduce.CHECKPOINTS).exists()
