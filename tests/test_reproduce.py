@@ -2,6 +2,9 @@
 run stopped and resumed in a later invocation."""
 
 import json
+import os
+import subprocess
+from pathlib import Path
 
 import pytest
 import reproduce
@@ -207,3 +210,14 @@ def test_a_stopped_run_resumes_in_the_next_invocation_bit_for_bit(tmp_path, mnis
     assert run["test_acc"] == [e["test_acc"] for e in whole["epochs"]]
     assert run["segments"] == 2 and run["wall_s"] == pytest.approx(run["startup_s"] + sum(run["epoch_s"]))
     assert run["machine"] and not (logdir / reproduce.CHECKPOINTS).exists()
+
+
+def test_blog_runs_script_steps_through_the_issues_order_within_its_budget(tmp_path):
+    script = Path(__file__).resolve().parents[1] / "scripts" / "blog_runs.sh"
+    env = {**os.environ, "BUDGET_S": "0", "OUT": str(tmp_path)}
+    done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
+    calls = [line.split("continue: ", 1)[1] for line in done.stdout.splitlines() if "budget spent" in line]
+    assert done.returncode == 0 and calls[0] == "--presets resnet --seeds 1" and len(calls) == 6, done.stdout
+    assert calls[-1] == "--presets cnn_deep --seeds 1 --frameworks torch"
+    bad = subprocess.run(["bash", str(script)], env={**env, "BUDGET_S": "x"}, capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr == "error: BUDGET_S must be a whole number of seconds, got 'x'\n"
