@@ -12,13 +12,15 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 
-# Stamps make the targets quick when nothing changed; pyproject.toml changes trigger a reinstall.
+# Stamps make the targets quick when nothing changed; pyproject.toml changes trigger a reinstall. --no-compile:
+# Python compiles what is imported when it is first imported, instead of pip compiling all of torch's CUDA build
+# up front (measured on a 2-vCPU Zen 3: the dev install 128 s with byte-compiling, 73 s without).
 $(VENV)/.installed-base: pyproject.toml | $(PY)
-	$(PIP) install -e .
+	$(PIP) install --no-compile -e .
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(PY)
-	$(PIP) install -e '.[dev]'
+	$(PIP) install --no-compile -e '.[dev]'
 	touch $@ $(VENV)/.installed-base
 
 # The suite runs on every core (pytest-xdist; TEST_WORKERS=0 for one process): compiling is mostly single-threaded.
