@@ -140,12 +140,31 @@ def time_table(results: list[dict], epoch_s: dict[str, dict]) -> str:
     return "\n".join(rows)
 
 
-def notes(results: list[dict], labels: dict[str, str]) -> list[str]:
-    """The paragraphs under the tables: machines, failures, what the marks mean."""
+def in_progress(out: Path) -> list[str]:
+    """Runs stopped part-way, whose checkpoint (committed until they end) the next invocation resumes from."""
+    found = []
+    for workdir in sorted(out.glob("runs/*/*/*/checkpoint")):
+        logdir = workdir.parent
+        try:
+            epochs = len(json.loads((logdir / "metrics.json").read_text())["epochs"])
+        except (OSError, ValueError, KeyError):
+            epochs = 0
+        found.append(f"`{logdir.relative_to(out)}` after epoch {epochs}")
+    return found
+
+
+def notes(results: list[dict], labels: dict[str, str], out: Path) -> list[str]:
+    """The paragraphs under the tables: machines, runs in progress, failures, what the marks mean."""
     runs = [run for r in results for a in r["frameworks"].values() for run in a["runs"]]
     failed = sum(agg["failed"] for r in results for agg in r["frameworks"].values())
     skipped = sum(agg.get("skipped", 0) for r in results for agg in r["frameworks"].values())
     lines = ["Machines: " + "; ".join(f"{label}: {m}" for m, label in labels.items()) + "." if labels else ""]
+    if going := in_progress(out):
+        lines.append(
+            "In progress (not in the tables yet): " + "; ".join(going) + ". Each keeps its checkpoint in its "
+            "`checkpoint/` directory, committed so that a later session resumes it (`bash scripts/blog_runs.sh`); "
+            "it is removed when the run ends."
+        )
     if failed:
         lines.append(f"{failed} run(s) failed: see `error` in the JSON files.")
     if skipped:
@@ -187,7 +206,7 @@ def write_readme(out: Path) -> Path:
             "numbers are its single runs. Presets marked 'blog quirks' reproduce the blog's own loop; otherwise the "
             "loop is the correct one (see the README).",
             "",
-            *[line + "\n" for line in notes(results, labels)],
+            *[line + "\n" for line in notes(results, labels, out)],
             "## Time to accuracy",
             "",
             time_table(results, epoch_s),

@@ -44,6 +44,9 @@ def test_reproduce_table_regenerates_from_json(tmp_path):
         },
     }
     (tmp_path / "cnn_tb.json").write_text(json.dumps(result))
+    going = tmp_path / "runs" / "resnet" / "jax" / "seed0"  # a run stopped after epoch 1, its checkpoint kept
+    (going / reproduce.CHECKPOINTS).mkdir(parents=True)
+    (going / "metrics.json").write_text(json.dumps({"epochs": [{"epoch": 1}]}))
     assert reproduce.main(["--table-only", "--out", str(tmp_path)]) == 0
     row = next(line for line in (tmp_path / "README.md").read_text().splitlines() if line.startswith("| `cnn_tb`"))
     assert row == (
@@ -52,6 +55,7 @@ def test_reproduce_table_regenerates_from_json(tmp_path):
     )
     text = (tmp_path / "README.md").read_text()
     assert "1 run(s) failed" in text and "Machines: M1: AMD EPYC, family 25 model 1 stepping 1, avx2+fma" in text
+    assert "In progress (not in the tables yet): `runs/resnet/jax/seed0` after epoch 1." in text
 
 
 def test_time_to_accuracy_counts_everything_before_the_epoch_that_reached_it(tmp_path):
