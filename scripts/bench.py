@@ -30,15 +30,13 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 # so JAX's fork warning (one per worker, per loader) is noise here.
 warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
 
-try:
-    from benchlib import environment, plan, profile, report
-    from benchlib.settings import NETWORKS, Settings, quick_settings
-    from jaxmnist import cli, convs, runlog
-    from jaxmnist import data as data_lib
-    from jaxmnist.cli import UsageError
-except ModuleNotFoundError as e:  # a bare checkout: the GPU scripts set PYTHONPATH instead of installing
-    print(f"error: cannot import {e.name}: `pip install -e .` (or `make test` once), or PYTHONPATH=.", file=sys.stderr)
-    sys.exit(2)
+import needs_jaxmnist  # before jaxmnist: one line, not a traceback, where it is missing
+
+from benchlib import environment, plan, profile, report
+from benchlib.settings import NETWORKS, Settings, quick_settings
+from jaxmnist import cli, convs, runlog
+from jaxmnist import data as data_lib
+from jaxmnist.cli import UsageError
 
 
 def int_list(text: str) -> tuple[int, ...]:
@@ -137,7 +135,7 @@ def pick_torch_device(args) -> tuple[str | None, str | None]:
         return None, "--no-torch"
     try:
         import torch
-    except Exception as e:  # noqa: BLE001 (a broken install is as good as none here)
+    except Exception as e:
         return None, f"torch not importable: {e}"
     if args.torch_device:
         return args.torch_device, None

@@ -20,13 +20,11 @@ import tempfile
 import time
 from pathlib import Path
 
-try:
-    from jaxmnist import cli
-    from jaxmnist.presets import PRESETS
-    from jaxmnist.runlog import atomic_write, git_commit, versions
-except ModuleNotFoundError as e:
-    print(f"error: cannot import {e.name}: `pip install -e .` (or `make test` once), or PYTHONPATH=.", file=sys.stderr)
-    sys.exit(2)
+import needs_jaxmnist  # before jaxmnist: one line, not a traceback, where it is missing
+
+from jaxmnist import cli
+from jaxmnist.presets import PRESETS
+from jaxmnist.runlog import atomic_write, git_commit, versions
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -34,19 +34,15 @@ import sys
 import time
 from pathlib import Path
 
+import needs_jaxmnist  # before jaxmnist: one line, not a traceback, where it is missing
 import numpy as np
 
-try:
-    from jaxmnist import cli
-    from jaxmnist.cli import UsageError
-    from jaxmnist.presets import PRESETS
-    from jaxmnist.host import machine
-    from jaxmnist.runlog import atomic_write
-except ModuleNotFoundError as e:  # a bare checkout: the GPU scripts set PYTHONPATH instead of installing
-    print(f"error: cannot import {e.name}: `pip install -e .` (or `make test` once), or PYTHONPATH=.", file=sys.stderr)
-    sys.exit(2)
-
-from results_table import TARGETS, write_readme  # noqa: E402 (scripts/, beside this file)
+from jaxmnist import cli
+from jaxmnist.cli import UsageError
+from jaxmnist.host import machine
+from jaxmnist.presets import PRESETS
+from jaxmnist.runlog import atomic_write
+from results_table import TARGETS, write_readme
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -15,13 +15,11 @@ import json
 import sys
 from pathlib import Path
 
-try:
-    from jaxmnist.cli import script_parser
-    from jaxmnist.presets import PRESETS
-    from jaxmnist.runlog import atomic_write
-except ModuleNotFoundError as e:  # a bare checkout: the GPU scripts set PYTHONPATH instead of installing
-    print(f"error: cannot import {e.name}: `pip install -e .` (or `make test` once), or PYTHONPATH=.", file=sys.stderr)
-    sys.exit(2)
+import needs_jaxmnist  # before jaxmnist: one line, not a traceback, where it is missing
+
+from jaxmnist.cli import script_parser
+from jaxmnist.presets import PRESETS
+from jaxmnist.runlog import atomic_write
 
 TARGETS = (99.0, 99.5)  # time to reach these test accuracies is recorded per run (time-to-accuracy)
 LOADED = "†"

@@ -4,12 +4,13 @@ run stopped and resumed in a later invocation."""
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+
 import reproduce
 import results_table
-
 from jaxmnist import train, trainer
 from jaxmnist.presets import config_from_args
 
@@ -225,3 +226,13 @@ def test_blog_runs_script_steps_through_the_issues_order_within_its_budget(tmp_p
     assert calls[-1] == "--presets cnn_deep --seeds 1 --frameworks torch"
     bad = subprocess.run(["bash", str(script)], env={**env, "BUDGET_S": "x"}, capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr == "error: BUDGET_S must be a whole number of seconds, got 'x'\n"
+
+
+@pytest.mark.parametrize("script", ["reproduce", "results_table", "bench", "parallel_overhead"])
+def test_scripts_without_jaxmnist_say_so_in_one_line(script):
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{script}.py"
+    code = (f"import runpy, sys; sys.modules['jaxmnist'] = None; sys.path.insert(0, {str(path.parent)!r}); "
+            f"runpy.run_path({str(path)!r}, run_name='__main__')")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and done.stderr.startswith("error: cannot import jaxmnist"), done.stderr
+    assert done.stderr.count("\n") == 1
