@@ -7,8 +7,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from benchlib import environment, plan
-from benchlib.settings import Settings
 from jaxmnist import data as data_lib
 from jaxmnist import models
 
@@ -42,20 +40,3 @@ def fake_data(n=40, seed=0):
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
     return data_lib.Dataset("mnist", images, rng.integers(0, 10, n), images[:10], rng.integers(0, 10, 10), "fake")
-
-
-def bench_doc(results, platform="gpu"):
-    """A benchmark document (`new_doc` of scripts/benchlib/plan.py) of an H100 run holding `results`."""
-    settings = Settings(batch_sizes=(512, 64), num_workers=4, pin_memory=True)
-    env = {
-        "platform": platform,
-        "device_kind": "NVIDIA H100 80GB HBM3",
-        "versions": {"jax": "x", "flax": "y"},
-        "commit": "abc",
-        "torch": {"version": "t", "device": "cuda"},
-        "load_avg_start": (0.1, 0.1, 0.1),
-        "nvidia_smi": {"gpus": [{"driver_version": "999.1"}]},
-    }
-    doc = plan.new_doc(settings, env, environment.device_peak(platform, env["device_kind"]))
-    doc["results"] = results
-    return doc

@@ -2,7 +2,7 @@
 
 import json
 
-from helpers import bench_doc
+from bench_docs import bench_doc
 
 from benchlib import plan
 from benchlib.settings import Settings

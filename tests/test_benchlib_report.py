@@ -1,6 +1,6 @@
 """scripts/benchlib/report.py: the tables name the winner, failures, the device and the run's state."""
 
-from helpers import bench_doc
+from bench_docs import bench_doc
 
 from benchlib import report
 
