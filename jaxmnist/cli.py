@@ -41,6 +41,18 @@ class Interrupted(Exception):
         self.terminated = terminated
 
 
+@contextlib.contextmanager
+def resume_hint(workdir):
+    """A Ctrl-C or SIGTERM inside, in a run that checkpoints into `workdir`, ends it with how to continue it."""
+    try:
+        yield
+    except (KeyboardInterrupt, Terminated) as e:
+        if not workdir:
+            raise
+        hint = f"continue with --resume --workdir {workdir}"
+        raise Interrupted(hint, terminated=isinstance(e, Terminated)) from None
+
+
 _deferral = {"active": False, "pending": None}
 
 

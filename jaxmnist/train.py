@@ -103,7 +103,7 @@ def _main(argv: list[str] | None) -> None:
             f"using {placement.size} of {jax.device_count()} devices: batch {config.batch_size} splits evenly only so"
         )
     cli.stop_on_sigterm()
-    try:
+    with cli.resume_hint(args.workdir):
         train_seeds(
             config,
             seeds,
@@ -121,11 +121,6 @@ def _main(argv: list[str] | None) -> None:
             chunk_steps=args.chunk_steps,
             out=None if main_process else open(os.devnull, "w"),
         )
-    except (KeyboardInterrupt, cli.Terminated) as e:
-        if not args.workdir:
-            raise
-        hint = f"continue with --resume --workdir {args.workdir}"
-        raise cli.Interrupted(hint, terminated=isinstance(e, cli.Terminated)) from None
 
 
 def main(argv: list[str] | None = None) -> int:

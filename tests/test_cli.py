@@ -79,3 +79,19 @@ def test_signals_wait_for_a_deferred_block(signum, raised):
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
     assert previous_term is not signal.SIG_DFL
+
+
+def test_resume_hint_names_the_workdir_only_where_there_is_one(capsys):
+    def stopped(workdir, exc):
+        def body():
+            with cli.resume_hint(workdir):
+                raise exc
+
+        return body
+
+    assert cli.run(stopped("ckpt/w", cli.Terminated())) == 143
+    assert capsys.readouterr().err == "terminated; continue with --resume --workdir ckpt/w\n"
+    assert cli.run(stopped("ckpt/w", KeyboardInterrupt())) == 130
+    assert capsys.readouterr().err == "interrupted; continue with --resume --workdir ckpt/w\n"
+    assert cli.run(stopped(None, KeyboardInterrupt())) == 130
+    assert "continue" not in capsys.readouterr().err

@@ -377,7 +377,7 @@ def _main(argv: list[str] | None) -> None:
     args = build_parser().parse_args(argv)
     preset, config = config_from_args(args)
     cli.stop_on_sigterm()
-    try:
+    with cli.resume_hint(args.workdir):
         train_and_evaluate(
             config,
             preset=preset,
@@ -389,11 +389,6 @@ def _main(argv: list[str] | None) -> None:
             workdir=args.workdir,
             resume=args.resume,
         )
-    except (KeyboardInterrupt, cli.Terminated) as e:
-        if not args.workdir:
-            raise
-        hint = f"continue with --resume --workdir {args.workdir}"
-        raise cli.Interrupted(hint, terminated=isinstance(e, cli.Terminated)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
