@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import time
 from pathlib import Path
 
 
@@ -42,3 +43,34 @@ def load_average() -> float | None:
         return round(os.getloadavg()[0], 2)
     except OSError:
         return None
+
+
+class OthersCpu:
+    """The share of the machine's CPU time that other processes took since the last `share()` call: about 0 for a
+    run that had the cores to itself, 0.3 and more when other work ran beside it (Linux; None elsewhere). Unlike
+    the load average it does not lag, and it does not count the run's own threads."""
+
+    def __init__(self):
+        self._mark = self._read()
+
+    @staticmethod
+    def _read() -> tuple[float, float, float] | None:
+        """(machine's busy CPU seconds, this process's CPU seconds, wall seconds since boot), from /proc."""
+        try:
+            hz = os.sysconf("SC_CLK_TCK")
+            cpu = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+            busy = sum(cpu) - cpu[3] - (cpu[4] if len(cpu) > 4 else 0)  # all but idle and iowait
+            fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+            own = int(fields[11]) + int(fields[12])  # utime + stime, every thread of this process
+            return busy / hz, own / hz, time.monotonic()
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def share(self) -> float | None:
+        now, before = self._read(), self._mark
+        self._mark = now
+        if now is None or before is None or now[2] - before[2] < 0.5:  # /proc counts in 10 ms ticks
+            return None
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        others = (now[0] - before[0]) - (now[1] - before[1])
+        return round(min(max(others / ((now[2] - before[2]) * cores), 0.0), 1.0), 3)

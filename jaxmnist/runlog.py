@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from jaxmnist.cli import UsageError
-from jaxmnist.host import load_average, machine, process_age_s
+from jaxmnist.host import OthersCpu, load_average, machine, process_age_s
 
 FORMAT_VERSION = 1
 
@@ -144,6 +144,7 @@ class RunLog:
             "batches": {"x": [], "acc": [], "loss": []},
         }
         self.writer = summary_writer(self.dir)
+        self.others_cpu = OthersCpu()  # what other processes took of the CPU, epoch by epoch
 
     def add_batches(self, epoch: int, acc: np.ndarray, loss: np.ndarray) -> None:
         """One epoch's per-batch train accuracy (percent) and loss; epoch counts from 0 as in the blog."""
@@ -158,7 +159,8 @@ class RunLog:
 
     def add_epoch(self, epoch: int, **metrics: float) -> None:
         """Per-epoch scalars (epoch counts from 1): test_acc, test_loss, val_acc, lr, time_s, train_loss, ...
-        Each epoch also records the load average and, when the run was resumed on another machine, that machine;
+        Each epoch also records the share of the machine's CPU that other processes took since the previous epoch
+        (`others_cpu`), the load average and, when the run was resumed on another machine, that machine;
         the first epoch of a run records `startup_s`, the seconds from the process's start to that epoch's."""
         tags = {
             "test_acc": "acc_test/epoch",
@@ -174,7 +176,7 @@ class RunLog:
         age, here = process_age_s(), machine()
         if not self.record["epochs"] and age is not None and "time_s" in metrics:
             self.record["startup_s"] = round(age - metrics["time_s"], 3)
-        extra = {"load": load_average()}
+        extra = {"others_cpu": self.others_cpu.share(), "load": load_average()}
         if here != self.record.get("machine", here):  # a run resumed elsewhere: its epochs name their machine
             extra["machine"] = here
         entry = {"epoch": epoch, **metrics, **extra}

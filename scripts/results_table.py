@@ -168,9 +168,10 @@ def notes(results: list[dict], labels: dict[str, str], out: Path) -> list[str]:
     if skipped:
         lines.append(f"{skipped} run(s) skipped or stopped by `--budget-s`; a stopped run resumes in the next invocation.")
     lines.append(
-        f"{LOADED}: from epochs whose 1-minute load average exceeded the machine's cores + 1 (they shared the cores "
-        "with other work: slower than a quiet run). Epoch times without it come from quiet epochs, or from runs "
-        "made before loads were recorded."
+        f"{LOADED}: from epochs that shared the cores with other work (other processes took over 15 % of the "
+        "machine's CPU; in runs made before that was measured, a 1-minute load average over the cores + 0.5): "
+        "slower than a quiet run. Epoch times without it come from quiet epochs, or from runs made before loads "
+        "were recorded."
     )
     if any(run.get("segments") for run in runs):
         lines.append(

@@ -2,11 +2,15 @@
 
 import io
 import json
+import os
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 
-from jaxmnist import runlog
+from jaxmnist import host, runlog
 from jaxmnist.cli import UsageError
 from jaxmnist.presets import PRESETS
 
@@ -100,3 +104,16 @@ def test_progress_bar_only_on_a_terminal(monkeypatch):
     assert not bar.disable
     bar.close()
     assert runlog.epoch_bar(0, 3, 10, enabled=False).disable  # --no-progress
+
+
+def test_others_cpu_sees_another_process_and_each_epoch_records_it(tmp_path):
+    others = host.OthersCpu()
+    busy = "import time\nt = time.time()\nwhile time.time() - t < 1.5: pass"
+    subprocess.run([sys.executable, "-c", busy], check=True, timeout=60)  # one core busy, this process waiting
+    cores = len(os.sched_getaffinity(0))
+    assert others.share() >= 0.6 / cores
+    time.sleep(0.6)
+    assert others.share() is not None and others.share() is None  # under half a second apart: no figure
+    lines, record = run_report(tmp_path)  # its epochs a moment apart: the load, not the share
+    assert all(e["load"] >= 0 and "others_cpu" not in e for e in record["epochs"])
+    assert record["machine"] == host.machine() and record["startup_s"] > 0
