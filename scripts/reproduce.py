@@ -123,6 +123,12 @@ def build_parser() -> cli.ArgumentParser:
     p.add_argument("--data-dir", help="directory of the four MNIST IDX files (else jaxmnist.data's cache/sources)")
     p.add_argument("--out", default=str(ROOT / "results"), help="results directory (default: results/)")
     p.add_argument("--table-only", action="store_true", help="only rewrite OUT/README.md from OUT/*.json")
+    p.add_argument(
+        "--refresh",
+        action="store_true",
+        help="with --table-only: first recompute each run's machine, start-up and shared epochs from its logs "
+        "(OUT/runs/..., where still on disk) and every mean, by this version's rules",
+    )
     return p
 
 
@@ -343,6 +349,26 @@ def reproduce(preset: str, args, out: Path, deadline: float | None = None) -> di
     return result
 
 
+def refresh(path: Path) -> None:
+    """OUT/<name>.json with each finished run's logged facts (machine, start-up, shared epochs) read again from its
+    metrics.json where OUT/runs still holds it, and the means recomputed: rules change, runs are not re-run."""
+    result = json.loads(path.read_text())
+    name = path.stem
+    for fw, agg in result["frameworks"].items():
+        for run in agg["runs"]:
+            logdir = path.parent / "runs" / name / fw / f"seed{run['seed']}"
+            if succeeded(run) and not run.get("trained_with") and (logdir / "metrics.json").exists():
+                record = json.loads((logdir / "metrics.json").read_text())
+                run.update(
+                    startup_s=record.get("startup_s"),
+                    machine=record.get("machine"),
+                    other_machines=sorted({e["machine"] for e in record["epochs"] if "machine" in e}),
+                    loaded_epochs=loaded_epochs(record),
+                )
+        result["frameworks"][fw] = aggregate(agg["runs"])
+    atomic_write(path, json.dumps(result, indent=1).encode())
+
+
 def with_kept(runs: dict[str, list[dict]], kept: dict) -> dict:
     """{framework: aggregate} of this invocation's runs and of every kept run it has not reached (yet): neither a
     cut-off invocation, nor one with fewer seeds or other frameworks, drops earlier results from the JSON."""
@@ -395,6 +421,9 @@ def _main(argv: list[str] | None) -> int:
     if args.table_only:
         if not list(out.glob("*.json")):
             raise UsageError(f"no results (*.json) in {out}")
+        if args.refresh:
+            for path in out.glob("*.json"):
+                refresh(path)
         print(write_readme(out).read_text())
         return 0
     if args.num_workers < 0:

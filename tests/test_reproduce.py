@@ -236,3 +236,22 @@ def test_scripts_without_jaxmnist_say_so_in_one_line(script):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and done.stderr.startswith("error: cannot import jaxmnist"), done.stderr
     assert done.stderr.count("\n") == 1
+
+
+def test_refresh_reads_the_runs_logged_facts_again_by_todays_rules(tmp_path):
+    machine = "AMD EPYC, family 25 model 1 stepping 1, avx2+fma, 2 cores"
+    run = {"seed": 0, "final_acc": 99.3, "best_acc": 99.35, "avg_epoch_s": 250.0, "epoch_s": [300.0, 200.0],
+           "device": "cpu:cpu", "versions": {}, "commit": None}  # fmt: skip
+    result = {"preset": "resnet", "blog": {"final_acc": 99.3, "epoch_s": 14.43, "epochs": 20}, "epochs_run": 2,
+              "reduced_epochs": True, "max_steps": None, "blog_quirks": False, "seeds": 1,
+              "frameworks": {"jax": reproduce.aggregate([run])}}  # fmt: skip
+    (tmp_path / "resnet.json").write_text(json.dumps(result))
+    logdir = tmp_path / "runs" / "resnet" / "jax" / "seed0"
+    logdir.mkdir(parents=True)
+    epochs = [{"epoch": 1, "load": 2.1, "others_cpu": 0.4}, {"epoch": 2, "load": 3.9, "others_cpu": 0.01}]
+    (logdir / "metrics.json").write_text(json.dumps({"machine": machine, "startup_s": 40.0, "epochs": epochs}))
+    assert reproduce.main(["--table-only", "--refresh", "--out", str(tmp_path)]) == 0
+    jax_runs = json.loads((tmp_path / "resnet.json").read_text())["frameworks"]["jax"]
+    assert jax_runs["runs"][0]["loaded_epochs"] == [1]  # the CPU share decides where it was measured, not the load
+    assert jax_runs["machines"] == [machine] and jax_runs["quiet_epoch_s"]["mean"] == 200.0
+    assert jax_runs["runs"][0]["startup_s"] == 40.0
