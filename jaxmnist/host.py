@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import time
 from pathlib import Path
 
 
+@functools.cache  # one process runs on one machine: read /proc/cpuinfo once, not every epoch
 def machine() -> str:
     """The host a time was measured on: CPU model, family/model/stepping, vector extensions, usable cores. The
     same "AMD EPYC" label covers machines 3x apart in speed (AVX-512 or not), so every time names this."""
