@@ -25,7 +25,8 @@ WHICH = ("best", "latest")
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _softmax(apply_fn, variables, images_u8):
+def softmax(apply_fn, variables, images_u8):
+    """[N, classes] softmax of `apply_fn` in eval mode over uint8 [N, 28, 28] digits, as one program."""
     logits = apply_fn(variables, data_lib.normalize(images_u8), train=False)
     return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
 
@@ -33,7 +34,7 @@ def _softmax(apply_fn, variables, images_u8):
 def probabilities(apply_fn, variables, images_u8: np.ndarray, batch_size: int = 1000) -> np.ndarray:
     """[N, classes] softmax of a model in eval mode over uint8 [N, 28, 28] digits, a batch at a time (compiled
     once per apply_fn and batch shape)."""
-    parts = [_softmax(apply_fn, variables, images_u8[i : i + batch_size]) for i in range(0, len(images_u8), batch_size)]
+    parts = [softmax(apply_fn, variables, images_u8[i : i + batch_size]) for i in range(0, len(images_u8), batch_size)]
     return np.concatenate([np.asarray(p) for p in parts])
 
 
@@ -43,6 +44,7 @@ class Model:
     variables: dict  # {'params', 'batch_stats'}: the weights evaluation uses
     source: str  # where they came from, for the first line
     num_classes: int | None = None  # the head, if the run set one (--num-classes)
+    test_acc: float | None = None  # the checkpoint's test accuracy (%), where the run measured one
 
     @functools.cached_property
     def module(self):
@@ -72,7 +74,7 @@ def from_workdir(workdir: str, which: str = "best", seed: int | None = None) -> 
     state = stack.take(state, seeds.index(seed)) if len(seeds) > 1 else state
     variables = jax.device_get(state.eval_variables())
     where = f"{workdir} ({which}: epoch {meta['epoch']}, test accuracy {meta['test_acc']:.2f} %)"
-    return Model(config.model, variables, where, config.num_classes)
+    return Model(config.model, variables, where, config.num_classes, meta.get("test_acc"))
 
 
 def from_torch(path: str, name: str) -> Model:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import tomllib
 
-from jaxmnist import evaluate, export, predict, train
+from jaxmnist import evaluate, export, predict, serve, train
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "jaxmnist"
@@ -77,7 +77,7 @@ def test_installed_commands_are_the_modules_mains():
     assert run.returncode == 0 and "--torch-state-dict" in run.stdout and "--no-compile-cache" in run.stdout
 
 
-@pytest.mark.parametrize("module", [train, predict, evaluate, export])
+@pytest.mark.parametrize("module", [train, predict, evaluate, export, serve])
 def test_one_flag_names_a_torch_state_dict(module, capsys):
     with pytest.raises(SystemExit):
         module.build_parser().parse_args(["--help"])

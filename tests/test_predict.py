@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxmnist import predict, trainer, weights
-from jaxmnist.presets import Config
+from jaxmnist import predict, weights
 
 N = 200  # test digits checked
+pytestmark = pytest.mark.xdist_group("trained_cnn")  # conftest's trained_cnn: one worker trains it once
 
 
 def disguised(digit: np.ndarray, rng) -> Image.Image:
@@ -42,12 +42,8 @@ def test_mnist_digits_stay_as_they_are_and_disguised_ones_come_back(mnist, rng):
 
 
 @pytest.fixture(scope="module")
-def workdir(mnist, tmp_path_factory):
-    """A cnn trained for 2 short epochs (8,192 images): ~97 % on the test set."""
-    path = tmp_path_factory.mktemp("predict") / "ckpt"
-    config = Config(model="cnn", batch_size=64, lr=0.05, epochs=2, train_size=8192)
-    trainer.train_and_evaluate(config, data=mnist, workdir=path, progress=False, chunk_steps=1, unroll=True)
-    return path
+def workdir(trained_cnn):
+    return trained_cnn
 
 
 def test_pngs_give_the_evaluations_classes_and_disguised_digits_are_recognised(mnist, workdir, tmp_path, rng, capsys):
