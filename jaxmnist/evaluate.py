@@ -3,11 +3,15 @@ digits.
 
     python -m jaxmnist.evaluate --workdir ckpt/fast                     # the best checkpoint, on the test set
     python -m jaxmnist.evaluate --torch-state-dict cnn.pth --model cnn  # a PyTorch state_dict of the blog's net
+    python -m jaxmnist.evaluate --workdir ckpt/fast --seed all          # the seeds of --seeds, as an ensemble
+    python -m jaxmnist.evaluate --workdir ckpt/a --workdir ckpt/b       # two runs' ensemble
 
-Writes OUT (default WORKDIR/report, or ./report) with report.json (accuracy, per-class precision, recall and
-support, the confusion matrix, every misclassified test index with its predicted class and confidence),
-confusion.png and misclassified.png (the misclassified digits, most confident first, with true and predicted
-labels). jaxmnist.train writes the same report into its --logdir at the end of a run, with both images in
+Several models (a repeated --workdir or --torch-state-dict, --seed 0,2,4 or all) are an ensemble: their
+probabilities averaged, one program over the stacked weights; its report is a single model's. Writes OUT
+(default WORKDIR/report, or ./report; report-ensemble for an ensemble) with report.json (accuracy, per-class
+precision, recall and support, the confusion matrix, every misclassified test index with its predicted class and
+confidence), confusion.png and misclassified.png (the misclassified digits, most confident first, with true and
+predicted labels). jaxmnist.train writes the same report into its --logdir at the end of a run, with both images in
 TensorBoard (`report/confusion`, `report/misclassified`).
 """
 
@@ -162,13 +166,19 @@ def build_parser() -> cli.ArgumentParser:
     return p
 
 
+def default_out(workdirs: list[str] | None, model: weights.Model) -> str:
+    """WORKDIR/report for one workdir's model, ./report otherwise; `report-ensemble` for an ensemble."""
+    name = "report-ensemble" if isinstance(model, weights.Ensemble) else "report"
+    return os.path.join(workdirs[0] if workdirs and len(workdirs) == 1 else ".", name)
+
+
 def _main(argv) -> None:
     args = build_parser().parse_args(argv)
     compile_cache.configure(args.no_compile_cache)
     model = weights.load(args)
     data = data_lib.load(args.dataset, args.data_dir, progress=False)
     summary = summarise(model.probabilities(data.test_images), data.test_labels)
-    out = write(summary, data.test_images, args.out or os.path.join(args.workdir or ".", "report"))
+    out = write(summary, data.test_images, args.out or default_out(args.workdir, model))
     print(f"{model.name} from {model.source}, on {args.dataset}'s {summary['n']} test images")
     print(table(summary))
     print(f"report: {out}/report.json, confusion.png, misclassified.png")

@@ -3,6 +3,7 @@
     python -m jaxmnist.predict digit.png photo.jpg --workdir ckpt/fast            # the best checkpoint
     python -m jaxmnist.predict digits.npy --workdir ckpt/fast --which latest --json
     python -m jaxmnist.predict t10k-images-idx3-ubyte --torch-state-dict cnn.pth --model cnn
+    python -m jaxmnist.predict digit.png --workdir ckpt/fast --seed all   # the seeds of --seeds: an ensemble
 
 Images are anything PIL reads, of any size, colour or grey, dark ink on light paper or the reverse. Each becomes
 an MNIST input the way MNIST was made (docs/data.md, "How the digits were made"): grey, ink bright on black,

@@ -87,7 +87,7 @@ class Predictor:
         self.variables = jax.device_put(model.variables)
         apply = model.module.apply
         self.programs = {
-            b: weights.softmax.lower(apply, self.variables, jax.ShapeDtypeStruct((b, 28, 28), jnp.uint8)).compile()
+            b: model.program.lower(apply, self.variables, jax.ShapeDtypeStruct((b, 28, 28), jnp.uint8)).compile()
             for b in self.buckets
         }
         for b, program in self.programs.items():  # the first call of each does its one-time set-up now

@@ -1,13 +1,15 @@
 """A trained model, wherever its weights come from: a jaxmnist.train checkpoint (`--workdir`, `--which`,
 `--seed`) or a PyTorch state_dict of one of the blog's networks (`--torch-state-dict FILE --model NAME`), and
-its softmax over any uint8 digits. Every command that reads a trained model (predict, evaluate, export) takes
-these flags from `add_flags` and the model from `load`.
+its softmax over any uint8 digits. Several of them are an ensemble: their probabilities averaged, in one program
+over the stacked weights. Every command that reads a trained model (predict, evaluate, serve, export) takes these
+flags from `add_flags` and the model from `load`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 from pathlib import Path
 
 import jax
@@ -24,17 +26,29 @@ from jaxmnist.seeds import Seeds
 WHICH = ("best", "latest")
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def softmax(apply_fn, variables, images_u8):
-    """[N, classes] softmax of `apply_fn` in eval mode over uint8 [N, 28, 28] digits, as one program."""
+def _softmax(apply_fn, variables, images_u8):
     logits = apply_fn(variables, data_lib.normalize(images_u8), train=False)
     return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
 
 
-def probabilities(apply_fn, variables, images_u8: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+@functools.partial(jax.jit, static_argnums=0)
+def softmax(apply_fn, variables, images_u8):
+    """[N, classes] softmax of `apply_fn` in eval mode over uint8 [N, 28, 28] digits, as one program."""
+    return _softmax(apply_fn, variables, images_u8)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def mean_softmax(apply_fn, stacked, images_u8):
+    """The mean softmax of the members whose variables are stacked on a leading axis, as one program. The members
+    run in turn (`lax.map`): on a CPU, vmapping over weights turns the convolutions into grouped ones, which XLA
+    runs slower than the members one after another (benchmarks/README.md)."""
+    return jax.lax.map(lambda variables: _softmax(apply_fn, variables, images_u8), stacked).mean(0)
+
+
+def probabilities(apply_fn, variables, images_u8: np.ndarray, batch_size: int = 1000, program=softmax) -> np.ndarray:
     """[N, classes] softmax of a model in eval mode over uint8 [N, 28, 28] digits, a batch at a time (compiled
-    once per apply_fn and batch shape)."""
-    parts = [softmax(apply_fn, variables, images_u8[i : i + batch_size]) for i in range(0, len(images_u8), batch_size)]
+    once per apply_fn and batch shape); `program=mean_softmax` for stacked members."""
+    parts = [program(apply_fn, variables, images_u8[i : i + batch_size]) for i in range(0, len(images_u8), batch_size)]
     return np.concatenate([np.asarray(p) for p in parts])
 
 
@@ -45,6 +59,7 @@ class Model:
     source: str  # where they came from, for the first line
     num_classes: int | None = None  # the head, if the run set one (--num-classes)
     test_acc: float | None = None  # the checkpoint's test accuracy (%), where the run measured one
+    program = staticmethod(softmax)  # (apply_fn, variables, images) -> probabilities, jitted
 
     @functools.cached_property
     def module(self):
@@ -52,13 +67,47 @@ class Model:
 
     def probabilities(self, images_u8: np.ndarray) -> np.ndarray:
         """[N, classes] softmax of the network in eval mode, for uint8 [N, 28, 28] digits."""
-        return probabilities(self.module.apply, self.variables, images_u8)
+        return probabilities(self.module.apply, self.variables, images_u8, program=self.program)
+
+
+@dataclasses.dataclass
+class Ensemble(Model):
+    """Several trained models of one network: `variables` stacked on a leading axis, probabilities averaged."""
+
+    members: int = 1
+    program = staticmethod(mean_softmax)
+
+    @classmethod
+    def of(cls, members: list[Model]) -> Model:
+        """One model as it is; several as their ensemble (one network and one head, or a UsageError)."""
+        if len(members) == 1:
+            return members[0]
+        kinds = {(m.name, m.num_classes) for m in members}
+        if len(kinds) > 1:
+            names = ", ".join(f"{m.source.split(' (')[0]} is {m.name}" for m in members)
+            raise UsageError(f"an ensemble's members must be one network with one head: {names}")
+        stacked = jax.tree.map(lambda *leaves: np.stack(leaves), *[m.variables for m in members])
+        source = f"an ensemble of {len(members)}: " + "; ".join(m.source for m in members)
+        first = members[0]
+        return cls(first.name, stacked, source, first.num_classes, None, len(members))
 
 
 def from_workdir(workdir: str, which: str = "best", seed: int | None = None) -> Model:
-    """The weights of a jaxmnist.train checkpoint (the weight average, if the run kept one)."""
-    if not (Path(workdir) / which).is_dir():
-        raise UsageError(f"no {which} checkpoint in {workdir} (train with --workdir {workdir} first)")
+    """The weights of one jaxmnist.train checkpoint (the weight average, if the run kept one); of seeds trained
+    together (vmapped), `seed` picks one."""
+    return Ensemble.of(workdir_members(workdir, which, seed))
+
+
+def workdir_members(workdir: str, which: str = "best", seed: int | tuple[int, ...] | str | None = None) -> list[Model]:
+    """The models of a workdir: its checkpoint, one per seed of a vmapped stack (`seed` picks), or the seed<k>/
+    runs of sequential seeds (`seed` picks). A single run's checkpoint ignores `seed`."""
+    root = Path(workdir)
+    if not (root / which).is_dir():
+        runs = {int(d.name[4:]): d for d in root.glob("seed*") if d.name[4:].isdigit() and (d / which).is_dir()}
+        if not runs:
+            raise UsageError(f"no {which} checkpoint in {workdir} (train with --workdir {workdir} first)")
+        chosen = pick(seed, tuple(sorted(runs)), f"{workdir} holds seeds {_listed(runs)}, one run each")
+        return [from_workdir(str(runs[k]), which) for k in chosen]
     ckpt = Checkpointer(workdir, read_only=True)
     meta = ckpt.read_meta(which)
     if meta is None:
@@ -66,15 +115,47 @@ def from_workdir(workdir: str, which: str = "best", seed: int | None = None) -> 
     known = {f.name for f in dataclasses.fields(Config)}
     config = Config(**{k: v for k, v in meta["config"].items() if k in known})
     seeds = tuple(meta.get("seeds") or (config.seed,))
-    if len(seeds) > 1 and seed not in seeds:
-        raise UsageError(f"{workdir} holds seeds {', '.join(map(str, seeds))} trained together: pick one with --seed")
+    chosen = seeds if len(seeds) == 1 else pick(seed, seeds, f"{workdir} holds seeds {_listed(seeds)} trained together")
     stack = Seeds(seeds, vmapped=len(seeds) > 1)
     state, meta = ckpt.restore(stack.create_state(config, total_steps=1), which)
     ckpt.close()
-    state = stack.take(state, seeds.index(seed)) if len(seeds) > 1 else state
     variables = jax.device_get(state.eval_variables())
-    where = f"{workdir} ({which}: epoch {meta['epoch']}, test accuracy {meta['test_acc']:.2f} %)"
-    return Model(config.model, variables, where, config.num_classes, meta.get("test_acc"))
+    if len(seeds) == 1:
+        where = f"{workdir} ({which}: epoch {meta['epoch']}, test accuracy {meta['test_acc']:.2f} %)"
+        return [Model(config.model, variables, where, config.num_classes, meta.get("test_acc"))]
+    mean = f"{which}: epoch {meta['epoch']}, its {len(seeds)} seeds' mean test accuracy {meta['test_acc']:.2f} %"
+    return [
+        Model(config.model, stack.take(variables, seeds.index(k)), f"{workdir} seed {k} ({mean})", config.num_classes)
+        for k in chosen
+    ]
+
+
+def parse_seed(text: str | None) -> int | tuple[int, ...] | str | None:
+    """--seed: '3' (one), '0,2,4' or '0-4' (several, an ensemble), 'all' (every seed), or None."""
+    if text is None or text == "all":
+        return text
+    if re.fullmatch(r"\d+", text):
+        return int(text)
+    if re.fullmatch(r"\d+(,\d+)+", text):
+        return tuple(int(t) for t in text.split(","))
+    if (m := re.fullmatch(r"(\d+)-(\d+)", text)) and int(m[1]) <= int(m[2]):
+        return tuple(range(int(m[1]), int(m[2]) + 1))
+    raise UsageError(f"--seed {text!r}: expected a seed (3), several (0,2,4 or 0-4) or all")
+
+
+def pick(seed, available: tuple[int, ...], what: str) -> tuple[int, ...]:
+    """The seeds `seed` names among `available`; a UsageError naming `what` when it names none or one not there."""
+    if seed is None:
+        raise UsageError(f"{what}: pick one with --seed, or --seed all for their ensemble")
+    wanted = available if seed == "all" else (seed,) if isinstance(seed, int) else tuple(seed)
+    missing = [k for k in wanted if k not in available]
+    if missing:
+        raise UsageError(f"{what}: no seed {', '.join(map(str, missing))}; pick one with --seed, or --seed all")
+    return wanted
+
+
+def _listed(seeds) -> str:
+    return ", ".join(map(str, sorted(seeds)))
 
 
 def from_torch(path: str, name: str) -> Model:
@@ -83,28 +164,40 @@ def from_torch(path: str, name: str) -> Model:
 
 
 # ------------------------------------------------------------------------------------------ the flags
-def add_flags(p, torch: bool = True) -> None:
+def add_flags(p, torch: bool = True, ensemble: bool = True) -> None:
     """The flags that name a trained model: a checkpoint (--workdir, --which, --seed) and, with `torch`, a
-    PyTorch state_dict instead (--torch-state-dict, formerly --init-from, with --model)."""
-    p.add_argument("--workdir", help="a jaxmnist.train --workdir: its checkpoint")
+    PyTorch state_dict (--torch-state-dict, formerly --init-from, with --model). With `ensemble`, --workdir and
+    --torch-state-dict repeat and --seed takes several seeds or `all`: the models named are an ensemble."""
+    many = {"action": "append"} if ensemble else {}
+    p.add_argument("--workdir", **many, help="a jaxmnist.train --workdir: its checkpoint" + _again(ensemble))
     p.add_argument("--which", choices=WHICH, default="best", help="which checkpoint (default best)")
-    p.add_argument("--seed", type=int, help="with seeds trained together (--seeds ... vmapped): which one")
+    if ensemble:
+        p.add_argument("--seed", help="of seeds trained in one workdir (--seeds): one (3), several (0,2,4 or 0-4) "
+                       "or all; several are an ensemble")  # fmt: skip
+    else:
+        p.add_argument("--seed", type=int, help="with seeds trained together (--seeds ... vmapped): which one")
     if torch:
-        add_torch_flag(p, "instead: a PyTorch state_dict of one of the blog's networks (with --model)")
+        add_torch_flag(p, "a PyTorch state_dict of one of the blog's networks (with --model)" + _again(ensemble), many)
         p.add_argument("--model", choices=tuple(models.MODELS), help="the network of --torch-state-dict")
 
 
-def add_torch_flag(p, help: str) -> None:
+def _again(ensemble: bool) -> str:
+    return "; repeat it for an ensemble (probabilities averaged)" if ensemble else ""
+
+
+def add_torch_flag(p, help: str, extra: dict | None = None) -> None:
     """--torch-state-dict FILE.pth, every command's one name for a PyTorch state_dict (--init-from: an alias)."""
-    p.add_argument("--torch-state-dict", "--init-from", dest="torch_state_dict", metavar="FILE.pth", help=help)
+    p.add_argument("--torch-state-dict", "--init-from", dest="torch_state_dict", metavar="FILE.pth", help=help,
+                   **(extra or {}))  # fmt: skip
 
 
 def load(args) -> Model:
-    """The model the flags of `add_flags` name."""
-    if bool(args.workdir) == bool(args.torch_state_dict):
+    """The model the flags of `add_flags` name: one, or the ensemble of several (one network)."""
+    workdirs, dicts = list(args.workdir or ()), list(args.torch_state_dict or ())
+    if not workdirs and not dicts:
         raise UsageError("give --workdir or --torch-state-dict (with --model)")
-    if args.torch_state_dict:
-        if not args.model:
-            raise UsageError("--torch-state-dict needs --model")
-        return from_torch(args.torch_state_dict, args.model)
-    return from_workdir(args.workdir, args.which, args.seed)
+    if dicts and not args.model:
+        raise UsageError("--torch-state-dict needs --model")
+    seed = parse_seed(args.seed)
+    members = [m for workdir in workdirs for m in workdir_members(workdir, args.which, seed)]
+    return Ensemble.of(members + [from_torch(path, args.model) for path in dicts])

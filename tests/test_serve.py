@@ -15,6 +15,7 @@ import threading
 import time
 import urllib.request
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -191,10 +192,14 @@ def test_200_requests_from_16_threads_all_answered_nothing_compiled(server, mnis
 
 
 def test_predictor_pads_to_buckets_and_splits_big_batches(model, mnist):
-    predictor = serve.Predictor(model, buckets=(1, 4))
+    shaken = jax.tree.map(lambda w: w * 0.9, model.variables)  # another member for an ensemble
+    ensemble = weights.Ensemble.of([model, weights.Model("cnn", shaken, "0.9 x the weights")])
     images = mnist.test_images[:11]  # 4 + 4 + 3 (padded to 4)
-    np.testing.assert_allclose(predictor(images), model.probabilities(images), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(predictor(images[:1]), model.probabilities(images[:1]), rtol=1e-5, atol=1e-6)
+    for m in (model, ensemble):
+        predictor = serve.Predictor(m, buckets=(1, 4))
+        np.testing.assert_allclose(predictor(images), m.probabilities(images), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(predictor(images[:1]), m.probabilities(images[:1]), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(ensemble.probabilities(images), model.probabilities(images), atol=1e-3)
 
 
 # ------------------------------------------------------------------------------------------ the command

@@ -1,0 +1,100 @@
+"""jaxmnist.weights: ensembles (probabilities averaged by one program over the stacked weights), the seeds of a
+workdir as members (a vmapped stack, or seed<k>/ runs), --seed's forms, and the commands that take them."""
+
+import dataclasses
+import functools
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxmnist import evaluate, models, predict, trainer, weights
+from jaxmnist.cli import UsageError
+from jaxmnist.presets import Config
+
+TINY = Config(model="cnn", batch_size=64, lr=0.05, epochs=1, train_size=320, eval_batch_size=500)
+RUN = {"progress": False, "chunk_steps": 1, "unroll": True}
+
+
+def fresh(name: str, seed: int) -> weights.Model:
+    module = models.get_model(name, 10)
+    init = jax.jit(functools.partial(module.init, train=False))
+    variables = jax.device_get(init(jax.random.PRNGKey(seed), jnp.zeros((1, 28, 28, 1))))
+    return weights.Model(name, variables, f"{name} seed {seed}")
+
+
+def test_an_ensemble_is_the_mean_of_its_members(rng):
+    members = [fresh("cnn", s) for s in (0, 1, 2)]
+    images = rng.integers(0, 256, (37, 28, 28), dtype=np.uint8)
+    ensemble = weights.Ensemble.of(members)
+    assert isinstance(ensemble, weights.Ensemble) and ensemble.members == 3 and ensemble.name == "cnn"
+    assert ensemble.source.startswith("an ensemble of 3: cnn seed 0; cnn seed 1")
+    expected = np.mean([m.probabilities(images) for m in members], axis=0)
+    np.testing.assert_allclose(ensemble.probabilities(images), expected, rtol=1e-5, atol=1e-7)
+    assert weights.Ensemble.of(members[:1]) is members[0]  # one model stays itself
+
+
+def test_an_ensemble_is_one_network():
+    with pytest.raises(UsageError, match="one network with one head: cnn seed 0 is cnn, fast seed 0 is fast"):
+        weights.Ensemble.of([fresh("cnn", 0), fresh("fast", 0)])
+
+
+@pytest.mark.parametrize(
+    "text,seed",
+    [(None, None), ("all", "all"), ("3", 3), ("0,2,4", (0, 2, 4)), ("1-3", (1, 2, 3))],
+)
+def test_seed_flag_forms(text, seed):
+    assert weights.parse_seed(text) == seed
+
+
+@pytest.mark.parametrize("text", ["x", "3-1", "-1", "1,", "all,2"])
+def test_bad_seed_flags_are_usage_errors(text):
+    with pytest.raises(UsageError, match=f"--seed '{text}': expected a seed"):
+        weights.parse_seed(text)
+
+
+@pytest.fixture(scope="module")
+def seeded(mnist, tmp_path_factory):
+    """Seeds 0 and 1 of a tiny run, trained together (one vmapped workdir) and in turn (WORKDIR/seed<k>)."""
+    root = tmp_path_factory.mktemp("seeded")
+    data = dataclasses.replace(mnist, test_images=mnist.test_images[:500], test_labels=mnist.test_labels[:500])
+    for mode in ("vmap", "sequential"):
+        trainer.train_seeds(TINY, (0, 1), mode, data=data, workdir=root / mode, **RUN)
+    return root
+
+
+@pytest.mark.parametrize("mode", ["vmap", "sequential"])
+def test_the_seeds_of_a_workdir_are_members(seeded, mode, mnist):
+    workdir = str(seeded / mode)
+    alone = [weights.from_workdir(workdir, seed=k) for k in (0, 1)]
+    assert [m.source.split(" (")[0] for m in alone] == (
+        [f"{workdir} seed 0", f"{workdir} seed 1"] if mode == "vmap" else [f"{workdir}/seed0", f"{workdir}/seed1"]
+    )
+    both = weights.Ensemble.of(weights.workdir_members(workdir, "best", "all"))
+    assert both.members == 2
+    images = mnist.test_images[:50]
+    expected = np.mean([m.probabilities(images) for m in alone], axis=0)
+    np.testing.assert_allclose(both.probabilities(images), expected, rtol=1e-5, atol=1e-7)
+    assert len(weights.workdir_members(workdir, "best", (1,))) == 1
+    with pytest.raises(UsageError, match="holds seeds 0, 1.*pick one with --seed, or --seed all for their ensemble"):
+        weights.workdir_members(workdir, "best", None)
+    with pytest.raises(UsageError, match="no seed 5"):
+        weights.workdir_members(workdir, "best", (0, 5))
+
+
+def test_evaluate_and_predict_take_an_ensemble(seeded, tmp_path, capsys, mnist, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # two workdirs' report goes to ./report-ensemble
+    vmapped, sequential = str(seeded / "vmap"), str(seeded / "sequential")
+    assert evaluate.main(["--workdir", vmapped, "--workdir", sequential, "--seed", "all"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("cnn from an ensemble of 4: ") and "report: report-ensemble/report.json" in out
+    report = json.loads((tmp_path / "report-ensemble" / "report.json").read_text())
+    members = [m for w in (vmapped, sequential) for m in weights.workdir_members(w, "best", "all")]
+    probs = weights.Ensemble.of(members).probabilities(mnist.test_images)
+    assert report["accuracy"] == pytest.approx(100 * np.mean(probs.argmax(1) == mnist.test_labels), abs=1e-9)
+    np.save(tmp_path / "d.npy", mnist.test_images[:3])
+    assert predict.main([str(tmp_path / "d.npy"), "--workdir", vmapped, "--seed", "0-1", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["weights"].startswith("an ensemble of 2: ") and len(got["predictions"]) == 3
