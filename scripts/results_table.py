@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-import needs_jaxmnist  # before jaxmnist: one line, not a traceback, where it is missing
+import needs_jaxmnist  # noqa: F401  (before jaxmnist: one line, not a traceback, where it is missing)
 
 from jaxmnist.cli import script_parser
 from jaxmnist.presets import PRESETS
@@ -182,9 +182,14 @@ def notes(results: list[dict], labels: dict[str, str], out: Path) -> list[str]:
     return [line for line in lines if line]
 
 
-def write_readme(out: Path) -> Path:
+def load_results(out: Path) -> list[dict]:
+    """Every <preset>.json of `out`, in the blog's order of presets (the same preset's quirky run after it)."""
     results = [json.loads(p.read_text()) for p in out.glob("*.json")]
-    results.sort(key=lambda r: (list(PRESETS).index(r["preset"]), r["blog_quirks"]))  # the blog's order
+    return sorted(results, key=lambda r: (list(PRESETS).index(r["preset"]), r["blog_quirks"]))
+
+
+def write_readme(out: Path) -> Path:
+    results = load_results(out)
     labels = machine_labels(results)
     epoch_s = {r["preset"]: {n: epoch_time(a)[0] for n, a in r["frameworks"].items()} for r in results}
     together = any(run.get("trained_with") for r in results for a in r["frameworks"].values() for run in a["runs"])

@@ -1,0 +1,27 @@
+"""scripts/frontier.py: the accuracy-against-time figure from the committed results, full-length runs only."""
+
+from pathlib import Path
+
+from PIL import Image
+
+import frontier
+from results_table import load_results
+
+RESULTS = Path(__file__).resolve().parent.parent / "results"
+
+
+def test_only_full_length_timed_runs_are_drawn():
+    results = {r["preset"] + ("-quirks" if r["blog_quirks"] else ""): r for r in load_results(RESULTS)}
+    assert frontier.full_runs(results["resnet101"]) == {}  # 20 steps of one epoch: not the preset's length
+    fast = frontier.full_runs(results["fast"])
+    assert len(fast["jax"]) == len(results["fast"]["frameworks"]["jax"]["runs"]) >= 5
+    assert all(t > 0 and 99 < acc < 100 for t, acc in fast["jax"] + fast["torch"])
+
+
+def test_the_figure_is_written(tmp_path, capsys):
+    out = tmp_path / "frontier.png"
+    assert frontier.main([str(RESULTS), "--out", str(out)]) == 0
+    runs = sum(len(p) for r in load_results(RESULTS) for p in frontier.full_runs(r).values())
+    assert capsys.readouterr().out.startswith(f"{out}: {runs} full-length runs")
+    assert Image.open(out).size == (1100, 660)
+    assert frontier.main([str(tmp_path), "--out", str(out)]) == 2  # no results there
