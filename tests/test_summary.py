@@ -60,9 +60,7 @@ def test_command_line():
     assert '232,554' in result.stdout
 
 
-def test_unknown_model_is_a_one_line_error():
-    result = run_module('--model', 'lenet')
-    assert result.returncode == 2
-    assert result.stdout == ''
-    assert len(result.stderr.strip().splitlines()) == 1
-    assert "unknown model 'lenet'" in result.stderr
+def test_unknown_model_is_a_one_line_error(capsys):  # in-process: test_command_line runs the real command
+    assert summary.main(['--model', 'lenet']) == 2
+    out, err = capsys.readouterr()
+    assert out == '' and len(err.strip().splitlines()) == 1 and "unknown model 'lenet'" in err
