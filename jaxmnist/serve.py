@@ -184,7 +184,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         try:
             body = self.rfile.read(int(length))
         except TimeoutError:
-            body = b""
+            self._error(400, f"the body stalled: {int(length):,} bytes announced, not sent within "
+                        f"{self.server.client_timeout_s:g} s")  # fmt: skip
+            return
         if len(body) < int(length):
             self._error(400, f"the body ended after {len(body):,} of the {int(length):,} bytes it announced")
             return
@@ -193,7 +195,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
         except BadImage as e:
             self._error(e.status, str(e))
             return
-        probs = self.server.batcher.submit(image)
+        try:
+            probs = self.server.batcher.submit(image)
+        except Exception as e:  # noqa: BLE001  (the model failed: this request hears of it, the server goes on)
+            self._error(500, f"the model failed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
+            return
         answer = {"class": int(probs.argmax()), "probabilities": [float(p) for p in probs]}
         self._json(200, {**answer, "input": image.tolist()})
 
@@ -202,7 +208,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self._error(405 if code == 501 else code, message or "bad request")
 
     def _error(self, status: int, message: str) -> None:
-        self.close_connection = status in (400, 411, 413)  # the rest of an unread or bad body must not linger
+        self.close_connection = True  # what is left of an unread or bad body must not be read as the next request
         self._json(status, {"error": message})
 
     def _json(self, status: int, obj: dict) -> None:

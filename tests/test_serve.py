@@ -160,10 +160,24 @@ def test_oversized_short_and_unannounced_bodies(server, mnist):
     with socket.create_connection(server.server_address[:2], timeout=30) as s:
         s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nxx")
         reply = s.recv(65536)
-    assert b" 400 " in reply.split(b"\r\n")[0] and 1.5 < time.monotonic() - t0 < 20
+    assert b" 400 " in reply.split(b"\r\n")[0] and b"the body stalled" in reply and 1.5 < time.monotonic() - t0 < 20
     status, got = raw(server, b"POST /predict HTTP/1.1\r\nHost: x\r\n\r\n")
     assert status == 411
     assert request(server, "GET", "/health")[1]["ready"]
+
+
+def test_a_failing_model_is_a_500_for_that_request_and_the_server_goes_on(server, mnist, monkeypatch):
+    class Broken:
+        buckets = (1,)
+
+        def __call__(self, images):
+            raise RuntimeError("out of memory\nmore lines")
+
+    monkeypatch.setattr(server.batcher, "predict", Broken())
+    status, got, _ = request(server, "POST", "/predict", photo(mnist.test_images[0]))
+    assert status == 500 and got == {"error": "the model failed: RuntimeError: out of memory"}
+    monkeypatch.undo()
+    assert request(server, "POST", "/predict", photo(mnist.test_images[0]))[0] == 200
 
 
 def test_200_requests_from_16_threads_all_answered_nothing_compiled(server, mnist):
