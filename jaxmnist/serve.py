@@ -152,6 +152,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
     server: Server
     protocol_version = "HTTP/1.1"  # keep-alive: the page's requests reuse one connection
     server_version = "jaxmnist"
+    # Headers and body leave as two writes; with Nagle's algorithm the second waits for the client's delayed ACK
+    # (40 ms on Linux: every answer took 52 ms, whatever the network, in scripts/serve_bench.py).
+    disable_nagle_algorithm = True
 
     def setup(self):
         self.timeout = self.server.client_timeout_s  # how long a client may take to send what it announced
@@ -235,6 +238,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
 class Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver's default backlog of 5 drops the connections of a burst of clients, which retry a second later
+    # (p99 1.1 s with 16 clients in scripts/serve_bench.py).
+    request_queue_size = 128
 
     def __init__(self, model: weights.Model, host: str = "127.0.0.1", port: int = 8000, *,
                  max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS, buckets: tuple[int, ...] = BUCKETS,
