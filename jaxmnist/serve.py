@@ -311,9 +311,10 @@ def _main(argv) -> int:
     print(f"{model.name} from {model.source}", flush=True)
     print(f"compiled batch sizes {', '.join(map(str, server.batcher.predict.buckets))} in {server.ready_s:.1f} s; "
           f"serving on {server.url} (Ctrl-C to stop)", flush=True)  # fmt: skip
+    cli.stop_on_sigterm()  # a service manager's stop is as clean as a Ctrl-C
     try:
         server.serve_forever()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, cli.Terminated):
         print("stopped", file=sys.stderr)
     finally:
         server.server_close()

@@ -218,11 +218,18 @@ def test_predictor_pads_to_buckets_and_splits_big_batches(model, mnist):
 
 # ------------------------------------------------------------------------------------------ the command
 def serve_cli(*args, env=None):
+    """The command as a terminal starts it: pytest-xdist's workers ignore SIGINT, and a child inherits an ignored
+    signal (a handled one is reset to the default at exec), so the worker handles it while the child starts."""
     cmd = [sys.executable, "-m", "jaxmnist.serve", "--port", "0", *args]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
-def test_cli_serves_a_torch_state_dict_and_stops_on_ctrl_c(model, tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])  # Ctrl-C, a service manager's stop
+def test_cli_serves_a_torch_state_dict_and_stops_cleanly(model, tmp_path, stop):
     pth = interop.save_torch(tmp_path / "cnn.pth", "cnn", model.variables)
     proc = serve_cli("--torch-state-dict", str(pth), "--model", "cnn", "--host", "0.0.0.0", "--quiet")
     try:
@@ -232,7 +239,7 @@ def test_cli_serves_a_torch_state_dict_and_stops_on_ctrl_c(model, tmp_path):
         health = json.loads(urllib.request.urlopen(url.replace("0.0.0.0", "127.0.0.1") + "health").read())
         assert health["ready"] and health["model"] == "cnn" and health["test_accuracy"] is None
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop)
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert "warning: listening on 0.0.0.0: anyone who can reach this machine" in err and "stopped" in err
