@@ -92,6 +92,15 @@ class Ensemble(Model):
         return cls(first.name, stacked, source, first.num_classes, None, len(members))
 
 
+def initialised(name: str, seed: int = 0, num_classes: int | None = None) -> Model:
+    """Freshly initialised weights of network `name` (for benchmarks and tests: a prediction's cost and shape do
+    not depend on the values)."""
+    module = models.get_model(name, num_classes)
+    init = jax.jit(functools.partial(module.init, train=False))
+    variables = jax.device_get(init(jax.random.PRNGKey(seed), jnp.zeros((1, 28, 28, 1))))
+    return Model(name, variables, f"{name} seed {seed}", num_classes)
+
+
 def from_workdir(workdir: str, which: str = "best", seed: int | None = None) -> Model:
     """The weights of one jaxmnist.train checkpoint (the weight average, if the run kept one); of seeds trained
     together (vmapped), `seed` picks one."""

@@ -10,11 +10,14 @@ Needs Debian's `chromium` and `chromium-driver` (`apt-get install chromium chrom
 from __future__ import annotations
 
 import argparse
+import io
 import math
 import shutil
 import sys
 import threading
 import time
+
+from PIL import Image
 
 # Each digit: strokes, each a list of (x, y) in [0, 1] of the pad, as a person would draw them.
 _ring = [(0.5 + 0.2 * math.sin(t), 0.5 - 0.33 * math.cos(t)) for t in (2 * math.pi * i / 24 for i in range(25))]
@@ -28,6 +31,19 @@ STROKES: dict[int, list[list[tuple[float, float]]]] = {
     7: [[(0.3, 0.2), (0.7, 0.2), (0.58, 0.45), (0.45, 0.86)]],
 }  # fmt: skip
 PAD_PX = 280  # the page's pad (serve_page.html)
+
+
+def digit_file(digit, fmt: str = "PNG", scale: int = 10, mode: str = "L", page: tuple = (0, 0, 0, 0)) -> bytes:
+    """An MNIST digit (uint8 [28, 28], white on black) as a user's image file: dark ink on white, enlarged `scale`
+    times, with `page` = (left, top, right, bottom) margins of white around it, in `fmt` and PIL `mode`."""
+    left, top, right, bottom = page
+    side = 28 * scale
+    ink = Image.fromarray(255 - digit).resize((side, side), Image.Resampling.BICUBIC)
+    canvas = Image.new("L", (left + side + right, top + side + bottom), 255)
+    canvas.paste(ink, (left, top))
+    buf = io.BytesIO()
+    canvas.convert(mode).save(buf, fmt)
+    return buf.getvalue()
 
 
 class NoBrowser(Exception):

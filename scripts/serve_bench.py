@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import http.client
-import io
 import json
 import os
 import platform
@@ -27,30 +26,20 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import needs_jaxmnist  # noqa: F401  (before jaxmnist: one line, not a traceback, where it is missing)
 import numpy as np
 from PIL import Image
 
+import draw_digits
 from jaxmnist import data as data_lib
-from jaxmnist import host, interop, models
+from jaxmnist import host, interop, models, weights
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def drawn_png(digit: np.ndarray) -> bytes:
-    """An MNIST digit as the page's pad would send it: black ink on a white 280x280 canvas."""
-    ink = Image.fromarray(255 - digit).resize((280, 280), Image.Resampling.BILINEAR)
-    buf = io.BytesIO()
-    ink.convert("RGBA").save(buf, "PNG")
-    return buf.getvalue()
-
-
 def start_server(network: str, workdir: Path) -> tuple[subprocess.Popen, tuple[str, int], str]:
     """`python -m jaxmnist.serve` on random weights of `network`; (process, address, its start line)."""
-    module = models.get_model(network, 10)
-    variables = jax.jit(lambda k: module.init(k, jnp.zeros((1, 28, 28, 1)), train=False))(jax.random.PRNGKey(0))
-    pth = interop.save_torch(workdir / f"{network}.pth", network, jax.device_get(variables))
+    pth = interop.save_torch(workdir / f"{network}.pth", network, weights.initialised(network).variables)
     cmd = [sys.executable, "-m", "jaxmnist.serve", "--torch-state-dict", str(pth), "--model", network,
            "--port", "0", "--quiet"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
@@ -134,7 +123,8 @@ def measure(network: str, bodies: list[bytes], requests: int, clients: int, work
 
 
 def table(doc: dict) -> str:
-    rows = ["| network | one client: median ms | p99 ms | 16 clients: req/s | median ms | p99 ms | batches |",
+    clients = doc["settings"]["clients"]
+    rows = [f"| network | one client: median ms | p99 ms | {clients} clients: req/s | median ms | p99 ms | batches |",
             "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for r in doc["results"]:
         one, many = r["one_client"], r["concurrent"]
@@ -157,7 +147,7 @@ def main(argv=None) -> int:
               file=sys.stderr)  # fmt: skip
         return 2
     mnist = data_lib.load("mnist", progress=False)
-    bodies = [drawn_png(d) for d in mnist.test_images[:50]]
+    bodies = [draw_digits.digit_file(d, mode="RGBA") for d in mnist.test_images[:50]]
     doc = {
         "machine": host.machine(),
         "versions": {"python": platform.python_version(), "jax": jax.__version__, "pillow": Image.__version__},

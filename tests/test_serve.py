@@ -51,14 +51,9 @@ def request(server, method: str, path: str, body: bytes | None = None, headers: 
     return r.status, json.loads(raw) if is_json and raw else raw, r
 
 
-def photo(digit: np.ndarray, fmt: str = "PNG", scale: int = 6, mode: str = "L") -> bytes:
+def photo(digit: np.ndarray, fmt: str = "PNG", mode: str = "L") -> bytes:
     """An MNIST digit as a user's file: dark ink on white, enlarged, off-centre, in `fmt`."""
-    ink = Image.fromarray(255 - digit).resize((28 * scale, 28 * scale), Image.Resampling.BICUBIC)
-    page = Image.new("L", (28 * scale + 60, 28 * scale + 20), 255)
-    page.paste(ink, (45, 5))
-    buf = io.BytesIO()
-    page.convert(mode).save(buf, fmt)
-    return buf.getvalue()
+    return draw_digits.digit_file(digit, fmt, scale=6, mode=mode, page=(45, 5, 15, 15))
 
 
 def test_health_and_the_page(server, model):

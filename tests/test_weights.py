@@ -2,15 +2,12 @@
 workdir as members (a vmapped stack, or seed<k>/ runs), --seed's forms, and the commands that take them."""
 
 import dataclasses
-import functools
 import json
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxmnist import evaluate, models, predict, trainer, weights
+from jaxmnist import evaluate, predict, trainer, weights
 from jaxmnist.cli import UsageError
 from jaxmnist.presets import Config
 
@@ -18,15 +15,8 @@ TINY = Config(model="cnn", batch_size=64, lr=0.05, epochs=1, train_size=320, eva
 RUN = {"progress": False, "chunk_steps": 1, "unroll": True}
 
 
-def fresh(name: str, seed: int) -> weights.Model:
-    module = models.get_model(name, 10)
-    init = jax.jit(functools.partial(module.init, train=False))
-    variables = jax.device_get(init(jax.random.PRNGKey(seed), jnp.zeros((1, 28, 28, 1))))
-    return weights.Model(name, variables, f"{name} seed {seed}")
-
-
 def test_an_ensemble_is_the_mean_of_its_members(rng):
-    members = [fresh("cnn", s) for s in (0, 1, 2)]
+    members = [weights.initialised("cnn", s) for s in (0, 1, 2)]
     images = rng.integers(0, 256, (37, 28, 28), dtype=np.uint8)
     ensemble = weights.Ensemble.of(members)
     assert isinstance(ensemble, weights.Ensemble) and ensemble.members == 3 and ensemble.name == "cnn"
@@ -38,7 +28,8 @@ def test_an_ensemble_is_the_mean_of_its_members(rng):
 
 def test_an_ensemble_is_one_network():
     with pytest.raises(UsageError, match="one network with one head: cnn seed 0 is cnn, fast seed 0 is fast"):
-        weights.Ensemble.of([fresh("cnn", 0), weights.Model("fast", {}, "fast seed 0")])  # refused before stacking
+        fast = weights.Model("fast", {}, "fast seed 0")
+        weights.Ensemble.of([weights.initialised("cnn", 0), fast])  # refused before stacking
 
 
 @pytest.mark.parametrize(
