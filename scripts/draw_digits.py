@@ -31,6 +31,7 @@ STROKES: dict[int, list[list[tuple[float, float]]]] = {
     7: [[(0.3, 0.2), (0.7, 0.2), (0.58, 0.45), (0.45, 0.86)]],
 }  # fmt: skip
 PAD_PX = 280  # the page's pad (serve_page.html)
+MOVE_MS = 16  # each pointer move takes a 60 Hz frame (Selenium's default of 250 ms drew a 0 in 36 s)
 
 
 def digit_file(digit, fmt: str = "PNG", scale: int = 10, mode: str = "L", page: tuple = (0, 0, 0, 0)) -> bytes:
@@ -79,7 +80,7 @@ def draw(driver, digit: int, pointer: str = "mouse") -> None:
 
     pad = driver.find_element(By.ID, "pad")
     kind = {"mouse": interaction.POINTER_MOUSE, "pen": interaction.POINTER_PEN, "touch": interaction.POINTER_TOUCH}
-    actions = ActionBuilder(driver, mouse=PointerInput(kind[pointer], pointer))
+    actions = ActionBuilder(driver, mouse=PointerInput(kind[pointer], pointer), duration=MOVE_MS)
     at = lambda x, y: (round((x - 0.5) * PAD_PX), round((y - 0.5) * PAD_PX))  # offsets from the pad's centre
     for stroke in STROKES[digit]:
         points = smooth(stroke)
