@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmnist import data as data_lib
-from jaxmnist import interop, models
+from jaxmnist import engine, interop, models
 from jaxmnist.checkpoint import Checkpointer
 from jaxmnist.cli import UsageError
 from jaxmnist.presets import Config
@@ -95,9 +95,7 @@ class Ensemble(Model):
 def initialised(name: str, seed: int = 0, num_classes: int | None = None) -> Model:
     """Freshly initialised weights of network `name` (for benchmarks and tests: a prediction's cost and shape do
     not depend on the values)."""
-    module = models.get_model(name, num_classes)
-    init = jax.jit(functools.partial(module.init, train=False))
-    variables = jax.device_get(init(jax.random.PRNGKey(seed), jnp.zeros((1, 28, 28, 1))))
+    variables = jax.device_get(engine.init_variables(models.get_model(name, num_classes), jax.random.PRNGKey(seed)))
     return Model(name, variables, f"{name} seed {seed}", num_classes)
 
 
