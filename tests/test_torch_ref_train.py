@@ -260,7 +260,7 @@ def test_one_epoch_accuracy_matches_jax(mnist, tmp_path):
         logdir = tmp_path / f"seed{seed}"
         accs["jax"].append(
             trainer.train_and_evaluate(
-                run, preset="cnn_cpu", data=mnist, logdir=logdir / "jax", progress=False
+                run, preset="cnn_cpu", data=mnist, logdir=logdir / "jax", progress=False, report=False
             ).record["final_acc"]
         )
         accs["torch"].append(

@@ -21,7 +21,7 @@ TINY = Config(
 )  # fmt: skip
 # One step per compiled chunk: it compiles as fast as a rolled scan (the CPU default of 8 unrolled steps takes ~5x
 # longer), and runs ~10x faster than one on the CPU, where a scan's while loop is slow.
-RUN = dict(progress=False, chunk_steps=1, unroll=True)
+RUN = dict(progress=False, chunk_steps=1, unroll=True, report=False)  # reports: tests/test_evaluate.py, and below
 
 
 def tiny_data(mnist):
@@ -53,7 +53,7 @@ def test_vmapped_seeds_equal_each_seed_alone(mnist, tmp_path):
     """Tolerance: the same test and train accuracies and learning rates in every epoch; parameters within 1e-4
     (relative) after 30 steps: vmapped convolutions are grouped ones, summed in another order."""
     data = tiny_data(mnist)
-    stack = trainer.train_seeds(TINY, (0, 1), "vmap", data=data, logdir=tmp_path / "log", **RUN)
+    stack = trainer.train_seeds(TINY, (0, 1), "vmap", data=data, logdir=tmp_path / "log", **{**RUN, "report": True})
     for seed, vmapped in zip((0, 1), stack):
         alone = trainer.train_and_evaluate(TINY.replace(seed=seed), data=data, logdir=tmp_path / f"alone{seed}", **RUN)
         assert curve(vmapped) == curve(alone)
@@ -69,6 +69,8 @@ def test_vmapped_seeds_equal_each_seed_alone(mnist, tmp_path):
     for seed in (0, 1):
         metrics = json.loads((tmp_path / "log" / f"seed{seed}" / "metrics.json").read_text())
         assert metrics["config"]["seed"] == seed and len(metrics["epochs"]) == 3
+        report = json.loads((tmp_path / "log" / f"seed{seed}" / "report.json").read_text())  # each seed's weights
+        assert report["accuracy"] == pytest.approx(metrics["final_acc"], abs=1e-3)
 
 
 def test_sequential_seeds_compile_once_and_equal_each_seed_alone(mnist, tmp_path, monkeypatch):
