@@ -85,14 +85,10 @@ def table(summary: dict) -> str:
 
 # ----------------------------------------------------------------------------------------- the images
 def confusion_figure(summary: dict):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     confusion = np.asarray(summary["confusion"])
     classes = len(confusion)
-    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    fig = runlog.figure(figsize=(6.5, 5.5), dpi=100)
+    ax = fig.subplots()
     off = confusion.astype(float)
     np.fill_diagonal(off, np.nan)  # the colours show the errors; the diagonal would drown them
     image = ax.imshow(off, cmap="Reds")
@@ -109,11 +105,6 @@ def confusion_figure(summary: dict):
 
 def misclassified_figure(summary: dict, images_u8: np.ndarray, limit: int = GRID_MAX):
     """The misclassified digits, most confident first, as one tiled image (fast to draw) with a caption each."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     wrong = summary["misclassified"][:limit]
     cols, cell, pad = 10, 28 + 12, 12  # each cell: a caption strip above the digit
     rows = max(1, -(-len(wrong) // cols))
@@ -121,7 +112,8 @@ def misclassified_figure(summary: dict, images_u8: np.ndarray, limit: int = GRID
     for k, w in enumerate(wrong):
         r, c = divmod(k, cols)
         grid[r * cell + pad : r * cell + pad + 28, c * 32 + 2 : c * 32 + 30] = images_u8[w["index"]]
-    fig, ax = plt.subplots(figsize=(cols * 0.9, rows * 1.15 + 0.5))
+    fig = runlog.figure(figsize=(cols * 0.9, rows * 1.15 + 0.5), dpi=100)
+    ax = fig.subplots()
     ax.imshow(grid, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
     for k, w in enumerate(wrong):
         r, c = divmod(k, cols)
@@ -138,20 +130,15 @@ def misclassified_figure(summary: dict, images_u8: np.ndarray, limit: int = GRID
 def write(summary: dict, images_u8: np.ndarray, out: str | os.PathLike, writer=None, step: int = 0) -> Path:
     """report.json, confusion.png, misclassified.png into `out` (atomically); the images also into a
     tensorboardX `writer` if given."""
-    import matplotlib.pyplot as plt
-
     out = runlog.writable_logdir(out)
     runlog.atomic_write(out / "report.json", json.dumps(summary, indent=1).encode())
     for name, fig in (
         ("confusion", confusion_figure(summary)),
         ("misclassified", misclassified_figure(summary, images_u8)),
     ):
-        tmp = out / f".{name}.png.tmp"
-        fig.savefig(tmp, dpi=100, format="png")
-        os.replace(tmp, out / f"{name}.png")
+        rgb = runlog.write_png(fig, out / f"{name}.png")
         if writer is not None:
-            writer.add_figure(f"report/{name}", fig, step, close=False)
-        plt.close(fig)
+            writer.add_image(f"report/{name}", rgb, step, dataformats="HWC")
     return out
 
 

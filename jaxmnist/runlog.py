@@ -9,6 +9,7 @@ the blog's meaning and axis), `loss_train/batch_num`, and per epoch `acc_test/ep
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import os
@@ -94,6 +95,33 @@ def atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def figure(**kwargs):
+    """A matplotlib Figure drawn by Agg, without pyplot: its import costs a second of every run here, and its
+    registry of open figures is nothing a run needs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(**kwargs)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def write_png(fig, path: Path) -> np.ndarray:
+    """Draws `fig` once, writes it to `path` as PNG (atomically) and returns its RGB pixels [H, W, 3] (for
+    TensorBoard, which would otherwise draw it again)."""
+    from PIL import Image
+
+    fig.canvas.draw()
+    rgb = np.asarray(fig.canvas.buffer_rgba())[..., :3]
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, "PNG")
+    atomic_write(path, buf.getvalue())
+    return rgb
 
 
 def summary_writer(logdir: Path):
@@ -214,27 +242,17 @@ class RunLog:
 
     def plot(self) -> None:
         """curves.png (see `curves_figure`), written atomically."""
-        import matplotlib.pyplot as plt
-
-        fig = curves_figure(self.record, self.batches_per_epoch_axis)
-        tmp = self.dir / ".curves.png.tmp"
-        fig.savefig(tmp, dpi=90, format="png")
-        plt.close(fig)
-        os.replace(tmp, self.dir / "curves.png")
+        write_png(curves_figure(self.record, self.batches_per_epoch_axis), self.dir / "curves.png")
 
 
 def curves_figure(record: dict, batches_per_epoch: int):
     """Three panels against the epoch: the training loss (per batch, and the epoch's test loss), the error rate
     on a log axis (test, train, validation: where 99 % and 99.5 % accuracy are 1 % and 0.5 % apart, not a
     flat line near 100 %), and the learning rate each epoch ended at."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     b, epochs = record["batches"], record["epochs"]
     x = [e["epoch"] for e in epochs]
-    fig, (loss_ax, err_ax, lr_ax) = plt.subplots(1, 3, figsize=(15, 4))
+    fig = figure(figsize=(15, 4), dpi=90)
+    loss_ax, err_ax, lr_ax = fig.subplots(1, 3)
     loss_ax.semilogy(np.asarray(b["x"], float) / batches_per_epoch, b["loss"], lw=0.5, alpha=0.6, label="train batch")
     if any("test_loss" in e for e in epochs):
         loss_ax.semilogy(x, [e.get("test_loss") for e in epochs], "o-", color="C3", label="test")

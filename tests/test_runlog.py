@@ -66,8 +66,6 @@ def test_metrics_json_holds_every_batch_and_epoch(tmp_path):
 
 
 def test_curves_show_the_error_on_a_log_axis_and_the_learning_rate(tmp_path):
-    import matplotlib.pyplot as plt
-
     _, record = run_report(tmp_path)
     fig = runlog.curves_figure(record, batches_per_epoch=2)
     loss_ax, err_ax, lr_ax = fig.axes
@@ -77,7 +75,6 @@ def test_curves_show_the_error_on_a_log_axis_and_the_learning_rate(tmp_path):
     np.testing.assert_allclose(lines["train"].get_ydata(), [7.0, 7.0])  # 100 - mean(90, 96)
     np.testing.assert_allclose(loss_ax.get_lines()[0].get_xdata(), [0, 0.5, 1, 1.5])  # batches, in epochs
     np.testing.assert_allclose(lr_ax.get_lines()[0].get_ydata(), [1e-3, 1e-3])
-    plt.close(fig)
 
 
 def test_without_a_logdir_only_the_timing_is_recorded(tmp_path):
