@@ -257,7 +257,7 @@ def curves_figure(record: dict, batches_per_epoch: int):
     if any("test_loss" in e for e in epochs):
         loss_ax.semilogy(x, [e.get("test_loss") for e in epochs], "o-", color="C3", label="test")
     loss_ax.set(xlabel="epoch", ylabel="loss", title="loss")
-    loss_ax.legend()
+    loss_ax.legend(loc="upper right")  # not "best": searching thousands of batch points takes seconds
     for key, label, style in (
         ("test_acc", "test", "o-C3"),
         ("val_acc", "validation", "s-C2"),
