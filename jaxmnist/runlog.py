@@ -98,11 +98,8 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 
 def figure(**kwargs):
-    """A matplotlib Figure drawn by Agg, without pyplot: its import costs a second of every run here, and its
-    registry of open figures is nothing a run needs."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+    """A matplotlib Figure drawn by Agg, without pyplot: its import costs a second of every run here, and neither
+    its registry of open figures nor a switch of the process's backend (a notebook's) is anything a run needs."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
