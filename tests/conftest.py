@@ -86,10 +86,22 @@ def pytest_configure(config):
         config._xla_cache = tempfile.mkdtemp(prefix="jaxmnist-xla-cache-")
         os.environ["JAXMNIST_TEST_SESSION_CACHE"] = os.environ[compile_cache.ENV] = config._xla_cache
     compile_cache.configure()
-    # Runs, in this process and in the CLI tests' subprocesses, take XLA's convolutions as they are instead of
-    # timing the candidates (tests/test_convs.py times them, into its own cache file).
-    os.environ.setdefault("JAXMNIST_CONV_IMPL", "xla")
+    # Runs, in this process and in the CLI tests' subprocesses, take a fixed kernel library instead of timing the
+    # candidates (tests/test_convs.py times them, into its own cache file): the one the measured plan picks on
+    # this kind of CPU. Without AVX-512 that is Eigen's (XLA's default YNNPACK convolutions are 3-13x slower
+    # there, benchmarks/README.md: the fast preset's reduced run takes 37 s instead of 68 s on a Zen 3).
+    os.environ.setdefault("JAXMNIST_CONV_IMPL", default_conv_impl())
     os.environ["JAXMNIST_CONV_CACHE"] = os.path.join(os.environ[compile_cache.ENV], "conv-timings.json")
+
+
+def default_conv_impl() -> str:
+    """`eigen` on x86 CPUs without AVX-512, else `xla` (XLA's own choice, as on every non-x86 machine)."""
+    import platform
+
+    from jaxmnist import host
+
+    x86 = platform.machine() in ("x86_64", "AMD64")
+    return "eigen" if x86 and "avx2" in host.machine() and "avx512f" not in host.machine() else "xla"
 
 
 def pytest_unconfigure(config):

@@ -45,7 +45,7 @@ def test_placement_refuses_what_it_cannot_do():
         distributed.initialize("127.0.0.1:1", None, 0)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # not "module": xdist interleaves modules, tearing those down
 def one_device(tmp_path_factory, mnist):
     """The run both data-parallel runs are compared with: one process, one device."""
     root = tmp_path_factory.mktemp("one")

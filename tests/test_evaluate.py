@@ -25,7 +25,7 @@ def test_summary_counts_every_example_once():
     assert "accuracy: 66.67 % (4 of 6)" in evaluate.table(s)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # not "module": xdist interleaves modules, tearing those down
 def trained(mnist, tmp_path_factory):
     """A cnn trained for 2 short epochs with a workdir and a logdir (the end-of-run report)."""
     root = tmp_path_factory.mktemp("evaluate")
@@ -36,6 +36,7 @@ def trained(mnist, tmp_path_factory):
     return root, result
 
 
+@pytest.mark.xdist_group("evaluate_trained")  # one worker builds the trained fixture, once
 def test_the_end_of_run_report_agrees_with_training(mnist, trained):
     root, result = trained
     report = json.loads((root / "log" / "report.json").read_text())
@@ -54,6 +55,7 @@ def test_the_end_of_run_report_agrees_with_training(mnist, trained):
             assert image.format == "PNG" and min(image.size) > 300
 
 
+@pytest.mark.xdist_group("evaluate_trained")  # one worker builds the trained fixture, once
 def test_cli_on_a_checkpoint_and_on_a_state_dict(mnist, trained, tmp_path, capsys):
     root, _ = trained
     capsys.readouterr()

@@ -41,7 +41,7 @@ def test_mnist_digits_stay_as_they_are_and_disguised_ones_come_back(mnist, rng):
     assert min(corr) > 0.85, corr  # measured 0.90-0.99 (median 0.98); unshifted, thin digits drop to ~0.5
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # not "module": xdist interleaves modules, tearing those down
 def workdir(trained_cnn):
     return trained_cnn
 

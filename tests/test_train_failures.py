@@ -225,7 +225,7 @@ def kill_run(workdir: Path, *extra) -> list[str]:
             str(workdir), "--logdir", str(workdir / "log"), *extra]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # not "module": xdist interleaves modules, tearing those down
 def uninterrupted(tmp_path_factory):
     """The parameters of the same run, never killed."""
     workdir = tmp_path_factory.mktemp("whole")

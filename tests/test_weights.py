@@ -46,7 +46,7 @@ def test_bad_seed_flags_are_usage_errors(text):
         weights.parse_seed(text)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # not "module": xdist interleaves modules, tearing those down
 def seeded(mnist, tmp_path_factory):
     """Seeds 0 and 1 of a tiny run, trained together (one vmapped workdir) and in turn (WORKDIR/seed<k>)."""
     root = tmp_path_factory.mktemp("seeded")
@@ -56,6 +56,7 @@ def seeded(mnist, tmp_path_factory):
     return root
 
 
+@pytest.mark.xdist_group("seeded")  # one worker builds the seeded fixture, once
 @pytest.mark.parametrize("mode", ["vmap", "sequential"])
 def test_the_seeds_of_a_workdir_are_members(seeded, mode, mnist):
     workdir = str(seeded / mode)
@@ -75,6 +76,7 @@ def test_the_seeds_of_a_workdir_are_members(seeded, mode, mnist):
         weights.workdir_members(workdir, "best", (0, 5))
 
 
+@pytest.mark.xdist_group("seeded")  # one worker builds the seeded fixture, once
 def test_evaluate_and_predict_take_an_ensemble(seeded, tmp_path, capsys, mnist, monkeypatch):
     monkeypatch.chdir(tmp_path)  # two workdirs' report goes to ./report-ensemble
     vmapped, sequential = str(seeded / "vmap"), str(seeded / "sequential")
