@@ -23,9 +23,9 @@ TINY = Config(
 # longer), and runs ~10x faster than one on the CPU, where a scan's while loop is slow.
 RUN = dict(progress=False, chunk_steps=1, unroll=True, report=False)  # reports: tests/test_evaluate.py, and below
 # vmapped against alone under XLA's default kernels, whatever conftest fixes: XLA:CPU runs a vmapped (grouped)
-# convolution through Eigen's kernels by another route than a plain one, so the two part faster there (measured on
-# a Zen 3: one test image apart by epoch 3, parameters up to 1e-2 apart relatively). On such CPUs seeds run in turn
-# unless told otherwise (test_cpu_runs_seeds_in_turn_unless_told).
+# convolution through Eigen's kernels by another route than a plain one, and the two runs drift apart sooner
+# (measured on a Zen 3: one test image apart by epoch 3, parameters up to 1e-2 apart relatively). On a CPU, seeds
+# run in turn unless told otherwise (test_cpu_runs_seeds_in_turn_unless_told).
 VMAP_RUN = dict(RUN, conv_impl="xla")
 
 
@@ -58,7 +58,8 @@ def test_vmapped_seeds_equal_each_seed_alone(mnist, tmp_path):
     """Tolerance: the same test and train accuracies and learning rates in every epoch; parameters within 1e-4
     (relative) after 30 steps: vmapped convolutions are grouped ones, summed in another order."""
     data = tiny_data(mnist)
-    stack = trainer.train_seeds(TINY, (0, 1), "vmap", data=data, logdir=tmp_path / "log", **{**VMAP_RUN, "report": True})
+    run = {**VMAP_RUN, "report": True}
+    stack = trainer.train_seeds(TINY, (0, 1), "vmap", data=data, logdir=tmp_path / "log", **run)
     for seed, vmapped in zip((0, 1), stack):
         alone = trainer.train_and_evaluate(
             TINY.replace(seed=seed), data=data, logdir=tmp_path / f"alone{seed}", **VMAP_RUN
