@@ -27,7 +27,7 @@ def test_resume_equals_uninterrupted_run_bitwise(mnist, tmp_path):
     data = tiny_data(mnist)
     # One step per compiled chunk: it compiles as fast as a rolled scan (the CPU default of 8 unrolled steps takes
     # ~5x longer), and runs ~10x faster than one on the CPU, where a scan's while loop is slow.
-    run = dict(data=data, progress=False, chunk_steps=1, unroll=True)
+    run = dict(data=data, progress=False, chunk_steps=1, unroll=True, report=False)  # reports: tests/test_evaluate.py
     full = trainer.train_and_evaluate(config, workdir=tmp_path / "full", logdir=tmp_path / "log_full", **run)
     trainer.train_and_evaluate(config, workdir=tmp_path / "cut", logdir=tmp_path / "log_cut", stop_after_epoch=1, **run)
     resumed = trainer.train_and_evaluate(
