@@ -23,6 +23,9 @@ from jaxmnist.runlog import atomic_write
 
 TARGETS = (99.0, 99.5)  # time to reach these test accuracies is recorded per run (time-to-accuracy)
 LOADED = "†"
+# Written by hand beside the JSONs: what reproduced and what did not, and why. The README carries it under its
+# own heading, so regenerating the tables keeps it; the numbers it quotes come from the tables above it.
+FINDINGS = "findings.md"
 
 
 def fmt(stat: dict | None, unit: str = " %", digits: int = 2) -> str:
@@ -182,6 +185,14 @@ def notes(results: list[dict], labels: dict[str, str], out: Path) -> list[str]:
     return [line for line in lines if line]
 
 
+def findings(out: Path) -> list[str]:
+    """The hand-written section (FINDINGS), if `out` has one."""
+    path = out / FINDINGS
+    if not path.is_file():
+        return []
+    return ["## What reproduced and what did not", "", path.read_text().strip(), ""]
+
+
 def load_results(out: Path) -> list[dict]:
     """Every <preset>.json of `out`, in the blog's order of presets (the same preset's quirky run after it)."""
     results = [json.loads(p.read_text()) for p in out.glob("*.json")]
@@ -211,6 +222,7 @@ def write_readme(out: Path) -> Path:
             "loop is the correct one (see the README).",
             "",
             *[line + "\n" for line in notes(results, labels, out)],
+            *findings(out),
             "## Time to accuracy",
             "",
             time_table(results, epoch_s),

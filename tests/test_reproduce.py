@@ -57,6 +57,11 @@ def test_reproduce_table_regenerates_from_json(tmp_path):
     text = (tmp_path / "README.md").read_text()
     assert "1 run(s) failed" in text and "Machines: M1: AMD EPYC, family 25 model 1 stepping 1, avx2+fma" in text
     assert "In progress (not in the tables yet): `runs/resnet/jax/seed0` after epoch 1." in text
+    assert "What reproduced" not in text  # no findings.md: no such section
+    (tmp_path / results_table.FINDINGS).write_text("Both frameworks agree.\n")
+    assert reproduce.main(["--table-only", "--out", str(tmp_path)]) == 0
+    text = (tmp_path / "README.md").read_text()
+    assert "## What reproduced and what did not\n\nBoth frameworks agree.\n\n## Time to accuracy" in text
 
 
 def test_time_to_accuracy_counts_everything_before_the_epoch_that_reached_it(tmp_path):
