@@ -9,10 +9,9 @@ import time
 from pathlib import Path
 
 
-@functools.cache  # one process runs on one machine: read /proc/cpuinfo once, not every epoch
-def machine() -> str:
-    """The host a time was measured on: CPU model, family/model/stepping, vector extensions, usable cores. The
-    same "AMD EPYC" label covers machines 3x apart in speed (AVX-512 or not), so every time names this."""
+@functools.cache  # one process runs on one machine: read /proc/cpuinfo once
+def cpu_info() -> dict[str, str]:
+    """The first CPU's /proc/cpuinfo fields (empty where there is none)."""
     info: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -20,7 +19,19 @@ def machine() -> str:
             info.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    flags = set(info.get("flags", "").split())
+    return info
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (avx2, avx512f, ...)."""
+    return set(cpu_info().get("flags", "").split())
+
+
+@functools.cache
+def machine() -> str:
+    """The host a time was measured on: CPU model, family/model/stepping, vector extensions, usable cores. The
+    same "AMD EPYC" label covers machines 3x apart in speed (AVX-512 or not), so every time names this."""
+    info, flags = cpu_info(), cpu_flags()
     isa = "+".join(f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile") if f in flags) or platform.machine()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     model = info.get("model name") or platform.processor() or platform.machine()  # processor(): a subprocess

@@ -101,7 +101,7 @@ def default_conv_impl() -> str:
     from jaxmnist import host
 
     x86 = platform.machine() in ("x86_64", "AMD64")
-    return "eigen" if x86 and "avx2" in host.machine() and "avx512f" not in host.machine() else "xla"
+    return "eigen" if x86 and "avx2" in host.cpu_flags() and "avx512f" not in host.cpu_flags() else "xla"
 
 
 def pytest_unconfigure(config):
