@@ -32,16 +32,25 @@ def debian_fashion_mnist():
 
 
 @pytest.fixture(scope="session")
-def trained_cnn(mnist, tmp_path_factory):
-    """A jaxmnist.train workdir: a cnn trained for 2 short epochs (8,192 images), ~97 % on the test set. The
-    modules that use it share the xdist group "trained_cnn", so one worker trains it once."""
+def trained_cnn_run(mnist, tmp_path_factory):
+    """A jaxmnist.train run: a cnn trained for 2 short epochs (8,192 images), ~97 % on the test set; (root, the
+    run's result): its workdir is root/ckpt, its logdir (the end-of-run report) root/log. The modules that use it
+    share the xdist group "trained_cnn", so one worker trains it once. Tests that write into it copy it first."""
     from jaxmnist import trainer
     from jaxmnist.presets import Config
 
-    path = tmp_path_factory.mktemp("trained_cnn") / "ckpt"
+    root = tmp_path_factory.mktemp("trained_cnn")
     config = Config(model="cnn", batch_size=64, lr=0.05, epochs=2, train_size=8192)
-    trainer.train_and_evaluate(config, data=mnist, workdir=path, progress=False, chunk_steps=1, unroll=True)
-    return path
+    result = trainer.train_and_evaluate(
+        config, data=mnist, workdir=root / "ckpt", logdir=root / "log", progress=False, chunk_steps=1, unroll=True
+    )
+    return root, result
+
+
+@pytest.fixture(scope="session")
+def trained_cnn(trained_cnn_run):
+    """The workdir of trained_cnn_run."""
+    return trained_cnn_run[0] / "ckpt"
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
 """jaxmnist.convs: every formulation is torch's Conv2d, plans route layers, the autotuner measures once and caches."""
 
+import functools
 import json
 
 import jax
@@ -30,13 +31,15 @@ def test_every_formulation_is_torchs_conv2d(formulation, size, k, stride, paddin
     g = rng.standard_normal(ref.shape)
     ref.backward(torch.tensor(g))
     conv = convs.FORMULATIONS[formulation]
+
+    @jax.jit  # one program: run op by op, the formulations' dozens of small ops compiled one by one (4x slower)
+    def value_and_grads(x, w, g):
+        out, vjp = jax.vjp(lambda x, w: conv(x, w, stride, padding), x, w)
+        return out, *vjp(g)
+
     with jax.enable_x64():
-        out, vjp = jax.vjp(
-            lambda x, w: conv(x, w, stride, padding),
-            jnp.asarray(x.transpose(0, 2, 3, 1)),
-            jnp.asarray(w.transpose(2, 3, 1, 0)),
-        )
-        gx, gw = vjp(jnp.asarray(g.transpose(0, 2, 3, 1)))
+        nhwc = lambda a: jnp.asarray(a.transpose(0, 2, 3, 1))
+        out, gx, gw = value_and_grads(nhwc(x), jnp.asarray(w.transpose(2, 3, 1, 0)), nhwc(g))
     np.testing.assert_allclose(out, ref.detach().numpy().transpose(0, 2, 3, 1), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(gx, xt.grad.numpy().transpose(0, 2, 3, 1), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(gw, wt.grad.numpy().transpose(2, 3, 1, 0), rtol=1e-12, atol=1e-12)
@@ -83,10 +86,11 @@ def test_a_plan_routes_only_its_listed_layers(monkeypatch):
     x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 28, 28, 1)), jnp.float32)
     model = models.get_model('resnet')
     variables = engine.init_variables(model, jax.random.key(0))  # one program: eagerly, resnet's init takes 30 s
-    planned = model.clone(conv_plan=plan).apply(variables, x, train=False)
+    logits = lambda model: jax.jit(functools.partial(model.apply, train=False))(variables, x)  # calls: as traced
+    planned = logits(model.clone(conv_plan=plan))
     # three 7x7 64->64 convs; the strided conv and the 3x3 projection of the first block of stage 3
     assert sorted(calls) == [(2, 7, 7, 64)] * 3 + [(2, 14, 14, 32)] * 2
-    np.testing.assert_allclose(planned, model.apply(variables, x, train=False), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(planned, logits(model), rtol=1e-5, atol=1e-5)
 
 
 def test_plan_json_round_trip_and_bad_names():

@@ -2,13 +2,13 @@
 the CLI on a checkpoint and on a PyTorch state_dict."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from jaxmnist import evaluate, train, trainer
-from jaxmnist.presets import Config
+from jaxmnist import evaluate, train
 
 
 def test_summary_counts_every_example_once():
@@ -25,20 +25,9 @@ def test_summary_counts_every_example_once():
     assert "accuracy: 66.67 % (4 of 6)" in evaluate.table(s)
 
 
-@pytest.fixture(scope="session")  # not "module": xdist interleaves modules, tearing those down
-def trained(mnist, tmp_path_factory):
-    """A cnn trained for 2 short epochs with a workdir and a logdir (the end-of-run report)."""
-    root = tmp_path_factory.mktemp("evaluate")
-    config = Config(model="cnn", batch_size=64, lr=0.05, epochs=2, train_size=4096)
-    result = trainer.train_and_evaluate(
-        config, data=mnist, workdir=root / "ckpt", logdir=root / "log", progress=False, chunk_steps=1, unroll=True
-    )
-    return root, result
-
-
-@pytest.mark.xdist_group("evaluate_trained")  # one worker builds the trained fixture, once
-def test_the_end_of_run_report_agrees_with_training(mnist, trained):
-    root, result = trained
+@pytest.mark.xdist_group("trained_cnn")  # conftest's trained_cnn_run: one worker trains it once
+def test_the_end_of_run_report_agrees_with_training(mnist, trained_cnn_run):
+    root, result = trained_cnn_run
     report = json.loads((root / "log" / "report.json").read_text())
     confusion = np.array(report["confusion"])
     # The same weights as the last epoch's test pass: the same accuracy (to 1e-3 points, float32 rounding).
@@ -55,13 +44,14 @@ def test_the_end_of_run_report_agrees_with_training(mnist, trained):
             assert image.format == "PNG" and min(image.size) > 300
 
 
-@pytest.mark.xdist_group("evaluate_trained")  # one worker builds the trained fixture, once
-def test_cli_on_a_checkpoint_and_on_a_state_dict(mnist, trained, tmp_path, capsys):
-    root, _ = trained
+@pytest.mark.xdist_group("trained_cnn")
+def test_cli_on_a_checkpoint_and_on_a_state_dict(mnist, trained_cnn, tmp_path, capsys):
+    workdir = tmp_path / "ckpt"
+    shutil.copytree(trained_cnn, workdir)  # the report goes into the workdir: not into the one other tests read
     capsys.readouterr()
-    assert evaluate.main(["--workdir", str(root / "ckpt")]) == 0
+    assert evaluate.main(["--workdir", str(workdir)]) == 0
     out = capsys.readouterr().out
-    best = json.loads((root / "ckpt" / "report" / "report.json").read_text())
+    best = json.loads((workdir / "report" / "report.json").read_text())
     assert f"accuracy: {best['accuracy']:.2f} %" in out and "class  support  precision" in out
     meta_acc = float(out.split("test accuracy ")[1].split(" %")[0])  # the best checkpoint's, from training
     assert best["accuracy"] == pytest.approx(meta_acc, abs=0.01)

@@ -346,11 +346,11 @@ def test_get_model():
 def test_output_shape_and_three_channel_input(name, num_classes):
     model = models.get_model(name)
     x = inputs(2, seed=0)[1]
-    logits = model.apply(initialised(name), x, train=False)
+    logits = flax_logits(model, initialised(name), x, train=False)
     assert logits.shape == (2, num_classes)
     if name == 'resnet18':  # The repeat inside the model is the blog's expand outside it.
         assert initialised(name)['params']['conv1']['kernel'].shape == (7, 7, 3, 64)
-        assert np.array_equal(logits, model.apply(initialised(name), np.repeat(x, 3, -1), train=False))
+        assert np.array_equal(logits, flax_logits(model, initialised(name), np.repeat(x, 3, -1), train=False))
 
 
 def test_bfloat16_computation_keeps_float32_state():
@@ -389,10 +389,17 @@ def test_fused_first_stage_is_the_composed_layers(rng):
     kernel, scale, bias = rng.standard_normal((3, 3, 1, 5)), rng.uniform(0.5, 1.5, 5), rng.standard_normal(5)
     with jax.enable_x64():
         args = tuple(map(jnp.asarray, (x, kernel, scale, bias)))
-        fused, fused_vjp = jax.vjp(lambda *a: layers.stage_1ch_train(*a, 1e-5), *args)
-        composed, composed_vjp = jax.vjp(lambda *a: layers._stage_1ch_reference(*a, 1e-5), *args)
-        cotangents = tuple(jnp.asarray(rng.standard_normal(o.shape)) for o in composed)
-        for got, want in zip((*fused, *fused_vjp(cotangents)), (*composed, *composed_vjp(cotangents))):
+        cotangents = tuple(jnp.asarray(rng.standard_normal(s)) for s in ((3, 4, 3, 5), (5,), (5,)))
+
+        @functools.partial(jax.jit, static_argnums=0)  # one program each: op by op, dozens of small compiles
+        def outputs_and_grads(stage, args, cotangents):
+            out, vjp = jax.vjp(lambda *a: stage(*a, 1e-5), *args)
+            return *out, *vjp(cotangents)
+
+        fused = outputs_and_grads(layers.stage_1ch_train, args, cotangents)
+        composed = outputs_and_grads(layers._stage_1ch_reference, args, cotangents)
+        assert [o.shape for o in composed[:3]] == [c.shape for c in cotangents]
+        for got, want in zip(fused, composed, strict=True):
             np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
         mean, var = jnp.asarray(rng.standard_normal(5)), jnp.asarray(rng.uniform(0.5, 2, 5))
         y = (convs.lax_conv(args[0], args[1], 1, 1) - mean) * jax.lax.rsqrt(var + 1e-5) * args[2] + args[3]
@@ -410,9 +417,9 @@ def test_fast_network_runs_its_first_stage_fused(train, monkeypatch):
         monkeypatch.setattr(models, fn, functools.partial(lambda f, *a: calls.append(f) or f(*a), getattr(models, fn)))
     variables, x = initialised('fast'), inputs(4, seed=0)[1]
 
-    def run(fuse):
+    def run(fuse):  # jitted: one program instead of many small ones; `calls` records what was traced
         model = models.FastNet(fuse_first_stage=fuse)
-        return model.apply(variables, x, train=train, mutable=['batch_stats'])
+        return jax.jit(functools.partial(model.apply, train=train, mutable=['batch_stats']))(variables, x)
 
     (fused, fused_stats), (composed, composed_stats) = run(True), run(False)
     assert len(calls) == 1
