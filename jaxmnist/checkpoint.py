@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import jax
+import numpy as np
 
 from jaxmnist import cli, engine
 from jaxmnist.cli import UsageError
@@ -66,6 +67,16 @@ def _barrier(name: str) -> None:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(name)
+
+
+def _placed_like(target, restored):
+    """A restored leaf placed as its target was. orbax commits every array it restores to its target's devices;
+    a target left uncommitted (one device, no mesh) gets an uncommitted copy, or every program of the resumed run
+    would lower with sharding annotations that a fresh run's lack: other programs, compiled again on every resume
+    instead of read from the compile cache."""
+    if isinstance(target, jax.Array) and not target.committed and restored.committed:
+        return jax.device_put(np.asarray(restored))
+    return restored
 
 
 class Checkpointer:
@@ -178,7 +189,7 @@ class Checkpointer:
             step,
             args=self.ocp.args.Composite(state=self.ocp.args.StandardRestore(target), meta=self.ocp.args.JsonRestore()),
         )
-        return like.replace(**out["state"]), out["meta"]
+        return like.replace(**jax.tree.map(_placed_like, target, out["state"])), out["meta"]
 
     def close(self) -> None:
         self.latest.close()

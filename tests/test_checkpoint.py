@@ -1,8 +1,10 @@
 """jaxmnist.checkpoint: the latest and the best train state, restored with their host-side metadata."""
 
+import functools
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -28,6 +30,22 @@ def test_latest_and_best_are_kept_and_restored(tmp_path):
     assert sorted(p.name for p in (tmp_path / "latest").iterdir()) == ["2", "3"]  # the last two epochs
     assert sorted(p.name for p in (tmp_path / "best").iterdir()) == ["2"]
     assert Checkpointer(tmp_path).best_acc == 95.0  # a reopened run knows its best so far
+
+
+def test_a_restored_state_compiles_to_the_fresh_states_programs(tmp_path):
+    """orbax commits what it restores to a device; a state restored on one device is placed as a fresh one is
+    (uncommitted), so a resumed run's train program is the very program of the run it resumes (before: another
+    one, with sharding annotations, compiled again on every --resume instead of read from the compile cache)."""
+    ckpt = Checkpointer(tmp_path)
+    ckpt.save(state(0), 1, 90.0, meta={})
+    restored, _ = ckpt.restore_latest(state(1))
+    ckpt.close()
+    assert not any(leaf.committed for leaf in jax.tree.leaves(restored))
+    train = jax.jit(functools.partial(engine.train_chunk, augment=False, train=True, unroll=True))
+    images, labels = jnp.zeros((64, 28, 28), jnp.uint8), jnp.zeros((64,), jnp.int32)
+    idx = jax.ShapeDtypeStruct((1, 64), jnp.int32)
+    program = lambda s: train.lower(s, images, labels, idx).as_text()
+    assert program(restored) == program(state(0))
 
 
 def test_an_empty_workdir_has_nothing_to_restore(tmp_path):
