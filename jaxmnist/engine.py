@@ -2,7 +2,8 @@
 
 - `TrainState`, `create_state`: everything that changes during training, as one pytree;
 - `train_step(state, batch) -> (state, metrics)` and `eval_step`: one batch;
-- `train_chunk`: several steps over device-resident uint8 data, as a `lax.scan` or unrolled;
+- `chunk_batches`, `train_chunk`: a chunk's batches gathered from device-resident uint8 data, then several
+  steps over them, as a `lax.scan` or unrolled;
 - `eval_split`: a whole split, every example exactly once; `epoch_indices`: an epoch's shuffled batches.
 
 Every random draw comes from (seed, step) or (seed, epoch), never from host state, so a resumed run repeats an
@@ -191,29 +192,36 @@ _AUGMENT_STREAM = 1 << 30
 _EVAL_STREAM = (1 << 30) + 1
 
 
-def train_chunk(state: TrainState, images, labels, idx, *, augment: bool, train: bool, unroll: bool = False):
-    """Runs len(idx) steps; idx [steps, B] indexes the device-resident uint8 images. Returns per-step metrics
-    ('loss', 'accuracy': [steps]) and whether every parameter and statistic is finite after the chunk
-    ('finite': [], one reduction per chunk, fetched with the metrics: no extra host sync).
+def chunk_batches(images, labels, idx):
+    """A chunk's batches from the device-resident split: uint8 images [steps, B, 28, 28] and labels [steps, B] at
+    idx [steps, B]. Its own program: a train chunk that took the whole split would be another program for every
+    split size, compiled again for each."""
+    return images[idx], labels[idx]
+
+
+def train_chunk(state: TrainState, images, labels, *, augment: bool, train: bool, unroll: bool = False):
+    """Runs len(images) steps on a chunk's batches (chunk_batches: uint8 [steps, B, 28, 28], labels [steps, B]).
+    Returns per-step metrics ('loss', 'accuracy': [steps]) and whether every parameter and statistic is finite
+    after the chunk ('finite': [], one reduction per chunk, fetched with the metrics: no extra host sync).
 
     `unroll=True` traces the steps one after another instead of as a `lax.scan` (a while loop): XLA's CPU
     backend runs convolution gradients inside a while loop 4-5x slower (cnn, batch 512: ~800 vs ~200 ms per
     step; see benchmarks/README.md), and even a length-1 scan stays a loop. So CPU runs use short unrolled chunks.
     """
 
-    def body(state, batch_idx):
+    def body(state, batch):
+        image, label = batch
         key = jax.random.fold_in(jax.random.fold_in(state.rng, _AUGMENT_STREAM), state.step)
-        batch = {"image": prepare_images(images[batch_idx], key, augment), "label": labels[batch_idx]}
-        return train_step(state, batch, train=train)
+        return train_step(state, {"image": prepare_images(image, key, augment), "label": label}, train=train)
 
     if unroll:
         steps = []
-        for i in range(idx.shape[0]):
-            state, m = body(state, idx[i])
+        for i in range(images.shape[0]):
+            state, m = body(state, (images[i], labels[i]))
             steps.append(m)
         metrics = jax.tree.map(lambda *xs: jnp.stack(xs), *steps)
     else:
-        state, metrics = jax.lax.scan(body, state, idx)
+        state, metrics = jax.lax.scan(body, state, (images, labels))
     return state, {**metrics, "finite": all_finite((state.params, state.batch_stats, state.ema))}
 
 

@@ -71,9 +71,12 @@ def epoch_steps(config: Config, n_train: int) -> int:
 # ------------------------------------------------------------------------------------- programs
 @dataclasses.dataclass
 class Training:
-    """An epoch's compiled programs: a chunk of steps per (train mode, length), and the epoch's batch indices."""
+    """An epoch's compiled programs: a chunk of steps per (train mode, length), the gathering of its batches per
+    length, and the epoch's batch indices. Only the last two take the whole split: the costly chunk programs
+    are the same for every --train-size and --val-size (one compile, or one cache entry, serves them all)."""
 
     chunks: dict[tuple[bool, int], Callable]
+    batches: dict[int, Callable]  # (images, labels, idx [steps, B]) -> ([steps, B, 28, 28], [steps, B])
     indices: Callable  # epoch (int32) -> one [steps, B] index array per chunk ([seeds, steps, B] vmapped)
     seeds: Seeds
 
@@ -113,21 +116,28 @@ def compile_training(
     placement.check_batch(config.batch_size)
     batch = placement.batch(leading=len(stack) + 1)  # [(seeds,) steps, B]
     modes = sorted({not trains_in_eval_mode(config, e) for e in range(config.epochs)})
+    sizes = sorted({e - s for s, e in bounds})
+    gather = jax.jit(seeds.map(engine.chunk_batches, (None, None, 0)), **shardings(placement, (None, None, batch), batch))
+    batches, shapes = {}, {}
+    for size in sizes:
+        lead = (*stack, size, config.batch_size)
+        batches[size] = gather.lower(*train, jax.ShapeDtypeStruct(lead, jnp.int32, sharding=batch)).compile()
+        images, labels = (jax.ShapeDtypeStruct(lead + a.shape[1:], a.dtype, sharding=batch) for a in train)
+        shapes[size] = images, labels
     chunks = {}
     for mode in modes:
         chunk = functools.partial(engine.train_chunk, augment=config.augment, train=mode, unroll=unroll)
-        sharded = shardings(placement, (None, None, None, batch), (None, None))
+        sharded = shardings(placement, (None, batch, batch), (None, None))
         options = conv_plan.compiler_options
-        jit_chunk = jax.jit(seeds.map(chunk, (0, None, None, 0)), donate_argnums=0, compiler_options=options, **sharded)
-        for size in sorted({e - s for s, e in bounds}):
-            idx = jax.ShapeDtypeStruct((*stack, size, config.batch_size), jnp.int32, sharding=batch)
-            chunks[mode, size] = jit_chunk.lower(state, *train, idx).compile()
+        jit_chunk = jax.jit(seeds.map(chunk, (0, 0, 0)), donate_argnums=0, compiler_options=options, **sharded)
+        for size in sizes:
+            chunks[mode, size] = jit_chunk.lower(state, *shapes[size]).compile()
     shuffle = functools.partial(
         engine.epoch_indices, n=int(train[1].shape[0]), batch_size=config.batch_size, bounds=tuple(bounds)
     )
     sharded = shardings(placement, (None, None), batch)
     indices = jax.jit(seeds.map(shuffle, (0, None)), **sharded).lower(seeds.array(seeds.seeds), jnp.int32(0))
-    return Training(chunks, indices.compile(), seeds)
+    return Training(chunks, batches, indices.compile(), seeds)
 
 
 @dataclasses.dataclass
@@ -201,7 +211,8 @@ def train_epoch(training: Training, state, train, epoch: int, mode: bool, bar=No
     a non-finite loss or state raises Diverged at the end of the chunk where it appeared."""
     metrics, pending, done = [], None, 0
     for idx in training.epoch_indices(epoch):
-        state, m = training.chunks[mode, idx.shape[-2]](state, *train, idx)
+        size = idx.shape[-2]
+        state, m = training.chunks[mode, size](state, *training.batches[size](*train, idx))
         if pending is not None:
             metrics.append(_fetch(pending, bar, epoch, done, training.seeds))
             done += metrics[-1]["loss"].shape[-1]

@@ -42,9 +42,8 @@ def test_a_restored_state_compiles_to_the_fresh_states_programs(tmp_path):
     ckpt.close()
     assert not any(leaf.committed for leaf in jax.tree.leaves(restored))
     train = jax.jit(functools.partial(engine.train_chunk, augment=False, train=True, unroll=True))
-    images, labels = jnp.zeros((64, 28, 28), jnp.uint8), jnp.zeros((64,), jnp.int32)
-    idx = jax.ShapeDtypeStruct((1, 64), jnp.int32)
-    program = lambda s: train.lower(s, images, labels, idx).as_text()
+    images, labels = jnp.zeros((1, 64, 28, 28), jnp.uint8), jnp.zeros((1, 64), jnp.int32)
+    program = lambda s: train.lower(s, images, labels).as_text()
     assert program(restored) == program(state(0))
 
 

@@ -90,7 +90,8 @@ def test_unrolled_chunk_equals_scanned_chunk(rng):
     labels = jnp.asarray(rng.integers(0, 10, 48), jnp.int32)
     idx = jnp.arange(48, dtype=jnp.int32).reshape(3, 16)
     chunk = jax.jit(engine.train_chunk, static_argnames=("augment", "train", "unroll"))
-    (a, ma), (b, mb) = (chunk(state, images, labels, idx, augment=True, train=True, unroll=u) for u in (False, True))
+    batches = engine.chunk_batches(images, labels, idx)
+    (a, ma), (b, mb) = (chunk(state, *batches, augment=True, train=True, unroll=u) for u in (False, True))
     np.testing.assert_allclose(ma["loss"], mb["loss"], rtol=1e-5)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)

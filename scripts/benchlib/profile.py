@@ -157,8 +157,9 @@ def profile_cnn(
     jit_chunk = jax.jit(engine.train_chunk, static_argnames=("augment", "train", "unroll"))
     for unroll in (True, False):
         name = f"train_chunk, {n} steps, {'unrolled' if unroll else 'rolled'} scan (per step)"
-        compiled = jit_chunk.lower(state, images, labels, idx, augment=False, train=True, unroll=unroll).compile()
-        jax_fns[name], per_step[name] = functools.partial(compiled, state, images, labels, idx), n
+        batches = engine.chunk_batches(images, labels, idx)
+        compiled = jit_chunk.lower(state, *batches, augment=False, train=True, unroll=unroll).compile()
+        jax_fns[name], per_step[name] = functools.partial(compiled, state, *batches), n
     for name in jax_fns:
         shapes.setdefault(name, f"B={B}")
 
