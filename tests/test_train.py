@@ -7,10 +7,11 @@ import os
 import struct
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxmnist import convs, trainer
+from jaxmnist import convs, engine, programs, trainer
 from jaxmnist.checkpoint import Checkpointer
 from jaxmnist.cli import UsageError
 from jaxmnist.presets import PRESETS, Config
@@ -85,6 +86,27 @@ def test_fast_preset_learns_on_a_reduced_budget(mnist, tmp_path):
                                         report=False)  # fmt: skip
     assert result.record["final_acc"] >= 93.0, result.record["final_acc"]
     assert result.record["recompiles_after_first_epoch"] == 0
+
+
+def test_one_train_program_serves_every_split_size(rng):
+    """A chunk of steps takes its gathered batches, not the whole split: a run on 704 training images and one on
+    1,088 (another --train-size or --val-size) run the same compiled chunk, so the second reads the first one's
+    from the compile cache (the session's, conftest; sizes no other test uses)."""
+    assert jax.config.jax_compilation_cache_dir  # conftest's session cache
+    state = engine.create_state(TINY, jax.random.PRNGKey(0))
+    hits = []
+    listener = lambda event, **_: hits.append(event) if event == "/jax/compilation_cache/cache_hits" else None
+    jax.monitoring.register_event_listener(listener)
+    try:
+        for n in (704, 1088):
+            hits.clear()
+            split = jnp.asarray(rng.integers(0, 256, (n, 28, 28), np.uint8)), jnp.zeros((n,), jnp.int32)
+            training = programs.compile_training(TINY, state, split, [(0, 1)], unroll=True)
+            images, _ = training.batches[1](*split, jnp.asarray([np.arange(n - 64, n)], jnp.int32))
+            assert images.shape == (1, 64, 28, 28) and np.array_equal(images[0], split[0][n - 64 :])
+    finally:
+        jax.monitoring.unregister_event_listener(listener)
+    assert len(hits) >= 1  # the chunk; the gathering and the shuffle take the split: compiled for each size
 
 
 def test_no_recompilation_after_first_epoch(mnist, tmp_path):
