@@ -81,6 +81,6 @@ def test_bad_arguments_are_one_line(argv, message, capsys):
 
 def test_no_report_writes_none(mnist, tmp_path):  # mnist: the realdata mark, so the CLI may load it
     argv = ["--model", "cnn", "--train-size", "640", "--max-steps", "2", "--epochs", "1", "--no-progress"]
-    argv += ["--chunk-steps", "1"]
+    argv += ["--batch-size", "64", "--chunk-steps", "1"]  # the other tiny cnn runs' program
     assert train.main([*argv, "--no-report", "--logdir", str(tmp_path)]) == 0
     assert (tmp_path / "metrics.json").exists() and not (tmp_path / "report.json").exists()

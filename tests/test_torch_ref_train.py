@@ -309,6 +309,7 @@ def test_cli_unwritable_logdir_and_missing_cuda(capsys, tmp_path):
 def test_cli_writes_jaxmnists_metrics_format(tmp_path, mnist):
     """The real CLI, as a subprocess, against a tiny jaxmnist run with the same flags."""
     flags = ["--model", "cnn", "--epochs", "1", "--max-steps", "3", "--train-size", "2048", "--no-progress"]
+    flags += ["--batch-size", "64"]  # JAX's program: the other tiny cnn runs' (tests/test_train_failures.py)
     proc = subprocess.run(
         [sys.executable, "-m", "torch_ref.train", *flags, "--logdir", str(tmp_path / "torch")],
         capture_output=True,

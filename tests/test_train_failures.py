@@ -145,7 +145,7 @@ def test_divergence_stops_the_run_and_resume_with_a_lower_lr_works(mnist, capsys
     """Two good epochs, then a resumed run at --lr 1e6 diverges in epoch 3: exit 1, one line naming the epoch,
     the step and the last good checkpoint; nothing of the bad epoch is saved; --resume at the old rate finishes."""
     flags = ["--model", "cnn", "--train-size", "2048", "--max-steps", "4", "--no-progress", "--no-report"]
-    flags += ["--chunk-steps", "1"]
+    flags += ["--batch-size", "64", "--chunk-steps", "1"]  # the tiny cnn runs' shared program (kill_run)
     flags += ["--workdir", str(tmp_path / "w"), "--logdir", str(tmp_path / "log")]
     assert train.main([*flags, "--epochs", "2"]) == 0
     capsys.readouterr()
@@ -220,8 +220,10 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(kind, what, where, mnist
 
 
 def kill_run(workdir: Path, *extra) -> list[str]:
+    # Batch 64, one step per chunk: the train program of conftest's trained_cnn and of the other tiny cnn runs,
+    # compiled once per suite (a chunk's program is the same for every --train-size).
     return [sys.executable, "-m", "jaxmnist.train", "--model", "cnn", "--train-size", "2048", "--max-steps", "4",
-            "--epochs", "4", "--eval-batch-size", "2000", "--no-progress", "--no-report", "--chunk-steps", "1", "--workdir",
+            "--batch-size", "64", "--epochs", "4", "--no-progress", "--no-report", "--chunk-steps", "1", "--workdir",
             str(workdir), "--logdir", str(workdir / "log"), *extra]  # fmt: skip
 
 
