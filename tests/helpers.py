@@ -1,4 +1,4 @@
-"""Helpers shared by several test files: shapes, torch twins of flax variables, a fake dataset."""
+"""Helpers shared by several test files: shapes, torch twins of flax variables, a fake dataset, a tiny recipe."""
 
 import functools
 
@@ -9,6 +9,11 @@ from flax import traverse_util
 
 from jaxmnist import data as data_lib
 from jaxmnist import models
+from jaxmnist.presets import PRESETS
+
+# The fast recipe, tiny: 3 epochs of 10 steps of 64 (train_size 640), a weight average, one step per chunk. Tests
+# that train it share its compiled programs (its one-cycle schedule is part of them: same length, same program).
+FAST_TINY = PRESETS["fast"].replace(batch_size=64, epochs=3, train_size=640, eval_batch_size=500, ema=0.9)
 
 
 def flat(tree):

@@ -6,6 +6,7 @@ import dataclasses
 import jax
 import numpy as np
 import pytest
+from helpers import FAST_TINY
 
 from jaxmnist import export, interop, train, trainer, weights
 from jaxmnist.presets import PRESETS, Config
@@ -24,9 +25,13 @@ def jax_logits(model: weights.Model, digits):
     return np.log(model.probabilities(digits))  # log-softmax: logits up to a constant per row
 
 
-@pytest.mark.parametrize("preset", ["cnn_tb", "fast"])  # no BatchNorm, and BatchNorm with running statistics
+@pytest.mark.parametrize(  # no BatchNorm, and BatchNorm with running statistics
+    "preset", ["cnn_tb", pytest.param("fast", marks=pytest.mark.xdist_group("fast_tiny"))]  # FAST_TINY's worker
+)
 def test_export_loads_strictly_into_torch_ref_with_the_same_logits(preset, mnist, tmp_path, capsys):
-    config = PRESETS[preset].replace(epochs=1, max_steps=3, batch_size=64)
+    # The tiny runs' programs: cnn_tb's at batch 64 (conftest's trained_cnn), fast's FAST_TINY (its weight average
+    # is what export writes, as evaluation reads it).
+    config = FAST_TINY if preset == "fast" else PRESETS[preset].replace(epochs=1, max_steps=3, batch_size=64)
     data = dataclasses.replace(mnist, test_images=mnist.test_images[:500], test_labels=mnist.test_labels[:500])
     trainer.train_and_evaluate(config, data=data, workdir=tmp_path / "ckpt", progress=False, chunk_steps=1, unroll=True)
     assert export.main(["--workdir", str(tmp_path / "ckpt"), "--to", str(tmp_path / "net.pth")]) == 0
@@ -57,10 +62,11 @@ def test_init_from_starts_from_torchs_weights(mnist, tmp_path):
     # BatchNorm statistics have moved: two training steps).
     config = Config(model="cnn", batch_size=64, lr=1e-12, epochs=1, max_steps=2)
     data = dataclasses.replace(mnist, test_images=mnist.test_images[:500], test_labels=mnist.test_labels[:500])
-    run = trainer.train_and_evaluate(config, data=data, init=variables, progress=False)
+    run = trainer.train_and_evaluate(config, data=data, init=variables, progress=False, chunk_steps=1)
     for ours, theirs_ in zip(jax.tree.leaves(run.state.params), jax.tree.leaves(variables["params"])):
         np.testing.assert_allclose(np.asarray(ours), theirs_, atol=1e-9)
     cli = ["--model", "cnn", "--init-from", str(tmp_path / "cnn.pth"), "--train-size", "640", "--epochs", "1"]
+    cli += ["--batch-size", "64", "--max-steps", "2", "--chunk-steps", "1", "--no-report"]  # the tiny runs' program
     assert train.main([*cli, "--no-progress", "--logdir", str(tmp_path / "log")]) == 0  # the flag, end to end
 
 

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import FAST_TINY
 
 from jaxmnist import convs, engine, programs, trainer
 from jaxmnist.checkpoint import Checkpointer
@@ -63,9 +64,10 @@ def test_a_resumed_run_keeps_the_convolution_plan_it_started_with(mnist, tmp_pat
     assert Checkpointer(tmp_path).read_meta()["conv_plan"] == convs.fixed_plan("eigen").to_json()
 
 
+@pytest.mark.xdist_group("fast_tiny")  # one worker compiles FAST_TINY's programs, the other tests read them
 def test_resume_with_the_fast_recipe_equals_uninterrupted_run_bitwise(mnist, tmp_path):
     """The fast preset's state carries more: Adam's moments, the weight average; its schedule spans all epochs."""
-    config = PRESETS["fast"].replace(batch_size=64, epochs=3, train_size=640, eval_batch_size=500, ema=0.9)
+    config = FAST_TINY
     run = dict(data=tiny_data(mnist), progress=False, chunk_steps=1, unroll=True)
     full = trainer.train_and_evaluate(config, workdir=tmp_path / "full", **run)
     trainer.train_and_evaluate(config, workdir=tmp_path / "cut", stop_after_epoch=2, **run)
