@@ -109,15 +109,16 @@ def compile_training(
     conv_plan: ConvPlan = convs.XLA,
 ) -> Training:
     """Every chunk variant the run will call: both train modes if the blog's quirk 1 (docs/experiments.md)
-    switches to eval mode, and each chunk length of `bounds` (at most two). On a mesh, the indices' batch axis
-    is sharded, all else replicated. `conv_plan`: the state's network's, for its compiler options."""
+    switches to eval mode, and each chunk length of `bounds` (at most two). On a mesh, the batch axis of the
+    indices and of the gathered batches is sharded, all else replicated. `conv_plan`: the state's network's, for its compiler options."""
     seeds = seeds or Seeds((config.seed,))
     stack = (len(seeds.seeds),) if seeds.vmapped else ()
     placement.check_batch(config.batch_size)
     batch = placement.batch(leading=len(stack) + 1)  # [(seeds,) steps, B]
     modes = sorted({not trains_in_eval_mode(config, e) for e in range(config.epochs)})
     sizes = sorted({e - s for s, e in bounds})
-    gather = jax.jit(seeds.map(engine.chunk_batches, (None, None, 0)), **shardings(placement, (None, None, batch), batch))
+    sharded = shardings(placement, (None, None, batch), batch)
+    gather = jax.jit(seeds.map(engine.chunk_batches, (None, None, 0)), **sharded)
     batches, shapes = {}, {}
     for size in sizes:
         lead = (*stack, size, config.batch_size)
