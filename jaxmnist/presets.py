@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 
 import numpy as np
@@ -123,6 +124,13 @@ def describe(c: Config) -> str:
         if on
     ]
     return f"{c.model}, batch {c.batch_size}, {opt}, {c.epochs} epochs" + "".join(f", {e}" for e in extras)
+
+
+def changed_settings(saved: dict, config: Config) -> list[str]:
+    """The fields in which `config` differs from `saved`, a config as a checkpoint stored it. Compared as JSON
+    holds them: a checkpoint's JSON gives a tuple field (blog_best) back as a list, the same setting."""
+    saved, current = (json.loads(json.dumps(d)) for d in (saved, dataclasses.asdict(config)))
+    return sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
 
 
 def validate(config: Config) -> None:

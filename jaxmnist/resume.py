@@ -13,7 +13,7 @@ from jaxmnist.checkpoint import Checkpointer
 from jaxmnist.cli import UsageError
 from jaxmnist.convs import ConvPlan
 from jaxmnist.distributed import Placement
-from jaxmnist.presets import Config
+from jaxmnist.presets import Config, changed_settings
 from jaxmnist.programs import Diverged
 from jaxmnist.seeds import Seeds
 
@@ -50,8 +50,7 @@ def resume_from(ckpt: Checkpointer, state, config: Config, runs: list[SeedRun], 
         say(f"no checkpoint in {ckpt.workdir}: starting from scratch")
         return state, 0
     state, meta = restored
-    current = dataclasses.asdict(config)
-    changed = sorted(k for k in meta["config"].keys() | current.keys() if meta["config"].get(k) != current.get(k))
+    changed = changed_settings(meta["config"], config)
     if meta.get("seeds", [config.seed]) != list(seeds.seeds):
         changed.append("seeds")
     if set(changed) - set(RESUMABLE_CHANGES):

@@ -1,5 +1,8 @@
 """jaxmnist.presets: the experiments as data, the lists derived from them, config checks, the CLI mapping."""
 
+import dataclasses
+import json
+
 import numpy as np
 import pytest
 
@@ -98,3 +101,13 @@ def test_describe_names_the_experiment():
         "cnn_deep, batch 512, RMSprop lr 0.001, alpha 0.99, momentum 0.5, 100 epochs, augmentation, "
         "ReduceLROnPlateau, blog quirks"
     )
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_a_checkpoints_config_is_the_same_settings(name):
+    """A resumed run compares its settings with the checkpoint's, which JSON gave back (tuples as lists):
+    cnn_deep's blog_best once made its own checkpoint look like another run's."""
+    config = PRESETS[name]
+    stored = json.loads(json.dumps(dataclasses.asdict(config)))
+    assert presets.changed_settings(stored, config) == []
+    assert presets.changed_settings(stored, config.replace(lr=config.lr / 2, blog_best=(1, 2.0))) == ["blog_best", "lr"]

@@ -16,6 +16,7 @@ import torch
 
 from jaxmnist import cli
 from jaxmnist.cli import UsageError
+from jaxmnist.presets import changed_settings
 
 FILE = "checkpoint.pt"
 RESUMABLE_CHANGES = ("epochs",)  # what a resumed run may change
@@ -58,8 +59,7 @@ def restore(workdir, config, parts: dict, say) -> tuple[int, dict | None]:
         state = torch.load(target, weights_only=True)
     except Exception as e:  # a damaged file: name it, never a traceback
         raise cli.RunError(f"cannot read {target} ({type(e).__name__}); remove it to start over") from None
-    current = dataclasses.asdict(config)
-    changed = sorted(k for k in state["config"].keys() | current.keys() if state["config"].get(k) != current.get(k))
+    changed = changed_settings(state["config"], config)
     if set(changed) - set(RESUMABLE_CHANGES):
         raise UsageError(f"checkpoint in {workdir} was made with different settings: {', '.join(changed)}")
     missing = sorted(name for name, part in parts.items() if part is not None and name not in state["parts"])
