@@ -183,6 +183,17 @@ def geometries(model, batch_size: int) -> list[Geometry]:
     return list(recorder.seen)
 
 
+def add_flag(p, what: str = '') -> None:
+    """--conv-impl, every command's one flag for how convolutions run; `what` ends its help."""
+    p.add_argument(
+        '--conv-impl',
+        choices=IMPLS,
+        help=f'how convolutions run: auto (default, or ${ENV_IMPL}) times XLA:CPU\'s kernel libraries and '
+        'formulations once per machine and keeps the fastest (cached); xla: XLA\'s own choice (the default off the '
+        f'CPU); eigen: XLA\'s Eigen kernels; matmul: im2col and a GEMM{what}',
+    )
+
+
 def fixed_plan(impl: str) -> ConvPlan:
     """`xla`, `eigen` (every layer through lax.conv) or `matmul` (every layer im2col + GEMM, Eigen's library)."""
     if impl == 'xla':

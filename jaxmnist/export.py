@@ -17,7 +17,7 @@ from jaxmnist import cli, compile_cache, interop, weights
 
 def build_parser() -> cli.ArgumentParser:
     p = cli.script_parser("python -m jaxmnist.export", __doc__)
-    weights.add_flags(p, torch=False, ensemble=False)
+    weights.add_flags(p, torch=False, ensemble=False, computes=False)
     compile_cache.add_flag(p)
     p.add_argument(
         "--torch-state-dict", "--to", dest="to", metavar="FILE.pth", help="the state_dict to write (--to: an alias)"

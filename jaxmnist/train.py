@@ -62,13 +62,7 @@ def build_parser() -> cli.ArgumentParser:
         action="store_true",
         help="no evaluation report (report.json, confusion.png, misclassified.png) in the logdir at the end",
     )
-    p.add_argument(
-        "--conv-impl",
-        choices=convs.IMPLS,
-        help="how convolutions run: auto (default, or $JAXMNIST_CONV_IMPL) times XLA:CPU's kernel libraries and "
-        "formulations once per machine and keeps the fastest (cached); xla: XLA's own choice (the default off the "
-        "CPU); eigen: XLA's Eigen kernels; matmul: im2col and a GEMM. A resumed run keeps its own",
-    )
+    convs.add_flag(p, ". A resumed run keeps its own")
     p.add_argument(
         "--chunk-steps",
         type=int,

@@ -10,16 +10,19 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
+import sys
 from pathlib import Path
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxmnist import data as data_lib
-from jaxmnist import engine, interop, models
+from jaxmnist import convs, engine, interop, models
 from jaxmnist.checkpoint import Checkpointer
 from jaxmnist.cli import UsageError
+from jaxmnist.convs import ConvPlan
 from jaxmnist.presets import Config
 from jaxmnist.seeds import Seeds
 
@@ -27,27 +30,34 @@ WHICH = ("best", "latest")
 
 
 def _softmax(apply_fn, variables, images_u8):
+    """[N, classes] softmax of `apply_fn` in eval mode over uint8 [N, 28, 28] digits."""
     logits = apply_fn(variables, data_lib.normalize(images_u8), train=False)
     return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def softmax(apply_fn, variables, images_u8):
-    """[N, classes] softmax of `apply_fn` in eval mode over uint8 [N, 28, 28] digits, as one program."""
-    return _softmax(apply_fn, variables, images_u8)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def mean_softmax(apply_fn, stacked, images_u8):
-    """The mean softmax of the members whose variables are stacked on a leading axis, as one program. The members
-    run in turn (`lax.map`): on a CPU, vmapping over weights turns the convolutions into grouped ones, which XLA
-    runs slower than the members one after another (benchmarks/README.md)."""
+def _mean_softmax(apply_fn, stacked, images_u8):
+    """The mean softmax of the members whose variables are stacked on a leading axis. The members run in turn
+    (`lax.map`): on a CPU, vmapping over weights turns the convolutions into grouped ones, which XLA runs slower
+    than the members one after another (benchmarks/README.md)."""
     return jax.lax.map(lambda variables: _softmax(apply_fn, variables, images_u8), stacked).mean(0)
 
 
-def probabilities(apply_fn, variables, images_u8: np.ndarray, batch_size: int = 1000, program=softmax) -> np.ndarray:
+def softmax_program(plan: ConvPlan = convs.XLA, ensemble: bool = False):
+    """The jitted softmax (`ensemble`: of stacked members, averaged), (apply_fn, variables, images) ->
+    probabilities, compiled with the kernel library of `plan` as training compiles (on an AVX2 CPU Eigen's
+    convolutions run an ensemble of 4 cnns over the test set in half the time of XLA's default kernels)."""
+    return _jitted(ensemble, tuple(sorted(plan.compiler_options.items())))
+
+
+@functools.cache
+def _jitted(ensemble: bool, options: tuple):
+    return jax.jit(_mean_softmax if ensemble else _softmax, static_argnums=0, compiler_options=dict(options))
+
+
+def probabilities(apply_fn, variables, images_u8: np.ndarray, batch_size: int = 1000, program=None) -> np.ndarray:
     """[N, classes] softmax of a model in eval mode over uint8 [N, 28, 28] digits, a batch at a time (compiled
-    once per apply_fn and batch shape); `program=mean_softmax` for stacked members."""
+    once per apply_fn and batch shape); `program`: a `softmax_program` (default XLA's kernels, one model)."""
+    program = program or softmax_program()
     parts = [program(apply_fn, variables, images_u8[i : i + batch_size]) for i in range(0, len(images_u8), batch_size)]
     return np.concatenate([np.asarray(p) for p in parts])
 
@@ -59,15 +69,33 @@ class Model:
     source: str  # where they came from, for the first line
     num_classes: int | None = None  # the head, if the run set one (--num-classes)
     test_acc: float | None = None  # the checkpoint's test accuracy (%), where the run measured one
-    program = staticmethod(softmax)  # (apply_fn, variables, images) -> probabilities, jitted
+    conv_impl: str | None = None  # how its convolutions run (--conv-impl; None: $JAXMNIST_CONV_IMPL, else auto)
+    ensemble: ClassVar[bool] = False
+
+    @functools.cached_property
+    def plan(self) -> ConvPlan:
+        """This machine's plan for the network (`convs.plan_for`; auto: measured once per machine, cached), chosen
+        at the tuning batch size whatever the number of digits, so that every request shares it."""
+        network = models.get_model(self.name, self.num_classes)
+        return convs.plan_for(self.conv_impl, network, convs.TUNING_BATCH, say=_note)
 
     @functools.cached_property
     def module(self):
-        return models.get_model(self.name, self.num_classes)
+        return models.get_model(self.name, self.num_classes, conv_plan=self.plan)
+
+    @property
+    def program(self):
+        """(apply_fn, variables, images) -> probabilities, jitted with the plan's compiler options."""
+        return softmax_program(self.plan, self.ensemble)
 
     def probabilities(self, images_u8: np.ndarray) -> np.ndarray:
         """[N, classes] softmax of the network in eval mode, for uint8 [N, 28, 28] digits."""
         return probabilities(self.module.apply, self.variables, images_u8, program=self.program)
+
+
+def _note(message: str) -> None:
+    """What choosing the plan says (timing the candidates, once per machine): on stderr, as stdout may be JSON."""
+    print(message, file=sys.stderr, flush=True)
 
 
 @dataclasses.dataclass
@@ -75,7 +103,7 @@ class Ensemble(Model):
     """Several trained models of one network: `variables` stacked on a leading axis, probabilities averaged."""
 
     members: int = 1
-    program = staticmethod(mean_softmax)
+    ensemble: ClassVar[bool] = True
 
     @classmethod
     def of(cls, members: list[Model]) -> Model:
@@ -89,7 +117,7 @@ class Ensemble(Model):
         stacked = jax.tree.map(lambda *leaves: np.stack(leaves), *[m.variables for m in members])
         source = f"an ensemble of {len(members)}: " + "; ".join(m.source for m in members)
         first = members[0]
-        return cls(first.name, stacked, source, first.num_classes, None, len(members))
+        return cls(first.name, stacked, source, first.num_classes, conv_impl=first.conv_impl, members=len(members))
 
 
 def initialised(name: str, seed: int = 0, num_classes: int | None = None) -> Model:
@@ -171,10 +199,11 @@ def from_torch(path: str, name: str) -> Model:
 
 
 # ------------------------------------------------------------------------------------------ the flags
-def add_flags(p, torch: bool = True, ensemble: bool = True) -> None:
+def add_flags(p, torch: bool = True, ensemble: bool = True, computes: bool = True) -> None:
     """The flags that name a trained model: a checkpoint (--workdir, --which, --seed) and, with `torch`, a
     PyTorch state_dict (--torch-state-dict, formerly --init-from, with --model). With `ensemble`, --workdir and
-    --torch-state-dict repeat and --seed takes several seeds or `all`: the models named are an ensemble."""
+    --torch-state-dict repeat and --seed takes several seeds or `all`: the models named are an ensemble. With
+    `computes` (a command that runs the model), --conv-impl."""
     many = {"action": "append"} if ensemble else {}
     p.add_argument("--workdir", **many, help="a jaxmnist.train --workdir: its checkpoint" + _again(ensemble))
     p.add_argument("--which", choices=WHICH, default="best", help="which checkpoint (default best)")
@@ -186,6 +215,8 @@ def add_flags(p, torch: bool = True, ensemble: bool = True) -> None:
     if torch:
         add_torch_flag(p, "a PyTorch state_dict of one of the blog's networks (with --model)" + _again(ensemble), many)
         p.add_argument("--model", choices=tuple(models.MODELS), help="the network of --torch-state-dict")
+    if computes:
+        convs.add_flag(p, " (chosen at batch 256 for inference)")
 
 
 def _again(ensemble: bool) -> str:
@@ -207,4 +238,5 @@ def load(args) -> Model:
         raise UsageError("--torch-state-dict needs --model")
     seed = parse_seed(args.seed)
     members = [m for workdir in workdirs for m in workdir_members(workdir, args.which, seed)]
-    return Ensemble.of(members + [from_torch(path, args.model) for path in dicts])
+    model = Ensemble.of(members + [from_torch(path, args.model) for path in dicts])
+    return dataclasses.replace(model, conv_impl=getattr(args, "conv_impl", None))
