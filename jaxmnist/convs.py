@@ -22,6 +22,7 @@ rounding differs, so a resumed run takes the plan of the run it resumes (`ConvPl
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -155,9 +156,47 @@ XLA = ConvPlan()
 
 
 def conv2d(x, kernel, stride: int, padding: int, plan: ConvPlan = XLA):
-    """torch's Conv2d on NHWC x HWIO, in the formulation `plan` gives this layer."""
+    """torch's Conv2d on NHWC x HWIO, in the formulation `plan` gives this layer. Under Eigen's kernels on the CPU,
+    XLA's convolution is `conv_behind_barrier`."""
     geometry = Geometry.of(x, kernel, stride, padding)
-    return FORMULATIONS[plan.formulation(geometry)](x, kernel, stride, padding)
+    formulation = plan.formulation(geometry)
+    if formulation == 'conv' and plan.library == 'eigen' and jax.default_backend() == 'cpu':
+        return conv_behind_barrier(x, kernel, stride, padding)
+    return FORMULATIONS[formulation](x, kernel, stride, padding)
+
+
+def fusion_barrier(x):
+    """x itself, as the output of a conditional that XLA cannot fold (its predicate is always true, but not
+    provably so), so that XLA:CPU cannot fuse x's producers into x's consumers. (jax.lax.optimization_barrier
+    cannot do this on the CPU: XLA removes it before fusing.)"""
+    bits = {2: jnp.int16, 4: jnp.int32, 8: jnp.int64}[x.dtype.itemsize]
+    always = (jax.lax.bitcast_convert_type(x.reshape(-1)[0], bits) | 1) != 0
+    return jax.lax.cond(always, lambda v: v, lambda v: -v, x)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv_behind_barrier(x, kernel, stride: int, padding: int):
+    """XLA's convolution; differentiated, its input passes `fusion_barrier` first.
+
+    Why: Eigen's weight-gradient kernel reads a convolution's input as [C, H, W, N]. XLA makes that transposed
+    copy in the forward pass and fuses into it everything that produced x: BatchNorms, ReLUs, residual adds,
+    recomputed from up to 18 inputs read across the grain, at 0.1-0.3 GB/s (resnet at batch 512 on a Zen 3:
+    eight such copies took ~650 ms of a 2.1 s step). Behind the barrier x is computed once, and the copy only
+    transposes it: the same step bit for bit (tests/test_convs.py), 4-17 % faster (benchmarks/README.md). Not
+    in inference, which makes no such copy and runs up to 8 % slower behind it."""
+    return lax_conv(x, kernel, stride, padding)
+
+
+def _barrier_fwd(x, kernel, stride, padding):
+    x = fusion_barrier(x)
+    return lax_conv(x, kernel, stride, padding), (x, kernel)
+
+
+def _barrier_bwd(stride, padding, residuals, dy):
+    return jax.vjp(lambda x, kernel: lax_conv(x, kernel, stride, padding), *residuals)[1](dy)
+
+
+conv_behind_barrier.defvjp(_barrier_fwd, _barrier_bwd)
 
 
 @dataclasses.dataclass(frozen=True)

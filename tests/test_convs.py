@@ -20,17 +20,18 @@ SHAPES = [(1, 3, 1, 1, 5), (2, 3, 1, 1, 5), (2, 3, 2, 1, 5), (2, 1, 2, 0, 5), (4
           (3, 2, 1, 0, 5), (5, 7, 2, 3, 5), (28, 5, 1, 0, 1), (28, 3, 1, 1, 1), (12, 5, 1, 0, 3), (14, 3, 2, 1, 4)]  # fmt: skip
 
 
-@pytest.mark.parametrize('formulation', list(convs.FORMULATIONS))
+@pytest.mark.parametrize('formulation', [*convs.FORMULATIONS, 'behind barrier'])
 @pytest.mark.parametrize('size, k, stride, padding, channels', SHAPES)
 def test_every_formulation_is_torchs_conv2d(formulation, size, k, stride, padding, channels, rng):
-    """Values and both gradients equal F.conv2d's (float64: the sums are only reordered, so 1e-12)."""
+    """Values and both gradients equal F.conv2d's (float64: the sums are only reordered, so 1e-12); 'behind
+    barrier' is XLA's convolution as Eigen's plans run it (`conv_behind_barrier`, its own gradient)."""
     x = rng.standard_normal((3, channels, size, size))
     w = rng.standard_normal((4, channels, k, k))
     xt, wt = torch.tensor(x, requires_grad=True), torch.tensor(w, requires_grad=True)
     ref = F.conv2d(xt, wt, stride=stride, padding=padding)
     g = rng.standard_normal(ref.shape)
     ref.backward(torch.tensor(g))
-    conv = convs.FORMULATIONS[formulation]
+    conv = convs.FORMULATIONS.get(formulation, convs.conv_behind_barrier)
 
     @jax.jit  # one program: run op by op, the formulations' dozens of small ops compiled one by one (4x slower)
     def value_and_grads(x, w, g):
@@ -60,6 +61,35 @@ def test_libraries_compute_the_same_convolution(rng):
         results[library] = compiled(x, w)
     for a, b in zip(results['xla'], results['eigen']):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * float(jnp.abs(a).max()))
+
+
+def test_the_fusion_barrier_changes_the_program_not_the_bits(monkeypatch, rng):
+    """Under Eigen's kernels every XLA convolution, differentiated, reads its input through `fusion_barrier`: the
+    compiled step keeps the conditionals (XLA did not fold them), and its loss and gradients equal bit for bit
+    those of the same step without the barriers (a two-block resnet at batch 4, training mode). Inference runs
+    no barrier."""
+    model = models.BlogResNet(stage_sizes=(1, 1), conv_plan=ConvPlan('eigen'))
+    x = jnp.asarray(rng.standard_normal((4, 28, 28, 1)), jnp.float32)
+    labels = jnp.arange(4) % 10
+    variables = jax.jit(lambda x: model.init(jax.random.key(0), x, train=False))(x)
+
+    def loss(params, x):
+        logits, _ = model.apply({**variables, 'params': params}, x, train=True, mutable=['batch_stats'])
+        return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(4), labels])
+
+    def step():
+        program = jax.jit(jax.value_and_grad(loss), compiler_options=model.conv_plan.compiler_options)
+        return program.lower(variables['params'], x).compile()
+
+    barred = step()
+    assert barred.as_text().count('conditional(') == 5  # 6 convolutions: the projection shares its block's input
+    inference = jax.jit(functools.partial(model.apply, train=False), compiler_options=model.conv_plan.compiler_options)
+    assert 'conditional(' not in inference.lower(variables, x).compile().as_text()
+    monkeypatch.setattr(convs, 'fusion_barrier', lambda x: x)
+    plain = step()
+    assert 'conditional(' not in plain.as_text()
+    for a, b in zip(jax.tree.leaves(barred(variables['params'], x)), jax.tree.leaves(plain(variables['params'], x))):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_geometries_are_the_networks_convolutions():
