@@ -76,9 +76,10 @@ class Training:
     are the same for every --train-size and --val-size (one compile, or one cache entry, serves them all)."""
 
     chunks: dict[tuple[bool, int], Callable]
-    batches: dict[int, Callable]  # (images, labels, idx [steps, B]) -> ([steps, B, 28, 28], [steps, B])
-    indices: Callable  # epoch (int32) -> one [steps, B] index array per chunk ([seeds, steps, B] vmapped)
+    batches: dict[int, Callable]  # (images, labels, order, start) -> ([length, B, 28, 28], [length, B])
+    indices: Callable  # epoch (int32) -> the epoch's order, [steps, B] indices ([seeds, steps, B] vmapped)
     seeds: Seeds
+    starts: tuple[tuple[jax.Array, int], ...]  # each chunk's first step (a device scalar) and length
 
     def epoch_indices(self, epoch: int):
         return self.indices(self.seeds.array(self.seeds.seeds), jnp.int32(epoch))
@@ -117,12 +118,17 @@ def compile_training(
     batch = placement.batch(leading=len(stack) + 1)  # [(seeds,) steps, B]
     modes = sorted({not trains_in_eval_mode(config, e) for e in range(config.epochs)})
     sizes = sorted({e - s for s, e in bounds})
-    sharded = shardings(placement, (None, None, batch), batch)
-    gather = jax.jit(seeds.map(engine.chunk_batches, (None, None, 0)), **sharded)
+    steps = bounds[-1][1]
+    order = jax.ShapeDtypeStruct((*stack, steps, config.batch_size), jnp.int32, sharding=batch)
+    start = jax.ShapeDtypeStruct((), jnp.int32, sharding=placement.replicated())
+    sharded = shardings(placement, (None, None, batch, None), batch)
     batches, shapes = {}, {}
     for size in sizes:
+        gather = functools.partial(engine.chunk_batches, steps=size)
+        batches[size] = (
+            jax.jit(seeds.map(gather, (None, None, 0, None)), **sharded).lower(*train, order, start).compile()
+        )
         lead = (*stack, size, config.batch_size)
-        batches[size] = gather.lower(*train, jax.ShapeDtypeStruct(lead, jnp.int32, sharding=batch)).compile()
         images, labels = (jax.ShapeDtypeStruct(lead + a.shape[1:], a.dtype, sharding=batch) for a in train)
         shapes[size] = images, labels
     chunks = {}
@@ -134,11 +140,12 @@ def compile_training(
         for size in sizes:
             chunks[mode, size] = jit_chunk.lower(state, *shapes[size]).compile()
     shuffle = functools.partial(
-        engine.epoch_indices, n=int(train[1].shape[0]), batch_size=config.batch_size, bounds=tuple(bounds)
+        engine.epoch_indices, n=int(train[1].shape[0]), batch_size=config.batch_size, steps=steps
     )
     sharded = shardings(placement, (None, None), batch)
     indices = jax.jit(seeds.map(shuffle, (0, None)), **sharded).lower(seeds.array(seeds.seeds), jnp.int32(0))
-    return Training(chunks, batches, indices.compile(), seeds)
+    starts = tuple((placement.replicate(jnp.int32(s)), e - s) for s, e in bounds)
+    return Training(chunks, batches, indices.compile(), seeds, starts)
 
 
 @dataclasses.dataclass
@@ -211,9 +218,9 @@ def train_epoch(training: Training, state, train, epoch: int, mode: bool, bar=No
     when vmapped). The host waits on a chunk's metrics only once the next chunk is queued, and checks them then:
     a non-finite loss or state raises Diverged at the end of the chunk where it appeared."""
     metrics, pending, done = [], None, 0
-    for idx in training.epoch_indices(epoch):
-        size = idx.shape[-2]
-        state, m = training.chunks[mode, size](state, *training.batches[size](*train, idx))
+    order = training.epoch_indices(epoch)
+    for start, size in training.starts:
+        state, m = training.chunks[mode, size](state, *training.batches[size](*train, order, start))
         if pending is not None:
             metrics.append(_fetch(pending, bar, epoch, done, training.seeds))
             done += metrics[-1]["loss"].shape[-1]

@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmnist import data as data_lib
 from jaxmnist import convs, engine, interop, models
+from jaxmnist import data as data_lib
 from jaxmnist.checkpoint import Checkpointer
 from jaxmnist.cli import UsageError
 from jaxmnist.convs import ConvPlan

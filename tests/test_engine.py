@@ -91,7 +91,7 @@ def test_unrolled_chunk_equals_scanned_chunk(rng):
     labels = jnp.asarray(rng.integers(0, 10, 48), jnp.int32)
     idx = jnp.arange(48, dtype=jnp.int32).reshape(3, 16)
     chunk = jax.jit(engine.train_chunk, static_argnames=("augment", "train", "unroll"))
-    batches = engine.chunk_batches(images, labels, idx)
+    batches = images[idx], labels[idx]
     (a, ma), (b, mb) = (chunk(state, *batches, augment=True, train=True, unroll=u) for u in (False, True))
     np.testing.assert_allclose(ma["loss"], mb["loss"], rtol=1e-5)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
@@ -99,16 +99,28 @@ def test_unrolled_chunk_equals_scanned_chunk(rng):
 
 
 def test_epoch_indices_are_a_fresh_permutation_per_epoch_without_the_tail():
-    bounds = ((0, 4), (4, 5))  # a chunk of 4 steps, then a single step
-    first = [np.asarray(i) for i in engine.epoch_indices(0, 0, 103, 20, bounds)]
-    assert [i.shape for i in first] == [(4, 20), (1, 20)]
-    order = np.concatenate([i.ravel() for i in first])
+    first = np.asarray(engine.epoch_indices(0, 0, 103, 20, 5))
+    assert first.shape == (5, 20)
+    order = first.ravel()
     assert len(set(order.tolist())) == 100 and set(order.tolist()) <= set(range(103))  # distinct; 3 left out
-    again = np.concatenate([np.asarray(i).ravel() for i in engine.epoch_indices(0, 0, 103, 20, bounds)])
-    next_epoch = np.concatenate([np.asarray(i).ravel() for i in engine.epoch_indices(0, 1, 103, 20, bounds)])
-    other_seed = np.concatenate([np.asarray(i).ravel() for i in engine.epoch_indices(1, 0, 103, 20, bounds)])
+    again = np.asarray(engine.epoch_indices(0, 0, 103, 20, 5)).ravel()
+    next_epoch = np.asarray(engine.epoch_indices(0, 1, 103, 20, 5)).ravel()
+    other_seed = np.asarray(engine.epoch_indices(1, 0, 103, 20, 5)).ravel()
     assert np.array_equal(order, again)  # (seed, epoch) alone decides: a resumed run draws the same batches
     assert not np.array_equal(order, next_epoch) and not np.array_equal(order, other_seed)
+
+
+def test_chunk_batches_are_their_rows_of_the_order(rng):
+    """A chunk of 4 steps, then one of a single step: each gathers its own rows of the epoch's order."""
+    images, labels = rng.integers(0, 256, (103, 28, 28), np.uint8), rng.integers(0, 10, 103)
+    order = engine.epoch_indices(0, 0, 103, 20, 5)
+    gather = jax.jit(engine.chunk_batches, static_argnames='steps')
+    for start, steps in ((0, 4), (4, 1)):
+        got_images, got_labels = gather(images, labels, order, jnp.int32(start), steps=steps)
+        rows = np.asarray(order)[start : start + steps]
+        assert got_images.shape == (steps, 20, 28, 28)
+        np.testing.assert_array_equal(got_images, images[rows])
+        np.testing.assert_array_equal(got_labels, labels[rows])
 
 
 class EveryInitialiser(nn.Module):

@@ -105,7 +105,7 @@ def test_one_train_program_serves_every_split_size(rng):
             hits.clear()
             split = jnp.asarray(rng.integers(0, 256, (n, 28, 28), np.uint8)), jnp.zeros((n,), jnp.int32)
             training = programs.compile_training(TINY, state, split, [(0, 1)], unroll=True)
-            images, _ = training.batches[1](*split, jnp.asarray([np.arange(n - 64, n)], jnp.int32))
+            images, _ = training.batches[1](*split, jnp.asarray([np.arange(n - 64, n)], jnp.int32), jnp.int32(0))
             assert images.shape == (1, 64, 28, 28) and np.array_equal(images[0], split[0][n - 64 :])
     finally:
         jax.monitoring.unregister_event_listener(listener)

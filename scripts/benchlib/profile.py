@@ -157,7 +157,7 @@ def profile_cnn(
     jit_chunk = jax.jit(engine.train_chunk, static_argnames=("augment", "train", "unroll"))
     for unroll in (True, False):
         name = f"train_chunk, {n} steps, {'unrolled' if unroll else 'rolled'} scan (per step)"
-        batches = engine.chunk_batches(images, labels, idx)
+        batches = engine.chunk_batches(images, labels, idx, 0, steps=n)
         compiled = jit_chunk.lower(state, *batches, augment=False, train=True, unroll=unroll).compile()
         jax_fns[name], per_step[name] = functools.partial(compiled, state, *batches), n
     for name in jax_fns:
