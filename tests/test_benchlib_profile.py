@@ -27,7 +27,7 @@ def test_conv_sliced_matches_xla_convolution(rng):
 def test_what_if_swaps_only_inside_the_block(rng):
     model = models.get_model("cnn")
     x = jnp.asarray(rng.standard_normal((2, 28, 28, 1), dtype="float32"))
-    variables = engine.init_variables(model, jax.random.key(0))  # one program, not op by op
+    variables = engine.init_variables(model, jax.random.PRNGKey(0))  # one program, not op by op
 
     def apply(variables, x):  # a fresh function each time: jax caches traces by function
         return model.apply(variables, x, train=False)

@@ -26,7 +26,7 @@ import torchvision
 from helpers import flat, init_shapes, torch_model_holding
 from torch import nn
 
-from jaxmnist import convs, layers, models
+from jaxmnist import convs, engine, layers, models
 from torch_ref import convert
 from torch_ref import models as torch_models
 
@@ -76,9 +76,9 @@ def rbg_key(seed):
 
 @functools.lru_cache(maxsize=None)
 def initialised(name):
-    """Fresh flax variables of ``name``, shared by the tests (XLA compiles dominate their time)."""
-    model = models.get_model(name)
-    return jax.jit(functools.partial(model.init, train=False))(rbg_key(0), jnp.zeros((2, 28, 28, 1)))
+    """Fresh flax variables of ``name``, shared by the tests (XLA compiles dominate their time): the program
+    engine.create_state runs, so that the suite compiles each network's initialisation once."""
+    return engine.init_variables(models.get_model(name), jax.random.PRNGKey(0))
 
 
 def inputs(batch, seed, dtype=torch.float32):
