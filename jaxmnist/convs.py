@@ -182,7 +182,7 @@ def conv_behind_barrier(x, kernel, stride: int, padding: int):
     copy in the forward pass and fuses into it everything that produced x: BatchNorms, ReLUs, residual adds,
     recomputed from up to 18 inputs read across the grain, at 0.1-0.3 GB/s (resnet at batch 512 on a Zen 3:
     eight such copies took ~650 ms of a 2.1 s step). Behind the barrier x is computed once, and the copy only
-    transposes it: the same step bit for bit (tests/test_convs.py), 4-17 % faster (benchmarks/README.md). Not
+    transposes it: the same step bit for bit (tests/test_convs.py), 4-14 % faster (benchmarks/README.md). Not
     in inference, which makes no such copy and runs up to 8 % slower behind it."""
     return lax_conv(x, kernel, stride, padding)
 
