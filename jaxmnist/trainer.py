@@ -208,8 +208,9 @@ def write_reports(run: Run) -> None:
     images, labels = np.asarray(run.data.test[0]), np.asarray(run.data.test[1])
     variables = jax.device_get(run.state.eval_variables())
     for i, r in logged:
-        probs = weights.probabilities(run.state.apply_fn, run.seeds.take(variables, i), images,
-                                      run.config.eval_batch_size, weights.softmax_program(run.plan))  # fmt: skip
+        program = weights.softmax_program(run.plan)
+        probs = weights.probabilities(run.state.apply_fn, run.seeds.take(variables, i), images, program,
+                                      run.config.eval_batch_size)  # fmt: skip
         summary = evaluate.summarise(probs, labels)
         log = r.report.log
         evaluate.write(summary, images, log.dir, log.writer, step=len(log.record["epochs"]))

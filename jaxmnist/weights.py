@@ -54,10 +54,9 @@ def _jitted(ensemble: bool, options: tuple):
     return jax.jit(_mean_softmax if ensemble else _softmax, static_argnums=0, compiler_options=dict(options))
 
 
-def probabilities(apply_fn, variables, images_u8: np.ndarray, batch_size: int = 1000, program=None) -> np.ndarray:
+def probabilities(apply_fn, variables, images_u8: np.ndarray, program, batch_size: int = 1000) -> np.ndarray:
     """[N, classes] softmax of a model in eval mode over uint8 [N, 28, 28] digits, a batch at a time (compiled
-    once per apply_fn and batch shape); `program`: a `softmax_program` (default XLA's kernels, one model)."""
-    program = program or softmax_program()
+    once per apply_fn and batch shape); `program`: the `softmax_program` of the network's plan."""
     parts = [program(apply_fn, variables, images_u8[i : i + batch_size]) for i in range(0, len(images_u8), batch_size)]
     return np.concatenate([np.asarray(p) for p in parts])
 
@@ -90,7 +89,7 @@ class Model:
 
     def probabilities(self, images_u8: np.ndarray) -> np.ndarray:
         """[N, classes] softmax of the network in eval mode, for uint8 [N, 28, 28] digits."""
-        return probabilities(self.module.apply, self.variables, images_u8, program=self.program)
+        return probabilities(self.module.apply, self.variables, images_u8, self.program)
 
 
 def _note(message: str) -> None:
@@ -239,4 +238,4 @@ def load(args) -> Model:
     seed = parse_seed(args.seed)
     members = [m for workdir in workdirs for m in workdir_members(workdir, args.which, seed)]
     model = Ensemble.of(members + [from_torch(path, args.model) for path in dicts])
-    return dataclasses.replace(model, conv_impl=getattr(args, "conv_impl", None))
+    return dataclasses.replace(model, conv_impl=args.conv_impl)
