@@ -97,20 +97,21 @@ def pytest_configure(config):
     compile_cache.configure()
     # Runs, in this process and in the CLI tests' subprocesses, take a fixed kernel library instead of timing the
     # candidates (tests/test_convs.py times them, into its own cache file): the one the measured plan picks on
-    # this kind of CPU. Without AVX-512 that is Eigen's (XLA's default YNNPACK convolutions are 3-13x slower
-    # there, benchmarks/README.md: the fast preset's reduced run takes 37 s instead of 68 s on a Zen 3).
+    # this kind of CPU. On x86 that is Eigen's, on both kinds measured (benchmarks/README.md): XLA's default
+    # YNNPACK convolutions are 3-13x slower on an AVX2 Zen 3 (the fast preset's reduced run: 68 s against 37 s)
+    # and up to 5x slower on an AVX-512 + AMX Xeon, whose tuner chose Eigen for every network too.
     os.environ.setdefault("JAXMNIST_CONV_IMPL", default_conv_impl())
     os.environ["JAXMNIST_CONV_CACHE"] = os.path.join(os.environ[compile_cache.ENV], "conv-timings.json")
 
 
 def default_conv_impl() -> str:
-    """`eigen` on x86 CPUs without AVX-512, else `xla` (XLA's own choice, as on every non-x86 machine)."""
+    """`eigen` on x86 CPUs with AVX2, else `xla` (XLA's own choice, as on every non-x86 machine)."""
     import platform
 
     from jaxmnist import host
 
     x86 = platform.machine() in ("x86_64", "AMD64")
-    return "eigen" if x86 and "avx2" in host.cpu_flags() and "avx512f" not in host.cpu_flags() else "xla"
+    return "eigen" if x86 and "avx2" in host.cpu_flags() else "xla"
 
 
 def pytest_unconfigure(config):
