@@ -292,7 +292,8 @@ def aggregate(runs: list[dict]) -> dict:
             for t in TARGETS
         },
         "devices": sorted({r["device"] for r in ok}),
-        "machines": sorted({r["machine"] for r in ok if r.get("machine")}),
+        # A run resumed on another machine names both: its epoch times and ratios then mix the two.
+        "machines": sorted({m for r in ok for m in (r.get("machine"), *r.get("other_machines", [])) if m}),
         # Epoch times of quiet epochs only (runs that recorded their load; the others: None).
         "quiet_epoch_s": mean_std([q for r in ok if (q := quiet_epoch_s(r)) is not None]),
         "loaded_runs": sum(bool(r.get("loaded_epochs")) for r in ok),
