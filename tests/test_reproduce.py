@@ -262,7 +262,7 @@ def test_refresh_reads_the_runs_logged_facts_again_by_todays_rules(tmp_path):
     assert jax_runs["runs"][0]["startup_s"] == 40.0
 
 
-def test_a_run_resumed_on_another_machine_names_both_and_gets_no_ratio():
+def test_a_run_resumed_on_another_machine_names_both_machines():
     first, second = "AMD EPYC, family 25 model 1, avx2+fma, 2 cores", "Intel Xeon, family 6 model 167, avx512f, 2 cores"
     run = {"seed": 0, "final_acc": 99.7, "best_acc": 99.75, "avg_epoch_s": 80.0, "epoch_s": [110.0, 48.0],
            "device": "cpu:cpu", "versions": {}, "commit": None, "machine": first, "other_machines": [second]}  # fmt: skip
