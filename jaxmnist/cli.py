@@ -28,8 +28,9 @@ class RunError(Exception):
     """A run that cannot go on (it diverged, no intact checkpoint is left): one line, exit code 1."""
 
 
-class Terminated(Exception):
-    """SIGTERM arrived (after `stop_on_sigterm`): the command stops as on Ctrl-C."""
+class Terminated(BaseException):
+    """SIGTERM arrived (after `stop_on_sigterm`): the command stops as on Ctrl-C. A BaseException like
+    KeyboardInterrupt, so that no `except Exception` on the way swallows it (socketserver's did: the server went on)."""
 
 
 class Interrupted(Exception):

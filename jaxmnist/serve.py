@@ -25,6 +25,7 @@ import io
 import ipaddress
 import json
 import queue
+import signal
 import sys
 import threading
 import time
@@ -312,13 +313,27 @@ def _main(argv) -> int:
     print(f"compiled batch sizes {', '.join(map(str, server.batcher.predict.buckets))} in {server.ready_s:.1f} s; "
           f"serving on {server.url} (Ctrl-C to stop)", flush=True)  # fmt: skip
     cli.stop_on_sigterm()  # a service manager's stop is as clean as a Ctrl-C
+    serving = threading.Thread(target=server.serve_forever, name="serve", daemon=True)
+    serving.start()
     try:
-        server.serve_forever()
+        wait_while_alive(serving)
+        raise RunError("the server stopped by itself (its error is above)")
     except (KeyboardInterrupt, cli.Terminated):
         print("stopped", file=sys.stderr)
     finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C while stopping changes nothing
+            signal.signal(sig, signal.SIG_IGN)
+        server.shutdown()  # returns once serve_forever has (within its 0.5 s poll); requests in flight end with it
         server.server_close()
     return 0
+
+
+def wait_while_alive(thread: threading.Thread, poll_s: float = 0.2) -> None:
+    """Sleep until `thread` ends. The main thread does nothing else, so Ctrl-C and SIGTERM, which Python raises there,
+    land in `time.sleep` and never inside `threading`'s lock handling (once, a SIGTERM raised in the middle of
+    `Thread.start` inside `serve_forever` left the server running)."""
+    while thread.is_alive():
+        time.sleep(poll_s)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -238,6 +238,40 @@ def test_cli_serves_a_torch_state_dict_and_stops_cleanly(model, tmp_path, stop):
     assert "warning: listening on 0.0.0.0: anyone who can reach this machine" in err and "stopped" in err
 
 
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_cli_stops_cleanly_while_requests_keep_arriving(model, tmp_path, stop):
+    """A stop signal that lands while the server starts a request's thread still stops it (a SIGTERM raised inside
+    `Thread.start` once left it running): 4 clients keep requesting /health while the signal is sent 5 times, 20 ms
+    apart (the first is enough; the others must not break the shutdown either)."""
+    pth = interop.save_torch(tmp_path / "cnn.pth", "cnn", model.variables)
+    proc = serve_cli("--torch-state-dict", str(pth), "--model", "cnn", "--quiet")
+    done, answered = threading.Event(), []
+
+    def client(url):
+        while not done.is_set():
+            try:
+                answered.append(urllib.request.urlopen(url, timeout=5).status)
+            except OSError:  # the server stopped under us
+                return
+
+    try:
+        url = [proc.stdout.readline() for _ in range(2)][1].split("serving on ")[1].split()[0] + "health"
+        clients = [threading.Thread(target=client, args=(url,), daemon=True) for _ in range(4)]
+        for c in clients:
+            c.start()
+        while len(answered) < 50:
+            time.sleep(0.01)
+        for _ in range(5):
+            proc.send_signal(stop)
+            time.sleep(0.02)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        done.set()
+        proc.kill()
+    assert proc.returncode == 0 and "stopped" in err and "Traceback" not in err, err
+    assert set(answered) == {200}
+
+
 @pytest.mark.parametrize(
     "args,words",
     [
