@@ -1,0 +1,34 @@
+"""scripts/ablation.py: its table groups runs by round and variant (no training: the rows are made up); its studies
+name flags the trainer knows and a preset that exists."""
+
+import pytest
+
+import ablation
+from jaxmnist import presets, train
+
+
+def test_table_groups_seeds_and_averages_validation_accuracy():
+    def row(round_, variant, seed, val, wall):
+        return {"round": round_, "variant": variant, "flags": ablation.STUDIES["fast"].variants.get(variant, []),
+                "seed": seed, "val_acc": val, "test_acc": 99.0, "wall_s": wall}  # fmt: skip
+
+    rows = [row(2, "base", 1, 99.40, 200.0), row(2, "base", 0, 99.20, 220.0), row(2, "no_augment", 0, 99.3, 180.0)]
+    lines = ablation.table(rows).splitlines()
+    assert lines[2] == "| 2 | base | (the preset) | 99.20, 99.40 | 99.30 | 210 s | 99.00 |"
+    assert lines[3].startswith("| 2 | no_augment | --no-augment | 99.30 | 99.30 | 180 s |")
+    assert len(lines) == 4
+    assert ablation.table(rows[:1], base="(the sketch)").splitlines()[2].startswith("| 2 | base | (the sketch) |")
+
+
+@pytest.mark.parametrize("name", sorted(ablation.STUDIES))
+def test_every_variant_parses_into_a_valid_config(name):
+    """Each variant's command line (without the network arguments, set in the training process) is one the trainer
+    accepts: a misspelt flag or value fails here, not an hour into a study."""
+    study = ablation.STUDIES[name]
+    assert "base" in study.variants and study.preset in presets.PRESETS
+    for variant, flags in study.variants.items():
+        assert all(isinstance(f, (str, dict)) for f in flags), variant
+        argv = ["--preset", study.preset, *study.sketch, "--val-size", "10000", *[f for f in flags if isinstance(f, str)]]
+        _, config = presets.config_from_args(train.build_parser().parse_args(argv))
+        presets.validate(config)  # raises UsageError, naming the flag
+        assert config.val_size == 10000 and config.model == presets.PRESETS[study.preset].model
