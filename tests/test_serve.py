@@ -222,42 +222,26 @@ def serve_cli(*args, env=None):
 
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])  # Ctrl-C, a service manager's stop
-def test_cli_serves_a_torch_state_dict_and_stops_cleanly(model, tmp_path, stop):
+def test_cli_serves_a_torch_state_dict_and_stops_cleanly_while_requests_keep_arriving(model, tmp_path, stop):
+    """The signal is sent 5 times, 20 ms apart, while 4 clients keep requesting /health: one that lands while the
+    server starts a request's thread still stops it (a SIGTERM raised inside `Thread.start` was once swallowed by
+    socketserver and the server went on: this failed about every other run), and the later ones change nothing."""
     pth = interop.save_torch(tmp_path / "cnn.pth", "cnn", model.variables)
     proc = serve_cli("--torch-state-dict", str(pth), "--model", "cnn", "--host", "0.0.0.0", "--quiet")
-    try:
-        lines = [proc.stdout.readline() for _ in range(2)]
-        assert lines[0].startswith(f"cnn from {pth} (PyTorch cnn)"), lines
-        url = lines[1].split("serving on ")[1].split()[0]
-        health = json.loads(urllib.request.urlopen(url.replace("0.0.0.0", "127.0.0.1") + "health").read())
-        assert health["ready"] and health["model"] == "cnn" and health["test_accuracy"] is None
-    finally:
-        proc.send_signal(stop)
-        _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err
-    assert "warning: listening on 0.0.0.0: anyone who can reach this machine" in err and "stopped" in err
-
-
-@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
-def test_cli_stops_cleanly_while_requests_keep_arriving(model, tmp_path, stop):
-    """A stop signal that lands while the server starts a request's thread still stops it (a SIGTERM raised inside
-    `Thread.start` once left it running): 4 clients keep requesting /health while the signal is sent 5 times, 20 ms
-    apart (the first is enough; the others must not break the shutdown either)."""
-    pth = interop.save_torch(tmp_path / "cnn.pth", "cnn", model.variables)
-    proc = serve_cli("--torch-state-dict", str(pth), "--model", "cnn", "--quiet")
     done, answered = threading.Event(), []
 
     def client(url):
         while not done.is_set():
             try:
-                answered.append(urllib.request.urlopen(url, timeout=5).status)
+                answered.append(json.loads(urllib.request.urlopen(url, timeout=5).read()))
             except OSError:  # the server stopped under us
                 return
 
     try:
-        url = [proc.stdout.readline() for _ in range(2)][1].split("serving on ")[1].split()[0] + "health"
-        clients = [threading.Thread(target=client, args=(url,), daemon=True) for _ in range(4)]
-        for c in clients:
+        lines = [proc.stdout.readline() for _ in range(2)]
+        assert lines[0].startswith(f"cnn from {pth} (PyTorch cnn)"), lines
+        url = lines[1].split("serving on ")[1].split()[0].replace("0.0.0.0", "127.0.0.1") + "health"
+        for c in [threading.Thread(target=client, args=(url,), daemon=True) for _ in range(4)]:
             c.start()
         while len(answered) < 50:
             time.sleep(0.01)
@@ -269,7 +253,9 @@ def test_cli_stops_cleanly_while_requests_keep_arriving(model, tmp_path, stop):
         done.set()
         proc.kill()
     assert proc.returncode == 0 and "stopped" in err and "Traceback" not in err, err
-    assert set(answered) == {200}
+    assert "warning: listening on 0.0.0.0: anyone who can reach this machine" in err
+    health = answered[0]
+    assert health["ready"] and health["model"] == "cnn" and health["test_accuracy"] is None
 
 
 @pytest.mark.parametrize(
