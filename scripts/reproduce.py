@@ -388,7 +388,8 @@ def earlier_runs(path: Path, result: dict) -> dict:
     except (OSError, ValueError):
         return {}
     same = ("config", "epochs_run", "max_steps", "blog_quirks")
-    if any(earlier.get(k) != result[k] for k in same):
+    # As the JSON holds them: a tuple field (cnn_deep's blog_best) comes back as a list, the same setting.
+    if any(earlier.get(k) != json.loads(json.dumps(result[k])) for k in same):
         return {}
     return {
         (fw, run["seed"]): run

@@ -167,6 +167,22 @@ def test_reproduce_never_drops_earlier_runs(tmp_path, monkeypatch):
     assert (seeds("jax"), seeds("torch")) == ([0, 1, 2], [0])
 
 
+def test_a_finished_run_of_a_preset_with_a_tuple_setting_is_kept(tmp_path, monkeypatch):
+    """cnn_deep's config holds a tuple (blog_best), which its JSON gives back as a list: the finished run must still
+    count as made with the same settings (it did not, and a second invocation trained 100 epochs again)."""
+    calls = []
+
+    def fake_run(framework, preset, seed, args, logdir, deadline=None):
+        calls.append((framework, seed))
+        return {"seed": seed, "final_acc": 99.7, "best_acc": 99.7, "avg_epoch_s": 1.0, "device": "cpu:cpu",
+                "versions": {}, "commit": None}  # fmt: skip
+
+    monkeypatch.setattr(reproduce, "run_one", fake_run)
+    out = ["--presets", "cnn_deep", "--out", str(tmp_path), "--seeds", "1", "--frameworks", "jax"]
+    assert reproduce.main(out) == 0 and reproduce.main(out) == 0
+    assert calls == [("jax", 0)]
+
+
 def test_reproduce_trains_jax_seeds_together_when_asked(tmp_path, monkeypatch):
     calls = []
 
