@@ -150,7 +150,9 @@ def run_seeds(
     if deadline is not None and deadline - time.monotonic() < MIN_RUN_S:
         return each(skipped="--budget-s spent before it started")
     workdir = logdir / CHECKPOINTS
-    if args.rerun and logdir.exists():  # from scratch: no checkpoint, no segments, no logs of an earlier run
+    # From scratch (asked, or nothing to resume: a finished run's checkpoint is gone): no segments, no logs of an
+    # earlier run, which would make the new one count as resumed and mix two runs' curves.
+    if (args.rerun or not workdir.exists()) and logdir.exists():
         shutil.rmtree(logdir)
     which = ["--seed", str(seeds[0])] if len(seeds) == 1 else ["--seeds", ",".join(map(str, seeds))]
     cmd = [sys.executable, "-m", FRAMEWORKS[framework], "--preset", preset, *which]

@@ -238,6 +238,23 @@ def test_a_stopped_run_resumes_in_the_next_invocation_bit_for_bit(tmp_path, mnis
     assert run["machine"] and not (logdir / reproduce.CHECKPOINTS).exists()
 
 
+def test_a_run_started_afresh_does_not_inherit_an_earlier_runs_logs(tmp_path, monkeypatch):
+    """A logdir without a checkpoint holds a finished (or never checkpointed) run: a new run there starts from
+    scratch, so its segments and curves must not be appended to the old run's (the new one counted as resumed)."""
+    logdir = tmp_path / "runs" / "cnn_tb" / "jax" / "seed0"
+    logdir.mkdir(parents=True)
+    reproduce.add_segment(logdir, 100.0, "finished")  # a finished run: its checkpoint removed, its logs kept
+    (logdir / "events.out.tfevents.1.vm").write_text("the old run's curves")
+
+    class Failed:
+        returncode, stderr = 1, "error: stop here"
+
+    monkeypatch.setattr(reproduce.subprocess, "run", lambda cmd, **kw: Failed())
+    reproduce.main(["--presets", "cnn_tb", "--seeds", "1", "--frameworks", "jax", "--out", str(tmp_path)])
+    segments = json.loads((logdir / reproduce.SEGMENTS).read_text())
+    assert [s["ended"] for s in segments] == ["failed"] and not (logdir / "events.out.tfevents.1.vm").exists()
+
+
 def test_blog_runs_script_steps_through_the_issues_order_within_its_budget(tmp_path):
     script = Path(__file__).resolve().parents[1] / "scripts" / "blog_runs.sh"
     env = {**os.environ, "BUDGET_S": "0", "OUT": str(tmp_path)}
