@@ -330,8 +330,8 @@ def _main(argv) -> int:
 
 def wait_while_alive(thread: threading.Thread, poll_s: float = 0.2) -> None:
     """Sleep until `thread` ends. The main thread does nothing else, so Ctrl-C and SIGTERM, which Python raises there,
-    land in `time.sleep` and never inside `threading`'s lock handling (once, a SIGTERM raised in the middle of
-    `Thread.start` inside `serve_forever` left the server running)."""
+    land in `time.sleep`, never inside `serve_forever` (a SIGTERM raised there, in `Thread.start`, was caught by
+    socketserver's `except Exception` and the server went on) or `threading`'s lock handling."""
     while thread.is_alive():
         time.sleep(poll_s)
 
