@@ -40,7 +40,7 @@ import numpy as np
 from jaxmnist import cli
 from jaxmnist.cli import UsageError
 from jaxmnist.host import machine
-from jaxmnist.presets import PRESETS
+from jaxmnist.presets import PRESETS, Config, changed_settings
 from jaxmnist.runlog import atomic_write
 from results_table import TARGETS, write_readme
 
@@ -389,9 +389,10 @@ def earlier_runs(path: Path, result: dict) -> dict:
         earlier = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
-    same = ("config", "epochs_run", "max_steps", "blog_quirks")
-    # As the JSON holds them: a tuple field (cnn_deep's blog_best) comes back as a list, the same setting.
-    if any(earlier.get(k) != json.loads(json.dumps(result[k])) for k in same):
+    # The config compared as a checkpoint's is (a tuple such as cnn_deep's blog_best comes back as a list).
+    if changed_settings(earlier.get("config", {}), Config(**result["config"])) or any(
+        earlier.get(k) != result[k] for k in ("epochs_run", "max_steps", "blog_quirks")
+    ):
         return {}
     return {
         (fw, run["seed"]): run
