@@ -16,6 +16,7 @@ torch.manual_seed(seed)), so runs agree in distribution, not batch for batch.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import itertools
 import math
@@ -225,6 +226,123 @@ def tf32_note(device: torch.device) -> str:
     return f", TF32 matmul {'on' if matmul else 'off'}, cuDNN {'on' if conv else 'off'}"
 
 
+@dataclasses.dataclass
+class Run:
+    """What one training run holds between its epochs: `parts` is what a checkpoint keeps."""
+
+    config: Config
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    per_step: object  # the per-step schedule (build_schedule), or None
+    plateau: object  # ReduceLROnPlateau, or None
+    average: WeightAverage | None
+    train_loader: object
+    test_loader: object
+    val_loader: object
+    steps: int
+    device: torch.device
+    report: runlog.Report
+
+    @property
+    def evaluated(self) -> nn.Module:
+        """The weights evaluated: the moving average's where there is one."""
+        return self.average.model if self.average else self.model
+
+    @property
+    def parts(self) -> dict:
+        return {"model": self.model, "optimizer": self.optimizer, "schedule": self.per_step,
+                "plateau": self.plateau, "average": self.average.model if self.average else None}  # fmt: skip
+
+
+def prepare(config: Config, preset, data, logdir, device, num_workers, progress, data_dir, out) -> Run:
+    """Data, model, optimiser, schedules and the run log, with the preamble printed."""
+    if data is None:
+        data = data_lib.load(config.dataset, data_dir, progress=progress)
+    (train_x, train_y), val = split_train(data, config)
+    steps = math.ceil(len(train_y) / config.batch_size)  # the blog's DataLoader keeps the last, smaller batch
+    steps = min(steps, config.max_steps) if config.max_steps else steps
+    torch.manual_seed(config.seed)  # before the model: it seeds the init, shuffling, dropout and augmentation
+    model = models.get_model(config.model, config.num_classes).to(device)
+    optimizer = build_optimizer(config, model.parameters())
+    loader = functools.partial(make_loader, device=device, num_workers=num_workers)
+    train_loader = loader(train_x, train_y, config.batch_size, augment=config.augment, shuffle=True)
+    # Quirk 2: the blog's test set goes through the training augmentation.
+    test_augment = config.augment and config.blog_quirks
+    test_loader = loader(
+        data.test_images, data.test_labels, config.eval_batch_size, augment=test_augment, shuffle=False
+    )
+    val_loader = loader(*val, config.eval_batch_size, augment=False, shuffle=False) if val is not None else None
+    # Quirk 3: the blog creates the scheduler and never steps it, which is as if there were none.
+    plateau = None
+    if config.plateau and not config.blog_quirks:
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, **plateau_arguments(config))
+    per_step = build_schedule(config, optimizer, steps * config.epochs)
+    average = WeightAverage(model, config.ema) if config.ema else None
+    report = runlog.Report.for_run(
+        out, logdir, framework="torch", preset=preset, config=config, device=device_name(device), n_train=len(train_y)
+    )
+    report.preamble(
+        f"device: {device_name(device)} ({device.type}), torch {torch.__version__}{tf32_note(device)}; "
+        f"data loader workers: {num_workers}",
+        config,
+        preset,
+        data.source,
+        n_train=len(train_y),
+        steps=steps,
+        tail="last batch kept",
+        n_test=len(data.test_labels),
+        n_val=len(val[1]) if val is not None else None,
+        monitor="validation accuracy" if val is not None else "test accuracy",
+    )
+    return Run(config, model, optimizer, per_step, plateau, average, train_loader, test_loader, val_loader, steps,
+               device, report)  # fmt: skip
+
+
+def run_epoch(run: Run, epoch: int, progress: bool) -> float:
+    """One epoch: train, check for divergence, evaluate, step the plateau rule, log. Returns its seconds."""
+    config, model, optimizer = run.config, run.model, run.optimizer
+    t_start = time.perf_counter()
+    if not trains_in_eval_mode(config, epoch):
+        model.train()
+    with runlog.epoch_bar(epoch, config.epochs, run.steps, progress) as bar:
+        acc, loss = train_epoch(
+            model,
+            config.model,
+            itertools.islice(run.train_loader, run.steps),
+            optimizer,
+            run.device,
+            bar,
+            label_smoothing=config.label_smoothing,
+            schedule=run.per_step,
+            average=run.average,
+        )
+    if not (np.isfinite(loss).all() and all(torch.isfinite(p).all() for p in model.parameters())):
+        bad = np.flatnonzero(~np.isfinite(loss))
+        step = int(bad[0]) + 1 if len(bad) else len(loss)
+        raise cli.RunError(
+            f"training diverged in epoch {epoch + 1} at step {step} (loss {loss[step - 1]}); try a lower --lr"
+        )
+    quirk4 = tests_with_batch_statistics(config)
+    scores = functools.partial(evaluate, run.evaluated, config.model, device=run.device, batch_statistics=quirk4)
+    test = scores(run.test_loader)
+    val = scores(run.val_loader) if run.val_loader is not None else None
+    seconds = time.perf_counter() - t_start  # evaluate() synchronised the device
+    lr = optimizer.param_groups[0]["lr"]  # the rate the next step will use, as jaxmnist logs it
+    if run.plateau is not None:
+        run.plateau.step((val or test)["accuracy"])
+    run.report.epoch(
+        epoch,
+        test=test,
+        val=val,
+        batch_acc=acc,
+        batch_loss=loss,
+        lr=lr,
+        next_lr=optimizer.param_groups[0]["lr"],
+        time_s=seconds,
+    )
+    return seconds
+
+
 def train_and_evaluate(
     config: Config,
     preset: str | None = None,
@@ -252,107 +370,21 @@ def train_and_evaluate(
     if resume and not workdir:
         raise UsageError("--resume needs the --workdir of the run to continue")
 
-    # Data, model, optimiser, schedule, logs.
-    if data is None:
-        data = data_lib.load(config.dataset, data_dir, progress=progress)
-    (train_x, train_y), val = split_train(data, config)
-    steps = math.ceil(len(train_y) / config.batch_size)  # the blog's DataLoader keeps the last, smaller batch
-    steps = min(steps, config.max_steps) if config.max_steps else steps
-    torch.manual_seed(config.seed)  # before the model: it seeds the init, shuffling, dropout and augmentation
-    model = models.get_model(config.model, config.num_classes).to(device)
-    optimizer = build_optimizer(config, model.parameters())
-    loader = functools.partial(make_loader, device=device, num_workers=num_workers)
-    train_loader = loader(train_x, train_y, config.batch_size, augment=config.augment, shuffle=True)
-    # Quirk 2: the blog's test set goes through the training augmentation.
-    test_augment = config.augment and config.blog_quirks
-    test_loader = loader(
-        data.test_images, data.test_labels, config.eval_batch_size, augment=test_augment, shuffle=False
-    )
-    val_loader = loader(*val, config.eval_batch_size, augment=False, shuffle=False) if val is not None else None
-    # Quirk 3: the blog creates the scheduler and never steps it, which is as if there were none.
-    scheduler = None
-    if config.plateau and not config.blog_quirks:
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, **plateau_arguments(config))
-    per_step = build_schedule(config, optimizer, steps * config.epochs)
-    average = WeightAverage(model, config.ema) if config.ema else None
-    evaluated = average.model if average else model
-    report = runlog.Report.for_run(
-        out, logdir, framework="torch", preset=preset, config=config, device=device_name(device), n_train=len(train_y)
-    )
-    report.preamble(
-        f"device: {device_name(device)} ({device.type}), torch {torch.__version__}{tf32_note(device)}; "
-        f"data loader workers: {num_workers}",
-        config,
-        preset,
-        data.source,
-        n_train=len(train_y),
-        steps=steps,
-        tail="last batch kept",
-        n_test=len(data.test_labels),
-        n_val=len(val[1]) if val is not None else None,
-        monitor="validation accuracy" if val is not None else "test accuracy",
-    )
-
-    # What a checkpoint keeps; a resumed run continues from it (random streams included).
-    parts = {
-        "model": model,
-        "optimizer": optimizer,
-        "schedule": per_step,
-        "plateau": scheduler,
-        "average": average.model if average else None,
-    }
+    run = prepare(config, preset, data, logdir, device, num_workers, progress, data_dir, out)
     first_epoch = 0
-    if resume:
-        first_epoch, record = resume_lib.restore(workdir, config, parts, report.say)
-        if record and report.log:
-            report.log.record = record
+    if resume:  # a resumed run continues from its checkpoint, random streams included
+        first_epoch, record = resume_lib.restore(workdir, config, run.parts, run.report.say)
+        if record and run.report.log:
+            run.report.log.record = record
 
-    # The epochs.
     epoch_times = []
-    quirk4 = tests_with_batch_statistics(config)
     for epoch in range(first_epoch, config.epochs):
-        t_start = time.perf_counter()
-        if not trains_in_eval_mode(config, epoch):
-            model.train()
-        with runlog.epoch_bar(epoch, config.epochs, steps, progress) as bar:
-            acc, loss = train_epoch(
-                model,
-                config.model,
-                itertools.islice(train_loader, steps),
-                optimizer,
-                device,
-                bar,
-                label_smoothing=config.label_smoothing,
-                schedule=per_step,
-                average=average,
-            )
-        if not (np.isfinite(loss).all() and all(torch.isfinite(p).all() for p in model.parameters())):
-            bad = np.flatnonzero(~np.isfinite(loss))
-            step = int(bad[0]) + 1 if len(bad) else len(loss)
-            raise cli.RunError(
-                f"training diverged in epoch {epoch + 1} at step {step} (loss {loss[step - 1]}); try a lower --lr"
-            )
-        test = evaluate(evaluated, config.model, test_loader, device, quirk4)
-        val_m = evaluate(evaluated, config.model, val_loader, device, quirk4) if val_loader is not None else None
-        epoch_times.append(time.perf_counter() - t_start)  # evaluate() synchronised the device
-        lr = optimizer.param_groups[0]["lr"]  # the rate the next step will use, as jaxmnist logs it
-        if scheduler is not None:
-            scheduler.step((val_m or test)["accuracy"])
-        report.epoch(
-            epoch,
-            test=test,
-            val=val_m,
-            batch_acc=acc,
-            batch_loss=loss,
-            lr=lr,
-            next_lr=optimizer.param_groups[0]["lr"],
-            time_s=epoch_times[-1],
-        )
+        epoch_times.append(run_epoch(run, epoch, progress))
         if workdir:
-            resume_lib.save(workdir, epoch + 1, config, parts, report.log.record if report.log else None)
+            resume_lib.save(workdir, epoch + 1, config, run.parts, run.report.log.record if run.report.log else None)
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
             break
-    return report.finish(epoch_times)
+    return run.report.finish(epoch_times)
 
 
 # --------------------------------------------------------------------------------------------- CLI
