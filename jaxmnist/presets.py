@@ -100,8 +100,18 @@ PRESETS: dict[str, Config] = {
     ),
 }
 
-# `--model NAME` alone runs the blog's last experiment with that network (cnn: §3's cnn_tb).
-MODEL_PRESET = {config.model: name for name, config in PRESETS.items()}
+
+
+def model_presets(presets: dict[str, Config]) -> dict[str, str]:
+    """network -> the preset `--model NAME` alone runs: the blog's last experiment with that network (cnn: §3's
+    cnn_tb); for a network the blog never trained (fast), this project's preset. A preset of this project that
+    trains one of the blog's networks (another recipe for it) never takes the blog's place."""
+    blog = {c.model: name for name, c in presets.items() if c.blog_result is not None}
+    own = {c.model: name for name, c in presets.items() if c.blog_result is None}
+    return {network: blog.get(network) or own[network] for network in NETWORKS if network in blog or network in own}
+
+
+MODEL_PRESET = model_presets(PRESETS)
 
 
 def describe(c: Config) -> str:

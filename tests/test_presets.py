@@ -18,6 +18,13 @@ def test_every_network_has_a_preset_and_every_preset_a_network():
     assert MODEL_PRESET["cnn"] == "cnn_tb"  # the blog's last experiment with its first network (§3)
 
 
+def test_a_project_recipe_for_a_blog_network_does_not_take_over_its_model_flag():
+    recipe = PRESETS["fast"].replace(model="cnn_deep")  # e.g. a `best` preset: the fast recipe on §4's network
+    chosen = presets.model_presets({**PRESETS, "best": recipe})
+    assert chosen["cnn_deep"] == "cnn_deep" and chosen["fast"] == "fast"
+    assert presets.model_presets({"best": recipe})["cnn_deep"] == "best"  # the only preset of its network
+
+
 def parse(*argv):
     return presets.config_from_args(presets.trainer_parser("prog", "test").parse_args(list(argv)))
 
