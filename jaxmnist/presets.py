@@ -106,9 +106,9 @@ def model_presets(presets: dict[str, Config]) -> dict[str, str]:
     """network -> the preset `--model NAME` alone runs: the blog's last experiment with that network (cnn: §3's
     cnn_tb); for a network the blog never trained (fast), this project's preset. A preset of this project that
     trains one of the blog's networks (another recipe for it) never takes the blog's place."""
-    blog = {c.model: name for name, c in presets.items() if c.blog_result is not None}
     own = {c.model: name for name, c in presets.items() if c.blog_result is None}
-    return {network: blog.get(network) or own[network] for network in NETWORKS if network in blog or network in own}
+    chosen = own | {c.model: name for name, c in presets.items() if c.blog_result is not None}  # the blog's win
+    return {network: chosen[network] for network in NETWORKS if network in chosen}
 
 
 MODEL_PRESET = model_presets(PRESETS)
