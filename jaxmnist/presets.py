@@ -39,7 +39,7 @@ class Config:
     schedule: str = "constant"  # or "onecycle": per step, lr/25 -> lr (at `warmup` of the run) -> 0, linearly
     warmup: float = 0.2  # onecycle: the fraction of all steps spent rising to the peak lr
     label_smoothing: float = 0.0  # the training loss's (torch's cross_entropy(label_smoothing=...))
-    ema: float = 0.0  # > 0: evaluate an exponential moving average of the weights, updated every step with this decay
+    ema: float = 0.0  # > 0: evaluate a moving average of the weights, decay min(ema, (1 + t) / (10 + t)) at step t
     augment: bool = False  # §4: RandomAffine(translate 0.1) then RandomRotation(±10°), on the fly
     plateau: bool = False  # §4: ReduceLROnPlateau(mode='max', factor, patience, threshold) on the monitored acc
     plateau_factor: float = 0.5
@@ -247,7 +247,7 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
         ("schedule", str, f"learning-rate schedule per step: {', '.join(SCHEDULES)}"),
         ("warmup", float, "onecycle: fraction of the steps to the peak lr"),
         ("label-smoothing", float, "label smoothing of the training loss"),
-        ("ema", float, "evaluate a moving average of the weights with this decay per step (0: off)"),
+        ("ema", float, "evaluate a moving average of the weights with this decay per step, warmed up from 0.1 (0: off)"),
         ("seed", int, "random seed (init, shuffling, dropout, augmentation)"),
         ("num-classes", int, "output classes (default: the network's own head)"),
         ("val-size", int, "hold out N training images; the plateau schedule then monitors them"),

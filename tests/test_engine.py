@@ -64,6 +64,21 @@ def test_eval_mode_step_freezes_batchnorm(rng):
     )
 
 
+def test_weight_average_warms_up_then_holds_its_decay(rng):
+    """The average's decay is min(decay, (1 + t) / (10 + t)) at update t: 0.1 on the first step, so the average
+    starts near the trained weights instead of holding on to the initialisation; the given decay once reached."""
+    assert np.allclose(engine.ema_decay_at(jnp.arange(4), 0.2), [0.1, 2 / 11, 0.2, 0.2])
+    assert float(engine.ema_decay_at(10**6, 0.999)) == np.float32(0.999)
+    state = engine.create_state(Config(model="cnn", ema=0.999), jax.random.PRNGKey(0))
+    start = state.ema["params"]
+    new_state, _ = jax.jit(engine.train_step)(state, fake_batch(rng))
+    expected = jax.tree.map(lambda e, w: 0.1 * e + 0.9 * w, start, new_state.params)
+    assert all(
+        np.allclose(a, b, rtol=1e-6, atol=1e-7)  # float32 lerp against 0.1 e + 0.9 w
+        for a, b in zip(jax.tree.leaves(new_state.ema["params"]), jax.tree.leaves(expected))
+    )
+
+
 def test_evaluate_counts_every_example_once(rng):
     state = engine.create_state(Config(model="cnn"), jax.random.PRNGKey(0))
     images = rng.integers(0, 256, (37, 28, 28), dtype=np.uint8)

@@ -120,11 +120,12 @@ def build_schedule(config: Config, optimizer, total_steps: int):
 
 
 class WeightAverage:
-    """Config.ema: a copy of the model whose parameters and BatchNorm statistics follow e += (1 - decay) (w - e)
-    after every step (jaxmnist.engine's rule); evaluation uses the copy."""
+    """Config.ema: a copy of the model whose parameters and BatchNorm statistics follow e += (1 - d) (w - e) after
+    every step, d warmed up as min(decay, (1 + t) / (10 + t)) at update t (jaxmnist.engine.ema_decay_at's rule);
+    evaluation uses the copy. Its state_dict holds the copy's and the update count, for resuming."""
 
     def __init__(self, model: nn.Module, decay: float):
-        self.model, self.decay = copy.deepcopy(model), decay
+        self.model, self.decay, self.updates = copy.deepcopy(model), decay, 0
         # The tensors of both models, listed once: the optimiser updates them in place, so they stay the same.
         self._pairs = (self._tensors(self.model), self._tensors(model))
 
@@ -135,7 +136,16 @@ class WeightAverage:
     @torch.no_grad()
     def update(self) -> None:
         """One step of the average, from the model it was made from."""
-        torch._foreach_lerp_(*self._pairs, 1 - self.decay)
+        t = self.updates
+        torch._foreach_lerp_(*self._pairs, 1 - min(self.decay, (1 + t) / (10 + t)))
+        self.updates += 1
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.updates = int(state["updates"])
 
 
 def train_step(model: nn.Module, name: str, optimizer, images, labels, label_smoothing: float = 0.0):
@@ -251,7 +261,7 @@ class Run:
     @property
     def parts(self) -> dict:
         return {"model": self.model, "optimizer": self.optimizer, "schedule": self.per_step,
-                "plateau": self.plateau, "average": self.average.model if self.average else None}  # fmt: skip
+                "plateau": self.plateau, "average": self.average}  # fmt: skip
 
 
 def prepare(config: Config, preset, data, logdir, device, num_workers, progress, data_dir, out) -> Run:
