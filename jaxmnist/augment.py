@@ -1,4 +1,5 @@
-"""The seed's §4 training augmentation, batched and on device.
+"""The seed's §4 training augmentation, batched and on device, and an elastic distortion (Simard et al. 2003) as
+torchvision's ``ElasticTransform`` computes it.
 
 torchvision's ``RandomAffine(degrees=0, translate=(0.1, 0.1))`` followed by
 ``RandomRotation((-10, 10))``, both with nearest interpolation and fill 0, applied to
@@ -108,3 +109,65 @@ def augment(key, images):
     """Random translation then rotation of a ``[B, H, W]`` batch (seed §4)."""
     batch, height, width = images.shape
     return warp(images, *sample_params(key, batch, height, width))
+
+
+def blur_matrix(size: int, sigma: float):
+    """``[size, size]`` float32: ``blur_matrix(n, s) @ x`` blurs ``x`` along its first axis as torchvision's
+    ``gaussian_blur`` does (a kernel of ``int(8 sigma + 1)`` taps made odd, normalised, reflect padding). One
+    matrix per axis, since torchvision's 2-d kernel is the outer product of two 1-d ones."""
+    taps = int(8 * sigma + 1) | 1
+    half = taps // 2
+    if half >= size:
+        raise ValueError(f"elastic sigma {sigma:g} needs a blur of {taps} taps: wider than the {size}-pixel image")
+    offsets = jnp.arange(taps, dtype=jnp.float32) - half
+    kernel = jnp.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    # Output i reads input i + k - half for tap k, reflected at the borders (-1 -> 1, size -> size - 2).
+    source = jnp.arange(size)[:, None] + jnp.arange(taps)[None, :] - half
+    source = jnp.where(source < 0, -source, jnp.where(source >= size, 2 * (size - 1) - source, source))
+    return jnp.zeros((size, size), jnp.float32).at[jnp.arange(size)[:, None], source].add(kernel[None, :])
+
+
+def elastic_displacement(noise, alpha: float, sigma: float):
+    """torchvision's ``ElasticTransform.get_params`` from its uniform draws: ``noise`` ``[B, 2, H, W]`` in [-1, 1)
+    (x, then y) blurred and scaled by ``alpha / W`` (x) and ``alpha / H`` (y), in grid units (2 per image width).
+    Returns ``[B, H, W, 2]``, as torchvision's ``displacement``."""
+    _, _, height, width = noise.shape
+    rows, cols = blur_matrix(height, sigma), blur_matrix(width, sigma)
+    blurred = jnp.einsum("hi,bcij,wj->bchw", rows, noise, cols)
+    scale = jnp.asarray([alpha / width, alpha / height], noise.dtype)[None, :, None, None]
+    return jnp.moveaxis(blurred * scale, 1, -1)
+
+
+def elastic_warp(images, displacement):
+    """torchvision's ``F.elastic_transform(images, displacement)`` with bilinear sampling and fill 0: ``grid_sample``
+    (zeros padding, ``align_corners=False``) of the image, times the same sampling of an all-ones image (the fill
+    mask torchvision blends with). ``images`` float ``[B, H, W]``; ``displacement`` ``[B, H, W, 2]``."""
+    batch, height, width = images.shape
+    # torchvision's identity grid plus the displacement, then grid_sample's unnormalisation, in that float order.
+    x = jnp.linspace((1 - width) / width, (width - 1) / width, width, dtype=images.dtype)[None, None, :]
+    y = jnp.linspace((1 - height) / height, (height - 1) / height, height, dtype=images.dtype)[None, :, None]
+    cols = (x + displacement[..., 0]) * (width / 2) + (width - 1) / 2
+    rows = (y + displacement[..., 1]) * (height / 2) + (height - 1) / 2
+    row0, col0 = jnp.floor(rows), jnp.floor(cols)
+    flat = images.reshape(batch, -1)
+    out, mask = jnp.zeros_like(images), jnp.zeros_like(images)
+    # grid_sample's weights: each corner's, from the distances to the opposite corner (north-west first).
+    above, left = row0 + 1 - rows, col0 + 1 - cols
+    below, right = rows - row0, cols - col0
+    for dr, dc, weight in ((0, 0, above * left), (0, 1, above * right), (1, 0, below * left), (1, 1, below * right)):
+        r, c = row0 + dr, col0 + dc
+        inside = (r >= 0) & (r < height) & (c >= 0) & (c < width)
+        index = jnp.where(inside, r * width + c, 0).astype(jnp.int32).reshape(batch, -1)
+        pixels = jnp.take_along_axis(flat, index, axis=1).reshape(images.shape)
+        out = out + jnp.where(inside, weight * pixels, 0)
+        mask = mask + jnp.where(inside, weight, 0)
+    return out * mask
+
+
+def elastic(key, images, alpha: float, sigma: float):
+    """A fresh elastic distortion of every image of a float ``[B, H, W]`` batch (torchvision's
+    ``ElasticTransform(alpha, sigma)``, bilinear, fill 0, drawn per image)."""
+    batch, height, width = images.shape
+    noise = jax.random.uniform(key, (batch, 2, height, width), images.dtype, minval=-1.0, maxval=1.0)
+    return elastic_warp(images, elastic_displacement(noise, alpha, sigma))

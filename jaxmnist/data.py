@@ -168,7 +168,12 @@ def normalize(images):
     """uint8 [..., 28, 28] -> float32 NHWC [..., 28, 28, 1], as ToTensor() then Normalize(MEAN, STD)."""
     import jax.numpy as jnp
 
-    return ((jnp.asarray(images, jnp.float32) / 255.0 - MEAN) / STD)[..., None]
+    return standardize(jnp.asarray(images, jnp.float32) / 255.0)
+
+
+def standardize(images):
+    """float [..., 28, 28] in [0, 1] (ToTensor's) -> NHWC [..., 28, 28, 1], as Normalize(MEAN, STD)."""
+    return ((images - MEAN) / STD)[..., None]
 
 
 # --------------------------------------------------------------------------------------------- CLI

@@ -189,11 +189,15 @@ def eval_step(state: TrainState, batch: dict, batch_statistics: bool = False, dr
     }
 
 
-def prepare_images(images_u8, key, augment: bool):
-    """uint8 [B,28,28] -> normalised float [B,28,28,1], augmented first (on raw pixels) when asked."""
+def prepare_images(images_u8, key, augment: bool, elastic: tuple[float, float] | None = None):
+    """uint8 [B,28,28] -> normalised float [B,28,28,1], augmented first (on raw pixels) when asked, then distorted
+    by `elastic` = (alpha, sigma) if given, on [0, 1] floats (torchvision's ElasticTransform after ToTensor)."""
     if augment:
-        images_u8 = augment_lib.augment(key, images_u8)
-    return data_lib.normalize(images_u8)
+        images_u8 = augment_lib.augment(jax.random.fold_in(key, 0) if elastic else key, images_u8)
+    if not elastic:
+        return data_lib.normalize(images_u8)
+    images = augment_lib.elastic(jax.random.fold_in(key, 1), images_u8.astype(jnp.float32) / 255.0, *elastic)
+    return data_lib.standardize(images)
 
 
 # Augmentation keys must differ from dropout keys of the same step, and a test pass's dropout keys (quirk 4) from both.
@@ -209,7 +213,9 @@ def chunk_batches(images, labels, order, start, *, steps: int):
     return images[idx], labels[idx]
 
 
-def train_chunk(state: TrainState, images, labels, *, augment: bool, train: bool, unroll: bool = False):
+def train_chunk(
+    state: TrainState, images, labels, *, augment: bool, train: bool, unroll: bool = False, elastic=None
+):
     """Runs len(images) steps on a chunk's batches (chunk_batches: uint8 [steps, B, 28, 28], labels [steps, B]).
     Returns per-step metrics ('loss', 'accuracy': [steps]) and whether every parameter and statistic is finite
     after the chunk ('finite': [], one reduction per chunk, fetched with the metrics: no extra host sync).
@@ -217,12 +223,14 @@ def train_chunk(state: TrainState, images, labels, *, augment: bool, train: bool
     `unroll=True` traces the steps one after another instead of as a `lax.scan` (a while loop): XLA's CPU
     backend runs convolution gradients inside a while loop 4-5x slower (cnn, batch 512: ~800 vs ~200 ms per
     step; see benchmarks/README.md), and even a length-1 scan stays a loop. So CPU runs use short unrolled chunks.
+    `elastic`: prepare_images's.
     """
 
     def body(state, batch):
         image, label = batch
         key = jax.random.fold_in(jax.random.fold_in(state.rng, _AUGMENT_STREAM), state.step)
-        return train_step(state, {"image": prepare_images(image, key, augment), "label": label}, train=train)
+        batch = {"image": prepare_images(image, key, augment, elastic), "label": label}
+        return train_step(state, batch, train=train)
 
     if unroll:
         steps = []

@@ -41,6 +41,8 @@ class Config:
     label_smoothing: float = 0.0  # the training loss's (torch's cross_entropy(label_smoothing=...))
     ema: float = 0.0  # > 0: evaluate a moving average of the weights, decay min(ema, (1 + t) / (10 + t)) at step t
     augment: bool = False  # §4: RandomAffine(translate 0.1) then RandomRotation(±10°), on the fly
+    elastic_alpha: float = 0.0  # > 0: then torchvision's ElasticTransform(alpha, sigma) on the training images
+    elastic_sigma: float = 5.0
     plateau: bool = False  # §4: ReduceLROnPlateau(mode='max', factor, patience, threshold) on the monitored acc
     plateau_factor: float = 0.5
     plateau_patience: int = 3
@@ -128,6 +130,7 @@ def describe(c: Config) -> str:
             (f"label smoothing {c.label_smoothing:g}", c.label_smoothing),
             (f"weight EMA {c.ema:g}", c.ema),
             ("augmentation", c.augment),
+            (f"elastic distortion (alpha {c.elastic_alpha:g}, sigma {c.elastic_sigma:g})", c.elastic_alpha),
             ("ReduceLROnPlateau", c.plateau),
             ("blog quirks", c.blog_quirks),
         )
@@ -172,6 +175,10 @@ def validate(config: Config) -> None:
             raise UsageError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(config, name)}")
     if config.plateau and config.schedule != "constant":
         raise UsageError(f"--plateau and --schedule {config.schedule} both set the learning rate; choose one")
+    if config.elastic_alpha < 0:
+        raise UsageError(f"--elastic-alpha must be >= 0, got {config.elastic_alpha:g}")
+    if not 0 < config.elastic_sigma < 6.875:  # the blur's int(8 sigma + 1) taps reach at most 27 pixels either side
+        raise UsageError(f"--elastic-sigma must be in (0, 6.875) for 28-pixel images, got {config.elastic_sigma:g}")
     if config.weight_decay < 0:
         raise UsageError(f"--weight-decay must be >= 0, got {config.weight_decay}")
     if config.weight_decay and config.optimizer != "adamw":
@@ -248,6 +255,8 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
         ("warmup", float, "onecycle: fraction of the steps to the peak lr"),
         ("label-smoothing", float, "label smoothing of the training loss"),
         ("ema", float, "evaluate a moving average of the weights with this decay per step, warmed up from 0.1 (0: off)"),
+        ("elastic-alpha", float, "elastic distortion of the training images, torchvision's alpha (0: off)"),
+        ("elastic-sigma", float, "the elastic distortion's smoothness, torchvision's sigma"),
         ("seed", int, "random seed (init, shuffling, dropout, augmentation)"),
         ("num-classes", int, "output classes (default: the network's own head)"),
         ("val-size", int, "hold out N training images; the plateau schedule then monitors them"),

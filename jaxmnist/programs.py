@@ -133,7 +133,10 @@ def compile_training(
         shapes[size] = images, labels
     chunks = {}
     for mode in modes:
-        chunk = functools.partial(engine.train_chunk, augment=config.augment, train=mode, unroll=unroll)
+        elastic = (config.elastic_alpha, config.elastic_sigma) if config.elastic_alpha else None
+        chunk = functools.partial(
+            engine.train_chunk, augment=config.augment, train=mode, unroll=unroll, elastic=elastic
+        )
         sharded = shardings(placement, (None, batch, batch), (None, None))
         options = conv_plan.compiler_options
         jit_chunk = jax.jit(seeds.map(chunk, (0, 0, 0)), donate_argnums=0, compiler_options=options, **sharded)

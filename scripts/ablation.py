@@ -73,6 +73,11 @@ STUDIES = {
             # (engine.ema_decay_at): the variants below run with it.
             "ema_warm_0.99": ["--ema", "0.99"],
             "ema_warm_0.998": ["--ema", "0.998"],
+            # Elastic distortion after the affine steps, torchvision's ElasticTransform: its defaults (about 0.8
+            # pixels of displacement, standard deviation) and Simard et al.'s strength (alpha 34 px at sigma 4 in
+            # their units, which scale the blurred field by alpha where torchvision scales it by alpha / 2).
+            "elastic_50_5": ["--elastic-alpha", "50", "--elastic-sigma", "5"],
+            "elastic_68_4": ["--elastic-alpha", "68", "--elastic-sigma", "4"],
             "lr_1e-3": ["--lr", "1e-3"],
             "blog_recipe": ["--optimizer", "rmsprop", "--lr", "1e-3", "--weight-decay", "0", "--schedule", "constant",
                             "--label-smoothing", "0", "--plateau"],  # fmt: skip

@@ -9,7 +9,7 @@ import pytest
 from flax import linen as nn
 
 from jaxmnist import data as data_lib
-from jaxmnist import engine, layers, models
+from jaxmnist import augment, engine, layers, models
 from jaxmnist.presets import Config
 
 # One step of engine.train_step on every network of the blog's and this project's own. torchvision's resnet18 and
@@ -77,6 +77,20 @@ def test_weight_average_warms_up_then_holds_its_decay(rng):
         np.allclose(a, b, rtol=1e-6, atol=1e-7)  # float32 lerp against 0.1 e + 0.9 w
         for a, b in zip(jax.tree.leaves(new_state.ema["params"]), jax.tree.leaves(expected))
     )
+
+
+def test_elastic_distortion_follows_the_affine_steps_on_its_own_key(rng):
+    """prepare_images: without `elastic` the §4 augmentation keeps the key it always had (runs stay bitwise
+    what they were); with it, the affine steps and the distortion draw from two keys folded from that one."""
+    images, key = fake_batch(rng, n=8)["image"], jax.random.key(3)
+    raw = jnp.asarray(rng.integers(0, 256, (8, 28, 28), dtype=np.uint8))
+    plain = engine.prepare_images(raw, key, augment=True)
+    np.testing.assert_array_equal(plain, data_lib.normalize(augment.augment(key, raw)))
+    elastic = engine.prepare_images(raw, key, augment=True, elastic=(50.0, 5.0))
+    affine = augment.augment(jax.random.fold_in(key, 0), raw).astype(jnp.float32) / 255
+    expected = augment.elastic(jax.random.fold_in(key, 1), affine, 50.0, 5.0)
+    np.testing.assert_allclose(elastic, data_lib.standardize(expected), rtol=0, atol=1e-5)
+    assert elastic.shape == images.shape and not np.allclose(elastic, plain)
 
 
 def test_evaluate_counts_every_example_once(rng):

@@ -51,6 +51,8 @@ def test_model_picks_its_preset_and_flags_override():
         (["--label-smoothing", "1"], "--label-smoothing must be in [0, 1)"),
         (["--warmup", "-0.1"], "--warmup must be in [0, 1)"),
         (["--ema", "1"], "--ema must be in [0, 1)"),
+        (["--elastic-alpha", "-1"], "--elastic-alpha must be >= 0"),
+        (["--elastic-alpha", "34", "--elastic-sigma", "7"], "--elastic-sigma must be in (0, 6.875)"),
         (["--weight-decay", "-1", "--optimizer", "adamw"], "--weight-decay must be >= 0"),
         (["--weight-decay", "0.1"], "--weight-decay is AdamW's; sgd takes none"),
         (["--preset", "fast", "--plateau"], "--plateau and --schedule onecycle both set the learning rate"),

@@ -80,6 +80,22 @@ def test_augmented_dataset_is_seeded_and_moves_pixels(mnist):
     assert first.min().item() == pytest.approx(-data_lib.MEAN / data_lib.STD)  # fill 0 before Normalize
 
 
+def test_elastic_dataset_distorts_after_the_affine_steps(mnist):
+    """Config.elastic_alpha: torchvision's ElasticTransform between ToTensor and Normalize; seeded like the rest."""
+    images, labels = mnist.test_images[:8], mnist.test_labels[:8]
+    elastic = torch_train.MnistDataset(images, labels, augment=False, elastic=(50.0, 5.0))
+    plain = torch_train.MnistDataset(images, labels, augment=False)
+    steps = [type(t).__name__ for t in elastic.transform.transforms]
+    assert steps == ["ToTensor", "ElasticTransform", "Normalize"], steps
+    torch.manual_seed(0)
+    first = torch.stack([elastic[i][0] for i in range(8)])
+    torch.manual_seed(0)
+    assert torch.equal(first, torch.stack([elastic[i][0] for i in range(8)]))
+    moved = (first - torch.stack([plain[i][0] for i in range(8)])).abs()
+    assert 0.05 < moved.mean().item() < 1.0  # a distortion of about a pixel, in normalised units
+    assert first.min().item() >= -data_lib.MEAN / data_lib.STD - 1e-6  # bilinear, fill 0: no value below black
+
+
 def run_torch(name, preset, batches_, dtype):
     """STEPS training steps of torch_ref's model; returns (initial state_dict, losses, final state_dict, lr)."""
     config = PRESETS[preset]

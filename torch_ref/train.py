@@ -50,9 +50,10 @@ from torch_ref import resume as resume_lib
 
 
 class MnistDataset(torch.utils.data.Dataset):
-    """uint8 images [n,28,28] through the blog's transforms: items are (float [1,28,28], int label)."""
+    """uint8 images [n,28,28] through the blog's transforms: items are (float [1,28,28], int label). `elastic`:
+    (alpha, sigma) of an ElasticTransform after ToTensor (Config.elastic_alpha), or None."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, augment: bool):
+    def __init__(self, images: np.ndarray, labels: np.ndarray, augment: bool, elastic: tuple | None = None):
         self.images = np.array(images, np.uint8)  # a writable copy: torch warns on read-only arrays
         self.labels = np.asarray(labels, np.int64)
         self.augment = augment
@@ -61,9 +62,10 @@ class MnistDataset(torch.utils.data.Dataset):
             if augment
             else []
         )
-        self.transform = transforms.Compose(
-            steps + [transforms.ToTensor(), transforms.Normalize((data_lib.MEAN,), (data_lib.STD,))]
-        )
+        steps.append(transforms.ToTensor())
+        if elastic:
+            steps.append(transforms.ElasticTransform(alpha=float(elastic[0]), sigma=float(elastic[1])))
+        self.transform = transforms.Compose(steps + [transforms.Normalize((data_lib.MEAN,), (data_lib.STD,))])
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -77,12 +79,21 @@ class MnistDataset(torch.utils.data.Dataset):
 
 
 def make_loader(
-    images, labels, batch_size: int, *, augment: bool, shuffle: bool, device, num_workers: int = 0, timeout: float = 0
+    images,
+    labels,
+    batch_size: int,
+    *,
+    augment: bool,
+    shuffle: bool,
+    device,
+    num_workers: int = 0,
+    timeout: float = 0,
+    elastic: tuple | None = None,
 ):
     """The blog's DataLoader over `MnistDataset`: the training loader shuffles, the test loader does not; pinned
     memory for CUDA, as the blog. `timeout` (seconds, with workers) turns a hung worker into an error."""
     return torch.utils.data.DataLoader(
-        MnistDataset(images, labels, augment),
+        MnistDataset(images, labels, augment, elastic),
         batch_size=batch_size,
         shuffle=shuffle,
         num_workers=num_workers,
@@ -275,7 +286,8 @@ def prepare(config: Config, preset, data, logdir, device, num_workers, progress,
     model = models.get_model(config.model, config.num_classes).to(device)
     optimizer = build_optimizer(config, model.parameters())
     loader = functools.partial(make_loader, device=device, num_workers=num_workers)
-    train_loader = loader(train_x, train_y, config.batch_size, augment=config.augment, shuffle=True)
+    elastic = (config.elastic_alpha, config.elastic_sigma) if config.elastic_alpha else None
+    train_loader = loader(train_x, train_y, config.batch_size, augment=config.augment, shuffle=True, elastic=elastic)
     # Quirk 2: the blog's test set goes through the training augmentation.
     test_augment = config.augment and config.blog_quirks
     test_loader = loader(
