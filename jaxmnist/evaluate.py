@@ -11,12 +11,14 @@ probabilities averaged, one program over the stacked weights; its report is a si
 (default WORKDIR/report, or ./report; report-ensemble for an ensemble) with report.json (accuracy, per-class
 precision, recall and support, the confusion matrix, every misclassified test index with its predicted class and
 confidence), confusion.png and misclassified.png (the misclassified digits, most confident first, with true and
-predicted labels). jaxmnist.train writes the same report into its --logdir at the end of a run, with both images in
+predicted labels), and probabilities.npz (the softmax over the test set: reports of runs made apart average into
+their ensemble, `mean_probabilities`). jaxmnist.train writes the same report into its --logdir at the end of a run, with both images in
 TensorBoard (`report/confusion`, `report/misclassified`).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
@@ -28,6 +30,7 @@ from jaxmnist import cli, compile_cache, runlog, weights
 from jaxmnist import data as data_lib
 
 GRID_MAX = 100  # misclassified digits drawn (all are listed in report.json)
+PROBABILITIES = "probabilities.npz"  # a report's softmax over the test set: float32 [n, classes] under 'probs'
 
 
 # ---------------------------------------------------------------------------------------- the numbers
@@ -127,11 +130,18 @@ def misclassified_figure(summary: dict, images_u8: np.ndarray, limit: int = GRID
     return fig
 
 
-def write(summary: dict, images_u8: np.ndarray, out: str | os.PathLike, writer=None, step: int = 0) -> Path:
+def write(
+    summary: dict, images_u8: np.ndarray, out: str | os.PathLike, writer=None, step: int = 0, probs=None
+) -> Path:
     """report.json, confusion.png, misclassified.png into `out` (atomically); the images also into a
-    tensorboardX `writer` if given."""
+    tensorboardX `writer` if given; `probs` (the summarised softmax, [n, classes]) into PROBABILITIES, for
+    ensembles of runs made apart (`mean_probabilities`)."""
     out = runlog.writable_logdir(out)
     runlog.atomic_write(out / "report.json", json.dumps(summary, indent=1).encode())
+    if probs is not None:
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, probs=np.asarray(probs, np.float32))
+        runlog.atomic_write(out / PROBABILITIES, buffer.getvalue())
     for name, fig in (
         ("confusion", confusion_figure(summary)),
         ("misclassified", misclassified_figure(summary, images_u8)),
@@ -140,6 +150,17 @@ def write(summary: dict, images_u8: np.ndarray, out: str | os.PathLike, writer=N
         if writer is not None:
             writer.add_image(f"report/{name}", rgb, step, dataformats="HWC")
     return out
+
+
+def mean_probabilities(reports: list[str | os.PathLike]) -> np.ndarray:
+    """The ensemble of models evaluated apart: the mean of their PROBABILITIES (each a report directory's), as
+    weights.Ensemble averages the members it runs itself."""
+    if not reports:
+        raise ValueError("an ensemble needs at least one report")
+    stacked = [np.load(Path(r) / PROBABILITIES)["probs"] for r in reports]
+    if len({p.shape for p in stacked}) != 1:
+        raise ValueError(f"reports of different test sets: shapes {sorted({p.shape for p in stacked})}")
+    return np.mean(stacked, axis=0, dtype=np.float32)
 
 
 # ------------------------------------------------------------------------------------------ the CLI
@@ -164,11 +185,12 @@ def _main(argv) -> None:
     compile_cache.configure(args.no_compile_cache)
     model = weights.load(args)
     data = data_lib.load(args.dataset, args.data_dir, progress=False)
-    summary = summarise(model.probabilities(data.test_images), data.test_labels)
-    out = write(summary, data.test_images, args.out or default_out(args.workdir, model))
+    probs = model.probabilities(data.test_images)
+    summary = summarise(probs, data.test_labels)
+    out = write(summary, data.test_images, args.out or default_out(args.workdir, model), probs=probs)
     print(f"{model.name} from {model.source}, on {args.dataset}'s {summary['n']} test images")
     print(table(summary))
-    print(f"report: {out}/report.json, confusion.png, misclassified.png")
+    print(f"report: {out}/report.json, confusion.png, misclassified.png, {PROBABILITIES}")
 
 
 def main(argv: list[str] | None = None) -> int:

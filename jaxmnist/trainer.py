@@ -213,9 +213,9 @@ def write_reports(run: Run) -> None:
                                       run.config.eval_batch_size)  # fmt: skip
         summary = evaluate.summarise(probs, labels)
         log = r.report.log
-        evaluate.write(summary, images, log.dir, log.writer, step=len(log.record["epochs"]))
+        evaluate.write(summary, images, log.dir, log.writer, step=len(log.record["epochs"]), probs=probs)
         r.report.say(f"report: {len(summary['misclassified'])} test digits misclassified; in {log.dir}: "
-                     "report.json, confusion.png, misclassified.png")  # fmt: skip
+                     f"report.json, confusion.png, misclassified.png, {evaluate.PROBABILITIES}")  # fmt: skip
 
 
 def finish(run: Run, opts: Options, epoch_times: list[float], compile_s: float, watch: RecompileWatch) -> list[Result]:

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import needs_jaxmnist  # before jaxmnist: one line, not a traceback, where it is missing
 import numpy as np
+import seed_ensemble
 
 from jaxmnist import cli
 from jaxmnist.cli import UsageError
@@ -179,6 +180,12 @@ def run_seeds(
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr)
         return each(error=(proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1])
+    if framework == "jax" and not args.blog_quirks:  # its final weights' report, for the seeds' ensemble
+        for s in seeds:
+            together = len(seeds) > 1
+            where = logdir / f"seed{s}" if together else logdir
+            if problem := seed_ensemble.write_report(where, workdir, s if together else None, args.data_dir, ROOT):
+                print(f"note: no report of seed {s}'s final weights, so no ensemble with it: {problem}", flush=True)
     shutil.rmtree(workdir, ignore_errors=True)  # the run is done: its record holds what is kept
     return {
         s: summarise(s, logdir / f"seed{s}" if len(seeds) > 1 else logdir, wall_s, framework, args, seeds)
@@ -349,6 +356,13 @@ def reproduce(preset: str, args, out: Path, deadline: float | None = None) -> di
             if any(succeeded(r) for r in runs[framework]):
                 atomic_write(path, json.dumps(result, indent=1).encode())
     result["frameworks"] = with_kept(runs, kept)
+    if "jax" in result["frameworks"] and not args.blog_quirks:
+        ok = [r for r in result["frameworks"]["jax"]["runs"] if succeeded(r)]
+        if ens := seed_ensemble.ensemble(ok, out, name, args.data_dir):
+            result["ensemble"] = ens
+            print(f"\n=== {preset} / jax: the ensemble of seeds {', '.join(map(str, ens['seeds']))}: "
+                  f"{ens['final_acc']:.2f} % (members {ens['members_final_acc']['mean']:.2f} % on average)")
+            atomic_write(path, json.dumps(result, indent=1).encode())
     return result
 
 

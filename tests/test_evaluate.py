@@ -42,6 +42,26 @@ def test_the_end_of_run_report_agrees_with_training(mnist, trained_cnn_run):
     for name in ("confusion.png", "misclassified.png"):
         with Image.open(root / "log" / name) as image:
             assert image.format == "PNG" and min(image.size) > 300
+    probs = np.load(root / "log" / evaluate.PROBABILITIES)["probs"]  # what the report summarised
+    assert probs.shape == (10_000, 10) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    assert evaluate.summarise(probs, mnist.test_labels) == report
+
+
+def test_runs_made_apart_average_their_probabilities(tmp_path):
+    """mean_probabilities: the ensemble of reports written apart is the mean of their softmax, float32; reports of
+    different test sets are refused."""
+    rng = np.random.default_rng(0)
+    members = [rng.dirichlet(np.ones(10), 50).astype(np.float32) for _ in range(3)]
+    images = np.zeros((50, 28, 28), np.uint8)
+    labels = rng.integers(0, 10, 50)
+    dirs = [evaluate.write(evaluate.summarise(p, labels), images, tmp_path / f"m{i}", probs=p)
+            for i, p in enumerate(members)]  # fmt: skip
+    mean = evaluate.mean_probabilities(dirs)
+    assert mean.dtype == np.float32 and np.allclose(mean, np.mean(members, axis=0), rtol=0, atol=1e-7)
+    assert not any(np.array_equal(mean.argmax(1), p.argmax(1)) for p in members)  # the mean is its own model
+    evaluate.write(evaluate.summarise(members[0][:40], labels[:40]), images, tmp_path / "short", probs=members[0][:40])
+    with pytest.raises(ValueError, match="different test sets"):
+        evaluate.mean_probabilities([*dirs, tmp_path / "short"])
 
 
 @pytest.mark.xdist_group("trained_cnn")

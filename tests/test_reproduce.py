@@ -236,6 +236,11 @@ def test_a_stopped_run_resumes_in_the_next_invocation_bit_for_bit(tmp_path, mnis
     assert run["test_acc"] == [e["test_acc"] for e in whole["epochs"]]
     assert run["segments"] == 2 and run["wall_s"] == pytest.approx(run["startup_s"] + sum(run["epoch_s"]))
     assert run["machine"] and not (logdir / reproduce.CHECKPOINTS).exists()
+    # The final weights' report, for the seeds' ensemble (one seed here: no ensemble yet)
+    report = json.loads((logdir / "report" / "report.json").read_text())
+    assert report["accuracy"] == pytest.approx(run["final_acc"], abs=1e-3)
+    assert (logdir / "report" / "probabilities.npz").exists()
+    assert "ensemble" not in json.loads((tmp_path / "out" / "cnn_tb.json").read_text())
 
 
 def test_a_run_started_afresh_does_not_inherit_an_earlier_runs_logs(tmp_path, monkeypatch):
