@@ -166,6 +166,15 @@ def notes(results: list[dict], labels: dict[str, str], out: Path) -> list[str]:
             "`checkpoint/` directory, committed so that a later session resumes it (`bash scripts/blog_runs.sh`); "
             "it is removed when the run ends."
         )
+    for r in results:
+        if ens := r.get("ensemble"):
+            lines.append(
+                f"Ensemble of `{r['preset']}`'s JAX seeds {', '.join(map(str, ens['seeds']))} (their test-set "
+                f"probabilities averaged, scripts/seed_ensemble.py): **{ens['final_acc']:.2f} %**, against "
+                f"{ens['members_final_acc']['mean']:.2f} % for its members on average "
+                f"({ens['members_final_acc']['min']:.2f}-{ens['members_final_acc']['max']:.2f} %); "
+                f"its report: `{ens['report']}`."
+            )
     if failed:
         lines.append(f"{failed} run(s) failed: see `error` in the JSON files.")
     if skipped:

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import results_table
 import seed_ensemble
 from jaxmnist import evaluate
 
@@ -41,6 +42,9 @@ def test_the_ensemble_is_the_mean_of_the_seeds_probabilities(tmp_path, mnist):
     assert json.loads((report / "report.json").read_text())["accuracy"] == ens["final_acc"]
     assert (report / "confusion.png").exists() and (report / "misclassified.png").exists()
     assert seed_ensemble.ensemble(runs[:1], tmp_path, "best") is None  # one member is no ensemble
+    result = {"preset": "cnn_tb", "frameworks": {}, "ensemble": ens}
+    line = next(x for x in results_table.notes([result], {}, tmp_path) if x.startswith("Ensemble"))
+    assert f"**{ens['final_acc']:.2f} %**" in line and "seeds 0, 1, 2" in line
 
 
 def test_a_recorded_logdir_is_found_under_this_checkouts_out(tmp_path):
