@@ -180,17 +180,24 @@ def run_seeds(
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr)
         return each(error=(proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1])
-    if framework == "jax" and not args.blog_quirks:  # its final weights' report, for the seeds' ensemble
-        for s in seeds:
-            together = len(seeds) > 1
-            where = logdir / f"seed{s}" if together else logdir
-            if problem := seed_ensemble.write_report(where, workdir, s if together else None, args.data_dir, ROOT):
-                print(f"note: no report of seed {s}'s final weights, so no ensemble with it: {problem}", flush=True)
+    if framework == "jax" and not args.blog_quirks:
+        report_final_weights(logdir, workdir, seeds, args, deadline)
     shutil.rmtree(workdir, ignore_errors=True)  # the run is done: its record holds what is kept
     return {
         s: summarise(s, logdir / f"seed{s}" if len(seeds) > 1 else logdir, wall_s, framework, args, seeds)
         for s in seeds
     }
+
+
+def report_final_weights(logdir: Path, workdir: Path, seeds: list[int], args, deadline: float | None) -> None:
+    """Each seed's final weights evaluated into its logdir's report (seed_ensemble), for the seeds' ensemble."""
+    for s in seeds:
+        together = len(seeds) > 1
+        where = logdir / f"seed{s}" if together else logdir
+        left = None if deadline is None else max(deadline - time.monotonic(), 1.0)
+        problem = seed_ensemble.write_report(where, workdir, s if together else None, args.data_dir, ROOT, left)
+        if problem:
+            print(f"note: no report of seed {s}'s final weights, so no ensemble with it: {problem}", flush=True)
 
 
 def add_segment(logdir: Path, wall_s: float, ended: str) -> None:

@@ -21,14 +21,20 @@ REPORT = "report"  # a run's report, in its logdir
 MIN_MEMBERS = 2
 
 
-def write_report(logdir: Path, workdir: Path, seed: int | None, data_dir: str | None, cwd: Path) -> str | None:
+def write_report(
+    logdir: Path, workdir: Path, seed: int | None, data_dir: str | None, cwd: Path, timeout: float | None = None
+) -> str | None:
     """The final ('latest') checkpoint of WORKDIR (of `seed` where seeds were trained together) evaluated into
-    LOGDIR/report; None, or the error's last line (the run stays a success: only the ensemble lacks it)."""
+    LOGDIR/report within `timeout` seconds; None, or why not (the run stays a success: only the ensemble lacks
+    it)."""
     cmd = [sys.executable, "-m", "jaxmnist.evaluate", "--workdir", str(workdir), "--which", "latest",
            "--out", str(logdir / REPORT)]  # fmt: skip
     cmd += ["--seed", str(seed)] if seed is not None else []
     cmd += ["--data-dir", data_dir] if data_dir else []
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    try:
+        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return f"the evaluation took over {timeout:.0f} s, the budget left"
     if proc.returncode == 0:
         return None
     return (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
