@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -118,11 +119,26 @@ def run(study: Study, variant: str, seed: int) -> dict:
             "others_cpu": max((e.get("others_cpu") or 0.0 for e in metrics["epochs"]), default=None)}  # fmt: skip
 
 
+def shared(run: dict) -> bool:
+    """Whether other processes took over 15 % of the CPU in one of the run's epochs (its wall time is not quiet)."""
+    return (run.get("others_cpu") or 0.0) > 0.15
+
+
+def short_machine(machine: str | None) -> str:
+    """'AMD EPYC ..., family 25 model 1 ...' -> 'AMD 25/1': which CPU kind, in a table cell."""
+    found = re.search(r"family (\d+) model (\d+)", machine or "")
+    if not found:
+        return "?"
+    return f"{machine.split()[0].replace('(R)', '')} {found[1]}/{found[2]}"
+
+
 def table(rows: list[dict], base: str = "(the preset)") -> str:
-    """Markdown: one line per round and variant, seeds averaged; `base` stands for a variant without flags."""
+    """Markdown: one line per round and variant, seeds averaged; `base` stands for a variant without flags. Wall
+    times are comparable only on one machine (its CPU named per line) and marked * where other processes took
+    over 15 % of the CPU in some epoch."""
     lines = [
-        "| round | variant | flags | val accuracy per seed | mean val | mean wall time | (test, not used) |",
-        "|---|---|---|---|---:|---:|---:|",
+        "| round | variant | flags | val accuracy per seed | mean val | mean wall time | machine | (test, not used) |",
+        "|---|---|---|---|---:|---:|---|---:|",
     ]
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
@@ -133,7 +149,8 @@ def table(rows: list[dict], base: str = "(the preset)") -> str:
         lines.append(
             f"| {round_} | {variant} | {' '.join(map(str, runs[0]['flags'])) or base} | "
             f"{', '.join(f'{v:.2f}' for v in val)} | {sum(val) / len(val):.2f} | "
-            f"{sum(r['wall_s'] for r in runs) / len(runs):.0f} s | "
+            f"{sum(r['wall_s'] for r in runs) / len(runs):.0f} s{'*' if any(shared(r) for r in runs) else ''} | "
+            f"{', '.join(sorted({short_machine(r.get('machine')) for r in runs}))} | "
             f"{sum(r['test_acc'] for r in runs) / len(runs):.2f} |"
         )
     return "\n".join(lines)

@@ -8,14 +8,19 @@ from jaxmnist import presets, train
 
 
 def test_table_groups_seeds_and_averages_validation_accuracy():
-    def row(round_, variant, seed, val, wall):
-        return {"round": round_, "variant": variant, "flags": ablation.STUDIES["fast"].variants.get(variant, []),
-                "seed": seed, "val_acc": val, "test_acc": 99.0, "wall_s": wall}  # fmt: skip
+    zen3 = "AMD EPYC, family 25 model 1 stepping 1, avx2+fma, 2 cores"
+    xeon = "Intel(R) Xeon(R) Processor, family 6 model 167 stepping 1, avx2+fma+avx512f, 2 cores"
 
-    rows = [row(2, "base", 1, 99.40, 200.0), row(2, "base", 0, 99.20, 220.0), row(2, "no_augment", 0, 99.3, 180.0)]
+    def row(round_, variant, seed, val, wall, machine=zen3, others_cpu=0.01):
+        return {"round": round_, "variant": variant, "flags": ablation.STUDIES["fast"].variants.get(variant, []),
+                "seed": seed, "val_acc": val, "test_acc": 99.0, "wall_s": wall, "machine": machine,
+                "others_cpu": others_cpu}  # fmt: skip
+
+    rows = [row(2, "base", 1, 99.40, 200.0), row(2, "base", 0, 99.20, 220.0, xeon),
+            row(2, "no_augment", 0, 99.3, 180.0, others_cpu=0.4)]  # fmt: skip
     lines = ablation.table(rows).splitlines()
-    assert lines[2] == "| 2 | base | (the preset) | 99.20, 99.40 | 99.30 | 210 s | 99.00 |"
-    assert lines[3].startswith("| 2 | no_augment | --no-augment | 99.30 | 99.30 | 180 s |")
+    assert lines[2] == "| 2 | base | (the preset) | 99.20, 99.40 | 99.30 | 210 s | AMD 25/1, Intel 6/167 | 99.00 |"
+    assert lines[3].startswith("| 2 | no_augment | --no-augment | 99.30 | 99.30 | 180 s* | AMD 25/1 |")  # shared
     assert len(lines) == 4
     assert ablation.table(rows[:1], base="(the sketch)").splitlines()[2].startswith("| 2 | base | (the sketch) |")
 
