@@ -5,7 +5,8 @@ and the published references (docs/frontier.png).
     python scripts/frontier.py results/ --out /tmp/frontier.png
 
 One point per run (JAX and torch_ref in two colours), mean ± std per preset and framework as a cross, the machine
-(M1, M2, ... as in results/README.md) beside each preset. Only runs of the preset's full length with a measured
+(M1, M2, ... as in results/README.md) beside each preset; a preset's JAX seeds as an ensemble where its JSON
+records one, at the sum of their wall times. Only runs of the preset's full length with a measured
 wall time (process start to exit, compilation included) are drawn; a run's accuracy is its last epoch's, never a
 best epoch picked on the test set. The blog's runs and the references are drawn where they state a time (on their
 own hardware, named beside them); references that state no time are horizontal lines.
@@ -44,6 +45,18 @@ def full_runs(result: dict) -> dict[str, list[tuple[float, float]]]:
     }
 
 
+def ensemble_point(result: dict) -> tuple[float, float, int] | None:
+    """(the members' wall times summed, the ensemble's accuracy, members) of a full-length preset's JAX seeds
+    ensemble (scripts/seed_ensemble.py), or None: what training its members one after another cost."""
+    ens = result.get("ensemble")
+    if not ens or not full_runs(result):
+        return None
+    walls = [r["wall_s"] for r in result["frameworks"]["jax"]["runs"] if r["seed"] in ens["seeds"] and r.get("wall_s")]
+    if len(walls) != len(ens["seeds"]):
+        return None
+    return float(sum(walls)), ens["final_acc"], len(walls)
+
+
 def figure(results: list[dict]):
     import matplotlib
 
@@ -70,6 +83,13 @@ def figure(results: list[dict]):
             ax.annotate(f"{name} ({machines or 'machine ?'})", (np.mean(t), np.mean(acc)), textcoords="offset points",
                         xytext=(-8 if left else 8, 0), ha="right" if left else "left", va="center", fontsize=8,
                         color=COLOURS[fw])  # fmt: skip
+        if point := ensemble_point(r):
+            t, acc, n = point
+            ax.scatter([t], [acc], marker="P", s=70, color=COLOURS["jax"], label=None if "ens" in drawn else
+                       "JAX seeds as an ensemble (their wall times summed)")  # fmt: skip
+            drawn.add("ens")
+            ax.annotate(f"{name}: {n} seeds' ensemble", (t, acc), textcoords="offset points", xytext=(6, -10),
+                        fontsize=8, color=COLOURS["jax"])  # fmt: skip
         blog = r["blog"]
         if blog.get("final_acc") and blog.get("epoch_s") and not r["blog_quirks"]:
             t = blog["epoch_s"] * blog["epochs"]

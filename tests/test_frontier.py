@@ -18,6 +18,15 @@ def test_only_full_length_timed_runs_are_drawn():
     assert all(t > 0 and 99 < acc < 100 for t, acc in fast["jax"] + fast["torch"])
 
 
+def test_an_ensemble_is_drawn_at_its_members_summed_wall_time():
+    runs = [{"seed": k, "wall_s": 100.0 + k, "final_acc": 99.6} for k in range(3)]
+    result = {"reduced_epochs": False, "max_steps": None, "frameworks": {"jax": {"runs": runs}},
+              "ensemble": {"seeds": [0, 2], "final_acc": 99.8}}  # fmt: skip
+    assert frontier.ensemble_point(result) == (202.0, 99.8, 2)
+    assert frontier.ensemble_point({**result, "reduced_epochs": True}) is None  # not the preset's length
+    assert frontier.ensemble_point({k: v for k, v in result.items() if k != "ensemble"}) is None
+
+
 def test_the_figure_is_written(tmp_path, capsys):
     out = tmp_path / "frontier.png"
     assert frontier.main([str(RESULTS), "--out", str(out)]) == 0
