@@ -134,10 +134,10 @@ def short_machine(machine: str | None) -> str:
 
 def table(rows: list[dict], base: str = "(the preset)") -> str:
     """Markdown: one line per round and variant, seeds averaged; `base` stands for a variant without flags. Wall
-    times are comparable only on one machine (its CPU named per line) and marked * where other processes took
-    over 15 % of the CPU in some epoch."""
+    times are comparable only on one machine (its CPU named per line; seeds run on different machines get one
+    each, never a mean) and marked * where other processes took over 15 % of the CPU in some epoch."""
     lines = [
-        "| round | variant | flags | val accuracy per seed | mean val | mean wall time | machine | (test, not used) |",
+        "| round | variant | flags | val accuracy per seed | mean val | wall time | machine | (test, not used) |",
         "|---|---|---|---|---:|---:|---|---:|",
     ]
     groups: dict[tuple, list[dict]] = {}
@@ -146,11 +146,15 @@ def table(rows: list[dict], base: str = "(the preset)") -> str:
     for (round_, variant), runs in groups.items():
         runs.sort(key=lambda r: r["seed"])
         val = [r["val_acc"] for r in runs]
+        machines = [short_machine(r.get("machine")) for r in runs]
+        if len(set(machines)) == 1:  # one machine: the mean wall time, and the machine once
+            wall = f"{sum(r['wall_s'] for r in runs) / len(runs):.0f} s{'*' if any(map(shared, runs)) else ''}"
+            machines = machines[:1]
+        else:  # no mean across machines: each seed's, in the machine column's order
+            wall = ", ".join(f"{r['wall_s']:.0f} s{'*' if shared(r) else ''}" for r in runs)
         lines.append(
             f"| {round_} | {variant} | {' '.join(map(str, runs[0]['flags'])) or base} | "
-            f"{', '.join(f'{v:.2f}' for v in val)} | {sum(val) / len(val):.2f} | "
-            f"{sum(r['wall_s'] for r in runs) / len(runs):.0f} s{'*' if any(shared(r) for r in runs) else ''} | "
-            f"{', '.join(sorted({short_machine(r.get('machine')) for r in runs}))} | "
+            f"{', '.join(f'{v:.2f}' for v in val)} | {sum(val) / len(val):.2f} | {wall} | {', '.join(machines)} | "
             f"{sum(r['test_acc'] for r in runs) / len(runs):.2f} |"
         )
     return "\n".join(lines)

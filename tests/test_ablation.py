@@ -16,12 +16,14 @@ def test_table_groups_seeds_and_averages_validation_accuracy():
                 "seed": seed, "val_acc": val, "test_acc": 99.0, "wall_s": wall, "machine": machine,
                 "others_cpu": others_cpu}  # fmt: skip
 
-    rows = [row(2, "base", 1, 99.40, 200.0), row(2, "base", 0, 99.20, 220.0, xeon),
-            row(2, "no_augment", 0, 99.3, 180.0, others_cpu=0.4)]  # fmt: skip
+    rows = [row(2, "base", 1, 99.40, 200.0), row(2, "base", 0, 99.20, 220.0), row(2, "epochs_10", 1, 99.5, 90.0),
+            row(2, "epochs_10", 0, 99.4, 150.0, xeon), row(2, "no_augment", 0, 99.3, 180.0, others_cpu=0.4)]  # fmt: skip
     lines = ablation.table(rows).splitlines()
-    assert lines[2] == "| 2 | base | (the preset) | 99.20, 99.40 | 99.30 | 210 s | AMD 25/1, Intel 6/167 | 99.00 |"
-    assert lines[3].startswith("| 2 | no_augment | --no-augment | 99.30 | 99.30 | 180 s* | AMD 25/1 |")  # shared
-    assert len(lines) == 4
+    assert lines[2] == "| 2 | base | (the preset) | 99.20, 99.40 | 99.30 | 210 s | AMD 25/1 | 99.00 |"
+    # Two machines: no mean wall time, each seed's beside its machine
+    assert lines[3] == "| 2 | epochs_10 | --epochs 10 | 99.40, 99.50 | 99.45 | 150 s, 90 s | Intel 6/167, AMD 25/1 | 99.00 |"
+    assert lines[4].startswith("| 2 | no_augment | --no-augment | 99.30 | 99.30 | 180 s* | AMD 25/1 |")  # shared
+    assert len(lines) == 5
     assert ablation.table(rows[:1], base="(the sketch)").splitlines()[2].startswith("| 2 | base | (the sketch) |")
 
 
