@@ -131,7 +131,7 @@ def cross_entropy(logits, labels, label_smoothing: float = 0.0):
 def ema_decay_at(updates, decay: float):
     """The weight average's decay for its update number `updates` (0 for the first): min(decay, (1 + t) / (10 + t)),
     TensorFlow's ExponentialMovingAverage with num_updates. Without the warm-up an average at 0.999 still holds 14 %
-    of the initial weights after 2,000 steps (docs/experiments.md, "Toward a `best` preset")."""
+    of the initial weights after 2,000 steps (docs/experiments.md, "The best preset")."""
     t = jnp.asarray(updates).astype(jnp.result_type(float))
     return jnp.minimum(decay, (1 + t) / (10 + t))
 
