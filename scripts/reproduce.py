@@ -191,8 +191,8 @@ def run_seeds(
 
 def report_final_weights(logdir: Path, workdir: Path, seeds: list[int], args, deadline: float | None) -> None:
     """Each seed's final weights evaluated into its logdir's report (seed_ensemble), for the seeds' ensemble."""
+    together = len(seeds) > 1  # one process's stacked seeds: each logs into its own seed<k>/
     for s in seeds:
-        together = len(seeds) > 1
         where = logdir / f"seed{s}" if together else logdir
         left = None if deadline is None else max(deadline - time.monotonic(), 1.0)
         problem = seed_ensemble.write_report(where, workdir, s if together else None, args.data_dir, ROOT, left)
