@@ -8,7 +8,8 @@ autotuner does on GPUs, the first run on a machine times the candidates for ever
 (forward plus backward, at the run's batch size), keeps the fastest, and caches the timings by CPU identity:
 
 - the *library* (a compiler option of a whole program, so one per network): `xla` (XLA's default kernels) or
-  `eigen` (YNNPACK's convolutions switched off, `--xla_cpu_experimental_ynn_fusion_type=`);
+  `eigen` (YNNPACK's fusions cut down to reductions, `--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_REDUCE`,
+  so convolutions run on Eigen's kernels);
 - each layer's *formulation*: `conv` (`lax.conv_general_dilated`) or `matmul` (im2col by strided slices and one
   GEMM, `conv_as_matmul`).
 
@@ -39,11 +40,16 @@ from jaxmnist import host
 # What `--conv-impl` accepts: `auto` measures; the others fix the plan. `xla` is XLA's own choice for everything
 # (the default on GPUs and TPUs, where nothing is measured).
 IMPLS = ('auto', 'xla', 'eigen', 'matmul')
-# A program's compiler options per library. YNNPACK's fusions off sends convolutions back to XLA's Eigen kernels.
-LIBRARIES = {'xla': {}, 'eigen': {'xla_cpu_experimental_ynn_fusion_type': ''}}
+# A program's compiler options per library. `eigen` hands YNNPACK only the reductions, so convolutions go back to
+# XLA's Eigen kernels while BatchNorm's statistics and gradient sums stay on YNNPACK: with none of YNNPACK's fusions
+# XLA:CPU rewrites a long reduction as a reduce-window, ~7x slower (cnn_deep's step at batch 512 on a Zen 3: 11 %
+# of it; benchmarks/README.md, "Reductions back on YNNPACK"). `library_options` drops the reductions on an XLA
+# that does not know the option's value.
+YNN_FUSIONS = 'xla_cpu_experimental_ynn_fusion_type'
+LIBRARIES = {'xla': {}, 'eigen': {YNN_FUSIONS: 'LIBRARY_FUSION_TYPE_REDUCE'}}
 ENV_IMPL = 'JAXMNIST_CONV_IMPL'  # the default of --conv-impl
 ENV_CACHE = 'JAXMNIST_CONV_CACHE'  # the timings' file (default ~/.cache/jaxmnist/conv-timings.json)
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: `eigen` keeps YNNPACK's reductions (timings of format 1 are measured again)
 TUNING_BATCH = 256  # measured at the run's batch size, or this if smaller
 
 
@@ -135,7 +141,7 @@ class ConvPlan:
     @property
     def compiler_options(self) -> dict:
         """The XLA options every program that runs the network compiles with (none off the CPU)."""
-        return dict(LIBRARIES[self.library]) if jax.default_backend() == 'cpu' else {}
+        return library_options(self.library) if jax.default_backend() == 'cpu' else {}
 
     def describe(self) -> str:
         """One line: the library and which layers run as what."""
@@ -154,6 +160,25 @@ class ConvPlan:
 
 
 XLA = ConvPlan()
+
+
+@functools.lru_cache(maxsize=None)
+def _accepted(options: tuple) -> bool:
+    """Whether this XLA compiles a program with these options (an unknown enum value is an error at compile)."""
+    try:
+        jax.jit(lambda x: x.sum(0), compiler_options=dict(options)).lower(jnp.zeros((64, 2))).compile()
+    except Exception:  # XlaRuntimeError or ValueError, depending on the version
+        return False
+    return True
+
+
+def library_options(library: str) -> dict:
+    """LIBRARIES[library], or with every YNNPACK fusion off where this XLA rejects the value (Eigen's convolutions
+    either way: only the reductions' speed differs)."""
+    options = dict(LIBRARIES[library])
+    if options and not _accepted(tuple(sorted(options.items()))):
+        options[YNN_FUSIONS] = ''
+    return options
 
 
 def conv2d(x, kernel, stride: int, padding: int, plan: ConvPlan = XLA):
@@ -314,7 +339,7 @@ def time_candidate(geometry: Geometry, batch_size: int, library: str, formulatio
     w = jnp.asarray(rng.standard_normal((g.k, g.k, g.cin, g.cout)) / g.k, g.dtype)
     conv = FORMULATIONS[formulation]
     loss = lambda x, w: jnp.sum(jnp.square(conv(x, w, g.stride, g.padding)))
-    grad = jax.jit(jax.grad(loss, argnums=1 if stem else (0, 1)), compiler_options=LIBRARIES[library])
+    grad = jax.jit(jax.grad(loss, argnums=1 if stem else (0, 1)), compiler_options=library_options(library))
     grad = grad.lower(x, w).compile()
     best = float('inf')
     for _ in range(3):

@@ -33,7 +33,7 @@ DEFAULT_LAYERS = "28:1:32:3,28:32:32:3,14:32:64:3,14:64:64:3,7:64:128:3,28:1:32:
 def jax_layer(impl: str, b: int, h: int, cin: int, cout: int, k: int, pad: int, stride: int = 1):
     """(forward, forward plus both gradients) of one layer in one of convs.CANDIDATES."""
     library, formulation = convs.CANDIDATES[impl]
-    conv, options = convs.FORMULATIONS[formulation], convs.LIBRARIES[library]
+    conv, options = convs.FORMULATIONS[formulation], convs.library_options(library)
     x = jnp.asarray(np.random.default_rng(0).standard_normal((b, h, h, cin), np.float32))
     w = jnp.asarray(np.random.default_rng(1).standard_normal((k, k, cin, cout), np.float32))
     fwd = jax.jit(lambda x, w: conv(x, w, stride, pad), compiler_options=options)

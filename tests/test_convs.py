@@ -2,6 +2,7 @@
 
 import functools
 import json
+import re
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from jaxmnist import convs, engine, models
+from jaxmnist import convs, engine, layers, models, presets
 from jaxmnist.convs import ConvPlan, Geometry
 
 # (input size, kernel, stride, padding, channels): torchvision's deep stages on 28x28 inputs (1x1 and 2x2 maps,
@@ -48,19 +49,55 @@ def test_every_formulation_is_torchs_conv2d(formulation, size, k, stride, paddin
 
 def test_libraries_compute_the_same_convolution(rng):
     """A program compiled with each library's options gives XLA's convolution and both gradients (float32, where
-    the libraries differ: 1e-5 relative to the largest value); Eigen's program holds no YNNPACK fusion."""
+    the libraries differ: 1e-5 relative to the largest value); in Eigen's program YNNPACK runs no convolution."""
     x = jnp.asarray(rng.standard_normal((8, 12, 12, 16)), jnp.float32)
     w = jnp.asarray(rng.standard_normal((3, 3, 16, 8)) / 12, jnp.float32)
     loss = lambda x, w: jnp.sum(jnp.sin(convs.lax_conv(x, w, 1, 1)))
     f = lambda x, w: (convs.lax_conv(x, w, 1, 1), *jax.grad(loss, argnums=(0, 1))(x, w))
     results = {}
-    for library, options in convs.LIBRARIES.items():
-        compiled = jax.jit(f, compiler_options=options).lower(x, w).compile()
+    for library in convs.LIBRARIES:
+        compiled = jax.jit(f, compiler_options=convs.library_options(library)).lower(x, w).compile()
         if library == 'eigen':
-            assert 'ynn' not in compiled.as_text().lower()
+            assert not [c for c in ynn_fusions(compiled.as_text()) if 'convolution(' in c]
         results[library] = compiled(x, w)
     for a, b in zip(results['xla'], results['eigen']):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * float(jnp.abs(a).max()))
+
+
+def ynn_fusions(hlo: str) -> list[str]:
+    """The bodies of the computations that a compiled program hands to YNNPACK (its `ynn_fusion`s)."""
+    bodies, name = {}, None
+    for line in hlo.splitlines():
+        if m := re.match(r'^(?:ENTRY )?%(\S+) .*\{$', line):
+            name = m.group(1)
+            bodies[name] = ''
+        elif name:
+            bodies[name] += line + '\n'
+    called = re.findall(r'ynn_fusion[\w.]* = .*calls=%([\w.\-]+)', hlo)
+    return [bodies[c] for c in called]
+
+
+def test_eigens_library_leaves_reductions_to_ynnpack_and_no_convolution(rng):
+    """Under `eigen` YNNPACK runs the reductions (with none of its fusions XLA rewrites a long reduction as a slow
+    reduce-window) and none of the networks' convolutions: YNNPACK would pull a convolution into a reduction that
+    is its only consumer, which no train step has (resnet's, the network with the most: all on Eigen's kernels)."""
+    options = convs.library_options('eigen')
+    x = jnp.asarray(rng.standard_normal((64, 24, 24, 8)), jnp.float32)
+    stats = jax.jit(lambda x: layers._batch_stats(x), compiler_options=options).lower(x).compile().as_text()
+    assert 'reduce-window' not in stats and len(ynn_fusions(stats)) >= 1
+    state = engine.create_state(presets.PRESETS['resnet'], jax.random.PRNGKey(0), conv_plan=ConvPlan('eigen'))
+    batch = {'image': jnp.zeros((4, 28, 28, 1)), 'label': jnp.zeros((4,), jnp.int32)}
+    step = jax.jit(engine.train_step, compiler_options=options).lower(state, batch).compile().as_text()
+    fused = ynn_fusions(step)
+    assert fused and step.count('convolution(') >= 30
+    assert not [body for body in fused if 'convolution(' in body]
+
+
+def test_an_xla_that_rejects_the_reductions_option_gets_every_ynnpack_fusion_off(monkeypatch):
+    """A version of XLA without LIBRARY_FUSION_TYPE_REDUCE must not break a run: Eigen's convolutions all the same."""
+    monkeypatch.setitem(convs.LIBRARIES, 'eigen', {convs.YNN_FUSIONS: 'LIBRARY_FUSION_TYPE_NOT_IN_THIS_XLA'})
+    assert convs.library_options('eigen') == {convs.YNN_FUSIONS: ''}
+    assert convs.library_options('xla') == {}
 
 
 def test_the_fusion_barrier_changes_the_program_not_the_bits(monkeypatch, rng):
@@ -138,7 +175,7 @@ def test_plan_json_round_trip_and_bad_names():
         ConvPlan('xla', 'winograd')
     with pytest.raises(ValueError, match='unknown --conv-impl'):
         convs.plan_for('fastest', models.get_model('cnn'), 8)
-    assert convs.plan_for('eigen', None, 8).compiler_options == convs.LIBRARIES['eigen']
+    assert convs.plan_for('eigen', None, 8).compiler_options == convs.LIBRARIES['eigen']  # this XLA accepts it
     assert convs.plan_for('xla', None, 8) == convs.XLA
 
 
