@@ -10,10 +10,10 @@ Several models (a repeated --workdir or --torch-state-dict, --seed 0,2,4 or all)
 probabilities averaged, one program over the stacked weights; its report is a single model's. Writes OUT
 (default WORKDIR/report, or ./report; report-ensemble for an ensemble) with report.json (accuracy, per-class
 precision, recall and support, the confusion matrix, every misclassified test index with its predicted class and
-confidence), confusion.png and misclassified.png (the misclassified digits, most confident first, with true and
-predicted labels), and probabilities.npz (the softmax over the test set: reports of runs made apart average into
-their ensemble, `mean_probabilities`). jaxmnist.train writes the same report into its --logdir at the end of a run, with both images in
-TensorBoard (`report/confusion`, `report/misclassified`).
+confidence; the machine that computed it), confusion.png and misclassified.png (the misclassified digits, most
+confident first, with true and predicted labels), and probabilities.npz (the softmax over the test set: reports
+of runs made apart average into their ensemble, `mean_probabilities`). jaxmnist.train writes the same report
+into its --logdir at the end of a run, with both images in TensorBoard (`report/confusion`, `report/misclassified`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxmnist import cli, compile_cache, runlog, weights
+from jaxmnist import cli, compile_cache, host, runlog, weights
 from jaxmnist import data as data_lib
 
 GRID_MAX = 100  # misclassified digits drawn (all are listed in report.json)
@@ -133,11 +133,12 @@ def misclassified_figure(summary: dict, images_u8: np.ndarray, limit: int = GRID
 def write(
     summary: dict, images_u8: np.ndarray, out: str | os.PathLike, writer=None, step: int = 0, probs=None
 ) -> Path:
-    """report.json, confusion.png, misclassified.png into `out` (atomically); the images also into a
-    tensorboardX `writer` if given; `probs` (the summarised softmax, [n, classes]) into PROBABILITIES, for
-    ensembles of runs made apart (`mean_probabilities`)."""
+    """report.json (the summary and the machine that computed it), confusion.png, misclassified.png into `out`
+    (atomically); the images also into a tensorboardX `writer` if given; `probs` (the summarised softmax,
+    [n, classes]) into PROBABILITIES, for ensembles of runs made apart (`mean_probabilities`)."""
     out = runlog.writable_logdir(out)
-    runlog.atomic_write(out / "report.json", json.dumps(summary, indent=1).encode())
+    report = {**summary, "machine": host.machine()}
+    runlog.atomic_write(out / "report.json", json.dumps(report, indent=1).encode())
     if probs is not None:
         buffer = io.BytesIO()
         np.savez_compressed(buffer, probs=np.asarray(probs, np.float32))

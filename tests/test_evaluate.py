@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxmnist import evaluate, train
+from jaxmnist import evaluate, host, train
 
 
 def test_summary_counts_every_example_once():
@@ -44,6 +44,7 @@ def test_the_end_of_run_report_agrees_with_training(mnist, trained_cnn_run):
             assert image.format == "PNG" and min(image.size) > 300
     probs = np.load(root / "log" / evaluate.PROBABILITIES)["probs"]  # what the report summarised
     assert probs.shape == (10_000, 10) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    assert report.pop("machine") == host.machine()  # where the report was computed
     assert evaluate.summarise(probs, mnist.test_labels) == report
 
 
