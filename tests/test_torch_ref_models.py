@@ -1,5 +1,7 @@
 """torch_ref.models: the blog's PyTorch networks (names, sizes) and torchvision's, as the blog trains them."""
 
+import os
+
 import jax
 import pytest
 import torch
@@ -59,3 +61,12 @@ def test_the_blogs_module_names(name, keys):
     with torch.device('meta'):
         state_dict = torch_models.get_model(name).state_dict()
     assert set(keys) <= set(state_dict), sorted(set(keys) - set(state_dict))
+
+
+def test_a_test_worker_runs_torch_on_its_share_of_the_cores():
+    """conftest.share_the_cores: with pytest-xdist (make test), each worker's torch, and its subprocesses', takes
+    cores // workers threads."""
+    workers, cores = os.environ.get("PYTEST_XDIST_WORKER_COUNT"), len(os.sched_getaffinity(0))
+    if workers is None:
+        pytest.skip("NOT TESTED: no pytest-xdist workers (-n 0), so no cores to share")
+    assert torch.get_num_threads() == max(1, cores // int(workers)) == int(os.environ["OMP_NUM_THREADS"])
