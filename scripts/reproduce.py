@@ -155,6 +155,8 @@ def run_seeds(
     # earlier run, which would make the new one count as resumed and mix two runs' curves.
     if (args.rerun or not workdir.exists()) and logdir.exists():
         shutil.rmtree(logdir)
+    elif workdir.exists() and not (logdir / SEGMENTS).exists():  # its reproduce.py was stopped with it
+        add_segment(logdir, None, "unrecorded")
     which = ["--seed", str(seeds[0])] if len(seeds) == 1 else ["--seeds", ",".join(map(str, seeds))]
     cmd = [sys.executable, "-m", FRAMEWORKS[framework], "--preset", preset, *which]
     cmd += ["--logdir", str(logdir), "--no-progress", "--workdir", str(workdir), "--resume"]
@@ -200,12 +202,15 @@ def report_final_weights(logdir: Path, workdir: Path, seeds: list[int], args, de
             print(f"note: no report of seed {s}'s final weights, so no ensemble with it: {problem}", flush=True)
 
 
-def add_segment(logdir: Path, wall_s: float, ended: str) -> None:
-    """One process of a run, appended to LOGDIR/SEGMENTS: its wall time, how it ended, where and when."""
+def add_segment(logdir: Path, wall_s: float | None, ended: str) -> None:
+    """One process of a run, appended to LOGDIR/SEGMENTS: its wall time, how it ended, where and when. An earlier
+    process that left a checkpoint but no segment (its reproduce.py was stopped too) is added as "unrecorded", with
+    no wall time, when the next one resumes it."""
     path = logdir / SEGMENTS
     segments = json.loads(path.read_text()) if path.exists() else []
     when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    segments.append({"wall_s": round(wall_s, 2), "ended": ended, "machine": machine(), "at": when})
+    wall_s = None if wall_s is None else round(wall_s, 2)
+    segments.append({"wall_s": wall_s, "ended": ended, "machine": machine(), "at": when})
     logdir.mkdir(parents=True, exist_ok=True)
     atomic_write(path, json.dumps(segments, indent=1).encode())
 
@@ -236,9 +241,8 @@ def summarise(seed: int, logdir: Path, wall_s: float, framework: str, args, toge
     test_acc, epoch_s = [e["test_acc"] for e in record["epochs"]], [e["time_s"] for e in record["epochs"]]
     path = logdir / SEGMENTS
     segments = json.loads(path.read_text()) if path.exists() else []
-    resumed = len(segments) > 1
-    if resumed and record.get("startup_s") is not None:
-        wall_s = record["startup_s"] + sum(epoch_s)
+    resumed = is_resumed(len(segments), epoch_s, wall_s)
+    wall_s = run_wall_s(record, epoch_s, wall_s, resumed)
     return {
         "seed": seed,
         "final_acc": record["final_acc"],
@@ -262,6 +266,18 @@ def summarise(seed: int, logdir: Path, wall_s: float, framework: str, args, toge
         "trained_with": together if len(together) > 1 else None,  # seeds of one process: wall time shared
         "logdir": str(logdir),
     }
+
+
+def is_resumed(segments: int, epoch_s: list[float], last_wall_s: float) -> bool:
+    """Whether a run's epochs came from several processes: it has several segments, or (a run whose first
+    reproduce.py was stopped before it could record one) its last process took less time than its epochs did."""
+    return segments > 1 or sum(epoch_s) > last_wall_s
+
+
+def run_wall_s(record: dict, epoch_s: list[float], last_wall_s: float, resumed: bool) -> float:
+    """The wall time of one uninterrupted process: a resumed run's first start-up (imports, data, compilation)
+    plus every epoch; else its process's own."""
+    return record["startup_s"] + sum(epoch_s) if resumed and record.get("startup_s") is not None else last_wall_s
 
 
 def time_to(target: float, test_acc: list[float], epoch_s: list[float], wall_s: float) -> float | None:
@@ -383,6 +399,11 @@ def refresh(path: Path) -> None:
             logdir = path.parent / "runs" / name / fw / f"seed{run['seed']}"
             if succeeded(run) and not run.get("trained_with") and (logdir / "metrics.json").exists():
                 record = json.loads((logdir / "metrics.json").read_text())
+                # Resumed, its first process unrecorded: the last process's wall time is less than its epochs'.
+                if run.get("wall_s") and sum(run.get("epoch_s", [])) > run["wall_s"]:
+                    wall_s = run_wall_s(record, run["epoch_s"], run["wall_s"], resumed=True)
+                    times = {str(t): time_to(t, run["test_acc"], run["epoch_s"], wall_s) for t in TARGETS}
+                    run.update(wall_s=wall_s, time_to=times, segments=(run.get("segments") or 1) + 1)
                 run.update(
                     startup_s=record.get("startup_s"),
                     machine=record.get("machine"),

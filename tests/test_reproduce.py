@@ -281,6 +281,37 @@ def test_scripts_without_jaxmnist_say_so_in_one_line(script):
     assert done.stderr.count("\n") == 1
 
 
+def test_a_run_whose_first_process_went_unrecorded_still_counts_as_resumed(tmp_path, monkeypatch):
+    """Its first process was stopped together with reproduce.py (no segment written), 2 of 3 epochs done; the
+    next invocation resumes it. Its wall time is what one uninterrupted process would take, as for any resumed
+    run (start-up plus every epoch), not the last process's: that made its time to 99 % negative (-1,169 s)."""
+    logdir = tmp_path / "runs" / "cnn_tb" / "torch" / "seed0"
+    (logdir / reproduce.CHECKPOINTS).mkdir(parents=True)  # the checkpoint the stopped process left
+    epochs = [{"epoch": k + 1, "test_acc": acc, "time_s": 100.0} for k, acc in enumerate([98.8, 99.2, 99.6])]
+    record = {"final_acc": 99.6, "best_acc": 99.6, "best_epoch": 3, "avg_epoch_s": 100.0, "compile_s": None,
+              "device": "cpu:cpu", "versions": {}, "commit": None, "startup_s": 20.0, "epochs": epochs}  # fmt: skip
+
+    def resumed_run(cmd, **kw):
+        (logdir / "metrics.json").write_text(json.dumps(record))
+        return subprocess.CompletedProcess(cmd, 0, stderr="")
+
+    clock = iter([0.0, 130.0])  # the resuming process: 130 s for epoch 3 (and its own start-up)
+    monkeypatch.setattr(reproduce.subprocess, "run", resumed_run)
+    monkeypatch.setattr(reproduce.time, "perf_counter", lambda: next(clock))
+    run = reproduce.run_one("torch", "cnn_tb", 0, reproduce.build_parser().parse_args([]), logdir)
+    assert [s["ended"] for s in json.loads((logdir / reproduce.SEGMENTS).read_text())] == ["unrecorded", "finished"]
+    assert run["segments"] == 2 and run["wall_s"] == 320.0  # 20 s of start-up and 3 epochs of 100 s
+    assert run["time_to"] == {"99.0": 220.0, "99.5": 320.0}
+
+    # A result written before this rule (the last process's wall time) is corrected by --refresh.
+    stale = {**run, "wall_s": 130.0, "segments": None, "time_to": {"99.0": -70.0, "99.5": 130.0}}
+    result = {"preset": "cnn_tb", "frameworks": {"torch": reproduce.aggregate([stale])}}
+    (tmp_path / "cnn_tb.json").write_text(json.dumps(result))
+    reproduce.refresh(tmp_path / "cnn_tb.json")
+    fixed = json.loads((tmp_path / "cnn_tb.json").read_text())["frameworks"]["torch"]["runs"][0]
+    assert (fixed["wall_s"], fixed["time_to"], fixed["segments"]) == (320.0, run["time_to"], 2)
+
+
 def test_refresh_reads_the_runs_logged_facts_again_by_todays_rules(tmp_path):
     machine = "AMD EPYC, family 25 model 1 stepping 1, avx2+fma, 2 cores"
     run = {"seed": 0, "final_acc": 99.3, "best_acc": 99.35, "avg_epoch_s": 250.0, "epoch_s": [300.0, 200.0],
