@@ -25,7 +25,6 @@ import io
 import ipaddress
 import json
 import queue
-import signal
 import sys
 import threading
 import time
@@ -312,8 +311,7 @@ def _main(argv) -> int:
     print(f"{model.name} from {model.source}", flush=True)
     print(f"compiled batch sizes {', '.join(map(str, server.batcher.predict.buckets))} in {server.ready_s:.1f} s; "
           f"serving on {server.url} (Ctrl-C to stop)", flush=True)  # fmt: skip
-    for sig in (signal.SIGINT, signal.SIGTERM):  # a service manager's stop is as clean as a Ctrl-C
-        signal.signal(sig, stop)
+    cli.stop_once_on_signals()  # a service manager's stop is as clean as a Ctrl-C
     serving = threading.Thread(target=server.serve_forever, name="serve", daemon=True)
     serving.start()
     try:
@@ -322,20 +320,9 @@ def _main(argv) -> int:
     except (KeyboardInterrupt, cli.Terminated):
         print("stopped", file=sys.stderr)
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C while stopping changes nothing
-            signal.signal(sig, signal.SIG_IGN)
         server.shutdown()  # returns once serve_forever has (within its 0.5 s poll); requests in flight end with it
         server.server_close()
     return 0
-
-
-def stop(signum, frame) -> None:
-    """The first Ctrl-C or SIGTERM stops the server; any later one changes nothing. Ignored from inside the handler,
-    before it raises: ignoring them in the `except` that catches the first left a window in which a second signal
-    (5 sent 20 ms apart, by tests/test_serve.py) raised again after "stopped" and the server exited 143."""
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_IGN)
-    raise cli.Terminated if signum == signal.SIGTERM else KeyboardInterrupt
 
 
 def wait_while_alive(thread: threading.Thread, poll_s: float = 0.2) -> None:

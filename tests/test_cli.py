@@ -85,6 +85,23 @@ def test_signals_wait_for_a_deferred_block(signum, raised):
     assert previous_term is not signal.SIG_DFL
 
 
+@pytest.mark.parametrize("signum, raised", [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, cli.Terminated)])
+def test_a_stop_once_command_stops_on_the_first_signal_and_ignores_the_next(signum, raised):
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        cli.stop_once_on_signals()
+        with pytest.raises(raised):
+            os.kill(os.getpid(), signum)
+            time.sleep(0.05)
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C or SIGTERM, e.g. while a server shuts down
+            os.kill(os.getpid(), sig)
+        time.sleep(0.05)  # raising here would fail the test
+        assert all(signal.getsignal(sig) is signal.SIG_IGN for sig in previous)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def test_resume_hint_names_the_workdir_only_where_there_is_one(capsys):
     def stopped(workdir, exc):
         def body():
