@@ -253,7 +253,7 @@ def summarise(seed: int, logdir: Path, wall_s: float, framework: str, args, toge
         "avg_epoch_s": record["avg_epoch_s"],
         "compile_s": record["compile_s"],
         "wall_s": wall_s,
-        "time_to": {str(t): time_to(t, test_acc, epoch_s, wall_s) for t in TARGETS},
+        "time_to": times_to(test_acc, epoch_s, wall_s),
         "device": record["device"],
         "versions": record["versions"],
         "commit": record["commit"],
@@ -278,6 +278,11 @@ def run_wall_s(record: dict, epoch_s: list[float], last_wall_s: float, resumed: 
     """The wall time of one uninterrupted process: a resumed run's first start-up (imports, data, compilation)
     plus every epoch; else its process's own."""
     return record["startup_s"] + sum(epoch_s) if resumed and record.get("startup_s") is not None else last_wall_s
+
+
+def times_to(test_acc: list[float], epoch_s: list[float], wall_s: float) -> dict[str, float | None]:
+    """`time_to` each of TARGETS, keyed as the JSON keeps them."""
+    return {str(t): time_to(t, test_acc, epoch_s, wall_s) for t in TARGETS}
 
 
 def time_to(target: float, test_acc: list[float], epoch_s: list[float], wall_s: float) -> float | None:
@@ -399,10 +404,10 @@ def refresh(path: Path) -> None:
             logdir = path.parent / "runs" / name / fw / f"seed{run['seed']}"
             if succeeded(run) and not run.get("trained_with") and (logdir / "metrics.json").exists():
                 record = json.loads((logdir / "metrics.json").read_text())
-                # Resumed, its first process unrecorded: the last process's wall time is less than its epochs'.
-                if run.get("wall_s") and sum(run.get("epoch_s", [])) > run["wall_s"]:
+                # Resumed, its first process unrecorded (no segment to count): summarised as its last process.
+                if run.get("wall_s") and is_resumed(0, run.get("epoch_s", []), run["wall_s"]):
                     wall_s = run_wall_s(record, run["epoch_s"], run["wall_s"], resumed=True)
-                    times = {str(t): time_to(t, run["test_acc"], run["epoch_s"], wall_s) for t in TARGETS}
+                    times = times_to(run["test_acc"], run["epoch_s"], wall_s)
                     run.update(wall_s=wall_s, time_to=times, segments=(run.get("segments") or 1) + 1)
                 run.update(
                     startup_s=record.get("startup_s"),
