@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxmnist import hugepages
 from jaxmnist.cli import UsageError
 from jaxmnist.host import OthersCpu, load_average, machine, process_age_s
 
@@ -164,6 +165,7 @@ class RunLog:
             "python": platform.python_version(),
             "commit": git_commit(),
             "versions": versions("jax", "jaxlib", "flax", "optax", "numpy", "torch", "torchvision"),
+            "hugepages": hugepages.active(),  # malloc asked for transparent huge pages (jaxmnist/hugepages.py)
             "n_train": n_train,
             "epochs": [],
             "batches": {"x": [], "acc": [], "loss": []},

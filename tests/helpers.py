@@ -8,7 +8,7 @@ import numpy as np
 from flax import traverse_util
 
 from jaxmnist import data as data_lib
-from jaxmnist import models
+from jaxmnist import hugepages, models
 from jaxmnist.presets import PRESETS
 
 # The fast recipe, tiny: 3 epochs of 10 steps of 64 (train_size 640), a weight average, one step per chunk. Tests
@@ -45,3 +45,9 @@ def fake_data(n=40, seed=0):
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
     return data_lib.Dataset("mnist", images, rng.integers(0, 10, n), images[:10], rng.integers(0, 10, 10), "fake")
+
+
+def hugepages_in_a_command() -> bool:
+    """What a command started by a test records as `hugepages`: asked for where this machine can have them (the
+    command restarts itself, jaxmnist/hugepages.py), or already in the environment."""
+    return hugepages.active() or hugepages.wanted() is not None

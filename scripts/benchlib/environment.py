@@ -189,7 +189,7 @@ def environment(torch_device: str | None) -> dict:
         "env_vars": {
             k: v
             for k, v in os.environ.items()
-            if k.startswith(("XLA_", "JAX_", "TF_", "CUDA_VISIBLE", "OMP_", "MKL_", "TORCH"))
+            if k.startswith(("XLA_", "JAX_", "TF_", "CUDA_VISIBLE", "OMP_", "MKL_", "TORCH", "GLIBC_", "JAXMNIST_"))
         },
     }
     if torch_device is not None:
