@@ -2,10 +2,10 @@
 with glibc's `glibc.malloc.hugetlb=1`, so that malloc asks the kernel for 2 MiB pages (madvise).
 
 Why: XLA:CPU allocates a step's large temporaries afresh and glibc hands blocks of more than 32 MiB back to the
-kernel when they are freed, so every step touches fresh 4 KiB pages, each a page fault. On a 2-vCPU Zen 3 (AVX2,
-no AVX-512) 13 train steps of cnn_deep at batch 512 took about 910,000 faults, with huge pages about 70,000: its
-step 15-25 % faster, `fast`'s 22 %, resnet's 8-25 %, cnn's level, the parameters after a step the same bit for bit
-(benchmarks/README.md, "Huge pages"). torch_ref's commands do the same, so that comparisons stay fair.
+kernel when they are freed, so a step touches fresh 4 KiB pages, each a page fault. On a 2-vCPU Zen 3 (AVX2, no
+AVX-512), one epoch of `fast`: 959,000 faults without, 196,000-216,000 with huge pages, and epochs 11 % shorter;
+`best` and cnn level (within 2 %), resnet's benchmark epoch 9 % shorter; the same bits (benchmarks/README.md,
+"Huge pages"). torch_ref's commands do the same, so that comparisons stay fair.
 
 Nothing changes where glibc is older than 2.35, the kernel's transparent huge pages are `never`,
 $GLIBC_TUNABLES already sets `glibc.malloc.hugetlb`, or $JAXMNIST_HUGEPAGES is 0.
