@@ -41,6 +41,7 @@ from jaxmnist.predict import to_mnist
 MAX_BYTES = 5 << 20  # a request body larger than this is refused unread (413)
 MAX_PIXELS = 4096 * 4096  # larger images are refused from their header, before decoding (413)
 BUCKETS = (1, 4, 16, 64)  # the batch sizes compiled at start; requests that queue together share one batch
+DRAIN_S = 5.0  # on a stop, how long the requests in flight get to be answered
 # Raster formats PIL decodes by itself. EPS (Ghostscript), PDF and the like are left out on purpose.
 FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF", "PPM", "TGA", "ICO", "PCX", "SGI", "IM", "DIB")
 
@@ -160,6 +161,24 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.timeout = self.server.client_timeout_s  # how long a client may take to send what it announced
         super().setup()
 
+    def handle_one_request(self):
+        self.counted = False
+        try:
+            super().handle_one_request()
+        finally:
+            if self.counted:
+                self.server.end_request()
+
+    def parse_request(self) -> bool:
+        """http.server's parsing, then: a stopping server takes no new request (the connection closes unanswered,
+        as if the server had gone), and one it takes counts as in flight until its answer is out (`drain`)."""
+        if not super().parse_request():
+            return False
+        self.counted = self.server.begin_request()
+        if not self.counted:
+            self.close_connection = True
+        return self.counted
+
     def do_GET(self):
         if self.path == "/":
             self._send(200, self.server.page, "text/html; charset=utf-8")
@@ -224,7 +243,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Cache-Control", "no-store")
         if status == 405:
             self.send_header("Allow", "GET, POST")
-        if self.close_connection:
+        if self.close_connection or self.server.stopping:  # a stopping server closes each connection it answers
+            self.close_connection = True
             self.send_header("Connection", "close")
         self.end_headers()
         if self.command != "HEAD":
@@ -252,7 +272,27 @@ class Server(http.server.ThreadingHTTPServer):
         self.batcher = Batcher(Predictor(model, buckets))  # compiled before the socket opens
         self.ready_s = time.perf_counter() - t0
         self.compiles_at_ready = programs.compile_count()
+        self.stopping, self.in_flight, self._changed = False, 0, threading.Condition()
         super().__init__((host, port), Handler)
+
+    def begin_request(self) -> bool:
+        with self._changed:
+            if not self.stopping:
+                self.in_flight += 1
+            return not self.stopping
+
+    def end_request(self) -> None:
+        with self._changed:
+            self.in_flight -= 1
+            self._changed.notify_all()
+
+    def drain(self, timeout_s: float = DRAIN_S) -> int:
+        """Takes no new requests, waits up to `timeout_s` for those in flight to be answered (a stop never cuts an
+        answer off halfway), and returns how many were still running."""
+        with self._changed:
+            self.stopping = True
+            self._changed.wait_for(lambda: self.in_flight == 0, timeout_s)
+            return self.in_flight
 
     @property
     def url(self) -> str:
@@ -320,7 +360,9 @@ def _main(argv) -> int:
     except (KeyboardInterrupt, cli.Terminated):
         print("stopped", file=sys.stderr)
     finally:
-        server.shutdown()  # returns once serve_forever has (within its 0.5 s poll); requests in flight end with it
+        server.shutdown()  # returns once serve_forever has (within its 0.5 s poll)
+        if left := server.drain():
+            print(f"warning: {left} request(s) still running after {DRAIN_S:g} s were cut off", file=sys.stderr)
         server.server_close()
     return 0
 

@@ -173,6 +173,30 @@ def test_a_failing_model_is_a_500_for_that_request_and_the_server_goes_on(server
     assert request(server, "POST", "/predict", photo(mnist.test_images[0]))[0] == 200
 
 
+def test_a_stop_answers_the_requests_in_flight_and_takes_no_new_ones(server, mnist, monkeypatch):
+    monkeypatch.setattr(server, "stopping", False)  # back to serving afterwards, for the module's other tests
+    started, release = threading.Event(), threading.Event()
+    submit = server.batcher.submit
+
+    def held(image):  # a request the model is still working on
+        started.set()
+        release.wait(30)
+        return submit(image)
+
+    monkeypatch.setattr(server.batcher, "submit", held)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(request, server, "POST", "/predict", photo(mnist.test_images[0]))
+        assert started.wait(30)
+        assert server.drain(timeout_s=0.2) == 1  # still running after the wait: the caller hears how many
+        with pytest.raises(http.client.RemoteDisconnected):  # a new request while stopping: closed unanswered
+            request(server, "GET", "/health")
+        release.set()
+        assert server.drain(timeout_s=30) == 0
+        status, got, headers = answer.result(timeout=30)
+    assert status == 200 and len(got["probabilities"]) == 10 and headers.getheader("Connection") == "close"
+    assert server.in_flight == 0
+
+
 def test_200_requests_from_16_threads_all_answered_nothing_compiled(server, mnist):
     digits = mnist.test_images[:200]
     bodies = [photo(d) for d in digits]
@@ -228,13 +252,16 @@ def test_cli_serves_a_torch_state_dict_and_stops_cleanly_while_requests_keep_arr
     socketserver and the server went on: this failed about every other run), and the later ones change nothing."""
     pth = interop.save_torch(tmp_path / "cnn.pth", "cnn", model.variables)
     proc = serve_cli("--torch-state-dict", str(pth), "--model", "cnn", "--host", "0.0.0.0", "--quiet")
-    done, answered = threading.Event(), []
+    done, answered, cut = threading.Event(), [], []
 
     def client(url):
         while not done.is_set():
             try:
                 answered.append(json.loads(urllib.request.urlopen(url, timeout=5).read()))
-            except OSError:  # the server stopped under us
+            except OSError:  # the server stopped under us, between answers
+                return
+            except http.client.HTTPException as e:  # an answer cut off halfway (IncompleteRead): never
+                cut.append(repr(e))
                 return
 
     try:
@@ -254,6 +281,7 @@ def test_cli_serves_a_torch_state_dict_and_stops_cleanly_while_requests_keep_arr
         proc.kill()
     assert proc.returncode == 0 and "stopped" in err and "Traceback" not in err, err
     assert "warning: listening on 0.0.0.0: anyone who can reach this machine" in err
+    assert not cut and "cut off" not in err, (cut, err)  # the stop waited for the answers in flight
     health = answered[0]
     assert health["ready"] and health["model"] == "cnn" and health["test_accuracy"] is None
 
