@@ -9,6 +9,7 @@ from pathlib import Path
 import bench
 import jax
 import pytest
+from helpers import hugepages_in_a_command
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,6 +30,8 @@ def test_quick_cli_writes_json_and_table(tmp_path, mnist, capsys):
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads(out.read_text())
     assert doc["finished"] and doc["settings"]["quick"]
+    # Run as a script, it restarted itself with huge pages where this machine has them (jaxmnist.hugepages).
+    assert ("glibc.malloc.hugetlb=1" in doc["env"]["env_vars"].get("GLIBC_TUNABLES", "")) == hugepages_in_a_command()
     kinds = {r["kind"]: r for r in doc["results"]}
     assert set(kinds) == {
         "jax_step",
