@@ -1,14 +1,17 @@
-"""Transparent huge pages for a command's memory: it re-executes itself once, before importing anything large,
-with glibc's `glibc.malloc.hugetlb=1`, so that malloc asks the kernel for 2 MiB pages (madvise).
+"""Transparent huge pages for a command's memory, on request: with $JAXMNIST_HUGEPAGES=1 a command re-executes
+itself once, before importing anything large, with glibc's `glibc.malloc.hugetlb=1`, so that malloc asks the kernel
+for 2 MiB pages (madvise).
 
-Why: XLA:CPU allocates a step's large temporaries afresh and glibc hands blocks of more than 32 MiB back to the
-kernel when they are freed, so a step touches fresh 4 KiB pages, each a page fault. On a 2-vCPU Zen 3 (AVX2, no
-AVX-512), one epoch of `fast`: 959,000 faults without, 196,000-216,000 with huge pages, and epochs 11 % shorter;
-`best` and cnn level (within 2 %), resnet's benchmark epoch 9 % shorter; the same bits (benchmarks/README.md,
-"Huge pages"). torch_ref's commands do the same, so that comparisons stay fair.
+Why it exists: XLA:CPU allocates a step's large temporaries afresh and glibc hands blocks of more than 32 MiB back
+to the kernel when they are freed, so a step touches fresh 4 KiB pages, each a page fault. On a 2-vCPU Zen 3 (AVX2,
+no AVX-512) single train steps timed alone get much faster with huge pages (cnn_deep 27 %, torch's 21 %), but whole
+training epochs do not: `fast`'s full epoch level (47.0, 48.0 s against 49.3, 46.0 s), `best` and cnn level, epochs of
+15,360 images with their evaluation 11 % shorter, and the benchmark's evaluation passes up to a quarter slower. So it
+is off by default (benchmarks/README.md, "Huge pages"). The bits are the same either way; torch_ref's commands take
+the same switch, so that comparisons stay fair.
 
-Nothing changes where glibc is older than 2.35, the kernel's transparent huge pages are `never`,
-$GLIBC_TUNABLES already sets `glibc.malloc.hugetlb`, or $JAXMNIST_HUGEPAGES is 0.
+Nothing changes unless $JAXMNIST_HUGEPAGES is 1, nor where glibc is older than 2.35, the kernel's transparent huge
+pages are `never`, or $GLIBC_TUNABLES already sets `glibc.malloc.hugetlb`.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import platform
 import sys
 from pathlib import Path
 
-ENV = 'JAXMNIST_HUGEPAGES'  # 0: leave malloc as it is
+ENV = 'JAXMNIST_HUGEPAGES'  # 1: ask for huge pages (default 0: malloc as it is)
 KEY, VALUE = 'glibc.malloc.hugetlb', '1'
 THP = Path('/sys/kernel/mm/transparent_hugepage/enabled')
 PACKAGES = ('jaxmnist', 'torch_ref')  # `python -m <package>.<command>`
@@ -52,7 +55,7 @@ def tunables(current: str | None) -> str | None:
 
 def wanted(environ=os.environ) -> str | None:
     """The $GLIBC_TUNABLES to re-execute with, or None where nothing would change."""
-    if environ.get(ENV, '1') == '0' or sys.platform != 'linux' or not _glibc_at_least(2, 35):
+    if environ.get(ENV, '0') != '1' or sys.platform != 'linux' or not _glibc_at_least(2, 35):
         return None
     if kernel_mode() not in ('always', 'madvise'):
         return None

@@ -8,8 +8,8 @@ from pathlib import Path
 try:
     from jaxmnist import hugepages
 
-    # Run as a script (not imported by a test): restart once with huge pages, before jax and torch load, as
-    # jaxmnist's own commands do (jaxmnist/hugepages.py).
+    # Run as a script (not imported by a test), with $JAXMNIST_HUGEPAGES=1: restart once with huge pages, before
+    # jax and torch load, as jaxmnist's own commands do (jaxmnist/hugepages.py).
     if Path(sys.argv[0]).resolve().parent == Path(__file__).resolve().parent:
         hugepages.reexec()
     for _module in ("jaxmnist.cli", "jaxmnist.data", "jaxmnist.presets", "jaxmnist.runlog"):

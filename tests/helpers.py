@@ -1,6 +1,7 @@
 """Helpers shared by several test files: shapes, torch twins of flax variables, a fake dataset, a tiny recipe."""
 
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -47,7 +48,8 @@ def fake_data(n=40, seed=0):
     return data_lib.Dataset("mnist", images, rng.integers(0, 10, n), images[:10], rng.integers(0, 10, 10), "fake")
 
 
-def hugepages_in_a_command() -> bool:
-    """What a command started by a test records as `hugepages`: asked for where this machine can have them (the
-    command restarts itself, jaxmnist/hugepages.py), or already in the environment."""
-    return hugepages.active() or hugepages.wanted() is not None
+def hugepages_in_a_command(environ=None) -> bool:
+    """What a command started by a test records as `hugepages`: with $JAXMNIST_HUGEPAGES=1, asked for where this
+    machine can have them (the command restarts itself, jaxmnist/hugepages.py), or already in the environment."""
+    environ = os.environ if environ is None else environ
+    return hugepages.active(environ) or hugepages.wanted(environ) is not None

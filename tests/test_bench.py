@@ -1,6 +1,7 @@
 """scripts/bench.py, the command: a smoke run of --quick on the CPU (no timing assertions), --table, errors."""
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -19,9 +20,11 @@ def test_quick_cli_writes_json_and_table(tmp_path, mnist, capsys):
     adds resnet): every measurement runs, the JSON holds raw timings, the table names the winner."""
     pytest.importorskip("torch")
     out = tmp_path / "quick.json"
+    hugepages_env = {**os.environ, "JAXMNIST_HUGEPAGES": "1"}  # the switch's path for scripts, on
     t0 = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick", "--networks", "cnn", "--out", str(out)],
+        env=hugepages_env,
         capture_output=True,
         text=True,
         timeout=300,
@@ -31,7 +34,8 @@ def test_quick_cli_writes_json_and_table(tmp_path, mnist, capsys):
     doc = json.loads(out.read_text())
     assert doc["finished"] and doc["settings"]["quick"]
     # Run as a script, it restarted itself with huge pages where this machine has them (jaxmnist.hugepages).
-    assert ("glibc.malloc.hugetlb=1" in doc["env"]["env_vars"].get("GLIBC_TUNABLES", "")) == hugepages_in_a_command()
+    tunables = doc["env"]["env_vars"].get("GLIBC_TUNABLES", "")
+    assert ("glibc.malloc.hugetlb=1" in tunables) == hugepages_in_a_command(hugepages_env)
     kinds = {r["kind"]: r for r in doc["results"]}
     assert set(kinds) == {
         "jax_step",

@@ -39,15 +39,16 @@ def test_only_this_projects_commands_restart(argv, argv0, command):
     assert hugepages.is_command(argv, argv0) == command
 
 
-def test_wanted_respects_the_switch_the_kernel_and_glibc(monkeypatch, tmp_path):
+def test_wanted_needs_the_switch_the_kernel_and_glibc(monkeypatch, tmp_path):
     monkeypatch.setattr(hugepages, "_glibc_at_least", lambda *v: True)
     thp = tmp_path / "enabled"
     monkeypatch.setattr(hugepages, "THP", thp)
-    env = {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}
+    env = {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2", hugepages.ENV: "1"}
     for mode in ("always [madvise] never", "[always] madvise never"):
         thp.write_text(mode + "\n")
         assert hugepages.wanted(env) == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
     assert hugepages.wanted({**env, hugepages.ENV: "0"}) is None
+    assert hugepages.wanted({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}) is None  # off unless asked for
     thp.write_text("always madvise [never]\n")
     assert hugepages.kernel_mode() == "never" and hugepages.wanted(env) is None
     thp.unlink()

@@ -8,6 +8,7 @@ sides (torch: Dropout submodules in eval(); flax: cnn_deep's dropout rates 0) wh
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -328,8 +329,10 @@ def test_cli_writes_jaxmnists_metrics_format(tmp_path, mnist):
     """The real CLI, as a subprocess, against a tiny jaxmnist run with the same flags."""
     flags = ["--model", "cnn", "--epochs", "1", "--max-steps", "3", "--train-size", "2048", "--no-progress"]
     flags += ["--batch-size", "64"]  # JAX's program: the other tiny cnn runs' (tests/test_train_failures.py)
+    hugepages_env = {**os.environ, "JAXMNIST_HUGEPAGES": "1"}  # the switch's path, on (off by default)
     proc = subprocess.run(
         [sys.executable, "-m", "torch_ref.train", *flags, "--logdir", str(tmp_path / "torch")],
+        env=hugepages_env,
         capture_output=True,
         text=True,
         timeout=300,
@@ -343,7 +346,7 @@ def test_cli_writes_jaxmnists_metrics_format(tmp_path, mnist):
     assert torch_record["epochs"][0].keys() == jax_record["epochs"][0].keys()
     assert torch_record["config"] == jax_record["config"]
     assert torch_record["framework"] == "torch" and torch_record["preset"] == "cnn_tb"
-    assert torch_record["hugepages"] == hugepages_in_a_command()  # the command restarted itself (jaxmnist.hugepages)
+    assert torch_record["hugepages"] == hugepages_in_a_command(hugepages_env)  # restarted itself (jaxmnist.hugepages)
     assert len(torch_record["batches"]["acc"]) == 3
     assert (tmp_path / "torch" / "curves.png").exists()
     assert list((tmp_path / "torch").glob("events.out.tfevents.*"))
