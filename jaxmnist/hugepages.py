@@ -97,6 +97,6 @@ def reexec() -> None:
 
 def reexec_if_command() -> None:
     """`reexec`, for this project's commands only (called by the packages' __init__, before jax or torch load)."""
-    if is_command(list(getattr(sys, 'orig_argv', [])), sys.argv[0] if sys.argv else ''):
+    if is_command(sys.orig_argv, sys.argv[0] if sys.argv else ''):
         reexec()
 

@@ -1,6 +1,5 @@
 """The blog's PyTorch originals, and the bridge between them and jaxmnist."""
 
-# The same memory as jaxmnist's commands get ($JAXMNIST_HUGEPAGES=1), so that comparisons stay fair.
-from jaxmnist import hugepages as _hugepages
-
-_hugepages.reexec_if_command()
+# jaxmnist's __init__ restarts torch_ref's commands too with $JAXMNIST_HUGEPAGES=1 (jaxmnist/hugepages.py), so that
+# both frameworks run with the same memory.
+import jaxmnist  # noqa: F401

@@ -38,12 +38,12 @@ def _header(doc: dict) -> list[str]:
     driver = f" (driver {gpus[0].get('driver_version')})" if gpus else ""
     load = lambda xs: ", ".join(f"{x:.2f}" for x in xs or ())  # noqa: E731
     state = "finished" if doc.get("finished") else "PARTIAL (interrupted, or cut by the budget)"
+    tunables = env.get("env_vars", {}).get("GLIBC_TUNABLES")  # huge pages (jaxmnist/hugepages.py), where set
     return [
         f"device: {env['platform']}:{env['device_kind']}{driver}; jax {env['versions'].get('jax')}, "
         f"flax {env['versions'].get('flax')}, torch {torch_env.get('version', '-')} on {torch_env.get('device', '-')}"
         f" ({torch_env.get('threads', '-')} threads); commit {env.get('commit')}"
-        f"{' (dirty)' if env.get('dirty') else ''}; GLIBC_TUNABLES={env.get('env_vars', {}).get('GLIBC_TUNABLES', '')}"
-        " (both frameworks)",
+        f"{' (dirty)' if env.get('dirty') else ''}{f'; GLIBC_TUNABLES={tunables} (both frameworks)' if tunables else ''}",
         f"{'QUICK SMOKE RUN, NOT A BENCHMARK; ' if settings.get('quick') else ''}{state} after "
         f"{doc.get('elapsed_s', 0):.0f} s; load average at start {load(env.get('load_avg_start'))}, "
         f"at end {load(doc.get('load_avg_end'))}",
