@@ -71,6 +71,7 @@ STUDIES = {
             "epochs_6": ["--epochs", "6"],
             "lr_2e-3": ["--lr", "2e-3"],
             "no_augment": ["--no-augment"],
+            "widths_24_48_96": [{"widths": (24, 48, 96)}],  # 0.56x the FLOPs of the second and third stages
         },
     ),
     # Issue 23's single model at 99.7 %: the blog's section 4 network (cnn_deep: 99.74 % after 100 epochs of the

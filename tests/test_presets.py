@@ -23,6 +23,9 @@ def test_a_project_recipe_for_a_blog_network_does_not_take_over_its_model_flag()
     chosen = presets.model_presets({**PRESETS, "best": recipe})
     assert chosen["cnn_deep"] == "cnn_deep" and chosen["fast"] == "fast"
     assert presets.model_presets({"best": recipe})["cnn_deep"] == "best"  # the only preset of its network
+    # Of this project's presets of its own network, the first: `--model fast` stays fast when sprint follows it.
+    assert PRESETS["sprint"].model == "fast" and MODEL_PRESET["fast"] == "fast"
+    assert presets.model_presets({"sprint": PRESETS["sprint"], "fast": PRESETS["fast"]})["fast"] == "sprint"
 
 
 def parse(*argv):

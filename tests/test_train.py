@@ -92,6 +92,17 @@ def test_fast_preset_learns_on_a_reduced_budget(mnist, tmp_path):
     assert result.record["recompiles_after_first_epoch"] == 0
 
 
+def test_sprint_preset_learns_on_a_reduced_budget(mnist, tmp_path):
+    """The sprint preset itself on real MNIST (fast's recipe at batch 128), cut to 2 epochs of 24 steps (its
+    one-cycle over those 48): 94.95 % measured for seed 0 (89.18 % after epoch 1); bound 90 %."""
+    config = PRESETS["sprint"].replace(epochs=2, max_steps=24)
+    assert (config.model, config.batch_size) == ("fast", 128)
+    result = trainer.train_and_evaluate(config, data=mnist, progress=False, logdir=tmp_path, chunk_steps=1,
+                                        report=False)  # fmt: skip
+    assert result.record["final_acc"] >= 90.0, result.record["final_acc"]
+    assert result.record["recompiles_after_first_epoch"] == 0
+
+
 @pytest.mark.slow
 def test_best_preset_learns_on_a_reduced_budget(mnist, tmp_path):
     """The best preset's recipe on its network (cnn_deep), on real MNIST, cut to 2 epochs of 20 steps at batch 128
