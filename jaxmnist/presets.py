@@ -105,8 +105,8 @@ PRESETS: dict[str, Config] = {
 # recipe at batch 512, for 30 epochs instead of 100. Chosen on a validation split, as fast was.
 PRESETS["best"] = PRESETS["fast"].replace(model="cnn_deep", batch_size=512, epochs=30)
 # Not the blog's: 99.5 % sooner than fast (docs/experiments.md, "The sprint preset"): fast's recipe at batch 128,
-# twice the updates per epoch (and on an AVX2 CPU a cheaper step per image), for 6 epochs instead of 10. Chosen on
-# a validation split, as fast was; 5 epochs, half of fast's time, fell short of a 99.5 % mean on the test set.
+# twice the updates per epoch, for 6 epochs instead of 10. Chosen on a validation split, as fast was; 5 epochs,
+# half of fast's time, fell short of a 99.5 % mean on the test set.
 PRESETS["sprint"] = PRESETS["fast"].replace(batch_size=128, epochs=6)
 
 

@@ -60,7 +60,8 @@ STUDIES = {
     ),
     # Issue 23's "sooner": 99.5 % in half of fast's wall time. On a 2-vCPU Zen 3 (AVX2) fast's step at batch 128 takes
     # 74.7 ms against 221.6 ms at 256 (1.5x the images per second; an epoch 39.0 s against 48.4 s, scripts/bench.py),
-    # so the sketch is fast's recipe at batch 128, twice the updates per epoch, for half the epochs.
+    # so the sketch is fast's recipe at batch 128, twice the updates per epoch, for half the epochs. (Whole training
+    # epochs, augmented and evaluated, did not show that speed-up: docs/experiments.md, "The sprint preset".)
     "sprint": Study(
         preset="fast",
         round=1,
