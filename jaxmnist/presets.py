@@ -115,10 +115,8 @@ def model_presets(presets: dict[str, Config]) -> dict[str, str]:
     """network -> the preset `--model NAME` alone runs: the blog's last experiment with that network (cnn: §3's
     cnn_tb); for a network the blog never trained (fast), this project's first preset of it. A preset of this
     project that trains one of the blog's networks (another recipe for it) never takes the blog's place."""
-    own: dict[str, str] = {}
-    for name, c in presets.items():  # the first of this project's presets of a network (fast, not sprint)
-        if c.blog_result is None:
-            own.setdefault(c.model, name)
+    # Read backwards, so that the first of this project's presets of a network wins (fast, not sprint).
+    own = {c.model: name for name, c in reversed(presets.items()) if c.blog_result is None}
     chosen = own | {c.model: name for name, c in presets.items() if c.blog_result is not None}  # the blog's win
     return {network: chosen[network] for network in NETWORKS if network in chosen}
 
