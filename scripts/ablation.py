@@ -73,6 +73,12 @@ STUDIES = {
             "lr_2e-3": ["--lr", "2e-3"],
             "no_augment": ["--no-augment"],
             "widths_24_48_96": [{"widths": (24, 48, 96)}],  # 0.56x the FLOPs of the second and third stages
+            # Narrower networks for the half: the trainer's chunk per step, paired in one process on the Zen 3
+            # (docs/experiments.md, "The sprint preset"), against (32, 64, 128): (24, 48, 96) 0.69x,
+            # (16, 48, 128) 0.70x, (16, 32, 64) 0.48x. The first stage's width costs more than its FLOPs say.
+            "widths_24_48_96_epochs_6": [{"widths": (24, 48, 96)}, "--epochs", "6"],
+            "widths_16_48_128_epochs_6": [{"widths": (16, 48, 128)}, "--epochs", "6"],
+            "widths_16_32_64_epochs_8": [{"widths": (16, 32, 64)}, "--epochs", "8"],
         },
     ),
     # Issue 23's single model at 99.7 %: the blog's section 4 network (cnn_deep: 99.74 % after 100 epochs of the
