@@ -1,0 +1,105 @@
+"""Test-time augmentation measured where it may choose (issue 23): a trained model's accuracy on the split its run
+held out of the training set, per warped view and averaged over sets of views, as a TTA evaluation would average.
+
+    python -m jaxmnist.train --preset sprint --val-size 10000 --seed 0 --workdir /tmp/s0
+    python scripts/tta.py --workdir /tmp/s0 --which latest --val-size 10000 --split-seed 0
+    python scripts/tta.py --workdir /tmp/s0 --which latest --split test      # the test set: read, chooses nothing
+
+The views are the §4 augmentation's own warps (jaxmnist.augment.warp: whole-pixel shifts, rotations about the
+centre, PIL's nearest-neighbour arithmetic). The held-out images are the run's: the same --val-size and the seed
+the run was trained with (presets.split_train draws the split from it).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+
+import needs_jaxmnist  # before jaxmnist: one line, not a traceback, where it is missing
+from jaxmnist import augment, cli, weights
+from jaxmnist import data as data_lib
+from jaxmnist.presets import Config, split_train
+
+# name -> (shift right, shift down, counter-clockwise degrees)
+VIEWS = {
+    "identity": (0, 0, 0.0),
+    "right": (1, 0, 0.0),
+    "left": (-1, 0, 0.0),
+    "down": (0, 1, 0.0),
+    "up": (0, -1, 0.0),
+    "ccw 5": (0, 0, 5.0),
+    "cw 5": (0, 0, -5.0),
+    "ccw 10": (0, 0, 10.0),
+    "cw 10": (0, 0, -10.0),
+}
+SHIFTS = ["identity", "right", "left", "down", "up"]
+SETS = {
+    "identity": ["identity"],
+    "1-pixel shifts": SHIFTS,
+    "rotations 5°": ["identity", "ccw 5", "cw 5"],
+    "rotations 10°": ["identity", "ccw 10", "cw 10"],
+    "shifts + rotations 5°": [*SHIFTS, "ccw 5", "cw 5"],
+    "all views": list(VIEWS),
+}
+
+
+def warped(images: np.ndarray, view: tuple[int, int, float]) -> np.ndarray:
+    """Every uint8 [N, 28, 28] image under one view."""
+    tx, ty, angle = (jnp.full((len(images),), v, dtype) for v, dtype in zip(view, (jnp.int32, jnp.int32, jnp.float32)))
+    return np.asarray(augment.warp(jnp.asarray(images), tx, ty, angle))
+
+
+def view_probabilities(model: weights.Model, images: np.ndarray) -> dict[str, np.ndarray]:
+    """The model's softmax over the images under each view of VIEWS."""
+    return {name: model.probabilities(warped(images, view)) for name, view in VIEWS.items()}
+
+
+def accuracies(probs: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, float]:
+    """Accuracy (%) of each view alone and of each set of SETS, its views' probabilities averaged."""
+    acc = {f"view: {name}": p for name, p in probs.items()}
+    acc |= {f"set: {name}": np.mean([probs[v] for v in views], axis=0) for name, views in SETS.items()}
+    return {name: 100.0 * float(np.mean(p.argmax(-1) == labels)) for name, p in acc.items()}
+
+
+def held_out(data: data_lib.Dataset, split: str, val_size: int | None, split_seed: int):
+    """(images, labels) of the test set, or of the validation split a run with this --val-size and seed held out."""
+    if split == "test":
+        return data.test_images, data.test_labels
+    if not val_size:
+        raise cli.UsageError("--split val needs the run's --val-size")
+    return split_train(data, Config(val_size=val_size, seed=split_seed))[1]
+
+
+def table(acc: dict[str, float]) -> str:
+    base = acc["set: identity"]
+    rows = [f"| {name} | {a:.2f} % | {a - base:+.2f} |" for name, a in acc.items()]
+    return "\n".join(["| views | accuracy | vs identity |", "|---|---:|---:|", *rows])
+
+
+def build_parser() -> cli.ArgumentParser:
+    p = cli.script_parser("scripts/tta.py", __doc__)
+    weights.add_flags(p)
+    p.add_argument("--split", choices=("val", "test"), default="val", help="where to measure (default val)")
+    p.add_argument("--val-size", type=int, help="the run's --val-size (with --split val)")
+    p.add_argument("--split-seed", type=int, default=0, help="the seed the run was trained with (default 0)")
+    p.add_argument("--data-dir", help="a directory holding the four IDX files")
+    return p
+
+
+def _main(argv) -> None:
+    args = build_parser().parse_args(argv)
+    model = weights.load(args)
+    data = data_lib.load("mnist", args.data_dir, progress=False)
+    images, labels = held_out(data, args.split, args.val_size, args.split_seed)
+    print(f"{model.name} from {model.source}, on {len(labels)} images of the {args.split} split")
+    print(table(accuracies(view_probabilities(model, images), labels)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run(lambda: _main(argv), user_errors=(data_lib.DataError,))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
