@@ -16,6 +16,7 @@ The table it prints is kept in benchmarks/README.md ("Per-layer costs").
 from __future__ import annotations
 
 import argparse
+import os
 
 import jax
 import jax.numpy as jnp
@@ -54,6 +55,13 @@ def torch_layer(b: int, h: int, cin: int, cout: int, k: int, pad: int, stride: i
         (F.conv2d(x, w, stride=stride, padding=pad) ** 2).sum().backward()
 
     return fwd, both
+
+
+def isa_caps() -> str:
+    """The vector-ISA caps in force, for emulating an older CPU (benchmarks/README.md, "AVX2 on an AVX-512 CPU"):
+    XLA's --xla_cpu_max_isa rides in XLA_FLAGS, which cpu_identity() already names."""
+    caps = [f"{k}={os.environ[k]}" for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY") if os.environ.get(k)]
+    return f"caps: {', '.join(caps)}; " if caps else ""
 
 
 def blog_layers() -> str:
@@ -97,7 +105,8 @@ def main() -> None:
     layers = blog_layers() if args.blog else args.layers
     print(
         f"batch {b}; jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads); CPU: {convs.cpu_identity()}; best of {args.repeats}, ms"
+        f"({torch.get_num_threads()} threads, ATen {torch.backends.cpu.get_cpu_capability()}); "
+        f"CPU: {convs.cpu_identity()}; {isa_caps()}best of {args.repeats}, ms"
     )
     heads = [f"jax {impls[0]} fwd", "torch fwd", *(f"jax {i} fwd+bwd" for i in impls), "torch fwd+bwd"]
     print("| layer | MMAC/img | " + " | ".join(heads) + " | fastest jax / torch (fwd+bwd) |")

@@ -32,6 +32,20 @@ def test_cpu_peak_is_labelled_an_estimate():
     assert peak["key"] == "cpu" and "estimate" in peak["source"] and peak["cpu"]["estimate"]
 
 
+@pytest.mark.parametrize(
+    "model, family, flags, per_cycle",
+    [
+        ("AMD EPYC", "25", "fma avx2", 32),  # Zen 3
+        ("AMD EPYC", "25", "fma avx2 avx512f", 32),  # Zen 4: AVX-512 at the AVX2 rate
+        ("AMD EPYC", "26", "fma avx2 avx512f avx512_bf16", 64),  # Zen 5: full-width 512-bit units
+        ("Intel(R) Xeon(R) Processor", "6", "fma avx2 avx512f amx_tile", 64),
+        ("Intel(R) Core(TM) i7", "6", "sse4_2 avx", 8),
+    ],
+)
+def test_flop_per_cycle_by_vector_width(model, family, flags, per_cycle):
+    assert environment.flop_per_cycle(model, family, flags) == per_cycle
+
+
 def test_utilisation_against_the_peak():
     fields = environment.utilisation(2e6, 1e6, 4.0, "tf32")  # 2 MFLOP x 1 M images/s = 2 TFLOP/s of 4
     assert fields == {"achieved_tflops": 2.0, "peak_tflops": 4.0, "peak_kind": "tf32", "fraction_of_peak": 0.5}
@@ -44,4 +58,14 @@ def test_environment_names_versions_and_commit():
     env = environment.environment(None)
     assert env["platform"] == jax.devices()[0].platform and env["versions"]["jax"] and env["commit"]
     assert "torch" not in env  # not asked for
+
+
+def test_environment_records_the_vector_isa_caps(monkeypatch):
+    """A run that emulates an older CPU (benchmarks/README.md, "AVX2 emulated") says so in its JSON."""
+    import torch
+
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    env = environment.environment("cpu")
+    assert env["env_vars"]["ONEDNN_MAX_CPU_ISA"] == "AVX2"
+    assert env["torch"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability() != ""
     assert environment.first_line(ValueError("one\ntwo")) == "ValueError: one"

@@ -38,26 +38,32 @@ def peak_key(device_kind: str) -> str | None:
     return None
 
 
+def flop_per_cycle(model_name: str, family: str, flags: str) -> int:
+    """FP32 FLOP per cycle and core from /proc/cpuinfo's fields (cpu_peak_estimate says what it assumes)."""
+    isa = set(flags.split())
+    full_width_512 = "AMD" not in model_name or (family.isdigit() and int(family) >= 26)
+    return 64 if ("avx512f" in isa and full_width_512) else 32 if {"avx2", "fma"} <= isa else 8
+
+
 def cpu_peak_estimate() -> dict:
     """An FP32 peak estimate for this CPU: logical cores x current clock x FLOP/cycle from the ISA flags.
 
     Only an estimate: the clock is /proc/cpuinfo's current one, 'cores' are the vCPUs the OS shows (on a VM two
     may share one physical core), and FLOP/cycle assumes two FMA pipes (AVX2: 2 x 8 lanes x 2 = 32; AVX-512 on
-    Intel: 64; AMD's Zen 4 runs AVX-512 at the AVX2 rate).
+    Intel: 64; AMD's Zen 4 (family 25) runs AVX-512 at the AVX2 rate, Zen 5's server parts (family 26)
+    at the full 64; its laptop parts would read twice too high).
     """
     cores = os.cpu_count() or 1
     info = {}
     try:
         text = Path("/proc/cpuinfo").read_text()
-        for key in ("model name", "cpu MHz", "flags"):
+        for key in ("model name", "cpu family", "cpu MHz", "flags"):
             m = re.search(rf"^{key}\s*:\s*(.*)$", text, re.M)
             if m:
                 info[key] = m.group(1).strip()
     except OSError:
         pass
-    flags = set(info.get("flags", "").split())
-    vendor_amd = "AMD" in info.get("model name", "")
-    per_cycle = 64 if ("avx512f" in flags and not vendor_amd) else 32 if {"avx2", "fma"} <= flags else 8
+    per_cycle = flop_per_cycle(info.get("model name", ""), info.get("cpu family", ""), info.get("flags", ""))
     ghz = float(info["cpu MHz"]) / 1000 if "cpu MHz" in info else None
     return {
         "model": info.get("model name"),
@@ -146,6 +152,8 @@ def torch_environment(device: str) -> dict:
         "cuda_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
         "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
         "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        # ATen's vector kernels (ATEN_CPU_CAPABILITY caps it); oneDNN's own cap is ONEDNN_MAX_CPU_ISA in env_vars.
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
     if device.startswith("cuda"):
         env["device_name"] = torch.cuda.get_device_name(device)
@@ -189,7 +197,7 @@ def environment(torch_device: str | None) -> dict:
         "env_vars": {
             k: v
             for k, v in os.environ.items()
-            if k.startswith(("XLA_", "JAX_", "TF_", "CUDA_VISIBLE", "OMP_", "MKL_", "TORCH", "GLIBC_", "JAXMNIST_"))
+            if k.startswith(("XLA_", "JAX_", "TF_", "CUDA_VISIBLE", "OMP_", "MKL_", "TORCH", "GLIBC_", "JAXMNIST_", "ONEDNN_", "DNNL_", "ATEN_"))
         },
     }
     if torch_device is not None:
