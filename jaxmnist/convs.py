@@ -2,8 +2,8 @@
 
 The same convolution costs up to 20x more or less on one x86 CPU than on another, depending on which of XLA:CPU's
 kernels runs it: by default XLA hands convolutions to YNNPACK, which on CPUs without AVX-512 is 5-13x slower than
-XLA's older Eigen kernels for the blog's layers, and up to 6x slower on an AVX-512 + AMX Xeon (benchmarks/README.md,
-"Convolutions on AVX2 CPUs" and "The plan on an AVX-512 + AMX CPU"). So, as cuDNN's
+XLA's older Eigen kernels for the blog's layers, and up to 6-8x slower on an AVX-512 + AMX Xeon and an AVX-512 Zen 5
+(benchmarks/README.md, "Convolutions on AVX2 CPUs", "The plan on an AVX-512 + AMX CPU", "A Zen 5"). So, as cuDNN's
 autotuner does on GPUs, the first run on a machine times the candidates for every convolution shape it needs
 (forward plus backward, at the run's batch size), keeps the fastest, and caches the timings by CPU identity:
 

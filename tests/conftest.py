@@ -113,9 +113,10 @@ def pytest_configure(config):
     compile_cache.configure()
     # Runs, in this process and in the CLI tests' subprocesses, take a fixed kernel library instead of timing the
     # candidates (tests/test_convs.py times them, into its own cache file): the one the measured plan picks on
-    # this kind of CPU. On x86 that is Eigen's, on both kinds measured (benchmarks/README.md): XLA's default
+    # this kind of CPU. On x86 that is Eigen's, on the three kinds measured (benchmarks/README.md): XLA's default
     # YNNPACK convolutions are 3-13x slower on an AVX2 Zen 3 (the fast preset's reduced run: 68 s against 37 s)
-    # and up to 6x slower on an AVX-512 + AMX Xeon, whose tuner chose Eigen for every network too.
+    # and up to 6-8x slower on an AVX-512 + AMX Xeon and an AVX-512 Zen 5, whose tuners chose Eigen for every
+    # network too.
     os.environ.setdefault("JAXMNIST_CONV_IMPL", default_conv_impl())
     os.environ["JAXMNIST_CONV_CACHE"] = os.path.join(os.environ[compile_cache.ENV], "conv-timings.json")
 
