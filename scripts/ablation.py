@@ -107,6 +107,9 @@ STUDIES = {
             # alpha / 2); torchvision's defaults (elastic_50_5) lost 0.12 points in round 1.
             "elastic_68_4": ["--elastic-alpha", "68", "--elastic-sigma", "4"],
             "lr_1e-3": ["--lr", "1e-3"],
+            # The blog's dropout (0.25 after each stage, 0.5 before the last layer) on top of the fast recipe's own
+            # regularisers (augmentation, label smoothing, weight decay): whether it still earns its place.
+            "no_dropout": [{"conv_dropout_rate": 0.0, "fc_dropout_rate": 0.0}],
         },
     ),
 }
