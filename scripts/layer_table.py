@@ -58,7 +58,7 @@ def torch_layer(b: int, h: int, cin: int, cout: int, k: int, pad: int, stride: i
 
 
 def isa_caps() -> str:
-    """The vector-ISA caps in force, for emulating an older CPU (benchmarks/README.md, "AVX2 on an AVX-512 CPU"):
+    """The vector-ISA caps in force, for emulating an older CPU (benchmarks/README.md, "A Zen 5 ..., and AVX2 emulated on it"):
     XLA's --xla_cpu_max_isa rides in XLA_FLAGS, which cpu_identity() already names."""
     caps = [f"{k}={os.environ[k]}" for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY") if os.environ.get(k)]
     return f"caps: {', '.join(caps)}; " if caps else ""

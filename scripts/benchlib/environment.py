@@ -161,6 +161,12 @@ def torch_environment(device: str) -> dict:
     return env
 
 
+# The environment variables a results file keeps: the frameworks' settings, and the vector-ISA caps that emulate an
+# older CPU (XLA_FLAGS' --xla_cpu_max_isa, ONEDNN_MAX_CPU_ISA, ATEN_CPU_CAPABILITY; benchmarks/README.md, "A Zen 5").
+ENV_PREFIXES = ("XLA_", "JAX_", "TF_", "CUDA_VISIBLE", "OMP_", "MKL_", "TORCH", "GLIBC_", "JAXMNIST_", "ONEDNN_",
+                "DNNL_", "ATEN_")  # fmt: skip
+
+
 def environment(torch_device: str | None) -> dict:
     """Everything needed to read the numbers later: device, driver, library versions, commit, settings."""
     import jax
@@ -197,7 +203,7 @@ def environment(torch_device: str | None) -> dict:
         "env_vars": {
             k: v
             for k, v in os.environ.items()
-            if k.startswith(("XLA_", "JAX_", "TF_", "CUDA_VISIBLE", "OMP_", "MKL_", "TORCH", "GLIBC_", "JAXMNIST_", "ONEDNN_", "DNNL_", "ATEN_"))
+            if k.startswith(ENV_PREFIXES)
         },
     }
     if torch_device is not None:
