@@ -16,7 +16,6 @@ The table it prints is kept in benchmarks/README.md ("Per-layer costs").
 from __future__ import annotations
 
 import argparse
-import os
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from benchlib.environment import isa_caps
 from benchlib.timing import measure_interleaved
 from jaxmnist import convs, models
 
@@ -55,13 +55,6 @@ def torch_layer(b: int, h: int, cin: int, cout: int, k: int, pad: int, stride: i
         (F.conv2d(x, w, stride=stride, padding=pad) ** 2).sum().backward()
 
     return fwd, both
-
-
-def isa_caps() -> str:
-    """The vector-ISA caps in force, for emulating an older CPU (benchmarks/README.md, "A Zen 5 ..., and AVX2 emulated on it"):
-    XLA's --xla_cpu_max_isa rides in XLA_FLAGS, which cpu_identity() already names."""
-    caps = [f"{k}={os.environ[k]}" for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY") if os.environ.get(k)]
-    return f"caps: {', '.join(caps)}; " if caps else ""
 
 
 def blog_layers() -> str:
@@ -103,10 +96,12 @@ def main() -> None:
     args = p.parse_args()
     b, impls = args.batch_size, args.impls.split(",")
     layers = blog_layers() if args.blog else args.layers
+    caps = isa_caps()  # an emulated older CPU (benchmarks/README.md, "A Zen 5 ..., and AVX2 emulated on it")
+    caps_text = f"caps: {', '.join(f'{k}={v}' for k, v in caps.items())}; " if caps else ""
     print(
         f"batch {b}; jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__} "
         f"({torch.get_num_threads()} threads, ATen {torch.backends.cpu.get_cpu_capability()}); "
-        f"CPU: {convs.cpu_identity()}; {isa_caps()}best of {args.repeats}, ms"
+        f"CPU: {convs.cpu_identity()}; {caps_text}best of {args.repeats}, ms"
     )
     heads = [f"jax {impls[0]} fwd", "torch fwd", *(f"jax {i} fwd+bwd" for i in impls), "torch fwd+bwd"]
     print("| layer | MMAC/img | " + " | ".join(heads) + " | fastest jax / torch (fwd+bwd) |")

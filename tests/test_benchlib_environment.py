@@ -58,14 +58,16 @@ def test_environment_names_versions_and_commit():
     env = environment.environment(None)
     assert env["platform"] == jax.devices()[0].platform and env["versions"]["jax"] and env["commit"]
     assert "torch" not in env  # not asked for
+    assert environment.first_line(ValueError("one\ntwo")) == "ValueError: one"
 
 
 def test_environment_records_the_vector_isa_caps(monkeypatch):
-    """A run that emulates an older CPU (benchmarks/README.md, "AVX2 emulated") says so in its JSON."""
+    """A run that emulates an older CPU (benchmarks/README.md, "A Zen 5 ..., and AVX2 emulated on it") says so."""
     import torch
 
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
     env = environment.environment("cpu")
     assert env["env_vars"]["ONEDNN_MAX_CPU_ISA"] == "AVX2"
     assert env["torch"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability() != ""
-    assert environment.first_line(ValueError("one\ntwo")) == "ValueError: one"
+    assert environment.isa_caps() == {"ONEDNN_MAX_CPU_ISA": "AVX2"}

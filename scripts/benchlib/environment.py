@@ -165,6 +165,13 @@ def torch_environment(device: str) -> dict:
 # older CPU (XLA_FLAGS' --xla_cpu_max_isa, ONEDNN_MAX_CPU_ISA, ATEN_CPU_CAPABILITY; benchmarks/README.md, "A Zen 5").
 ENV_PREFIXES = ("XLA_", "JAX_", "TF_", "CUDA_VISIBLE", "OMP_", "MKL_", "TORCH", "GLIBC_", "JAXMNIST_", "ONEDNN_",
                 "DNNL_", "ATEN_")  # fmt: skip
+# torch's two caps (oneDNN's kernels, ATen's); XLA's rides in XLA_FLAGS, which convs.cpu_identity() names.
+TORCH_ISA_CAPS = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
+
+
+def isa_caps() -> dict:
+    """torch's vector-ISA caps in force (an emulated older CPU), {} on a run that uses the whole CPU."""
+    return {k: os.environ[k] for k in TORCH_ISA_CAPS if os.environ.get(k)}
 
 
 def environment(torch_device: str | None) -> dict:
