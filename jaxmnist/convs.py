@@ -5,7 +5,8 @@ kernels runs it: by default XLA hands convolutions to YNNPACK, which on CPUs wit
 XLA's older Eigen kernels for the blog's layers, and up to 6-8x slower on an AVX-512 + AMX Xeon and an AVX-512 Zen 5
 (benchmarks/README.md, "Convolutions on AVX2 CPUs", "The plan on an AVX-512 + AMX CPU", "A Zen 5"). So, as cuDNN's
 autotuner does on GPUs, the first run on a machine times the candidates for every convolution shape it needs
-(forward plus backward, at the run's batch size), keeps the fastest, and caches the timings by CPU identity:
+(forward plus backward, at the run's batch size, the candidates interleaved), keeps the fastest, and caches the
+timings by CPU identity unless other processes took over 15 % of the CPU meanwhile (`host.SHARED_ABOVE`):
 
 - the *library* (a compiler option of a whole program, so one per network): `xla` (XLA's default kernels) or
   `eigen` (YNNPACK's fusions cut down to reductions, `--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_REDUCE`,
@@ -49,7 +50,9 @@ YNN_FUSIONS = 'xla_cpu_experimental_ynn_fusion_type'
 LIBRARIES = {'xla': {}, 'eigen': {YNN_FUSIONS: 'LIBRARY_FUSION_TYPE_REDUCE'}}
 ENV_IMPL = 'JAXMNIST_CONV_IMPL'  # the default of --conv-impl
 ENV_CACHE = 'JAXMNIST_CONV_CACHE'  # the timings' file (default ~/.cache/jaxmnist/conv-timings.json)
-CACHE_FORMAT = 2  # 2: `eigen` keeps YNNPACK's reductions (timings of format 1 are measured again)
+# 2: `eigen` keeps YNNPACK's reductions; 3: candidates timed interleaved, cached from a quiet CPU only (older timings
+# are measured again: format 2's were timed one candidate after another, and cached however busy the CPU was).
+CACHE_FORMAT = 3
 TUNING_BATCH = 256  # measured at the run's batch size, or this if smaller
 
 
@@ -329,10 +332,14 @@ def _timing_key(geometry: Geometry, batch_size: int, first: bool) -> str:
     return f'{geometry.key} batch {batch_size}' + (' no-input-grad' if first else '')
 
 
-def time_candidate(geometry: Geometry, batch_size: int, library: str, formulation: str, stem: bool, give_up_s: float):
-    """Seconds for forward plus backward (the kernel's gradient; the input's too unless `stem`) of one layer at
-    `batch_size`: compiled ahead, then the best of three runs, or the first run alone when it is already slower
-    than `give_up_s`."""
+# Rounds per layer, one call of each candidate in each: at least MIN_ROUNDS, and more while a layer has been timed
+# for under MIN_LAYER_S (calls of a few ms vary up to 2x from call to call), at most MAX_ROUNDS.
+MIN_ROUNDS, MIN_LAYER_S, MAX_ROUNDS = 3, 0.25, 20
+
+
+def _compiled_candidate(geometry: Geometry, batch_size: int, library: str, formulation: str, stem: bool):
+    """One layer's forward plus backward (the kernel's gradient; the input's too unless `stem`) at `batch_size` as
+    `library` and `formulation` run it: compiled, bound to its inputs, ready to call."""
     g = geometry
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((batch_size, g.h, g.w, g.cin)), g.dtype)
@@ -340,13 +347,26 @@ def time_candidate(geometry: Geometry, batch_size: int, library: str, formulatio
     conv = FORMULATIONS[formulation]
     loss = lambda x, w: jnp.sum(jnp.square(conv(x, w, g.stride, g.padding)))
     grad = jax.jit(jax.grad(loss, argnums=1 if stem else (0, 1)), compiler_options=library_options(library))
-    grad = grad.lower(x, w).compile()
-    best = float('inf')
-    for _ in range(3):
-        t = time.perf_counter()
-        jax.block_until_ready(grad(x, w))
-        best = min(best, time.perf_counter() - t)
-        if best > give_up_s:
+    return functools.partial(grad.lower(x, w).compile(), x, w)
+
+
+def time_candidates(geometry: Geometry, batch_size: int, stem: bool) -> dict[str, float]:
+    """Seconds per call of each candidate for one layer: all compiled first, then rounds of one call each (at least
+    MIN_ROUNDS, more for cheap layers), the best call kept. Interleaved so that a burst of other work slows every
+    candidate alike: timed one after another, a burst during Eigen's calls once read it 8x slower than it is (61
+    against 7 ms, a Zen 5 at batch 64) and the cached plan ran that batch size's epochs 1.6x slower on XLA's
+    kernels. From the second round on, a candidate slower than twice the fastest is not called again (the slowest
+    cost seconds a call): one slow call alone drops nothing."""
+    calls = {name: _compiled_candidate(geometry, batch_size, lib, f, stem) for name, (lib, f) in CANDIDATES.items()}
+    best, start = dict.fromkeys(calls, float('inf')), time.perf_counter()
+    for i in range(MAX_ROUNDS):
+        for name, call in calls.items():
+            t = time.perf_counter()
+            jax.block_until_ready(call())
+            best[name] = min(best[name], time.perf_counter() - t)
+        if i:
+            calls = {name: call for name, call in calls.items() if best[name] <= 2 * min(best.values())}
+        if i + 1 >= MIN_ROUNDS and time.perf_counter() - start >= MIN_LAYER_S:
             break
     return best
 
@@ -363,16 +383,16 @@ def measured_plan(model, batch_size: int, say: Callable = print) -> ConvPlan:
     missing = [(g, stem) for g, stem in layers if not _complete(known.get(keys[g]))]
     if missing:
         say(f'timing {len(CANDIDATES)} ways to run each of {len(missing)} convolution shapes on this CPU ({machine})')
-    t0, fresh = time.perf_counter(), {}
-    for g, stem in missing:
-        times = {}
-        for name, (lib, f) in CANDIDATES.items():
-            give_up = 2 * min(times.values(), default=float('inf'))
-            times[name] = time_candidate(g, batch_size, lib, f, stem, give_up)
-        fresh[keys[g]] = times
+    t0, others = time.perf_counter(), host.OthersCpu()
+    fresh = {keys[g]: time_candidates(g, batch_size, stem) for g, stem in missing}
     if fresh:
-        _write_cache(path, machine, fresh)
-        say(f'convolution timings: {time.perf_counter() - t0:.1f} s, cached in {path}')
+        took, shared = time.perf_counter() - t0, others.share()
+        if shared is not None and shared > host.SHARED_ABOVE:  # this run uses them; the next measures again
+            say(f'convolution timings: {took:.1f} s, not cached: other processes took {shared:.0%} of the CPU '
+                'meanwhile')
+        else:
+            _write_cache(path, machine, fresh)
+            say(f'convolution timings: {took:.1f} s, cached in {path}')
     timings = {g: fresh.get(keys[g]) or known[keys[g]] for g, _ in layers}
     return choose(timings, 'cached' if not fresh else 'measured')
 

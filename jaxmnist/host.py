@@ -58,6 +58,11 @@ def load_average() -> float | None:
         return None
 
 
+# Above this share of the machine's CPU taken by other processes, a time was measured on shared cores: an epoch's is
+# not a quiet one's (reproduce.py, ablation.py), and the convolution timings are not cached (jaxmnist.convs).
+SHARED_ABOVE = 0.15
+
+
 class OthersCpu:
     """The share of the machine's CPU time that other processes took since the last `share()` call: about 0 for a
     run that had the cores to itself, 0.3 and more when other work ran beside it (Linux; None elsewhere). Unlike

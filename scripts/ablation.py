@@ -9,7 +9,7 @@ Writes results/ablation/<study>.json (appending to what is there: a variant and 
 study's current round is kept). The table: final validation accuracy per seed and their mean, wall time per run
 (process start to exit, compile included), per round and variant. Test accuracy is recorded too, and chose
 nothing. Each row names its machine and the largest share of the CPU other processes took in any of its epochs
-(over 0.15: its wall time is not a quiet run's).
+(over `jaxmnist.host.SHARED_ABOVE`, 0.15: its wall time is not a quiet run's).
 """
 
 from __future__ import annotations
@@ -149,7 +149,9 @@ def run(study: Study, variant: str, seed: int) -> dict:
 
 def shared(run: dict) -> bool:
     """Whether other processes took over 15 % of the CPU in one of the run's epochs (its wall time is not quiet)."""
-    return (run.get("others_cpu") or 0.0) > 0.15
+    from jaxmnist import host
+
+    return (run.get("others_cpu") or 0.0) > host.SHARED_ABOVE
 
 
 def short_machine(machine: str | None) -> str:

@@ -40,6 +40,7 @@ import seed_ensemble
 
 from jaxmnist import cli
 from jaxmnist.cli import UsageError
+from jaxmnist import host
 from jaxmnist.host import machine
 from jaxmnist.presets import PRESETS, Config, changed_settings
 from jaxmnist.runlog import atomic_write
@@ -215,19 +216,16 @@ def add_segment(logdir: Path, wall_s: float | None, ended: str) -> None:
     atomic_write(path, json.dumps(segments, indent=1).encode())
 
 
-OTHERS_CPU_LIMIT = 0.15  # an epoch in which other processes took more of the machine's CPU shared its cores
-
-
 def loaded_epochs(record: dict) -> list[int]:
     """The epochs that shared the cores with other work, so that their times are not a quiet run's: other
-    processes took over OTHERS_CPU_LIMIT of the CPU, or (runs recorded before that was measured) the 1-minute
+    processes took over `host.SHARED_ABOVE` (15 %) of the CPU, or (runs recorded before that was measured) the 1-minute
     load average exceeded the machine's cores + 0.5 (it lags, so it marks an epoch too many rather than too few)."""
     found = re.search(r"(\d+) cores", record.get("machine", ""))
     cores = int(found.group(1)) if found else None
 
     def loaded(e: dict) -> bool:
         if e.get("others_cpu") is not None:
-            return e["others_cpu"] > OTHERS_CPU_LIMIT
+            return e["others_cpu"] > host.SHARED_ABOVE
         return bool(cores) and e.get("load", 0) > cores + 0.5
 
     return [e["epoch"] for e in record["epochs"] if loaded(e)]
