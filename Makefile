@@ -39,9 +39,9 @@ data: $(VENV)/.installed-base
 	$(PY) -m jaxmnist.data $(ARGS)
 
 # Runs `python -m jaxmnist.train --preset sprint $(ARGS)` (installed as `jaxmnist-train`): the preset that reaches
-# 99.5 % soonest (docs/experiments.md, "The sprint preset"): fast's recipe at batch 128 for 6 epochs, 99.52 % (mean
-# of 5 seeds) in 6 minutes on 2 vCPUs of a Zen 3 (AVX2), where fast takes 9. ARGS="--preset fast" for fast (4 minutes
-# on 2 AVX-512 cores), ARGS="--preset NAME" (or --model NAME) for the blog's own experiments.
+# 99.5 % soonest (docs/experiments.md, "The sprint preset"): fast's recipe at batch 64 for 5 epochs, 99.52 % (mean
+# of 5 seeds) in 2 minutes on 2 vCPUs of a Zen 5 (AVX-512), where fast takes 3. ARGS="--preset fast" for fast,
+# ARGS="--preset NAME" (or --model NAME) for the blog's own experiments.
 train: $(VENV)/.installed-base
 	$(PY) -m jaxmnist.train --preset sprint $(ARGS)
 
