@@ -50,9 +50,7 @@ YNN_FUSIONS = 'xla_cpu_experimental_ynn_fusion_type'
 LIBRARIES = {'xla': {}, 'eigen': {YNN_FUSIONS: 'LIBRARY_FUSION_TYPE_REDUCE'}}
 ENV_IMPL = 'JAXMNIST_CONV_IMPL'  # the default of --conv-impl
 ENV_CACHE = 'JAXMNIST_CONV_CACHE'  # the timings' file (default ~/.cache/jaxmnist/conv-timings.json)
-# 2: `eigen` keeps YNNPACK's reductions; 3: candidates timed interleaved, cached from a quiet CPU only (older timings
-# are measured again: format 2's were timed one candidate after another, and cached however busy the CPU was).
-CACHE_FORMAT = 3
+CACHE_FORMAT = 3  # 3: timed interleaved, cached from a quiet CPU only; 2: `eigen` keeps YNNPACK's reductions
 TUNING_BATCH = 256  # measured at the run's batch size, or this if smaller
 
 
@@ -352,11 +350,9 @@ def _compiled_candidate(geometry: Geometry, batch_size: int, library: str, formu
 
 def time_candidates(geometry: Geometry, batch_size: int, stem: bool) -> dict[str, float]:
     """Seconds per call of each candidate for one layer: all compiled first, then rounds of one call each (at least
-    MIN_ROUNDS, more for cheap layers), the best call kept. Interleaved so that a burst of other work slows every
-    candidate alike: timed one after another, a burst during Eigen's calls once read it 8x slower than it is (61
-    against 7 ms, a Zen 5 at batch 64) and the cached plan ran that batch size's epochs 1.6x slower on XLA's
-    kernels. From the second round on, a candidate slower than twice the fastest is not called again (the slowest
-    cost seconds a call): one slow call alone drops nothing."""
+    MIN_ROUNDS, more for cheap layers), the best call kept. Interleaved, so that a burst of other work slows every
+    candidate alike, not one (benchmarks/README.md, "The tuner's timings"); from the second round on, a candidate
+    over twice the fastest is not called again (the slowest cost seconds a call)."""
     calls = {name: _compiled_candidate(geometry, batch_size, lib, f, stem) for name, (lib, f) in CANDIDATES.items()}
     best, start = dict.fromkeys(calls, float('inf')), time.perf_counter()
     for i in range(MAX_ROUNDS):
@@ -388,8 +384,7 @@ def measured_plan(model, batch_size: int, say: Callable = print) -> ConvPlan:
     if fresh:
         took, shared = time.perf_counter() - t0, others.share()
         if shared is not None and shared > host.SHARED_ABOVE:  # this run uses them; the next measures again
-            say(f'convolution timings: {took:.1f} s, not cached: other processes took {shared:.0%} of the CPU '
-                'meanwhile')
+            say(f'convolution timings: {took:.1f} s, not cached (other processes took {shared:.0%} of the CPU)')
         else:
             _write_cache(path, machine, fresh)
             say(f'convolution timings: {took:.1f} s, cached in {path}')
