@@ -38,9 +38,8 @@ import needs_jaxmnist  # before jaxmnist: one line, not a traceback, where it is
 import numpy as np
 import seed_ensemble
 
-from jaxmnist import cli
+from jaxmnist import cli, host
 from jaxmnist.cli import UsageError
-from jaxmnist import host
 from jaxmnist.host import machine
 from jaxmnist.presets import PRESETS, Config, changed_settings
 from jaxmnist.runlog import atomic_write
@@ -218,8 +217,9 @@ def add_segment(logdir: Path, wall_s: float | None, ended: str) -> None:
 
 def loaded_epochs(record: dict) -> list[int]:
     """The epochs that shared the cores with other work, so that their times are not a quiet run's: other
-    processes took over `host.SHARED_ABOVE` (15 %) of the CPU, or (runs recorded before that was measured) the 1-minute
-    load average exceeded the machine's cores + 0.5 (it lags, so it marks an epoch too many rather than too few)."""
+    processes took over 15 % of the CPU (`host.SHARED_ABOVE`), or (runs recorded before that was measured) the
+    1-minute load average exceeded the machine's cores + 0.5 (it lags, so it marks an epoch too many rather than
+    too few)."""
     found = re.search(r"(\d+) cores", record.get("machine", ""))
     cores = int(found.group(1)) if found else None
 
