@@ -8,7 +8,7 @@ from typing import Callable
 
 import jax.numpy as jnp
 
-from jaxmnist import cli, convs, models, optim, runlog
+from jaxmnist import autotune, cli, models, optim, runlog
 from jaxmnist.checkpoint import Checkpointer
 from jaxmnist.cli import UsageError
 from jaxmnist.convs import ConvPlan
@@ -93,9 +93,9 @@ def choose_conv_plan(
     config: Config, impl: str | None, resuming: Checkpointer | None, placement: Placement, say: Callable
 ) -> ConvPlan:
     """How the run's convolutions run: a resumed run's as its checkpoint recorded them (so that it continues bit
-    for bit), else `--conv-impl` (`convs.plan_for`: on the CPU `auto` times the candidates once per machine)."""
+    for bit), else `--conv-impl` (`autotune.plan_for`: on the CPU `auto` times the candidates once per machine)."""
     meta = resuming.read_meta() if resuming and resuming.latest_epoch() else None
     if meta and "conv_plan" in meta:
         return ConvPlan.from_json(meta["conv_plan"])
     model = models.get_model(config.model, num_classes=config.num_classes)
-    return convs.plan_for(impl, model, config.batch_size // placement.size, say)
+    return autotune.plan_for(impl, model, config.batch_size // placement.size, say)

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmnist import convs, engine, interop, models
+from jaxmnist import autotune, convs, engine, interop, models
 from jaxmnist import data as data_lib
 from jaxmnist.checkpoint import Checkpointer
 from jaxmnist.cli import UsageError
@@ -73,10 +73,10 @@ class Model:
 
     @functools.cached_property
     def plan(self) -> ConvPlan:
-        """This machine's plan for the network (`convs.plan_for`; auto: measured once per machine, cached), chosen
+        """This machine's plan for the network (`autotune.plan_for`; auto: measured once per machine, cached), chosen
         at the tuning batch size whatever the number of digits, so that every request shares it."""
         network = models.get_model(self.name, self.num_classes)
-        return convs.plan_for(self.conv_impl, network, convs.TUNING_BATCH, say=_note)
+        return autotune.plan_for(self.conv_impl, network, autotune.TUNING_BATCH, say=_note)
 
     @functools.cached_property
     def module(self):

@@ -25,15 +25,15 @@ import torch.nn.functional as F
 
 from benchlib.environment import isa_caps
 from benchlib.timing import measure_interleaved
-from jaxmnist import convs, models
+from jaxmnist import autotune, convs, models
 
 # The fast network's convolutions (jaxmnist.models.FastNet) and two alternatives that were measured for it.
 DEFAULT_LAYERS = "28:1:32:3,28:32:32:3,14:32:64:3,14:64:64:3,7:64:128:3,28:1:32:5,14:32:64:5"
 
 
 def jax_layer(impl: str, b: int, h: int, cin: int, cout: int, k: int, pad: int, stride: int = 1):
-    """(forward, forward plus both gradients) of one layer in one of convs.CANDIDATES."""
-    library, formulation = convs.CANDIDATES[impl]
+    """(forward, forward plus both gradients) of one layer in one of autotune.CANDIDATES."""
+    library, formulation = autotune.CANDIDATES[impl]
     conv, options = convs.FORMULATIONS[formulation], convs.library_options(library)
     x = jnp.asarray(np.random.default_rng(0).standard_normal((b, h, h, cin), np.float32))
     w = jnp.asarray(np.random.default_rng(1).standard_normal((k, k, cin, cout), np.float32))
@@ -91,7 +91,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--layers", default=DEFAULT_LAYERS, help="comma-separated H:Cin:Cout:K[:valid|:padP][:sS]")
     p.add_argument("--blog", action="store_true", help="every convolution of the blog's cnn, cnn_deep and resnet")
-    p.add_argument("--impls", default=",".join(convs.CANDIDATES), help="JAX candidates (jaxmnist.convs)")
+    p.add_argument("--impls", default=",".join(autotune.CANDIDATES), help="JAX candidates (jaxmnist.convs)")
     p.add_argument("--repeats", type=int, default=10, help="rounds: one call of each per round")
     args = p.parse_args()
     b, impls = args.batch_size, args.impls.split(",")
@@ -101,7 +101,7 @@ def main() -> None:
     print(
         f"batch {b}; jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__} "
         f"({torch.get_num_threads()} threads, ATen {torch.backends.cpu.get_cpu_capability()}); "
-        f"CPU: {convs.cpu_identity()}; {caps_text}best of {args.repeats}, ms"
+        f"CPU: {autotune.cpu_identity()}; {caps_text}best of {args.repeats}, ms"
     )
     heads = [f"jax {impls[0]} fwd", "torch fwd", *(f"jax {i} fwd+bwd" for i in impls), "torch fwd+bwd"]
     print("| layer | MMAC/img | " + " | ".join(heads) + " | fastest jax / torch (fwd+bwd) |")

@@ -112,7 +112,7 @@ def pytest_configure(config):
         os.environ["JAXMNIST_TEST_SESSION_CACHE"] = os.environ[compile_cache.ENV] = config._xla_cache
     compile_cache.configure()
     # Runs, in this process and in the CLI tests' subprocesses, take a fixed kernel library instead of timing the
-    # candidates (tests/test_convs.py times them, into its own cache file): the one the measured plan picks on
+    # candidates (tests/test_autotune.py times them, into its own cache file): the one the measured plan picks on
     # this kind of CPU. On x86 that is Eigen's, on the three kinds measured (benchmarks/README.md): XLA's default
     # YNNPACK convolutions are 3-13x slower on an AVX2 Zen 3 (the fast preset's reduced run: 68 s against 37 s)
     # and up to 6-8x slower on an AVX-512 + AMX Xeon and an AVX-512 Zen 5, whose tuners chose Eigen for every

@@ -1,4 +1,4 @@
-"""jaxmnist.convs: every formulation is torch's Conv2d, plans route layers, the autotuner measures once and caches."""
+"""jaxmnist.convs: every formulation is torch's Conv2d, the libraries compute the same, plans route layers."""
 
 import functools
 import json
@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from jaxmnist import convs, engine, layers, models, presets
-from jaxmnist.convs import ConvPlan, Geometry
+from jaxmnist.convs import ConvPlan
 
 # (input size, kernel, stride, padding, channels): torchvision's deep stages on 28x28 inputs (1x1 and 2x2 maps,
 # padded 3x3 and strided 1x1 convs), larger maps, unpadded, even and 7x7 kernels, then the blog's layer shapes
@@ -173,140 +173,3 @@ def test_plan_json_round_trip_and_bad_names():
         ConvPlan('onednn')
     with pytest.raises(ValueError, match='unknown convolution formulation'):
         ConvPlan('xla', 'winograd')
-    with pytest.raises(ValueError, match='unknown --conv-impl'):
-        convs.plan_for('fastest', models.get_model('cnn'), 8)
-    assert convs.plan_for('eigen', None, 8).compiler_options == convs.LIBRARIES['eigen']  # this XLA accepts it
-    assert convs.plan_for('xla', None, 8) == convs.XLA
-
-
-def test_choose_takes_the_cheapest_library_then_each_layers_fastest():
-    """The library is one per program: the least total over the layers, each in its better formulation there."""
-    a, b = Geometry(28, 28, 16, 16, 3, 1, 1, 'float32'), Geometry(2, 2, 256, 256, 3, 1, 1, 'float32')
-    timings = {
-        a: {'xla/conv': 0.50, 'eigen/conv': 0.10, 'matmul': 0.40},
-        b: {'xla/conv': 0.02, 'eigen/conv': 0.09, 'matmul': 0.05},
-    }
-    plan = convs.choose(timings, 'measured')
-    assert (plan.library, plan.layers) == ('eigen', ((b.key, 'matmul'),))  # 0.15 in all against xla's 0.42
-    timings[a]['xla/conv'] = 0.05
-    assert convs.choose(timings, 'measured') == ConvPlan('xla', 'conv', (), 'measured')
-
-
-class FakeOthersCpu:
-    """host.OthersCpu as if other processes took `share` of the CPU while the convolutions were timed."""
-
-    share_taken = 0.0
-
-    def share(self):
-        return self.share_taken
-
-
-def test_measured_plan_times_each_shape_once_then_reads_the_cache(tmp_path, monkeypatch):
-    """Real timings of the cnn's two layers at batch 2 (three candidates each), cached under this CPU's identity;
-    a second call measures nothing and gives the same plan. (A quiet CPU faked: the suite's other worker shares it.)"""
-    monkeypatch.setenv(convs.ENV_CACHE, str(tmp_path / 'timings.json'))
-    monkeypatch.setattr(convs.host, 'OthersCpu', FakeOthersCpu)
-    timed = []
-    time_candidates = convs.time_candidates
-    monkeypatch.setattr(convs, 'time_candidates', lambda *a: timed.append(a[0]) or time_candidates(*a))
-    said = []
-    first = convs.measured_plan(models.get_model('cnn'), 2, say=said.append)
-    assert len(timed) == 2 and first.source == 'measured'
-    assert said[0].startswith('timing 3 ways to run each of 2 convolution shapes') and 'cached in' in said[-1]
-    cached = json.loads((tmp_path / 'timings.json').read_text())['machines'][convs.cpu_identity()]
-    assert sorted(cached) == [
-        '12x12 10->20 5x5/1 pad 0 float32 batch 2',
-        '28x28 1->10 5x5/1 pad 0 float32 batch 2 no-input-grad',
-    ]
-    assert all(sorted(t) == sorted(convs.CANDIDATES) and min(t.values()) > 0 for t in cached.values())
-    timed.clear()
-    second = convs.measured_plan(models.get_model('cnn'), 2, say=said.append)
-    assert timed == [] and second.source == 'cached'
-    assert second == first and hash(second) == hash(first)  # the same plan: programs compiled for it are reused
-
-
-def test_timings_from_a_busy_cpu_choose_this_runs_plan_and_are_not_cached(tmp_path, monkeypatch):
-    """Other processes took 40 % of the CPU while the candidates ran: the plan is theirs for this run only, the
-    run says so, and the next run measures again."""
-    path = tmp_path / 'timings.json'
-    monkeypatch.setenv(convs.ENV_CACHE, str(path))
-    monkeypatch.setattr(FakeOthersCpu, 'share_taken', 0.4)
-    monkeypatch.setattr(convs.host, 'OthersCpu', FakeOthersCpu)
-    timed = []
-    times = {'xla/conv': 1.0, 'eigen/conv': 2.0, 'matmul': 3.0}
-    monkeypatch.setattr(convs, 'time_candidates', lambda g, b, stem: timed.append(g) or times)
-    said = []
-    plan = convs.measured_plan(models.get_model('cnn'), 2, say=said.append)
-    assert plan == ConvPlan('xla', 'conv', (), 'measured') and len(timed) == 2
-    assert said[-1].endswith('not cached (other processes took 40% of the CPU)') and not path.exists()
-    monkeypatch.setattr(FakeOthersCpu, 'share_taken', 0.1)  # quiet enough: measured again, and cached
-    convs.measured_plan(models.get_model('cnn'), 2, say=said.append)
-    assert len(timed) == 4 and 'cached in' in said[-1] and path.exists()
-
-
-def time_with_fake_calls(monkeypatch, cost: dict) -> tuple[dict, list]:
-    """convs.time_candidates where each candidate's n-th call takes cost[name][n] seconds of a fake clock: (the
-    times it returns, the names of the calls in order)."""
-    clock, calls = [0.0], []
-
-    def compiled(g, b, lib, formulation, stem):
-        name = convs._candidate(lib, formulation)
-
-        def call():
-            clock[0] += cost[name][sum(c == name for c in calls)]
-            calls.append(name)
-
-        return call
-
-    monkeypatch.setattr(convs, '_compiled_candidate', compiled)
-    monkeypatch.setattr(convs, 'time', type('FakeTime', (), {'perf_counter': staticmethod(lambda: clock[0])}))
-    return convs.time_candidates(Geometry(14, 14, 32, 64, 3, 1, 1, 'float32'), 8, False), calls
-
-
-def test_candidates_are_timed_in_interleaved_rounds_the_slow_ones_dropped(monkeypatch):
-    """One call of each candidate per round, the best call kept, so that a burst of other work (here: 50 s during
-    Eigen's first call) slows one round and not one candidate; from the second round on, a candidate over twice the
-    fastest is not called again."""
-    cost = {'xla/conv': [3.0, 3.0], 'eigen/conv': [50.0, 1.0, 1.2], 'matmul': [9.0, 8.0]}
-    times, calls = time_with_fake_calls(monkeypatch, cost)
-    assert times == {'xla/conv': 3.0, 'eigen/conv': 1.0, 'matmul': 8.0}
-    # rounds 1 and 2: all three (Eigen's slow first call drops nothing); round 3: Eigen alone (3 and 8 > 2 x 1)
-    assert calls == ['xla/conv', 'eigen/conv', 'matmul'] * 2 + ['eigen/conv']
-
-
-def test_cheap_layers_get_more_rounds(monkeypatch):
-    """Calls of 10 ms: rounds go on until the layer has been timed for MIN_LAYER_S (0.25 s: 9 rounds of 30 ms)."""
-    cost = {name: [0.01] * convs.MAX_ROUNDS for name in convs.CANDIDATES}
-    times, calls = time_with_fake_calls(monkeypatch, cost)
-    assert convs.MIN_LAYER_S == 0.25 and calls == list(convs.CANDIDATES) * 9
-    assert times == pytest.approx(dict.fromkeys(convs.CANDIDATES, 0.01))
-
-
-@pytest.mark.parametrize(
-    'spoil',
-    [
-        '{"format": 1, "mach',
-        'null',
-        '{"format": 0}',
-        '{"format": 1, "machines": {"%s": {"12x12 10->20 5x5/1 pad 0 float32 batch 2": {"xla/conv": "x"}}}}',
-    ],
-)
-def test_a_damaged_or_foreign_cache_is_measured_again_and_rewritten(spoil, tmp_path, monkeypatch):
-    path = tmp_path / 'timings.json'
-    path.write_text(spoil.replace('%s', convs.cpu_identity()))
-    monkeypatch.setenv(convs.ENV_CACHE, str(path))
-    monkeypatch.setattr(convs.host, 'OthersCpu', FakeOthersCpu)
-    times = {'xla/conv': 2.0, 'eigen/conv': 2.0, 'matmul': 1.0}
-    monkeypatch.setattr(convs, 'time_candidates', lambda g, b, stem: times)
-    plan = convs.measured_plan(models.get_model('cnn'), 2, say=lambda m: None)
-    assert plan.layers and all(f == 'matmul' for _, f in plan.layers)
-    assert len(json.loads(path.read_text())['machines'][convs.cpu_identity()]) == 2
-    assert not list(tmp_path.glob('.*.tmp'))  # written by an atomic rename
-
-
-def test_auto_off_the_cpu_and_the_environment_default(monkeypatch):
-    monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
-    assert convs.plan_for('auto', None, 8) == convs.XLA  # nothing measured: XLA's own choice
-    assert ConvPlan('eigen').compiler_options == {}  # no CPU options for another backend's programs
-    monkeypatch.setenv(convs.ENV_IMPL, 'matmul')
-    assert convs.plan_for(None, None, 8).default == 'matmul'

@@ -10,7 +10,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from jaxmnist import convs, runlog
+from jaxmnist import autotune, runlog
 
 # Dense (no 2:4 sparsity) peak TFLOP/s from NVIDIA's datasheets, at boost clock and full board power; a
 # power-capped or throttled board reaches less. "fp32" is the CUDA-core rate; "tf32"/"bf16" are tensor cores.
@@ -74,7 +74,7 @@ def cpu_peak_estimate() -> dict:
         "estimate": True,
         # model, family/model/stepping, vector extensions, usable cores: what the per-machine convolution timings
         # of jaxmnist.convs are cached under, and what names the machine beside every time the run reports.
-        "identity": convs.cpu_identity(),
+        "identity": autotune.cpu_identity(),
     }
 
 
@@ -165,7 +165,7 @@ def torch_environment(device: str) -> dict:
 # older CPU (XLA_FLAGS' --xla_cpu_max_isa, ONEDNN_MAX_CPU_ISA, ATEN_CPU_CAPABILITY; benchmarks/README.md, "A Zen 5").
 ENV_PREFIXES = ("XLA_", "JAX_", "TF_", "CUDA_VISIBLE", "OMP_", "MKL_", "TORCH", "GLIBC_", "JAXMNIST_", "ONEDNN_",
                 "DNNL_", "ATEN_")  # fmt: skip
-# torch's two caps (oneDNN's kernels, ATen's); XLA's rides in XLA_FLAGS, which convs.cpu_identity() names.
+# torch's two caps (oneDNN's kernels, ATen's); XLA's rides in XLA_FLAGS, which autotune.cpu_identity() names.
 TORCH_ISA_CAPS = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
 
 

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from benchlib.environment import peak_for, utilisation
 from benchlib.settings import Settings, config_for, real_batches
 from benchlib.timing import flops_on_cpu, measure, measure_pipelined, pipelined_count, xla_flops
-from jaxmnist import convs, engine, models, programs
+from jaxmnist import autotune, convs, engine, models, programs
 from jaxmnist import data as data_lib
 from jaxmnist.presets import Config
 from jaxmnist.seeds import Seeds
@@ -29,7 +29,7 @@ def conv_plan(config: Config, settings: Settings) -> convs.ConvPlan:
 @functools.lru_cache(maxsize=None)
 def _conv_plan(network: str, num_classes: int | None, batch_size: int, impl: str | None) -> convs.ConvPlan:
     model = models.get_model(network, num_classes=num_classes)
-    return convs.plan_for(impl, model, batch_size, say=lambda m: print(m, flush=True))
+    return autotune.plan_for(impl, model, batch_size, say=lambda m: print(m, flush=True))
 
 
 def plan_record(plan: convs.ConvPlan) -> dict:
