@@ -135,11 +135,11 @@ def measured_plan(model, batch_size: int, say: Callable = print) -> ConvPlan:
     machine, path = cpu_identity(), cache_path()
     known = _read_cache(path).get('machines', {}).get(machine, {})
     missing = [(g, stem) for g, stem in layers if not _complete(known.get(keys[g]))]
+    fresh = {}
     if missing:
         say(f'timing {len(CANDIDATES)} ways to run each of {len(missing)} convolution shapes on this CPU ({machine})')
-    t0, others = time.perf_counter(), host.OthersCpu()
-    fresh = {keys[g]: time_candidates(g, batch_size, stem) for g, stem in missing}
-    if fresh:
+        t0, others = time.perf_counter(), host.OthersCpu()
+        fresh = {keys[g]: time_candidates(g, batch_size, stem) for g, stem in missing}
         took, shared = time.perf_counter() - t0, others.share()
         if shared is not None and shared > host.SHARED_ABOVE:  # this run uses them; the next measures again
             say(f'convolution timings: {took:.1f} s, not cached (other processes took {shared:.0%} of the CPU)')

@@ -59,7 +59,7 @@ def load_average() -> float | None:
 
 
 # Above this share of the machine's CPU taken by other processes, a time was measured on shared cores: an epoch's is
-# not a quiet one's (reproduce.py, ablation.py), and the convolution timings are not cached (jaxmnist.convs).
+# not a quiet one's (reproduce.py, ablation.py), and the convolution timings are not cached (jaxmnist.autotune).
 SHARED_ABOVE = 0.15
 
 

@@ -91,7 +91,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--layers", default=DEFAULT_LAYERS, help="comma-separated H:Cin:Cout:K[:valid|:padP][:sS]")
     p.add_argument("--blog", action="store_true", help="every convolution of the blog's cnn, cnn_deep and resnet")
-    p.add_argument("--impls", default=",".join(autotune.CANDIDATES), help="JAX candidates (jaxmnist.convs)")
+    p.add_argument("--impls", default=",".join(autotune.CANDIDATES), help="JAX candidates (jaxmnist.autotune)")
     p.add_argument("--repeats", type=int, default=10, help="rounds: one call of each per round")
     args = p.parse_args()
     b, impls = args.batch_size, args.impls.split(",")

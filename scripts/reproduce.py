@@ -40,7 +40,6 @@ import seed_ensemble
 
 from jaxmnist import cli, host
 from jaxmnist.cli import UsageError
-from jaxmnist.host import machine
 from jaxmnist.presets import PRESETS, Config, changed_settings
 from jaxmnist.runlog import atomic_write
 from results_table import TARGETS, write_readme
@@ -210,7 +209,7 @@ def add_segment(logdir: Path, wall_s: float | None, ended: str) -> None:
     segments = json.loads(path.read_text()) if path.exists() else []
     when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     wall_s = None if wall_s is None else round(wall_s, 2)
-    segments.append({"wall_s": wall_s, "ended": ended, "machine": machine(), "at": when})
+    segments.append({"wall_s": wall_s, "ended": ended, "machine": host.machine(), "at": when})
     logdir.mkdir(parents=True, exist_ok=True)
     atomic_write(path, json.dumps(segments, indent=1).encode())
 

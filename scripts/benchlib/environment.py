@@ -10,7 +10,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from jaxmnist import autotune, runlog
+from jaxmnist import autotune, host, runlog
 
 # Dense (no 2:4 sparsity) peak TFLOP/s from NVIDIA's datasheets, at boost clock and full board power; a
 # power-capped or throttled board reaches less. "fp32" is the CUDA-core rate; "tf32"/"bf16" are tensor cores.
@@ -54,15 +54,7 @@ def cpu_peak_estimate() -> dict:
     at the full 64; its laptop parts would read twice too high).
     """
     cores = os.cpu_count() or 1
-    info = {}
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        for key in ("model name", "cpu family", "cpu MHz", "flags"):
-            m = re.search(rf"^{key}\s*:\s*(.*)$", text, re.M)
-            if m:
-                info[key] = m.group(1).strip()
-    except OSError:
-        pass
+    info = host.cpu_info()
     per_cycle = flop_per_cycle(info.get("model name", ""), info.get("cpu family", ""), info.get("flags", ""))
     ghz = float(info["cpu MHz"]) / 1000 if "cpu MHz" in info else None
     return {
@@ -73,7 +65,7 @@ def cpu_peak_estimate() -> dict:
         "fp32_tflops": cores * ghz * per_cycle / 1000 if ghz else None,
         "estimate": True,
         # model, family/model/stepping, vector extensions, usable cores: what the per-machine convolution timings
-        # of jaxmnist.convs are cached under, and what names the machine beside every time the run reports.
+        # of jaxmnist.autotune are cached under, and what names the machine beside every time the run reports.
         "identity": autotune.cpu_identity(),
     }
 
