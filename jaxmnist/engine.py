@@ -2,8 +2,8 @@
 
 - `TrainState`, `create_state`: everything that changes during training, as one pytree;
 - `train_step(state, batch) -> (state, metrics)` and `eval_step`: one batch;
-- `chunk_batches`, `train_chunk`: a chunk's batches gathered from device-resident uint8 data, then several
-  steps over them, as a `lax.scan` or unrolled;
+- `chunk_batches`, `train_chunk`: a chunk's batches gathered from device-resident uint8 data and prepared
+  (augmented, normalised), then several steps over them, as a `lax.scan` or unrolled;
 - `eval_split`: a whole split, every example exactly once; `epoch_indices`: an epoch's shuffled batches.
 
 Every random draw comes from (seed, step) or (seed, epoch), never from host state, so a resumed run repeats an
@@ -205,32 +205,41 @@ _AUGMENT_STREAM = 1 << 30
 _EVAL_STREAM = (1 << 30) + 1
 
 
-def chunk_batches(images, labels, order, start, *, steps: int):
-    """A chunk's batches from the device-resident split: uint8 images [steps, B, 28, 28] and labels [steps, B] at
-    the rows start, ..., start + steps - 1 of the epoch's order [all steps, B] (`epoch_indices`). Its own program:
-    a train chunk that took the whole split would be another program for every split size, compiled again for each."""
+def train_augment_key(rng, step):
+    """The key that augments the batch of training step `step` (a state's rng and step count)."""
+    return jax.random.fold_in(jax.random.fold_in(rng, _AUGMENT_STREAM), step)
+
+
+def chunk_batches(images, labels, order, start, rng, step, *, steps: int, augment: bool = False, elastic=None):
+    """A chunk's batches from the device-resident split, ready to train on: the uint8 images at the rows start,
+    ..., start + steps - 1 of the epoch's order [all steps, B] (`epoch_indices`), prepared (`prepare_images`:
+    augmented with the key of the step that trains on them, the state's `rng` and `step` + i, then normalised)
+    as float [steps, B, 28, 28, 1], and their labels [steps, B].
+
+    Its own program, for two reasons. A train chunk that took the whole split would be another program for every
+    split size, compiled again for each. And XLA:CPU fuses a cheap producer into every consumer that reads it:
+    augmented inside the train step, the rotation and gather were computed again in each fusion that reads a
+    pixel (a dozen per step), 1.2x the step's time at batch 64 (benchmarks/README.md, "Augmentation in its own
+    program"). Here the images are materialised once. `elastic`: prepare_images's."""
     idx = jax.lax.dynamic_slice_in_dim(order, start, steps, axis=0)
-    return images[idx], labels[idx]
+    keys = jax.vmap(lambda i: train_augment_key(rng, step + i))(jnp.arange(steps))
+    prepare = functools.partial(prepare_images, augment=augment, elastic=elastic)
+    return jax.vmap(prepare)(images[idx], keys), labels[idx]
 
 
-def train_chunk(
-    state: TrainState, images, labels, *, augment: bool, train: bool, unroll: bool = False, elastic=None
-):
-    """Runs len(images) steps on a chunk's batches (chunk_batches: uint8 [steps, B, 28, 28], labels [steps, B]).
-    Returns per-step metrics ('loss', 'accuracy': [steps]) and whether every parameter and statistic is finite
-    after the chunk ('finite': [], one reduction per chunk, fetched with the metrics: no extra host sync).
+def train_chunk(state: TrainState, images, labels, *, train: bool, unroll: bool = False):
+    """Runs len(images) steps on a chunk's batches (chunk_batches: float [steps, B, 28, 28, 1], labels
+    [steps, B]). Returns per-step metrics ('loss', 'accuracy': [steps]) and whether every parameter and statistic
+    is finite after the chunk ('finite': [], one reduction per chunk, fetched with the metrics: no extra host sync).
 
     `unroll=True` traces the steps one after another instead of as a `lax.scan` (a while loop): XLA's CPU
     backend runs convolution gradients inside a while loop 4-5x slower (cnn, batch 512: ~800 vs ~200 ms per
     step; see benchmarks/README.md), and even a length-1 scan stays a loop. So CPU runs use short unrolled chunks.
-    `elastic`: prepare_images's.
     """
 
     def body(state, batch):
         image, label = batch
-        key = jax.random.fold_in(jax.random.fold_in(state.rng, _AUGMENT_STREAM), state.step)
-        batch = {"image": prepare_images(image, key, augment, elastic), "label": label}
-        return train_step(state, batch, train=train)
+        return train_step(state, {"image": image, "label": label}, train=train)
 
     if unroll:
         steps = []

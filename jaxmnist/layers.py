@@ -246,7 +246,11 @@ def _stage_1ch_train_fwd(x, kernel, scale, bias, epsilon):
     mean, var = mu @ w, jnp.sum(w * (sigma @ w), 0)
     rstd = jax.lax.rsqrt(var + epsilon)
     out, index, h = _stage_1ch(x[..., 0], w, mean, scale * rstd, bias)
-    # Without the barrier XLA recomputes the 36 FMAs per output behind `index` in each fusion that reads it.
+    # The barrier asks XLA to keep these three as computed, not to recompute the 36 FMAs per output behind them in
+    # each fusion that reads them. XLA:CPU removes barriers before it fuses (OptimizationBarrierExpander), and its
+    # backward fusions do compute them again (5 per step, ~0.26 ms each at batch 64 on a Zen 5); materialising
+    # them anyway (through a division by a run-time 1, an op it will not duplicate) moved that work into three
+    # forward fusions and gained nothing (benchmarks/README.md, "Augmentation in its own program").
     out, index, h = jax.lax.optimization_barrier((out, index, h))
     return (out, mean, var), (x, kernel, scale, bias, mu, sigma, rstd, out, index, h)
 

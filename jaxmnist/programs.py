@@ -76,7 +76,8 @@ class Training:
     are the same for every --train-size and --val-size (one compile, or one cache entry, serves them all)."""
 
     chunks: dict[tuple[bool, int], Callable]
-    batches: dict[int, Callable]  # (images, labels, order, start) -> ([length, B, 28, 28], [length, B])
+    # (images, labels, order, start, state.rng, state.step) -> prepared ([length, B, 28, 28, 1], [length, B])
+    batches: dict[int, Callable]
     indices: Callable  # epoch (int32) -> the epoch's order, [steps, B] indices ([seeds, steps, B] vmapped)
     seeds: Seeds
     starts: tuple[tuple[jax.Array, int], ...]  # each chunk's first step (a device scalar) and length
@@ -110,8 +111,9 @@ def compile_training(
     conv_plan: ConvPlan = convs.XLA,
 ) -> Training:
     """Every chunk variant the run will call: both train modes if the blog's quirk 1 (docs/experiments.md)
-    switches to eval mode, and each chunk length of `bounds` (at most two). On a mesh, the batch axis of the
-    indices and of the gathered batches is sharded, all else replicated. `conv_plan`: the state's network's, for its compiler options."""
+    switches to eval mode, each chunk length of `bounds` (at most two), and for each length the program that
+    gathers and prepares its batches (engine.chunk_batches). On a mesh, the batch axis of the indices and of the
+    batches is sharded, all else replicated. `conv_plan`: the state's network's, for its compiler options."""
     seeds = seeds or Seeds((config.seed,))
     stack = (len(seeds.seeds),) if seeds.vmapped else ()
     placement.check_batch(config.batch_size)
@@ -121,22 +123,18 @@ def compile_training(
     steps = bounds[-1][1]
     order = jax.ShapeDtypeStruct((*stack, steps, config.batch_size), jnp.int32, sharding=batch)
     start = jax.ShapeDtypeStruct((), jnp.int32, sharding=placement.replicated())
-    sharded = shardings(placement, (None, None, batch, None), batch)
+    sharded = shardings(placement, (None, None, batch, None, None, None), batch)
+    elastic = (config.elastic_alpha, config.elastic_sigma) if config.elastic_alpha else None
     batches, shapes = {}, {}
     for size in sizes:
-        gather = functools.partial(engine.chunk_batches, steps=size)
-        batches[size] = (
-            jax.jit(seeds.map(gather, (None, None, 0, None)), **sharded).lower(*train, order, start).compile()
-        )
-        lead = (*stack, size, config.batch_size)
-        images, labels = (jax.ShapeDtypeStruct(lead + a.shape[1:], a.dtype, sharding=batch) for a in train)
-        shapes[size] = images, labels
+        gather = functools.partial(engine.chunk_batches, steps=size, augment=config.augment, elastic=elastic)
+        program = jax.jit(seeds.map(gather, (None, None, 0, None, 0, 0)), **sharded)
+        batches[size] = program.lower(*train, order, start, state.rng, state.step).compile()
+        images, labels = batches[size].out_info
+        shapes[size] = tuple(jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=batch) for a in (images, labels))
     chunks = {}
     for mode in modes:
-        elastic = (config.elastic_alpha, config.elastic_sigma) if config.elastic_alpha else None
-        chunk = functools.partial(
-            engine.train_chunk, augment=config.augment, train=mode, unroll=unroll, elastic=elastic
-        )
+        chunk = functools.partial(engine.train_chunk, train=mode, unroll=unroll)
         sharded = shardings(placement, (None, batch, batch), (None, None))
         options = conv_plan.compiler_options
         jit_chunk = jax.jit(seeds.map(chunk, (0, 0, 0)), donate_argnums=0, compiler_options=options, **sharded)
@@ -223,7 +221,8 @@ def train_epoch(training: Training, state, train, epoch: int, mode: bool, bar=No
     metrics, pending, done = [], None, 0
     order = training.epoch_indices(epoch)
     for start, size in training.starts:
-        state, m = training.chunks[mode, size](state, *training.batches[size](*train, order, start))
+        batches = training.batches[size](*train, order, start, state.rng, state.step)
+        state, m = training.chunks[mode, size](state, *batches)
         if pending is not None:
             metrics.append(_fetch(pending, bar, epoch, done, training.seeds))
             done += metrics[-1]["loss"].shape[-1]

@@ -41,8 +41,8 @@ def test_a_restored_state_compiles_to_the_fresh_states_programs(tmp_path):
     restored, _ = ckpt.restore_latest(state(1))
     ckpt.close()
     assert not any(leaf.committed for leaf in jax.tree.leaves(restored))
-    train = jax.jit(functools.partial(engine.train_chunk, augment=False, train=True, unroll=True))
-    images, labels = jnp.zeros((1, 64, 28, 28), jnp.uint8), jnp.zeros((1, 64), jnp.int32)
+    train = jax.jit(functools.partial(engine.train_chunk, train=True, unroll=True))
+    images, labels = jnp.zeros((1, 64, 28, 28, 1)), jnp.zeros((1, 64), jnp.int32)
     program = lambda s: train.lower(s, images, labels).as_text()
     assert program(restored) == program(state(0))
 

@@ -13,6 +13,7 @@ import pytest
 from helpers import FAST_TINY
 
 from jaxmnist import convs, engine, programs, trainer
+from jaxmnist import data as data_lib
 from jaxmnist.checkpoint import Checkpointer
 from jaxmnist.cli import UsageError
 from jaxmnist.presets import PRESETS, Config
@@ -144,8 +145,10 @@ def test_one_train_program_serves_every_split_size(rng):
             hits.clear()
             split = jnp.asarray(rng.integers(0, 256, (n, 28, 28), np.uint8)), jnp.zeros((n,), jnp.int32)
             training = programs.compile_training(TINY, state, split, [(0, 1)], unroll=True)
-            images, _ = training.batches[1](*split, jnp.asarray([np.arange(n - 64, n)], jnp.int32), jnp.int32(0))
-            assert images.shape == (1, 64, 28, 28) and np.array_equal(images[0], split[0][n - 64 :])
+            order = jnp.asarray([np.arange(n - 64, n)], jnp.int32)
+            images, _ = training.batches[1](*split, order, jnp.int32(0), state.rng, state.step)
+            assert images.shape == (1, 64, 28, 28, 1)
+            np.testing.assert_allclose(images[0], data_lib.normalize(split[0][n - 64 :]), rtol=0, atol=1e-5)
     finally:
         jax.monitoring.unregister_event_listener(listener)
     assert len(hits) >= 1  # the chunk; the gathering and the shuffle take the split: compiled for each size

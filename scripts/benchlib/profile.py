@@ -154,11 +154,11 @@ def profile_cnn(
     with what_if(conv=True):
         jax_fns["whole train step, conv_sliced"] = step_compiled()
     idx = jnp.arange(n * B, dtype=jnp.int32).reshape(n, B)
-    jit_chunk = jax.jit(engine.train_chunk, static_argnames=("augment", "train", "unroll"))
+    jit_chunk = jax.jit(engine.train_chunk, static_argnames=("train", "unroll"))
     for unroll in (True, False):
         name = f"train_chunk, {n} steps, {'unrolled' if unroll else 'rolled'} scan (per step)"
-        batches = engine.chunk_batches(images, labels, idx, 0, steps=n)
-        compiled = jit_chunk.lower(state, *batches, augment=False, train=True, unroll=unroll).compile()
+        batches = engine.chunk_batches(images, labels, idx, 0, state.rng, state.step, steps=n)
+        compiled = jit_chunk.lower(state, *batches, train=True, unroll=unroll).compile()
         jax_fns[name], per_step[name] = functools.partial(compiled, state, *batches), n
     for name in jax_fns:
         shapes.setdefault(name, f"B={B}")
