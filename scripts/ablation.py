@@ -82,6 +82,9 @@ STUDIES = {
             # Batch 64: the chunk's time per image 0.89x batch 128's (paired, 5 repeats, under load), twice the updates.
             "batch_64_epochs_4": ["--batch-size", "64", "--epochs", "4"],
             "batch_64_epochs_5": ["--batch-size", "64", "--epochs", "5"],
+            # Batch 32, after the augmentation left the train step (Zen 5): the chunk's time per image 0.96x batch
+            # 64's (6.52 against 13.55 ms per step, medians of 8 rounds), twice the updates again.
+            "batch_32_epochs_4": ["--batch-size", "32", "--epochs", "4"],
         },
     ),
     # Issue 23's single model at 99.7 %: the blog's section 4 network (cnn_deep: 99.74 % after 100 epochs of the
