@@ -119,7 +119,8 @@ def test_unrolled_chunk_equals_scanned_chunk(rng):
     images = jnp.asarray(rng.integers(0, 256, (48, 28, 28), dtype=np.uint8))
     labels = jnp.asarray(rng.integers(0, 10, 48), jnp.int32)
     idx = jnp.arange(48, dtype=jnp.int32).reshape(3, 16)
-    batches = engine.chunk_batches(images, labels, idx, 0, state.rng, state.step, steps=3, augment=True)
+    gather = jax.jit(engine.chunk_batches, static_argnames=("steps", "augment"))  # one program, not op by op
+    batches = gather(images, labels, idx, 0, state.rng, state.step, steps=3, augment=True)
     chunk = jax.jit(engine.train_chunk, static_argnames=("train", "unroll"))
     (a, ma), (b, mb) = (chunk(state, *batches, train=True, unroll=u) for u in (False, True))
     np.testing.assert_allclose(ma["loss"], mb["loss"], rtol=1e-5)
