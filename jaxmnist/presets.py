@@ -66,6 +66,11 @@ class Config:
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)
 
+    @property
+    def elastic(self) -> tuple[float, float] | None:
+        """(alpha, sigma) of the elastic distortion, as both trainers' augmentation takes it; None when off."""
+        return (self.elastic_alpha, self.elastic_sigma) if self.elastic_alpha else None
+
 
 PRESETS: dict[str, Config] = {
     "cnn_cpu": Config(model="cnn", batch_size=64, lr=0.01, epochs=10, blog_result=99.11, blog_calls_eval=False),

@@ -124,10 +124,9 @@ def compile_training(
     order = jax.ShapeDtypeStruct((*stack, steps, config.batch_size), jnp.int32, sharding=batch)
     start = jax.ShapeDtypeStruct((), jnp.int32, sharding=placement.replicated())
     sharded = shardings(placement, (None, None, batch, None, None, None), batch)
-    elastic = (config.elastic_alpha, config.elastic_sigma) if config.elastic_alpha else None
     batches, shapes = {}, {}
     for size in sizes:
-        gather = functools.partial(engine.chunk_batches, steps=size, augment=config.augment, elastic=elastic)
+        gather = functools.partial(engine.chunk_batches, steps=size, augment=config.augment, elastic=config.elastic)
         program = jax.jit(seeds.map(gather, (None, None, 0, None, 0, 0)), **sharded)
         batches[size] = program.lower(*train, order, start, state.rng, state.step).compile()
         images, labels = batches[size].out_info

@@ -286,8 +286,9 @@ def prepare(config: Config, preset, data, logdir, device, num_workers, progress,
     model = models.get_model(config.model, config.num_classes).to(device)
     optimizer = build_optimizer(config, model.parameters())
     loader = functools.partial(make_loader, device=device, num_workers=num_workers)
-    elastic = (config.elastic_alpha, config.elastic_sigma) if config.elastic_alpha else None
-    train_loader = loader(train_x, train_y, config.batch_size, augment=config.augment, shuffle=True, elastic=elastic)
+    train_loader = loader(
+        train_x, train_y, config.batch_size, augment=config.augment, shuffle=True, elastic=config.elastic
+    )
     # Quirk 2: the blog's test set goes through the training augmentation.
     test_augment = config.augment and config.blog_quirks
     test_loader = loader(
