@@ -39,8 +39,9 @@ data: $(VENV)/.installed-base
 	$(PY) -m jaxmnist.data $(ARGS)
 
 # Runs `python -m jaxmnist.train --preset sprint $(ARGS)` (installed as `jaxmnist-train`): the preset that reaches
-# 99.5 % soonest (docs/experiments.md, "The sprint preset"): fast's recipe at batch 32 for 4 epochs, 99.51 % (mean
-# of 10 seeds) in 70 s on 2 vCPUs of a Zen 5 (AVX-512), where fast takes 150-190 s. ARGS="--preset fast" for fast,
+# 99.5 % soonest (docs/experiments.md, "The sprint preset"): fast's recipe at batch 32 for 4 epochs on a weight
+# average, 99.55 % (mean of 10 seeds) in 117 s on 2 vCPUs of a Zen 4 (AVX-512), where fast takes about 300 s (a Zen 5
+# runs both about 1.7x faster). ARGS="--preset fast" for fast,
 # ARGS="--preset NAME" (or --model NAME) for the blog's own experiments.
 train: $(VENV)/.installed-base
 	$(PY) -m jaxmnist.train --preset sprint $(ARGS)

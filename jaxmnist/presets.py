@@ -113,7 +113,9 @@ PRESETS["best"] = PRESETS["fast"].replace(model="cnn_deep", batch_size=512, epoc
 # eight times the updates per epoch, for 4 epochs instead of 10. Level on a validation split with batch 64 for 4 or 5
 # epochs and batch 128 for 5 or 6; over 10 test seeds it keeps a 99.5 % mean (batch 64 for 4 epochs, 5 seeds, did
 # not), sooner than batch 64 for 5 epochs, the preset before it (the rule that chose it was written down first).
-PRESETS["sprint"] = PRESETS["fast"].replace(batch_size=32, epochs=4)
+# Evaluated on a weight average (decay 0.998, warmed up): 0.3 points higher after the first epoch on validation,
+# level at the end; over 10 test seeds 99 % after epoch 1 every time, where the last weights needed two.
+PRESETS["sprint"] = PRESETS["fast"].replace(batch_size=32, epochs=4, ema=0.998)
 
 
 
