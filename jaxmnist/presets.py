@@ -51,6 +51,9 @@ class Config:
     train_size: int = 0  # > 0: train on only the first N training images (quick runs)
     max_steps: int = 0  # > 0: at most this many steps per epoch (quick runs)
     eval_batch_size: int = 1000
+    # > 1: the test set (and the validation split) also evaluated at k/N of every epoch's steps, k < N: monitoring
+    # only (the training is the same bit for bit), so that a run shows 99 % when it reaches it, not at the epoch's end
+    evals_per_epoch: int = 1
     seed: int = 0
     blog_quirks: bool = False  # reproduce the blog's own loop: quirks 1-4 of docs/experiments.md
     # Whether the blog's test() of this experiment calls model.eval() (§3 on). Quirk 1 (training in eval mode from
@@ -148,6 +151,7 @@ def describe(c: Config) -> str:
             ("augmentation", c.augment),
             (f"elastic distortion (alpha {c.elastic_alpha:g}, sigma {c.elastic_sigma:g})", c.elastic_alpha),
             ("ReduceLROnPlateau", c.plateau),
+            (f"evaluated {c.evals_per_epoch} times per epoch", c.evals_per_epoch > 1),
             ("blog quirks", c.blog_quirks),
         )
         if on
@@ -178,7 +182,7 @@ def validate(config: Config) -> None:
             f"--num-classes {config.num_classes} is smaller than {config.dataset}'s {classes} classes "
             f"(labels 0-{classes - 1})"
         )
-    for name in ("lr", "batch_size", "epochs", "eval_batch_size"):
+    for name in ("lr", "batch_size", "epochs", "eval_batch_size", "evals_per_epoch"):
         if not getattr(config, name) > 0:
             raise UsageError(f"--{name.replace('_', '-')} must be > 0, got {getattr(config, name)}")
     for name in ("val_size", "train_size", "max_steps"):
@@ -189,6 +193,8 @@ def validate(config: Config) -> None:
     for name in ("momentum", "warmup", "label_smoothing", "ema"):
         if not 0 <= getattr(config, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(config, name)}")
+    if config.evals_per_epoch > 1 and config.blog_quirks:
+        raise UsageError("--evals-per-epoch: the blog's loop (--blog-quirks) evaluates once per epoch")
     if config.plateau and config.schedule != "constant":
         raise UsageError(f"--plateau and --schedule {config.schedule} both set the learning rate; choose one")
     if config.elastic_alpha < 0:
@@ -226,6 +232,13 @@ def trains_in_eval_mode(config: Config, epoch: int) -> bool:
     """Quirk 1: the blog's test() sets eval mode and train() never undoes it, so from epoch 2 (epoch >= 1,
     counting from 0) it trains with BatchNorm frozen and dropout off."""
     return config.blog_quirks and config.blog_calls_eval and epoch > 0
+
+
+def interim_steps(config: Config, steps: int) -> list[int]:
+    """The steps of an epoch of `steps` (counted from 1) after which both trainers evaluate before its end
+    (Config.evals_per_epoch): k/N of the epoch for k = 1..N-1, rounded down; jaxmnist evaluates after the first
+    chunk that reaches each, and records the step it did."""
+    return sorted({k * steps // config.evals_per_epoch for k in range(1, config.evals_per_epoch)} - {0, steps})
 
 
 def tests_with_batch_statistics(config: Config) -> bool:
@@ -279,6 +292,7 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
         ("train-size", int, "train on only the first N images (quick runs)"),
         ("max-steps", int, "at most N steps per epoch (quick runs)"),
         ("eval-batch-size", int, "evaluation batch size"),
+        ("evals-per-epoch", int, "evaluate N times per epoch, at evenly spaced steps (monitoring only)"),
     ):
         p.add_argument(f"--{name}", type=typ, help=help_ + " (default: the preset's)")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, help="§4 augmentation (default: preset's)")

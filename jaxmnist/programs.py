@@ -213,15 +213,21 @@ class Diverged(Exception):
         self.epoch, self.step, self.seed = epoch, step, seed
 
 
-def train_epoch(training: Training, state, train, epoch: int, mode: bool, bar=None):
+def train_epoch(training: Training, state, train, epoch: int, mode: bool, bar=None, interim=None):
     """One epoch of chunks; returns (state, per-batch accuracy, per-batch loss) as host arrays ([seeds, steps]
     when vmapped). The host waits on a chunk's metrics only once the next chunk is queued, and checks them then:
-    a non-finite loss or state raises Diverged at the end of the chunk where it appeared."""
-    metrics, pending, done = [], None, 0
+    a non-finite loss or state raises Diverged at the end of the chunk where it appeared. `interim`: (steps,
+    evaluate): evaluate(state, steps done) after the first chunk that ends at or past each of `steps`."""
+    metrics, pending, done, ended = [], None, 0, 0
     order = training.epoch_indices(epoch)
+    targets, evaluate = interim or ((), None)
     for start, size in training.starts:
         batches = training.batches[size](*train, order, start, state.rng, state.step)
         state, m = training.chunks[mode, size](state, *batches)
+        reached = [t for t in targets if ended < t <= ended + size]
+        ended += size
+        if reached:
+            evaluate(state, ended)
         if pending is not None:
             metrics.append(_fetch(pending, bar, epoch, done, training.seeds))
             done += metrics[-1]["loss"].shape[-1]

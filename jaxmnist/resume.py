@@ -17,8 +17,8 @@ from jaxmnist.presets import Config, changed_settings
 from jaxmnist.programs import Diverged
 from jaxmnist.seeds import Seeds
 
-# What a resumed run may change: a lower learning rate after a divergence, more epochs.
-RESUMABLE_CHANGES = ("lr", "epochs")
+# What a resumed run may change: a lower learning rate after a divergence, more epochs, how often it evaluates.
+RESUMABLE_CHANGES = ("lr", "epochs", "evals_per_epoch")
 
 
 @dataclasses.dataclass

@@ -3,7 +3,8 @@ scalars, one JSON file of every metric (`metrics.json`) and a PNG of the curves 
 
 TensorBoard tags: `acc_train/batch_num` (train accuracy of each batch in percent, x = ceil(n_train/bs)·epoch + i,
 the blog's meaning and axis), `loss_train/batch_num`, and per epoch `acc_test/epoch`, `loss_test/epoch`,
-`acc_val/epoch` (with a validation split), `lr/epoch`, `time/epoch`; the hyperparameters via add_hparams.
+`acc_val/epoch` (with a validation split), `lr/epoch`, `time/epoch`; the hyperparameters via add_hparams; with
+--evals-per-epoch, `acc_test/batch_num` (the evaluations inside an epoch, at their step on the batch axis).
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ def header_line(epochs: int) -> str:
 
 def epoch_line(epoch: int, acc: float) -> str:
     return "[%d]: %.2f %%" % (epoch, acc)
+
+
+def interim_line(epoch: int, step: int, steps: int, acc: float) -> str:
+    """An evaluation before the epoch's end (Config.evals_per_epoch): not the blog's `[k]: ` line."""
+    return "[%d, step %d/%d]: %.2f %%" % (epoch, step, steps, acc)
 
 
 def average_line(seconds: float) -> str:
@@ -184,11 +190,17 @@ class RunLog:
         b["acc"] += [round(float(a), 4) for a in acc]
         b["loss"] += [float(l) for l in loss]
 
-    def add_epoch(self, epoch: int, **metrics: float) -> None:
+    def add_epoch(self, epoch: int, interim: list[dict] = (), **metrics: float) -> None:
         """Per-epoch scalars (epoch counts from 1): test_acc, test_loss, val_acc, lr, time_s, train_loss, ...
         Each epoch also records the share of the machine's CPU that other processes took since the previous epoch
         (`others_cpu`), the load average and, when the run was resumed on another machine, that machine;
-        the first epoch of a run records `startup_s`, the seconds from the process's start to that epoch's."""
+        the first epoch of a run records `startup_s`, the seconds from the process's start to that epoch's.
+        `interim`: the epoch's evaluations before its end (Config.evals_per_epoch), each {step, fraction,
+        test_acc, test_loss, val_acc, val_loss, at_s (seconds into the epoch)}, TensorBoard's
+        `acc_test/batch_num` at their step on the blog's batch axis."""
+        x0 = self.batches_per_epoch_axis * (epoch - 1)
+        for e in interim:
+            self.writer.add_scalar("acc_test/batch_num", e["test_acc"], x0 + e["step"])
         tags = {
             "test_acc": "acc_test/epoch",
             "test_loss": "loss_test/epoch",
@@ -206,7 +218,7 @@ class RunLog:
         extra = {"others_cpu": self.others_cpu.share(), "load": load_average()}
         if here != self.record.get("machine", here):  # a run resumed elsewhere: its epochs name their machine
             extra["machine"] = here
-        entry = {"epoch": epoch, **metrics, **extra}
+        entry = {"epoch": epoch, **metrics, **extra, "interim": list(interim) or None}
         self.record["epochs"].append({k: v for k, v in entry.items() if v is not None})
         self.writer.flush()
         self.save()
@@ -257,6 +269,10 @@ def curves_figure(record: dict, batches_per_epoch: int):
         loss_ax.semilogy(x, [e.get("test_loss") for e in epochs], "o-", color="C3", label="test")
     loss_ax.set(xlabel="epoch", ylabel="loss", title="loss")
     loss_ax.legend(loc="upper right")  # not "best": searching thousands of batch points takes seconds
+    if any("interim" in e for e in epochs):  # the test curve with the evaluations inside the epochs
+        points = [(e["epoch"] - 1 + i["fraction"], i["test_acc"]) for e in epochs for i in e.get("interim", ())]
+        xs, accs = zip(*sorted(points + [(e["epoch"], e["test_acc"]) for e in epochs]))
+        err_ax.semilogy(xs, 100.0 - np.asarray(accs), ".:", color="C3", alpha=0.6)
     for key, label, style in (
         ("test_acc", "test", "o-C3"),
         ("val_acc", "validation", "s-C2"),
@@ -286,6 +302,7 @@ class Report:
 
     def __init__(self, out, log: RunLog | None = None, prefix: str = ""):
         self.out, self.log, self.prefix = out, log, prefix  # prefix: e.g. 'seed 3 ' before each epoch line
+        self._interim: list[dict] = []  # the epoch's evaluations so far, before its end
 
     @classmethod
     def for_run(cls, out, logdir, prefix: str = "", **run: Any) -> "Report":
@@ -330,6 +347,16 @@ class Report:
         for line in [*lines, *notes, header_line(config.epochs)]:
             self.say(line)
 
+    def interim(self, epoch: int, step: int, steps: int, *, test: dict, val: dict | None, at_s: float) -> None:
+        """An evaluation after `step` of the `steps` of epoch `epoch` (from 0), before its end: its line now; the
+        logs keep it with the epoch's own (`epoch`), so that a checkpoint holds whole epochs."""
+        self.say(interim_line(epoch + 1, step, steps, float(test["accuracy"])))
+        entry = {"step": step, "fraction": round(step / steps, 4), "test_acc": float(test["accuracy"]),
+                 "test_loss": float(test["loss"]), "at_s": round(at_s, 3)}  # fmt: skip
+        if val is not None:
+            entry.update(val_acc=float(val["accuracy"]), val_loss=float(val["loss"]))
+        self._interim.append(entry)
+
     def epoch(
         self,
         epoch: int,
@@ -351,6 +378,7 @@ class Report:
             self.log.add_batches(epoch, batch_acc, batch_loss)
             self.log.add_epoch(
                 epoch + 1,
+                self._interim,
                 test_acc=float(test["accuracy"]),
                 test_loss=float(test["loss"]),
                 val_acc=None if val is None else float(val["accuracy"]),
@@ -360,6 +388,7 @@ class Report:
                 lr=lr,
                 time_s=time_s,
             )
+        self._interim = []
 
     def finish(self, epoch_times: list[float], compile_s: float | None = None, recompiles: int | None = None) -> dict:
         """The blog's average line, then final and best accuracy; returns the run record (metrics.json's with

@@ -25,7 +25,7 @@ from jaxmnist.checkpoint import Checkpointer
 from jaxmnist.cli import UsageError
 from jaxmnist.convs import ConvPlan
 from jaxmnist.distributed import Placement
-from jaxmnist.presets import Config, plateau_arguments, trains_in_eval_mode, validate
+from jaxmnist.presets import Config, interim_steps, plateau_arguments, trains_in_eval_mode, validate
 from jaxmnist.programs import (
     DeviceData,
     Diverged,
@@ -173,10 +173,19 @@ def run_epoch(run: Run, training: Training, evals: EvalPasses, epoch: int, progr
     evaluation). A divergence ends the run in one line; nothing of the epoch is saved."""
     config, seeds = run.config, run.seeds
     t_start = time.perf_counter()
+
+    def evaluate_now(state, step: int) -> None:  # an interim evaluation (Config.evals_per_epoch)
+        test, val = evals(state, run.data, epoch)
+        for i, r in enumerate(run.seed_runs):
+            r.report.interim(epoch, step, run.steps, test=seeds.take(test, i),
+                             val=seeds.take(val, i) if val else None, at_s=time.perf_counter() - t_start)  # fmt: skip
+
+    interim = (interim_steps(config, run.steps), evaluate_now)
     with runlog.epoch_bar(epoch, config.epochs, run.steps, progress) as bar:
         mode = not trains_in_eval_mode(config, epoch)
         try:
-            run.state, batch_acc, batch_loss = train_epoch(training, run.state, run.data.train, epoch, mode, bar)
+            run.state, batch_acc, batch_loss = train_epoch(training, run.state, run.data.train, epoch, mode, bar,
+                                                           interim)  # fmt: skip
         except Diverged as e:
             raise diverged_error(e, run.ckpt, workdir) from None
     test, val = evals(run.state, run.data, epoch)

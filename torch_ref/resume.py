@@ -19,7 +19,7 @@ from jaxmnist.cli import UsageError
 from jaxmnist.presets import changed_settings
 
 FILE = "checkpoint.pt"
-RESUMABLE_CHANGES = ("epochs",)  # what a resumed run may change
+RESUMABLE_CHANGES = ("epochs", "evals_per_epoch")  # what a resumed run may change
 
 
 def path(workdir: str | os.PathLike) -> Path:

@@ -37,6 +37,7 @@ from jaxmnist.cli import UsageError
 from jaxmnist.presets import (
     Config,
     config_from_args,
+    interim_steps,
     plateau_arguments,
     schedule_points,
     split_train,
@@ -181,12 +182,15 @@ def train_epoch(
     label_smoothing: float = 0.0,
     schedule=None,
     average: WeightAverage | None = None,
+    interim=None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One pass over `batches` from a loader; returns per-batch train accuracy (percent) and loss. The metrics
     stay on the device until the end of the epoch: no host sync per step. After every step the per-step
-    `schedule` and the weight `average` advance, if given."""
+    `schedule` and the weight `average` advance, if given. `interim`: (steps, evaluate): evaluate(step) after
+    each of `steps` (counted from 1)."""
     accs, losses = [], []
-    for images, labels in batches:
+    targets, evaluate_now = interim or ((), None)
+    for step, (images, labels) in enumerate(batches, 1):
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         logits, loss = train_step(model, name, optimizer, images, labels, label_smoothing)
         if schedule is not None:
@@ -197,6 +201,8 @@ def train_epoch(
         losses.append(loss.detach())
         if bar is not None:
             bar.update()
+        if step in targets:
+            evaluate_now(step)
     return torch.stack(accs).cpu().numpy(), torch.stack(losses).cpu().numpy()
 
 
@@ -327,6 +333,18 @@ def run_epoch(run: Run, epoch: int, progress: bool) -> float:
     t_start = time.perf_counter()
     if not trains_in_eval_mode(config, epoch):
         model.train()
+    quirk4 = tests_with_batch_statistics(config)
+    scores = functools.partial(evaluate, run.evaluated, config.model, device=run.device, batch_statistics=quirk4)
+
+    def evaluate_now(step: int) -> None:
+        """An interim evaluation (Config.evals_per_epoch) that leaves the training as it was: its mode, and the
+        random stream the augmentation draws from (a DataLoader's iterator takes a seed from it)."""
+        training = model.training
+        with torch.random.fork_rng(devices=[]):
+            test, val = scores(run.test_loader), scores(run.val_loader) if run.val_loader is not None else None
+        model.train(training)
+        run.report.interim(epoch, step, run.steps, test=test, val=val, at_s=time.perf_counter() - t_start)
+
     with runlog.epoch_bar(epoch, config.epochs, run.steps, progress) as bar:
         acc, loss = train_epoch(
             model,
@@ -338,6 +356,7 @@ def run_epoch(run: Run, epoch: int, progress: bool) -> float:
             label_smoothing=config.label_smoothing,
             schedule=run.per_step,
             average=run.average,
+            interim=(interim_steps(config, run.steps), evaluate_now),
         )
     if not (np.isfinite(loss).all() and all(torch.isfinite(p).all() for p in model.parameters())):
         bad = np.flatnonzero(~np.isfinite(loss))
@@ -345,8 +364,6 @@ def run_epoch(run: Run, epoch: int, progress: bool) -> float:
         raise cli.RunError(
             f"training diverged in epoch {epoch + 1} at step {step} (loss {loss[step - 1]}); try a lower --lr"
         )
-    quirk4 = tests_with_batch_statistics(config)
-    scores = functools.partial(evaluate, run.evaluated, config.model, device=run.device, batch_statistics=quirk4)
     test = scores(run.test_loader)
     val = scores(run.val_loader) if run.val_loader is not None else None
     seconds = time.perf_counter() - t_start  # evaluate() synchronised the device
