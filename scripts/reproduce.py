@@ -240,6 +240,7 @@ def summarise(seed: int, logdir: Path, wall_s: float, framework: str, args, toge
     segments = json.loads(path.read_text()) if path.exists() else []
     resumed = is_resumed(len(segments), epoch_s, wall_s)
     wall_s = run_wall_s(record, epoch_s, wall_s, resumed)
+    interim = interim_evaluations(record)
     return {
         "seed": seed,
         "final_acc": record["final_acc"],
@@ -250,7 +251,8 @@ def summarise(seed: int, logdir: Path, wall_s: float, framework: str, args, toge
         "avg_epoch_s": record["avg_epoch_s"],
         "compile_s": record["compile_s"],
         "wall_s": wall_s,
-        "time_to": times_to(test_acc, epoch_s, wall_s),
+        "time_to": times_to(test_acc, epoch_s, wall_s, interim),
+        **({"interim": interim} if interim else {}),
         "device": record["device"],
         "versions": record["versions"],
         "commit": record["commit"],
@@ -277,16 +279,31 @@ def run_wall_s(record: dict, epoch_s: list[float], last_wall_s: float, resumed: 
     return record["startup_s"] + sum(epoch_s) if resumed and record.get("startup_s") is not None else last_wall_s
 
 
-def times_to(test_acc: list[float], epoch_s: list[float], wall_s: float) -> dict[str, float | None]:
+def times_to(test_acc: list[float], epoch_s: list[float], wall_s: float, interim=None) -> dict[str, float | None]:
     """`time_to` each of TARGETS, keyed as the JSON keeps them."""
-    return {str(t): time_to(t, test_acc, epoch_s, wall_s) for t in TARGETS}
+    return {str(t): time_to(t, test_acc, epoch_s, wall_s, interim) for t in TARGETS}
 
 
-def time_to(target: float, test_acc: list[float], epoch_s: list[float], wall_s: float) -> float | None:
-    """Seconds from the process's start (imports, data, compilation included) to the end of the first epoch whose
-    test accuracy reached `target`: the run's wall time less the epochs after that one; None if none did."""
-    reached = [i for i, acc in enumerate(test_acc) if acc >= target]
-    return wall_s - sum(epoch_s[reached[0] + 1 :]) if reached else None
+def time_to(target: float, test_acc: list[float], epoch_s: list[float], wall_s: float, interim=None) -> float | None:
+    """Seconds from the process's start (imports, data, compilation included) to the end of the first evaluation
+    whose test accuracy reached `target`: the run's wall time less what came after it (the rest of its epoch and
+    the epochs after); None if none did. `interim`: per epoch, its evaluations before its end as [test accuracy,
+    seconds into the epoch] (--evals-per-epoch); without them, only the epochs' ends count."""
+    before = wall_s - sum(epoch_s)  # start-up, and the run's finish after its last epoch
+    for k, (acc, seconds) in enumerate(zip(test_acc, epoch_s)):
+        for interim_acc, at_s in interim[k] if interim else ():
+            if interim_acc >= target:
+                return before + sum(epoch_s[:k]) + at_s
+        if acc >= target:
+            return before + sum(epoch_s[: k + 1])
+    return None
+
+
+def interim_evaluations(record: dict) -> list | None:
+    """A run record's evaluations inside its epochs, as `time_to` takes them; None for a run without them."""
+    if not any("interim" in e for e in record["epochs"]):
+        return None
+    return [[[i["test_acc"], i["at_s"]] for i in e.get("interim", ())] for e in record["epochs"]]
 
 
 def mean_std(values: list[float]) -> dict | None:
@@ -404,7 +421,7 @@ def refresh(path: Path) -> None:
                 # Resumed, its first process unrecorded (no segment to count): summarised as its last process.
                 if run.get("wall_s") and is_resumed(0, run.get("epoch_s", []), run["wall_s"]):
                     wall_s = run_wall_s(record, run["epoch_s"], run["wall_s"], resumed=True)
-                    times = times_to(run["test_acc"], run["epoch_s"], wall_s)
+                    times = times_to(run["test_acc"], run["epoch_s"], wall_s, run.get("interim"))
                     run.update(wall_s=wall_s, time_to=times, segments=(run.get("segments") or 1) + 1)
                 run.update(
                     startup_s=record.get("startup_s"),

@@ -237,8 +237,9 @@ def write_readme(out: Path) -> Path:
             time_table(results, epoch_s),
             "",
             "Wall time: from the trainer's process start to its exit (imports, data loading and compilation "
-            "included), measured by `scripts/reproduce.py`. Time to X %: that wall time less the epochs after the "
-            "first epoch whose test accuracy reached X % (read off the test curve; nothing is selected by it)."
+            "included), measured by `scripts/reproduce.py`. Time to X %: that wall time less what came after the "
+            "first evaluation whose test accuracy reached X % (an epoch's end, or with `--evals-per-epoch` one "
+            "inside an epoch; read off the test curve; nothing is selected by it)."
             + (
                 " Runs trained together in one process (`--jax-seeds together`: vmapped on a GPU) count that "
                 "process's whole wall time, each."

@@ -9,7 +9,7 @@ import pytest
 from jaxmnist import data as data_lib
 from jaxmnist import optim, presets
 from jaxmnist.cli import UsageError
-from jaxmnist.presets import MODEL_PRESET, NETWORKS, PRESETS, Config
+from jaxmnist.presets import MODEL_PRESET, NETWORKS, PRESETS, Config, interim_steps
 
 
 def test_every_network_has_a_preset_and_every_preset_a_network():
@@ -59,12 +59,20 @@ def test_model_picks_its_preset_and_flags_override():
         (["--weight-decay", "-1", "--optimizer", "adamw"], "--weight-decay must be >= 0"),
         (["--weight-decay", "0.1"], "--weight-decay is AdamW's; sgd takes none"),
         (["--preset", "fast", "--plateau"], "--plateau and --schedule onecycle both set the learning rate"),
+        (["--evals-per-epoch", "0"], "--evals-per-epoch must be > 0"),
+        (["--evals-per-epoch", "2", "--blog-quirks"], "--evals-per-epoch: the blog's loop (--blog-quirks) evaluates"),
     ],
 )
 def test_bad_settings_are_usage_errors(argv, message):
     with pytest.raises(UsageError) as e:
         parse(*argv)
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_interim_steps_split_the_epoch_evenly_and_never_at_its_ends():
+    assert interim_steps(PRESETS["fast"], 234) == []  # one evaluation per epoch: at its end only
+    assert interim_steps(PRESETS["fast"].replace(evals_per_epoch=4), 1875) == [468, 937, 1406]
+    assert interim_steps(PRESETS["fast"].replace(evals_per_epoch=8), 3) == [1, 2]  # fewer steps than evaluations
 
 
 def test_plateau_arguments_build_the_rule_of_section_4():

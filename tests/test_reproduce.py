@@ -69,6 +69,16 @@ def test_time_to_accuracy_counts_everything_before_the_epoch_that_reached_it(tmp
     assert reproduce.time_to(99.0, [98.5, 99.1, 99.3], [30.0, 30.0, 30.0], wall_s=100.0) == 70.0
     assert reproduce.time_to(99.5, [98.5, 99.1, 99.3], [30.0, 30.0, 30.0], wall_s=100.0) is None
     assert reproduce.time_to(98.0, [98.5], [30.0], wall_s=40.0) == 40.0
+    # With evaluations inside the epochs (--evals-per-epoch 3: [accuracy, seconds into the epoch]), 99.0 % first
+    # at 10.5 s into epoch 2, 99.2 % at its end, 99.3 % at epoch 3's end (its interim ones lower).
+    interim = [[[97.0, 10.0], [98.0, 20.0]], [[99.05, 10.5], [98.95, 20.5]], [[99.1, 10.0], [99.2, 20.0]]]
+    curve = [98.5, 99.2, 99.3]
+    assert reproduce.time_to(99.0, curve, [30.0] * 3, wall_s=100.0, interim=interim) == 10.0 + 30.0 + 10.5
+    assert reproduce.time_to(99.2, curve, [30.0] * 3, wall_s=100.0, interim=interim) == 70.0
+    assert reproduce.time_to(99.25, curve, [30.0] * 3, wall_s=100.0, interim=interim) == 100.0
+    record = {"epochs": [{"epoch": 1, "test_acc": 98.0}, {"epoch": 2, "interim": [{"test_acc": 99.0, "at_s": 3.0}]}]}
+    assert reproduce.interim_evaluations(record) == [[], [[99.0, 3.0]]]
+    assert reproduce.interim_evaluations({"epochs": record["epochs"][:1]}) is None
 
     def run(seed, curve, wall):
         epoch_s = [30.0] * len(curve)

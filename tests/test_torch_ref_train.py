@@ -401,6 +401,32 @@ def test_resume_equals_an_uninterrupted_run_bitwise(preset, tmp_path, mnist):
     assert torch.equal(states[0]["rng"], states[1]["rng"])
 
 
+def test_interim_evaluations_change_nothing_of_the_training(tmp_path, mnist, capsys):
+    """--evals-per-epoch 4 evaluates after steps 1, 2 and 3 of each 4-step epoch and logs them with the epoch; the
+    training is that of a run without them, bit for bit: the model goes back to train mode (no weight average
+    here: the evaluated model is the trained one) and the augmentation's random stream is the same (a DataLoader's
+    iterator draws its seed from it)."""
+    data = dataclasses.replace(mnist, test_images=mnist.test_images[:256], test_labels=mnist.test_labels[:256])
+    config = PRESETS["fast"].replace(epochs=2, train_size=256, max_steps=4, batch_size=64)
+    records = {}
+    for n in (1, 4):
+        logdir = tmp_path / str(n)
+        torch_train.train_and_evaluate(config.replace(evals_per_epoch=n), data=data, logdir=logdir, progress=False)
+        records[n] = json.loads((logdir / "metrics.json").read_text())
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[2, step")]
+    assert [line.split(":")[0] for line in lines] == ["[2, step 1/4]", "[2, step 2/4]", "[2, step 3/4]"]
+    measured = ("time_s", "load", "others_cpu", "interim")
+
+    def strip(r):
+        return [{k: v for k, v in e.items() if k not in measured} for e in r["epochs"]]
+
+    assert strip(records[4]) == strip(records[1]) and records[4]["batches"] == records[1]["batches"]
+    interim = [e["interim"] for e in records[4]["epochs"]]
+    assert [[i["step"] for i in e] for e in interim] == [[1, 2, 3]] * 2 and "interim" not in records[1]["epochs"][0]
+    assert all(0 < i["at_s"] and 0 <= i["test_acc"] <= 100 for e in interim for i in e)
+    assert interim[1][0]["test_acc"] != records[4]["epochs"][1]["test_acc"]  # the weights of step 1, not step 4
+
+
 def test_resume_refuses_other_settings_and_a_damaged_checkpoint(tmp_path, mnist, capsys):
     flags = ["--model", "cnn", "--train-size", "128", "--max-steps", "2", "--batch-size", "64", "--no-progress"]
     workdir = ["--workdir", str(tmp_path / "w"), "--logdir", str(tmp_path / "log")]
