@@ -251,7 +251,7 @@ def summarise(seed: int, logdir: Path, wall_s: float, framework: str, args, toge
         "avg_epoch_s": record["avg_epoch_s"],
         "compile_s": record["compile_s"],
         "wall_s": wall_s,
-        "time_to": times_to(test_acc, epoch_s, wall_s, interim),
+        "time_to": times_to(test_acc, epoch_s, wall_s, interim, record.get("startup_s")),
         **({"interim": interim} if interim else {}),
         "device": record["device"],
         "versions": record["versions"],
@@ -279,17 +279,21 @@ def run_wall_s(record: dict, epoch_s: list[float], last_wall_s: float, resumed: 
     return record["startup_s"] + sum(epoch_s) if resumed and record.get("startup_s") is not None else last_wall_s
 
 
-def times_to(test_acc: list[float], epoch_s: list[float], wall_s: float, interim=None) -> dict[str, float | None]:
+def times_to(test_acc: list[float], epoch_s: list[float], wall_s: float, interim=None,
+             startup_s: float | None = None) -> dict[str, float | None]:  # fmt: skip
     """`time_to` each of TARGETS, keyed as the JSON keeps them."""
-    return {str(t): time_to(t, test_acc, epoch_s, wall_s, interim) for t in TARGETS}
+    return {str(t): time_to(t, test_acc, epoch_s, wall_s, interim, startup_s) for t in TARGETS}
 
 
-def time_to(target: float, test_acc: list[float], epoch_s: list[float], wall_s: float, interim=None) -> float | None:
+def time_to(target: float, test_acc: list[float], epoch_s: list[float], wall_s: float, interim=None,
+            startup_s: float | None = None) -> float | None:  # fmt: skip
     """Seconds from the process's start (imports, data, compilation included) to the end of the first evaluation
-    whose test accuracy reached `target`: the run's wall time less what came after it (the rest of its epoch and
-    the epochs after); None if none did. `interim`: per epoch, its evaluations before its end as [test accuracy,
-    seconds into the epoch] (--evals-per-epoch); without them, only the epochs' ends count."""
-    before = wall_s - sum(epoch_s)  # start-up, and the run's finish after its last epoch
+    whose test accuracy reached `target`: the run's start-up (`startup_s`, as metrics.json records it), then its
+    epochs up to that evaluation; None if none did. Without a recorded start-up, the run's wall time less what came
+    after the evaluation, which also counts the run's finish (its reports: about 4 s of a sprint run). `interim`:
+    per epoch, its evaluations before its end as [test accuracy, seconds into the epoch] (--evals-per-epoch);
+    without them, only the epochs' ends count."""
+    before = wall_s - sum(epoch_s) if startup_s is None else startup_s
     for k, (acc, seconds) in enumerate(zip(test_acc, epoch_s)):
         for interim_acc, at_s in interim[k] if interim else ():
             if interim_acc >= target:
@@ -421,14 +425,16 @@ def refresh(path: Path) -> None:
                 # Resumed, its first process unrecorded (no segment to count): summarised as its last process.
                 if run.get("wall_s") and is_resumed(0, run.get("epoch_s", []), run["wall_s"]):
                     wall_s = run_wall_s(record, run["epoch_s"], run["wall_s"], resumed=True)
-                    times = times_to(run["test_acc"], run["epoch_s"], wall_s, run.get("interim"))
-                    run.update(wall_s=wall_s, time_to=times, segments=(run.get("segments") or 1) + 1)
+                    run.update(wall_s=wall_s, segments=(run.get("segments") or 1) + 1)
                 run.update(
                     startup_s=record.get("startup_s"),
                     machine=record.get("machine"),
                     other_machines=sorted({e["machine"] for e in record["epochs"] if "machine" in e}),
                     loaded_epochs=loaded_epochs(record),
                 )
+            if succeeded(run) and run.get("epoch_s") and run.get("wall_s") is not None:
+                run["time_to"] = times_to(run["test_acc"], run["epoch_s"], run["wall_s"], run.get("interim"),
+                                          run.get("startup_s"))  # fmt: skip
         result["frameworks"][fw] = aggregate(agg["runs"])
     atomic_write(path, json.dumps(result, indent=1).encode())
 

@@ -237,9 +237,11 @@ def write_readme(out: Path) -> Path:
             time_table(results, epoch_s),
             "",
             "Wall time: from the trainer's process start to its exit (imports, data loading and compilation "
-            "included), measured by `scripts/reproduce.py`. Time to X %: that wall time less what came after the "
+            "included), measured by `scripts/reproduce.py`. Time to X %: from the same start to the end of the "
             "first evaluation whose test accuracy reached X % (an epoch's end, or with `--evals-per-epoch` one "
-            "inside an epoch; read off the test curve; nothing is selected by it)."
+            "inside an epoch; read off the test curve; nothing is selected by it): the start-up the run's "
+            "metrics.json records, then its epochs up to that evaluation. Not the run's finish after its last "
+            "epoch (its reports); runs that recorded no start-up count it (their wall time less what came after)."
             + (
                 " Runs trained together in one process (`--jax-seeds together`: vmapped on a GPU) count that "
                 "process's whole wall time, each."

@@ -76,6 +76,10 @@ def test_time_to_accuracy_counts_everything_before_the_epoch_that_reached_it(tmp
     assert reproduce.time_to(99.0, curve, [30.0] * 3, wall_s=100.0, interim=interim) == 10.0 + 30.0 + 10.5
     assert reproduce.time_to(99.2, curve, [30.0] * 3, wall_s=100.0, interim=interim) == 70.0
     assert reproduce.time_to(99.25, curve, [30.0] * 3, wall_s=100.0, interim=interim) == 100.0
+    # With the start-up the run recorded (8 s to its first epoch), the run's finish after its last epoch (here
+    # 100 - 8 - 90 = 2 s of reports) no longer counts.
+    assert reproduce.time_to(99.0, [98.5, 99.1, 99.3], [30.0] * 3, wall_s=100.0, startup_s=8.0) == 68.0
+    assert reproduce.time_to(99.0, curve, [30.0] * 3, wall_s=100.0, interim=interim, startup_s=8.0) == 48.5
     record = {"epochs": [{"epoch": 1, "test_acc": 98.0}, {"epoch": 2, "interim": [{"test_acc": 99.0, "at_s": 3.0}]}]}
     assert reproduce.interim_evaluations(record) == [[], [[99.0, 3.0]]]
     assert reproduce.interim_evaluations({"epochs": record["epochs"][:1]}) is None
