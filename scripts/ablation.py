@@ -69,6 +69,7 @@ STUDIES = {
         round=3,
         sketch=(),
         variants={
+            "base": [],  # not run again in round 3: round 2's ema_0.998 rows are these flags
             "evals_4": ["--evals-per-epoch", "4"],
         },
     ),
