@@ -290,7 +290,8 @@ def time_to(target: float, test_acc: list[float], epoch_s: list[float], wall_s: 
     """Seconds from the process's start (imports, data, compilation included) to the end of the first evaluation
     whose test accuracy reached `target`: the run's start-up (`startup_s`, as metrics.json records it), then its
     epochs up to that evaluation; None if none did. Without a recorded start-up, the run's wall time less what came
-    after the evaluation, which also counts the run's finish (its reports: about 4 s of a sprint run). `interim`:
+    after the evaluation, which also counts the run's finish (its reports: about 4 s of a sprint run) and the
+    checkpoints written between epochs (0.15-0.3 s each for the sprint, outside the epochs' times). `interim`:
     per epoch, its evaluations before its end as [test accuracy, seconds into the epoch] (--evals-per-epoch);
     without them, only the epochs' ends count."""
     before = wall_s - sum(epoch_s) if startup_s is None else startup_s
