@@ -50,12 +50,12 @@ def test_resume_equals_uninterrupted_run_bitwise(mnist, tmp_path):
 
 
 def test_interim_evaluations_change_nothing_of_the_training(mnist, tmp_path, capsys):
-    """--evals-per-epoch 3 over epochs of 10 steps in chunks of 4: the evaluations of steps 3 and 6 come after the
-    chunks that reach them (steps 4 and 8), are printed and logged with the epoch, and read the state without
+    """--evals-per-epoch 3 over epochs of 10 steps in chunks of 2: the evaluations of steps 3 and 6 come after the
+    chunks that reach them (steps 4 and 6), are printed and logged with the epoch, and read the state without
     changing it: the weights (a weight average evaluated, augmentation drawn) and every epoch's accuracy are those
     of the run without them, bit for bit."""
     config = TINY.replace(epochs=2, augment=True, ema=0.9, train_size=704, val_size=64)  # 10 steps of 64
-    run = dict(data=tiny_data(mnist), progress=False, chunk_steps=4, unroll=True, report=False)
+    run = dict(data=tiny_data(mnist), progress=False, chunk_steps=2, unroll=True, report=False)
     once = trainer.train_and_evaluate(config, logdir=tmp_path / "once", **run)
     thrice = trainer.train_and_evaluate(config.replace(evals_per_epoch=3), logdir=tmp_path / "thrice", **run)
     for a, b in zip(jax.tree.leaves(once.state), jax.tree.leaves(thrice.state)):
@@ -67,10 +67,10 @@ def test_interim_evaluations_change_nothing_of_the_training(mnist, tmp_path, cap
 
     assert strip(once.record) == strip(thrice.record)
     interim = [e["interim"] for e in thrice.record["epochs"]]
-    assert [[(i["step"], i["fraction"]) for i in e] for e in interim] == [[(4, 0.4), (8, 0.8)]] * 2
+    assert [[(i["step"], i["fraction"]) for i in e] for e in interim] == [[(4, 0.4), (6, 0.6)]] * 2
     assert all({"test_acc", "val_acc", "at_s"} <= i.keys() for e in interim for i in e)
     out = capsys.readouterr().out
-    assert f"[2, step 8/10]: {interim[1][1]['test_acc']:.2f} %" in out and "evaluated 3 times per epoch" in out
+    assert f"[2, step 6/10]: {interim[1][1]['test_acc']:.2f} %" in out and "evaluated 3 times per epoch" in out
     assert (tmp_path / "thrice" / "curves.png").stat().st_size > 0
 
 
