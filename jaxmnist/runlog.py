@@ -256,6 +256,14 @@ class RunLog:
         write_png(curves_figure(self.record, self.batches_per_epoch_axis), self.dir / "curves.png")
 
 
+def interim_series(record: dict, *fields: str) -> list | None:
+    """A run record's evaluations inside its epochs (--evals-per-epoch), per epoch a list of [field, ...] for each
+    (e.g. 'test_acc', 'at_s'); None for a run without them."""
+    if not any("interim" in e for e in record["epochs"]):
+        return None
+    return [[[i[f] for f in fields] for i in e.get("interim", ())] for e in record["epochs"]]
+
+
 def curves_figure(record: dict, batches_per_epoch: int):
     """Three panels against the epoch: the training loss (per batch, and the epoch's test loss), the error rate
     on a log axis (test, train, validation: where 99 % and 99.5 % accuracy are 1 % and 0.5 % apart, not a

@@ -145,10 +145,10 @@ def run(study: Study, variant: str, seed: int) -> dict:
 def interim_curve(metrics: dict) -> dict:
     """{'val_interim': per epoch, its evaluations before its end as [fraction, val accuracy, seconds into the
     epoch]} for a run with --evals-per-epoch; {} for one without."""
-    if not any("interim" in e for e in metrics["epochs"]):
-        return {}
-    return {"val_interim": [[[i["fraction"], i["val_acc"], i["at_s"]] for i in e.get("interim", ())]
-                            for e in metrics["epochs"]]}  # fmt: skip
+    from jaxmnist.runlog import interim_series
+
+    series = interim_series(metrics, "fraction", "val_acc", "at_s")
+    return {} if series is None else {"val_interim": series}
 
 
 def shared(run: dict) -> bool:

@@ -41,7 +41,7 @@ import seed_ensemble
 from jaxmnist import cli, host
 from jaxmnist.cli import UsageError
 from jaxmnist.presets import PRESETS, Config, changed_settings
-from jaxmnist.runlog import atomic_write
+from jaxmnist.runlog import atomic_write, interim_series
 from results_table import TARGETS, write_readme
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -306,9 +306,7 @@ def time_to(target: float, test_acc: list[float], epoch_s: list[float], wall_s: 
 
 def interim_evaluations(record: dict) -> list | None:
     """A run record's evaluations inside its epochs, as `time_to` takes them; None for a run without them."""
-    if not any("interim" in e for e in record["epochs"]):
-        return None
-    return [[[i["test_acc"], i["at_s"]] for i in e.get("interim", ())] for e in record["epochs"]]
+    return interim_series(record, "test_acc", "at_s")
 
 
 def mean_std(values: list[float]) -> dict | None:

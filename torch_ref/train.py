@@ -336,12 +336,15 @@ def run_epoch(run: Run, epoch: int, progress: bool) -> float:
     quirk4 = tests_with_batch_statistics(config)
     scores = functools.partial(evaluate, run.evaluated, config.model, device=run.device, batch_statistics=quirk4)
 
+    def test_and_val() -> tuple[dict, dict | None]:
+        return scores(run.test_loader), scores(run.val_loader) if run.val_loader is not None else None
+
     def evaluate_now(step: int) -> None:
         """An interim evaluation (Config.evals_per_epoch) that leaves the training as it was: its mode, and the
         random stream the augmentation draws from (a DataLoader's iterator takes a seed from it)."""
         training = model.training
         with torch.random.fork_rng(devices=[]):
-            test, val = scores(run.test_loader), scores(run.val_loader) if run.val_loader is not None else None
+            test, val = test_and_val()
         model.train(training)
         run.report.interim(epoch, step, run.steps, test=test, val=val, at_s=time.perf_counter() - t_start)
 
@@ -364,8 +367,7 @@ def run_epoch(run: Run, epoch: int, progress: bool) -> float:
         raise cli.RunError(
             f"training diverged in epoch {epoch + 1} at step {step} (loss {loss[step - 1]}); try a lower --lr"
         )
-    test = scores(run.test_loader)
-    val = scores(run.val_loader) if run.val_loader is not None else None
+    test, val = test_and_val()
     seconds = time.perf_counter() - t_start  # evaluate() synchronised the device
     lr = optimizer.param_groups[0]["lr"]  # the rate the next step will use, as jaxmnist logs it
     if run.plateau is not None:
