@@ -269,6 +269,9 @@ def test_a_run_started_afresh_does_not_inherit_an_earlier_runs_logs(tmp_path, mo
         returncode, stderr = 1, "error: stop here"
 
     monkeypatch.setattr(reproduce.subprocess, "run", lambda cmd, **kw: Failed())
+    # JAX's backend is asked of a child process, once per process (cached): not of the stand-in above, whichever
+    # test of this worker ran first.
+    monkeypatch.setattr(reproduce, "jax_backend", lambda: "cpu")
     reproduce.main(["--presets", "cnn_tb", "--seeds", "1", "--frameworks", "jax", "--out", str(tmp_path)])
     segments = json.loads((logdir / reproduce.SEGMENTS).read_text())
     assert [s["ended"] for s in segments] == ["failed"] and not (logdir / "events.out.tfevents.1.vm").exists()
