@@ -19,15 +19,18 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 
-# Stamps make the targets quick when nothing changed; pyproject.toml changes trigger a reinstall. --no-compile:
-# Python compiles what is imported when it is first imported, instead of pip compiling all of torch's CUDA build
-# up front (measured on a 2-vCPU Zen 3: the dev install 128 s with byte-compiling, 73 s without).
+# Stamps make the targets quick when nothing changed; pyproject.toml changes trigger a reinstall. Without
+# byte-compiling: Python compiles what is imported when it is first imported, instead of pip compiling all of torch's
+# CUDA build up front (measured on a 2-vCPU Zen 3: the dev install 128 s with byte-compiling, 73 s without).
+# scripts/install.py installs with uv under pip's own settings, else with pip (a fresh .venv with the dev install on
+# a 2-vCPU Zen 4: 34 s against pip's 66 s, the same versions).
+INSTALL := $(PY) scripts/install.py
 $(VENV)/.installed-base: pyproject.toml | $(PY)
-	$(PIP) install --no-compile -e .
+	$(INSTALL) -e .
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(PY)
-	$(PIP) install --no-compile -e '.[dev]'
+	$(INSTALL) -e '.[dev]'
 	touch $@ $(VENV)/.installed-base
 
 # The suite runs on every core (pytest-xdist; TEST_WORKERS=0 for one process): compiling is mostly single-threaded.
