@@ -9,6 +9,9 @@ import pytest
 from jaxmnist import autotune, convs, models
 from jaxmnist.convs import ConvPlan, Geometry
 
+# The cnn with its first block composed (models.CNN fuses it by default): two convolution shapes to time.
+TWO_CONVS = models.CNN(fuse_first_block=False)
+
 
 def test_fixed_impls_and_bad_names():
     with pytest.raises(ValueError, match='unknown --conv-impl'):
@@ -40,7 +43,7 @@ class FakeOthersCpu:
 
 
 def test_measured_plan_times_each_shape_once_then_reads_the_cache(tmp_path, monkeypatch):
-    """Real timings of the cnn's two layers at batch 2 (three candidates each), cached under this CPU's identity;
+    """Real timings of the unfused cnn's two layers at batch 2 (three candidates each), cached under this CPU's identity;
     a second call measures nothing and gives the same plan. (A quiet CPU faked: the suite's other worker shares it.)"""
     monkeypatch.setenv(autotune.ENV_CACHE, str(tmp_path / 'timings.json'))
     monkeypatch.setattr(autotune.host, 'OthersCpu', FakeOthersCpu)
@@ -48,7 +51,7 @@ def test_measured_plan_times_each_shape_once_then_reads_the_cache(tmp_path, monk
     time_candidates = autotune.time_candidates
     monkeypatch.setattr(autotune, 'time_candidates', lambda *a: timed.append(a[0]) or time_candidates(*a))
     said = []
-    first = autotune.measured_plan(models.get_model('cnn'), 2, say=said.append)
+    first = autotune.measured_plan(TWO_CONVS, 2, say=said.append)
     assert len(timed) == 2 and first.source == 'measured'
     assert said[0].startswith('timing 3 ways to run each of 2 convolution shapes') and 'cached in' in said[-1]
     cached = json.loads((tmp_path / 'timings.json').read_text())['machines'][autotune.cpu_identity()]
@@ -58,7 +61,7 @@ def test_measured_plan_times_each_shape_once_then_reads_the_cache(tmp_path, monk
     ]
     assert all(sorted(t) == sorted(autotune.CANDIDATES) and min(t.values()) > 0 for t in cached.values())
     timed.clear()
-    second = autotune.measured_plan(models.get_model('cnn'), 2, say=said.append)
+    second = autotune.measured_plan(TWO_CONVS, 2, say=said.append)
     assert timed == [] and second.source == 'cached'
     assert second == first and hash(second) == hash(first)  # the same plan: programs compiled for it are reused
 
@@ -74,11 +77,11 @@ def test_timings_from_a_busy_cpu_choose_this_runs_plan_and_are_not_cached(tmp_pa
     times = {'xla/conv': 1.0, 'eigen/conv': 2.0, 'matmul': 3.0}
     monkeypatch.setattr(autotune, 'time_candidates', lambda g, b, stem: timed.append(g) or times)
     said = []
-    plan = autotune.measured_plan(models.get_model('cnn'), 2, say=said.append)
+    plan = autotune.measured_plan(TWO_CONVS, 2, say=said.append)
     assert plan == ConvPlan('xla', 'conv', (), 'measured') and len(timed) == 2
     assert said[-1].endswith('not cached (other processes took 40% of the CPU)') and not path.exists()
     monkeypatch.setattr(FakeOthersCpu, 'share_taken', 0.1)  # quiet enough: measured again, and cached
-    autotune.measured_plan(models.get_model('cnn'), 2, say=said.append)
+    autotune.measured_plan(TWO_CONVS, 2, say=said.append)
     assert len(timed) == 4 and 'cached in' in said[-1] and path.exists()
 
 
@@ -136,7 +139,7 @@ def test_a_damaged_or_foreign_cache_is_measured_again_and_rewritten(spoil, tmp_p
     monkeypatch.setattr(autotune.host, 'OthersCpu', FakeOthersCpu)
     times = {'xla/conv': 2.0, 'eigen/conv': 2.0, 'matmul': 1.0}
     monkeypatch.setattr(autotune, 'time_candidates', lambda g, b, stem: times)
-    plan = autotune.measured_plan(models.get_model('cnn'), 2, say=lambda m: None)
+    plan = autotune.measured_plan(TWO_CONVS, 2, say=lambda m: None)
     assert plan.layers and all(f == 'matmul' for _, f in plan.layers)
     assert len(json.loads(path.read_text())['machines'][autotune.cpu_identity()]) == 2
     assert not list(tmp_path.glob('.*.tmp'))  # written by an atomic rename

@@ -103,8 +103,9 @@ def test_an_xla_that_rejects_the_reductions_option_gets_every_ynnpack_fusion_off
 def test_the_fusion_barrier_changes_the_program_not_the_bits(monkeypatch, rng):
     """Under Eigen's kernels every XLA convolution, differentiated, reads its input through `fusion_barrier`: the
     compiled step keeps the conditionals (XLA did not fold them), and its loss and gradients equal bit for bit
-    those of the same step without the barriers (cnn at batch 4, training mode). Inference runs no barrier."""
-    model = models.get_model('cnn', conv_plan=ConvPlan('eigen'))
+    those of the same step without the barriers (cnn with its first block composed, so two convolutions, at batch 4,
+    training mode). Inference runs no barrier."""
+    model = models.CNN(conv_plan=ConvPlan('eigen'), fuse_first_block=False)
     x = jnp.asarray(rng.standard_normal((4, 28, 28, 1)), jnp.float32)
     labels = jnp.arange(4) % 10
     variables = engine.init_variables(model, jax.random.PRNGKey(0))
@@ -130,7 +131,7 @@ def test_the_fusion_barrier_changes_the_program_not_the_bits(monkeypatch, rng):
 
 def test_geometries_are_the_networks_convolutions():
     """The trace finds every convolution a training step calls, once each, in order; the fast network's fused
-    first stage is no convolution."""
+    first stage and the cnn's fused first block are no convolution."""
     keys = [g.key for g in convs.geometries(models.get_model('cnn_deep'), 4)]
     assert keys == [
         '28x28 1->32 5x5/1 pad 0 float32',
@@ -139,6 +140,7 @@ def test_geometries_are_the_networks_convolutions():
         '8x8 64->64 3x3/1 pad 0 float32',
     ]
     assert next(g.key for g in convs.geometries(models.get_model('fast'), 4)).startswith('14x14 32->64 3x3/1')
+    assert [g.key for g in convs.geometries(models.get_model('cnn'), 4)] == ['12x12 10->20 5x5/1 pad 0 float32']
     assert len(convs.geometries(models.get_model('resnet18'), 4)) == 11
 
 

@@ -408,6 +408,48 @@ def test_fused_first_stage_is_the_composed_layers(rng):
         )
 
 
+def test_cnns_fused_first_block_is_the_composed_layers(rng):
+    """conv_pool_1ch is conv (unpadded, biased) -> max-pool -> ReLU composed (each torch's, above): its output and
+    the gradients of all three inputs (float64: the sums are only reordered, so 1e-10), on sizes whose
+    convolution output is even but not square, with a window of ties (a constant patch: four equal outputs)."""
+    x = rng.standard_normal((3, 8, 10, 1))
+    x[0, :4, :4] = 0.5  # the 3x3 convolution's first 2x2 window: four equal outputs, the first one wins
+    kernel, bias = rng.standard_normal((3, 3, 1, 5)), rng.standard_normal(5)
+    with jax.enable_x64():
+        args = tuple(map(jnp.asarray, (x, kernel, bias)))
+        cotangent = jnp.asarray(rng.standard_normal((3, 3, 4, 5)))
+
+        @functools.partial(jax.jit, static_argnums=0)
+        def output_and_grads(block, args, cotangent):
+            out, vjp = jax.vjp(block, *args)
+            return out, *vjp(cotangent)
+
+        fused = output_and_grads(layers.conv_pool_1ch, args, cotangent)
+        composed = output_and_grads(layers._conv_pool_1ch_reference, args, cotangent)
+        assert composed[0].shape == cotangent.shape and (composed[2] != 0).any()
+        for got, want in zip(fused, composed, strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize('train', [False, True], ids=['eval', 'train'])
+def test_cnn_runs_its_first_block_fused(train, monkeypatch):
+    """CNN takes the fused path (so the torch parity tests above check it), and agrees with its composed layers:
+    logits and running statistics (float32: LOGIT_TOL)."""
+    calls = []
+    monkeypatch.setattr(models, 'conv_pool_1ch', lambda *a: calls.append(1) or layers.conv_pool_1ch(*a))
+    variables, x = initialised('cnn'), inputs(4, seed=0)[1]
+
+    def run(fuse):
+        model = models.CNN(fuse_first_block=fuse)
+        return jax.jit(functools.partial(model.apply, train=train, mutable=['batch_stats']))(variables, x)
+
+    (fused, fused_stats), (composed, composed_stats) = run(True), run(False)
+    assert len(calls) == 1
+    np.testing.assert_allclose(fused, composed, atol=LOGIT_TOL['float32'])
+    for got, want in zip(jax.tree.leaves(fused_stats), jax.tree.leaves(composed_stats)):
+        np.testing.assert_allclose(got, want, rtol=LOGIT_TOL['float32'], atol=LOGIT_TOL['float32'])
+
+
 @pytest.mark.parametrize('train', [False, True], ids=['eval', 'train'])
 def test_fast_network_runs_its_first_stage_fused(train, monkeypatch):
     """FastNet takes the fused path (so the torch parity tests above check it), and agrees with its composed
