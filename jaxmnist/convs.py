@@ -181,12 +181,13 @@ def conv2d(x, kernel, stride: int, padding: int, plan: ConvPlan = XLA):
 
 
 def fusion_barrier(x):
-    """x itself, as the output of a conditional that XLA cannot fold (its predicate is always true, but not
-    provably so), so that XLA:CPU cannot fuse x's producers into x's consumers. (jax.lax.optimization_barrier
-    cannot do this on the CPU: XLA removes it before fusing.)"""
-    bits = {2: jnp.int16, 4: jnp.int32, 8: jnp.int64}[x.dtype.itemsize]
-    always = (jax.lax.bitcast_convert_type(x.reshape(-1)[0], bits) | 1) != 0
-    return jax.lax.cond(always, lambda v: v, lambda v: -v, x)
+    """x (an array or a tuple of them) itself, as the output of a conditional that XLA cannot fold (its predicate
+    is always true, but not provably so), so that XLA:CPU cannot fuse x's producers into x's consumers.
+    (jax.lax.optimization_barrier cannot do this on the CPU: XLA removes it before fusing.)"""
+    first = jax.tree.leaves(x)[0]
+    bits = {2: jnp.int16, 4: jnp.int32, 8: jnp.int64}[first.dtype.itemsize]
+    always = (jax.lax.bitcast_convert_type(first.reshape(-1)[0], bits) | 1) != 0
+    return jax.lax.cond(always, lambda v: v, lambda v: jax.tree.map(jnp.negative, v), x)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
