@@ -154,30 +154,42 @@ def flatten_chw(x):
     return x.transpose(0, 3, 1, 2).reshape(x.shape[0], -1)
 
 
+def _first_maximum(a, b, c, d):
+    """Where each of a window's four values (torch's scan order) is its first maximum: three masks (the fourth is
+    none of them) and the index 0-3 (int8). The values are compared with each other, never with their maximum:
+    under jit XLA may compute them twice, in two fusions (e.g. a BatchNorm once with FMAs, once without), and
+    `q == max` then found no maximum in some windows and dropped their gradient (FastNet's ReLU -> pool under
+    jit). Exactly one position wins per window, as in torch's max_pool2d backward (ties included)."""
+    first = (a >= b) & (a >= c) & (a >= d)
+    second = ~first & (b >= c) & (b >= d)
+    third = ~first & ~second & (c >= d)
+    index = jnp.where(first, 0, jnp.where(second, 1, jnp.where(third, 2, 3))).astype(jnp.int8)
+    return (first, second, third), index
+
+
+def _unpool_2x2(g, index):
+    """The pooled gradient g [N,h,w,C] placed at each 2x2 window's winner (`index`, torch's scan order 0-3), zeros
+    elsewhere: [N,2h,2w,C]. One broadcast and a reshape, so XLA writes it in one contiguous pass (stacking the four
+    positions instead made a concatenation that cost 3x the convolution's own weight gradient at batch 512)."""
+    n, h, w, c = g.shape
+    position = (2 * jnp.arange(2)[:, None] + jnp.arange(2)).astype(index.dtype)  # [2,2]: row, then column
+    hit = index[:, :, None, :, None, :] == position[:, None, :, None]
+    return jnp.where(hit, g[:, :, None, :, None, :], 0).astype(g.dtype).reshape(n, 2 * h, 2 * w, c)
+
+
 def _max_pool_2x2_fwd(x):
     _, h, w, _ = x.shape
     x = x[:, : h - h % 2, : w - w % 2]  # torch's floor mode drops an odd last row/column
     quads = (x[:, 0::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 0::2], x[:, 1::2, 1::2])  # torch's scan order
     a, b, c, d = quads
     m = jnp.maximum(jnp.maximum(a, b), jnp.maximum(c, d))
-    # Each window's gradient goes to its first maximum in scan order, as torch's max_pool2d backward does. The
-    # masks compare the four values with each other, never with `m`: under jit XLA may compute the input twice,
-    # in two fusions (e.g. a BatchNorm once with FMAs, once without), and `q == m` then found no maximum in some
-    # windows and dropped their gradient (FastNet's ReLU -> pool under jit). Exactly one mask is set per window.
-    first = (a >= b) & (a >= c) & (a >= d)
-    second = ~first & (b >= c) & (b >= d)
-    third = ~first & ~second & (c >= d)
-    fourth = ~(first | second | third)
-    return m, ((first, second, third, fourth), (h, w))
+    return m, (_first_maximum(a, b, c, d)[1], (h, w))  # each window's gradient goes to its first maximum
 
 
 def _max_pool_2x2_bwd(res, g):
-    masks, (h, w) = res
-    ga, gb, gc, gd = (jnp.where(mk, g, 0).astype(g.dtype) for mk in masks)
-    b, h2, w2, c = g.shape
-    dx = jnp.stack([jnp.stack([ga, gb], axis=3), jnp.stack([gc, gd], axis=3)], axis=2)
-    dx = dx.reshape(b, 2 * h2, 2 * w2, c)
-    return (jnp.pad(dx, ((0, 0), (0, h - 2 * h2), (0, w - 2 * w2), (0, 0))),)
+    index, (h, w) = res
+    dx = _unpool_2x2(g, index)
+    return (jnp.pad(dx, ((0, 0), (0, h - dx.shape[1]), (0, w - dx.shape[2]), (0, 0))),)
 
 
 @jax.custom_vjp
@@ -217,10 +229,7 @@ def _stage_1ch(x, w, mean, a, bias):
     torch's first maximum (int8) and the winner's centred conv output h, which the gradient needs."""
     h = [sum(t[..., None] * w[k] for k, t in enumerate(q)) - mean for q in zip(*map(_windows_2x2, _taps_3x3(x)))]
     z = [hq * a + bias for hq in h]
-    first = (z[0] >= z[1]) & (z[0] >= z[2]) & (z[0] >= z[3])
-    second = ~first & (z[1] >= z[2]) & (z[1] >= z[3])
-    third = ~first & ~second & (z[2] >= z[3])
-    index = jnp.where(first, 0, jnp.where(second, 1, jnp.where(third, 2, 3))).astype(jnp.int8)
+    (first, second, third), index = _first_maximum(*z)
     winner = lambda v: jnp.where(first, v[0], jnp.where(second, v[1], jnp.where(third, v[2], v[3])))
     return jnp.maximum(winner(z), 0), index, winner(h)
 
@@ -293,16 +302,6 @@ stage_1ch_train.defvjp(_stage_1ch_train_fwd, _stage_1ch_train_bwd)
 
 
 # ------------------------------------ conv (k x k, unpadded, biased) -> pool -> ReLU of a single-channel input
-def _unpool_2x2(g, index):
-    """The pooled gradient g [N,h,w,C] placed at each 2x2 window's winner (`index`, torch's scan order 0-3), zeros
-    elsewhere: [N,2h,2w,C]. One broadcast and a reshape, so XLA writes it in one contiguous pass (stacking the four
-    positions instead made a concatenation that cost 3x the convolution's own weight gradient at batch 512)."""
-    n, h, w, c = g.shape
-    position = (2 * jnp.arange(2)[:, None] + jnp.arange(2)).astype(index.dtype)  # [2,2]: row, then column
-    hit = index[:, :, None, :, None, :] == position[:, None, :, None]
-    return jnp.where(hit, g[:, :, None, :, None, :], 0).astype(g.dtype).reshape(n, 2 * h, 2 * w, c)
-
-
 def _conv_pool_1ch(x, w, bias):
     """relu(max-pool(conv(x, w) + bias)) on x [N,H,W] with w [k*k,C], the convolution computed at each window's four
     pixels (k*k FMAs each) without materialising [N,H-k+1,W-k+1,C]; also each window's winner, torch's first
@@ -311,10 +310,7 @@ def _conv_pool_1ch(x, w, bias):
     h, wd = x.shape[1] - k + 1, x.shape[2] - k + 1
     taps = [x[:, i : i + h, j : j + wd] for i in range(k) for j in range(k)]
     z = [sum(t[..., None] * w[n] for n, t in enumerate(q)) + bias for q in zip(*map(_windows_2x2, taps))]
-    first = (z[0] >= z[1]) & (z[0] >= z[2]) & (z[0] >= z[3])
-    second = ~first & (z[1] >= z[2]) & (z[1] >= z[3])
-    third = ~first & ~second & (z[2] >= z[3])
-    index = jnp.where(first, 0, jnp.where(second, 1, jnp.where(third, 2, 3))).astype(jnp.int8)
+    index = _first_maximum(*z)[1]
     return jnp.maximum(jnp.maximum(jnp.maximum(z[0], z[1]), jnp.maximum(z[2], z[3])), 0), index
 
 

@@ -43,8 +43,8 @@ class FakeOthersCpu:
 
 
 def test_measured_plan_times_each_shape_once_then_reads_the_cache(tmp_path, monkeypatch):
-    """Real timings of the unfused cnn's two layers at batch 2 (three candidates each), cached under this CPU's identity;
-    a second call measures nothing and gives the same plan. (A quiet CPU faked: the suite's other worker shares it.)"""
+    """Real timings of the unfused cnn's two layers at batch 2 (three candidates each), cached under this CPU's
+    identity; a second call measures nothing and gives the same plan. (A quiet CPU faked: the suite's other worker shares it.)"""
     monkeypatch.setenv(autotune.ENV_CACHE, str(tmp_path / 'timings.json'))
     monkeypatch.setattr(autotune.host, 'OthersCpu', FakeOthersCpu)
     timed = []
