@@ -25,7 +25,7 @@ def test_conv_sliced_matches_xla_convolution(rng):
 
 
 def test_what_if_swaps_only_inside_the_block(rng):
-    model = models.get_model("cnn")
+    model = models.CNN(fuse_first_block=False)  # both blocks composed: two convolutions and two pools to swap
     x = jnp.asarray(rng.standard_normal((2, 28, 28, 1), dtype="float32"))
     variables = engine.init_variables(model, jax.random.PRNGKey(0))  # one program, not op by op
 

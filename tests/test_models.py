@@ -432,35 +432,23 @@ def test_cnns_fused_first_block_is_the_composed_layers(rng):
 
 
 @pytest.mark.parametrize('train', [False, True], ids=['eval', 'train'])
-def test_cnn_runs_its_first_block_fused(train, monkeypatch):
-    """CNN takes the fused path (so the torch parity tests above check it), and agrees with its composed layers:
-    logits and running statistics (float32: LOGIT_TOL)."""
+@pytest.mark.parametrize(
+    'network, switch, fused_fns',
+    [
+        ('fast', 'fuse_first_stage', ('stage_1ch_train', 'stage_1ch_eval')),
+        ('cnn', 'fuse_first_block', ('conv_pool_1ch',)),
+    ],
+)
+def test_networks_run_their_first_layers_fused(network, switch, fused_fns, train, monkeypatch):
+    """FastNet and the cnn take their fused path (so the torch parity tests above check it), and agree with their
+    composed layers: logits and running statistics (float32: LOGIT_TOL)."""
     calls = []
-    monkeypatch.setattr(models, 'conv_pool_1ch', lambda *a: calls.append(1) or layers.conv_pool_1ch(*a))
-    variables, x = initialised('cnn'), inputs(4, seed=0)[1]
-
-    def run(fuse):
-        model = models.CNN(fuse_first_block=fuse)
-        return jax.jit(functools.partial(model.apply, train=train, mutable=['batch_stats']))(variables, x)
-
-    (fused, fused_stats), (composed, composed_stats) = run(True), run(False)
-    assert len(calls) == 1
-    np.testing.assert_allclose(fused, composed, atol=LOGIT_TOL['float32'])
-    for got, want in zip(jax.tree.leaves(fused_stats), jax.tree.leaves(composed_stats)):
-        np.testing.assert_allclose(got, want, rtol=LOGIT_TOL['float32'], atol=LOGIT_TOL['float32'])
-
-
-@pytest.mark.parametrize('train', [False, True], ids=['eval', 'train'])
-def test_fast_network_runs_its_first_stage_fused(train, monkeypatch):
-    """FastNet takes the fused path (so the torch parity tests above check it), and agrees with its composed
-    layers: logits and running statistics (float32: 1e-5, LOGIT_TOL)."""
-    calls = []
-    for fn in ('stage_1ch_train', 'stage_1ch_eval'):
+    for fn in fused_fns:
         monkeypatch.setattr(models, fn, functools.partial(lambda f, *a: calls.append(f) or f(*a), getattr(models, fn)))
-    variables, x = initialised('fast'), inputs(4, seed=0)[1]
+    variables, x = initialised(network), inputs(4, seed=0)[1]
 
     def run(fuse):  # jitted: one program instead of many small ones; `calls` records what was traced
-        model = models.FastNet(fuse_first_stage=fuse)
+        model = models.MODELS[network](**{switch: fuse})
         return jax.jit(functools.partial(model.apply, train=train, mutable=['batch_stats']))(variables, x)
 
     (fused, fused_stats), (composed, composed_stats) = run(True), run(False)
