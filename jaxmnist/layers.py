@@ -211,11 +211,12 @@ def max_pool(x, window: int, strides: int, padding: int = 0):
 
 
 # ----------------------------------------------- conv -> BN -> ReLU -> pool of a single-channel input, in one pass
-def _taps_3x3(x):
-    """[N,H,W] -> the nine shifted copies that a 3x3 'SAME' convolution reads, in the kernel's (row, column) order."""
-    h, w = x.shape[1:]
-    x = jnp.pad(x, ((0, 0), (1, 1), (1, 1)))
-    return [x[:, i : i + h, j : j + w] for i in range(3) for j in range(3)]
+def _taps(x, k: int, padding: int):
+    """[N,H,W] -> the k*k shifted copies that a k x k convolution with `padding` reads, in the kernel's (row,
+    column) order."""
+    x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding))) if padding else x
+    h, w = x.shape[1] - k + 1, x.shape[2] - k + 1
+    return [x[:, i : i + h, j : j + w] for i in range(k) for j in range(k)]
 
 
 def _windows_2x2(a):
@@ -227,7 +228,7 @@ def _stage_1ch(x, w, mean, a, bias):
     """relu(max-pool(a (conv(x, w) - mean) + bias)) on x [N,H,W] and w [9,C], computed at each window's four
     pixels (nine FMAs each) without materialising the [N,H,W,C] activation. Also returns, per window, the index of
     torch's first maximum (int8) and the winner's centred conv output h, which the gradient needs."""
-    h = [sum(t[..., None] * w[k] for k, t in enumerate(q)) - mean for q in zip(*map(_windows_2x2, _taps_3x3(x)))]
+    h = [sum(t[..., None] * w[k] for k, t in enumerate(q)) - mean for q in zip(*map(_windows_2x2, _taps(x, 3, 1)))]
     z = [hq * a + bias for hq in h]
     (first, second, third), index = _first_maximum(*z)
     winner = lambda v: jnp.where(first, v[0], jnp.where(second, v[1], jnp.where(third, v[2], v[3])))
@@ -249,7 +250,7 @@ def _stage_1ch_train_fwd(x, kernel, scale, bias, epsilon):
     w = kernel.reshape(9, -1)
     # The batch statistics of conv(x, w) from the input's: mean = mu w, var = w' Sigma w, with the 9x9 covariance
     # Sigma of the taps computed centred (two passes, as BatchNorm's own variance).
-    p = jnp.stack(_taps_3x3(x[..., 0]), -1).reshape(-1, 9)
+    p = jnp.stack(_taps(x[..., 0], 3, 1), -1).reshape(-1, 9)
     mu = p.mean(0)
     sigma = (p - mu).T @ (p - mu) / p.shape[0]
     mean, var = mu @ w, jnp.sum(w * (sigma @ w), 0)
@@ -274,7 +275,7 @@ def _stage_1ch_train_bwd(epsilon, residuals, cotangents):
     dout, dmean, dvar = cotangents
     w = kernel.reshape(9, -1)
     gq = jnp.where(out > 0, dout, 0)
-    windows = zip(*map(_windows_2x2, _taps_3x3(x[..., 0])))
+    windows = zip(*map(_windows_2x2, _taps(x[..., 0], 3, 1)))
     # P'gq as four batched GEMMs (one per window position); one GEMM over N*H*W/4 rows is 3x slower on XLA:CPU.
     pg = sum(
         jnp.einsum('nhwt,nhwc->ntc', jnp.stack(p, -1), jnp.where(index == q, gq, 0)).sum(0)
@@ -306,9 +307,7 @@ def _conv_pool_1ch(x, w, bias):
     """relu(max-pool(conv(x, w) + bias)) on x [N,H,W] with w [k*k,C], the convolution computed at each window's four
     pixels (k*k FMAs each) without materialising [N,H-k+1,W-k+1,C]; also each window's winner, torch's first
     maximum in scan order (int8), which the gradient needs."""
-    k = math.isqrt(w.shape[0])
-    h, wd = x.shape[1] - k + 1, x.shape[2] - k + 1
-    taps = [x[:, i : i + h, j : j + wd] for i in range(k) for j in range(k)]
+    taps = _taps(x, math.isqrt(w.shape[0]), 0)
     z = [sum(t[..., None] * w[n] for n, t in enumerate(q)) + bias for q in zip(*map(_windows_2x2, taps))]
     index = _first_maximum(*z)[1]
     return jnp.maximum(jnp.maximum(jnp.maximum(z[0], z[1]), jnp.maximum(z[2], z[3])), 0), index
@@ -345,7 +344,7 @@ def conv_pool_1ch(x, kernel, bias):
     output has even sides: the same function as the composed layers in one pass over the input (at batch 512 on
     XLA:CPU, forward 5.6x and forward plus weight gradient 3.6x faster than Eigen's convolution and the pool;
     benchmarks/README.md, "The cnn's first block in one pass")."""
-    return _conv_pool_1ch_fwd(x, kernel, bias)[0]
+    return _conv_pool_1ch(x[..., 0], kernel.reshape(-1, kernel.shape[-1]), bias)[0]  # no barrier: nothing reads back
 
 
 conv_pool_1ch.defvjp(_conv_pool_1ch_fwd, _conv_pool_1ch_bwd)

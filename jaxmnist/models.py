@@ -19,7 +19,7 @@ and rates of 0 switch it off. Usage::
 """
 
 import functools
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import jax.numpy as jnp
 from flax import linen as nn
@@ -48,6 +48,7 @@ class CNN(nn.Module):
     dtype: Dtype = jnp.float32
     conv_plan: ConvPlan = convs.XLA  # how its convolutions run (jaxmnist.convs)
     fuse_first_block: bool = True  # conv_pool_1ch: the same function, a quarter off the train step on XLA:CPU
+    kernel_size: ClassVar[int] = 5  # both blocks' convolutions (the blog's)
 
     @nn.compact
     def __call__(self, x, train: bool):
@@ -56,10 +57,10 @@ class CNN(nn.Module):
         x = x.astype(self.dtype)
         for i, features in enumerate((10, 20), start=1):
             if i == 1 and self._fusable(x):
-                params = conv(features, 5, name='block1_0').variables['params']
+                params = conv(features, self.kernel_size, name='block1_0').variables['params']
                 x = conv_pool_1ch(x, params['kernel'], params['bias'])
             else:
-                x = nn.relu(max_pool(conv(features, 5, name=f'block{i}_0')(x), 2, 2))
+                x = nn.relu(max_pool(conv(features, self.kernel_size, name=f'block{i}_0')(x), 2, 2))
             x = norm(name=f'block{i}_3')(x)
         return Dense(self.num_classes, dtype=self.dtype, name='fc_1')(flatten_chw(x))
 
@@ -69,7 +70,7 @@ class CNN(nn.Module):
         return (
             self.fuse_first_block
             and x.shape[-1] == 1
-            and (x.shape[1] - 5 + 1) % 2 == (x.shape[2] - 5 + 1) % 2 == 0
+            and (x.shape[1] - self.kernel_size + 1) % 2 == (x.shape[2] - self.kernel_size + 1) % 2 == 0
             and jnp.dtype(self.dtype).itemsize >= 4
             and not self.is_initializing()
         )
