@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxmnist import cli, compile_cache, host, runlog, weights
+from jaxmnist import cli, compile_cache, figures, host, runlog, weights
 from jaxmnist import data as data_lib
 
 GRID_MAX = 100  # misclassified digits drawn (all are listed in report.json)
@@ -90,7 +90,7 @@ def table(summary: dict) -> str:
 def confusion_figure(summary: dict):
     confusion = np.asarray(summary["confusion"])
     classes = len(confusion)
-    fig = runlog.figure(figsize=(6.5, 5.5), dpi=100)
+    fig = figures.figure(figsize=(6.5, 5.5), dpi=100)
     ax = fig.subplots()
     off = confusion.astype(float)
     np.fill_diagonal(off, np.nan)  # the colours show the errors; the diagonal would drown them
@@ -115,7 +115,7 @@ def misclassified_figure(summary: dict, images_u8: np.ndarray, limit: int = GRID
     for k, w in enumerate(wrong):
         r, c = divmod(k, cols)
         grid[r * cell + pad : r * cell + pad + 28, c * 32 + 2 : c * 32 + 30] = images_u8[w["index"]]
-    fig = runlog.figure(figsize=(cols * 0.9, rows * 1.15 + 0.5), dpi=100)
+    fig = figures.figure(figsize=(cols * 0.9, rows * 1.15 + 0.5), dpi=100)
     ax = fig.subplots()
     ax.imshow(grid, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
     for k, w in enumerate(wrong):

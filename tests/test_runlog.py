@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from jaxmnist import host, runlog
+from jaxmnist import figures, host, runlog
 from jaxmnist.cli import UsageError
 from jaxmnist.presets import PRESETS
 
@@ -67,8 +67,12 @@ def test_metrics_json_holds_every_batch_and_epoch(tmp_path):
 
 def test_curves_show_the_error_on_a_log_axis_and_the_learning_rate(tmp_path):
     _, record = run_report(tmp_path)
-    fig = runlog.curves_figure(record, batches_per_epoch=2)
+    fig = figures.curves(record, batches_per_epoch=2)
     loss_ax, err_ax, lr_ax = fig.axes
+    fig.canvas.draw()
+    for ax in (loss_ax, err_ax):  # plain numbers on the log axes (0.6, 1, 2), not mathtext's 6x10^-1
+        labels = [t.get_text() for t in ax.get_yticklabels(minor=True) + ax.get_yticklabels()]
+        assert any(labels) and not any("$" in label for label in labels), labels
     lines = {line.get_label(): line for line in err_ax.get_lines()}
     assert err_ax.get_yscale() == "log" and set(lines) == {"test", "train"}  # no validation split in this run
     np.testing.assert_allclose(lines["test"].get_ydata(), [2.5, 1.75])  # 100 - 97.5, 100 - 98.25
