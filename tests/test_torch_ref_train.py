@@ -272,22 +272,17 @@ def test_one_epoch_accuracy_matches_jax(mnist, tmp_path):
     """cnn_cpu (batch 64, SGD lr 0.01, momentum 0.5) for one epoch of half the training set (469 steps), two seeds
     in each framework. Measured (2026-11-30, Zen 3): JAX 97.17 and 96.95 %, torch 97.21 and 96.96 %; bounds: every
     run >= 96.5 %, the means within 0.3 points (a whole epoch: >= 97.5 %, the same 0.3). JAX compiles one step
-    per chunk: the same arithmetic as 8 (tests/test_engine.py), one program instead of two."""
+    per chunk: the same arithmetic as 8 (tests/test_engine.py), one program instead of two; its seeds run one after
+    another on the same compiled programs (each as it would alone: tests/test_train_seeds.py)."""
     config = PRESETS["cnn_cpu"].replace(epochs=1, train_size=30_000)
-    accs = {"jax": [], "torch": []}
+    jax_runs = trainer.train_seeds(config, (0, 1), "sequential", data=mnist, preset="cnn_cpu", logdir=tmp_path / "jax",
+                                   progress=False, report=False, chunk_steps=1)  # fmt: skip
+    accs = {"jax": [r.record["final_acc"] for r in jax_runs], "torch": []}
     for seed in (0, 1):
-        run = config.replace(seed=seed)
-        logdir = tmp_path / f"seed{seed}"
-        accs["jax"].append(
-            trainer.train_and_evaluate(
-                run, preset="cnn_cpu", data=mnist, logdir=logdir / "jax", progress=False, report=False, chunk_steps=1
-            ).record["final_acc"]
-        )
-        accs["torch"].append(
-            torch_train.train_and_evaluate(run, preset="cnn_cpu", data=mnist, logdir=logdir / "torch", progress=False)[
-                "final_acc"
-            ]
-        )
+        logdir = tmp_path / "torch" / f"seed{seed}"
+        run = torch_train.train_and_evaluate(config.replace(seed=seed), preset="cnn_cpu", data=mnist, logdir=logdir,
+                                             progress=False)  # fmt: skip
+        accs["torch"].append(run["final_acc"])
     print(f"\ncnn_cpu, 1 epoch of 30,000 images, seeds 0 and 1: jax {accs['jax']}, torch {accs['torch']}")
     assert min(accs["jax"] + accs["torch"]) >= 96.5
     assert abs(np.mean(accs["jax"]) - np.mean(accs["torch"])) <= 0.3
