@@ -10,6 +10,7 @@ sync per step, and the count of compilations that proves nothing compiles again 
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 from typing import Callable
@@ -286,27 +287,56 @@ class RecompileWatch:
 
 
 class ProgramCache:
-    """The compiled programs of runs of the same shapes (the seeds of a sequential --seeds run): compiled for the
-    first, taken as they are by the others."""
+    """The compiled programs of runs of the same shapes: compiled for the first, taken as they are by the others
+    (the seeds of a sequential --seeds run; in one process, `SHARED`: a notebook's second run, a resumed one).
+    Keyed by all a program is traced from: the configuration but its seed, the shapes, dtypes and placement of
+    the state and of the data, the network (its module, so an edited and reloaded network misses), the step's
+    functions and the options; at most `size` entries, the least recently used dropped."""
 
-    def __init__(self):
-        self._programs: dict = {}
+    def __init__(self, size: int = 8):
+        self._programs: collections.OrderedDict = collections.OrderedDict()
+        self.size = size
 
     def get(self, config: Config, state, data: DeviceData, bounds, unroll: bool, seeds: Seeds,
             placement: Placement = Placement(), plan: ConvPlan = convs.XLA) -> tuple[Training, EvalPasses, object]:  # fmt: skip
         """(training, evaluation passes, state): the state is `state` with the static fields of the state the
         programs were compiled for (the same pytree, so the programs accept it)."""
-        key = (config.replace(seed=0), seeds.seeds if seeds.vmapped else None, tuple(bounds), unroll, placement, plan)
+        key = (config.replace(seed=0), seeds.seeds if seeds.vmapped else None, tuple(bounds), unroll, placement, plan,
+               _avals((state, data.train, data.test, data.val)), _network(state), state.schedule, _traced(),
+               jax.config.jax_enable_x64)  # fmt: skip
         if key not in self._programs:
             training = compile_training(config, state, data.train, bounds, unroll, seeds, placement, plan)
             evals = compile_eval_passes(config, state, data, seeds, placement, plan)
-            self._programs[key] = training, evals, state
+            self._programs[key] = training, evals, (state.apply_fn, state.tx)
+            while len(self._programs) > self.size:
+                self._programs.popitem(last=False)
             return training, evals, state
-        training, evals, compiled_for = self._programs[key]
-        state = state.replace(apply_fn=compiled_for.apply_fn, tx=compiled_for.tx)
+        self._programs.move_to_end(key)
+        training, evals, (apply_fn, tx) = self._programs[key]
+        state = state.replace(apply_fn=apply_fn, tx=tx)
         test_key = placement.replicate(test_augment_key(config, seeds))
         return (
             dataclasses.replace(training, seeds=seeds),
             dataclasses.replace(evals, seeds=seeds, test_augment_key=test_key),
             state,
         )
+
+
+def _avals(tree) -> tuple:
+    """Every array leaf's path, shape, dtype and sharding."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return tuple((jax.tree_util.keystr(p), x.shape, x.dtype, getattr(x, "sharding", None)) for p, x in leaves)
+
+
+def _network(state) -> tuple:
+    """The state's network as a key: the module (equal when its class and fields are) and its apply function (a
+    bound method compares its module by identity)."""
+    fn = state.apply_fn
+    return getattr(fn, "__self__", fn), getattr(fn, "__func__", None)
+
+
+def _traced() -> tuple:
+    """The functions the programs trace, as they are now (a replaced or reloaded one misses)."""
+    return engine.train_chunk, engine.chunk_batches, engine.epoch_indices, engine.eval_split
+
+SHARED = ProgramCache()

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmnist import data as data_lib
-from jaxmnist import engine, evaluate, optim, runlog, weights
+from jaxmnist import engine, evaluate, optim, programs, runlog, weights
 from jaxmnist.checkpoint import Checkpointer
 from jaxmnist.cli import UsageError
 from jaxmnist.convs import ConvPlan
@@ -243,7 +243,7 @@ def finish(run: Run, opts: Options, epoch_times: list[float], compile_s: float, 
 def train_run(config: Config, seeds: Seeds, opts: Options, data: data_lib.Dataset | None = None,
               cache: ProgramCache | None = None) -> list[Result]:  # fmt: skip
     """Trains one seed, or vmapped seeds, evaluating after every epoch. `cache` keeps the compiled programs for
-    the next run of the same shapes."""
+    the next run of the same shapes (by default the process's: programs.SHARED)."""
     validate(config)
     opts.placement.check_batch(config.batch_size)
     if opts.resume and not opts.workdir:
@@ -252,7 +252,7 @@ def train_run(config: Config, seeds: Seeds, opts: Options, data: data_lib.Datase
         if d:
             runlog.writable_logdir(d)
     run = prepare(config, seeds, opts, data)
-    training, evals, compile_s = compile_programs(run, opts, cache or ProgramCache())
+    training, evals, compile_s = compile_programs(run, opts, cache or programs.SHARED)
     announce(run, opts, compile_s)
     epoch_times, watch = [], RecompileWatch(run.first_epoch)
     for epoch in range(run.first_epoch, config.epochs):

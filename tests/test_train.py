@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from helpers import FAST_TINY
 
-from jaxmnist import convs, engine, programs, trainer
+from jaxmnist import convs, engine, models, programs, trainer
 from jaxmnist import data as data_lib
 from jaxmnist.checkpoint import Checkpointer
 from jaxmnist.cli import UsageError
@@ -178,6 +178,30 @@ def test_one_train_program_serves_every_split_size(rng):
     finally:
         jax.monitoring.unregister_event_listener(listener)
     assert len(hits) >= 1  # the chunk; the gathering and the shuffle take the split: compiled for each size
+
+
+def test_runs_in_one_process_share_their_programs(mnist, monkeypatch):
+    """A second run of the same configuration and shapes in a process (a notebook's, a resumed one) takes the first
+    one's compiled programs (programs.SHARED) and trains to the same bits; another configuration, or the same one
+    on an edited network, compiles its own."""
+    monkeypatch.setattr(programs, "SHARED", programs.ProgramCache())
+    compiled, compile_training = [], programs.compile_training
+    monkeypatch.setattr(programs, "compile_training", lambda *a, **k: compiled.append(1) or compile_training(*a, **k))
+    run = dict(data=tiny_data(mnist), progress=False, chunk_steps=1, unroll=True, out=io.StringIO())
+    config = TINY.replace(epochs=1)
+    first, again = (trainer.train_and_evaluate(config, **run) for _ in range(2))
+    assert len(compiled) == 1
+    for a, b in zip(jax.tree.leaves(first.state), jax.tree.leaves(again.state), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    trainer.train_and_evaluate(config.replace(momentum=0.9), **run)
+    assert len(compiled) == 2
+
+    class Edited(models.CNN):  # as a reloaded module's class: equal fields, another network
+        pass
+
+    monkeypatch.setitem(models.MODELS, "cnn", Edited)
+    trainer.train_and_evaluate(config, **run)
+    assert len(compiled) == 3
 
 
 def test_no_recompilation_after_first_epoch(mnist, tmp_path):
