@@ -119,7 +119,7 @@ def create_state(
         opt_state=tx.init(variables["params"]),
         lr=jnp.asarray(config.lr, jnp.float32),
         rng=rng,
-        apply_fn=model.apply,
+        apply_fn=models.Apply(model),
         tx=tx,
         ema=jax.tree.map(jnp.copy, weights) if config.ema else None,
         schedule=schedule,

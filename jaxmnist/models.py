@@ -18,6 +18,7 @@ and rates of 0 switch it off. Usage::
                                 mutable=['batch_stats'])
 """
 
+import dataclasses
 import functools
 from typing import ClassVar, Sequence
 
@@ -290,6 +291,18 @@ TORCHVISION = {'resnet18': ResNet18, 'resnet101': ResNet101}
 # Every network, in the blog's order: the one list the trainers, presets, benchmarks and tests derive theirs from.
 # `fast` is this project's own (the fast preset, docs/experiments.md), after the blog's.
 MODELS = {'cnn': CNN, 'cnn_deep': CNNDeep, 'resnet': BlogResNet, **TORCHVISION, 'fast': FastNet}
+
+
+@dataclasses.dataclass(frozen=True)
+class Apply:
+    """`module.apply`, equal for equal networks (a bound method compares its module by identity): as a train
+    state's static field or a jitted function's static argument, a network built anew finds jit's traces and the
+    process's compiled programs again; an edited network (another class) does not."""
+
+    module: nn.Module
+
+    def __call__(self, *args, **kwargs):
+        return self.module.apply(*args, **kwargs)
 
 
 def get_model(

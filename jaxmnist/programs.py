@@ -290,7 +290,7 @@ class ProgramCache:
     """The compiled programs of runs of the same shapes: compiled for the first, taken as they are by the others
     (the seeds of a sequential --seeds run; in one process, `SHARED`: a notebook's second run, a resumed one).
     Keyed by all a program is traced from: the configuration but its seed, the shapes, dtypes and placement of
-    the state and of the data, the network (its module, so an edited and reloaded network misses), the step's
+    the state and of the data, the network (models.Apply: an edited and reloaded network misses), the step's
     functions and the options; at most `size` entries, the least recently used dropped."""
 
     def __init__(self, size: int = 8):
@@ -302,13 +302,13 @@ class ProgramCache:
         """(training, evaluation passes, state): the state is `state` with the static fields of the state the
         programs were compiled for (the same pytree, so the programs accept it)."""
         key = (config.replace(seed=0), seeds.seeds if seeds.vmapped else None, tuple(bounds), unroll, placement, plan,
-               _avals((state, data.train, data.test, data.val)), _network(state), state.schedule, _traced(),
+               _avals((state, data.train, data.test, data.val)), state.apply_fn, state.schedule, _traced(),
                jax.config.jax_enable_x64)  # fmt: skip
         if key not in self._programs:
             training = compile_training(config, state, data.train, bounds, unroll, seeds, placement, plan)
             evals = compile_eval_passes(config, state, data, seeds, placement, plan)
             self._programs[key] = training, evals, (state.apply_fn, state.tx)
-            while len(self._programs) > self.size:
+            if len(self._programs) > self.size:
                 self._programs.popitem(last=False)
             return training, evals, state
         self._programs.move_to_end(key)
@@ -328,15 +328,9 @@ def _avals(tree) -> tuple:
     return tuple((jax.tree_util.keystr(p), x.shape, x.dtype, getattr(x, "sharding", None)) for p, x in leaves)
 
 
-def _network(state) -> tuple:
-    """The state's network as a key: the module (equal when its class and fields are) and its apply function (a
-    bound method compares its module by identity)."""
-    fn = state.apply_fn
-    return getattr(fn, "__self__", fn), getattr(fn, "__func__", None)
-
-
 def _traced() -> tuple:
     """The functions the programs trace, as they are now (a replaced or reloaded one misses)."""
     return engine.train_chunk, engine.chunk_batches, engine.epoch_indices, engine.eval_split
+
 
 SHARED = ProgramCache()

@@ -54,22 +54,10 @@ def _jitted(ensemble: bool, options: tuple):
     return jax.jit(_mean_softmax if ensemble else _softmax, static_argnums=0, compiler_options=dict(options))
 
 
-@dataclasses.dataclass(frozen=True)
-class _Apply:
-    """A network's `apply`, equal for equal networks (a bound method compares its module by identity): the static
-    argument of the softmax programs, so that every Model of a network traces them once per process, not once each."""
-
-    module: object
-
-    def __call__(self, *args, **kwargs):
-        return self.module.apply(*args, **kwargs)
-
-
 def probabilities(apply_fn, variables, images_u8: np.ndarray, program, batch_size: int = 1000) -> np.ndarray:
     """[N, classes] softmax of a model in eval mode over uint8 [N, 28, 28] digits, a batch at a time (compiled
-    once per network and batch shape); `program`: the `softmax_program` of the network's plan."""
-    module = getattr(apply_fn, "__self__", None)
-    apply_fn = _Apply(module) if getattr(apply_fn, "__func__", None) is getattr(type(module), "apply", 0) else apply_fn
+    once per network and batch shape: `apply_fn` a models.Apply); `program`: the `softmax_program` of the network's
+    plan."""
     parts = [program(apply_fn, variables, images_u8[i : i + batch_size]) for i in range(0, len(images_u8), batch_size)]
     return np.concatenate([np.asarray(p) for p in parts])
 
@@ -102,7 +90,7 @@ class Model:
 
     def probabilities(self, images_u8: np.ndarray) -> np.ndarray:
         """[N, classes] softmax of the network in eval mode, for uint8 [N, 28, 28] digits."""
-        return probabilities(self.module.apply, self.variables, images_u8, self.program)
+        return probabilities(models.Apply(self.module), self.variables, images_u8, self.program)
 
 
 def _note(message: str) -> None:
