@@ -1,5 +1,6 @@
 """Which convolution plan runs on this machine, measured: as cuDNN's autotuner does on GPUs, the first run on a CPU
-times the candidates (`jaxmnist.convs`: XLA's convolution under each kernel library, and im2col + one GEMM) for every
+times the candidates (`jaxmnist.convs`: XLA's convolution under each kernel library, im2col + one GEMM, GEMMs over
+input rows) for every
 convolution shape its network needs, forward plus backward at the run's batch size, keeps the fastest, and caches
 the timings by CPU identity in ~/.cache/jaxmnist/conv-timings.json. The candidates run interleaved, and timings
 taken while other processes held over 15 % of the CPU (`host.SHARED_ABOVE`) serve that run only (benchmarks/
@@ -26,7 +27,7 @@ from jaxmnist.convs import ENV_IMPL, FORMULATIONS, IMPLS, LIBRARIES, XLA, ConvPl
 from jaxmnist.convs import library_options
 
 ENV_CACHE = 'JAXMNIST_CONV_CACHE'  # the timings' file (default ~/.cache/jaxmnist/conv-timings.json)
-CACHE_FORMAT = 3  # 3: timed interleaved, cached from a quiet CPU only; 2: `eigen` keeps YNNPACK's reductions
+CACHE_FORMAT = 4  # 4: the rows candidate; 3: timed interleaved, cached from a quiet CPU only; 2: `eigen` keeps YNNPACK's reductions
 TUNING_BATCH = 256  # measured at the run's batch size, or this if smaller
 
 
@@ -64,13 +65,18 @@ def _write_cache(path: Path, machine: str, timings: dict) -> None:
         pass  # a read-only home: the next run measures again
 
 
-# What is timed per layer: XLA's convolution in each library, and the matmul formulation once (its GEMM and copies
+# What is timed per layer: XLA's convolution in each library, and each GEMM formulation once (its GEMMs and copies
 # are XLA's own code whatever the library: timed with Eigen's).
-CANDIDATES = {'xla/conv': ('xla', 'conv'), 'eigen/conv': ('eigen', 'conv'), 'matmul': ('eigen', 'matmul')}
+CANDIDATES = {
+    'xla/conv': ('xla', 'conv'),
+    'eigen/conv': ('eigen', 'conv'),
+    'matmul': ('eigen', 'matmul'),
+    'rows': ('eigen', 'rows'),
+}
 
 
 def _candidate(library: str, formulation: str) -> str:
-    return 'matmul' if formulation == 'matmul' else f'{library}/{formulation}'
+    return f'{library}/{formulation}' if formulation == 'conv' else formulation
 
 
 def _complete(times) -> bool:
@@ -158,7 +164,12 @@ def choose(timings: dict, source: str) -> ConvPlan:
         return min(FORMULATIONS, key=lambda f: t[_candidate(lib, f)])
 
     def cost(lib):
-        return sum(t[_candidate(lib, best(lib, t))] for t in timings.values())
+        """The layers' total, then (a tie: GEMM formulations cost the same under both libraries) its convolutions':
+        the library also runs what the plan does not time (the fused first layers' weight gradients)."""
+        return (
+            sum(t[_candidate(lib, best(lib, t))] for t in timings.values()),
+            sum(t[_candidate(lib, 'conv')] for t in timings.values()),
+        )
 
     library = min(LIBRARIES, key=cost)
     layers = sorted((g.key, f) for g, t in timings.items() if (f := best(library, t)) != 'conv')

@@ -9,8 +9,9 @@ XLA's older Eigen kernels for the blog's layers, and up to 6-8x slower on an AVX
 - the *library* (a compiler option of a whole program, so one per network): `xla` (XLA's default kernels) or
   `eigen` (YNNPACK's fusions cut down to reductions, `--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_REDUCE`,
   so convolutions run on Eigen's kernels);
-- each layer's *formulation*: `conv` (`lax.conv_general_dilated`) or `matmul` (im2col by strided slices and one
-  GEMM, `conv_as_matmul`).
+- each layer's *formulation*: `conv` (`lax.conv_general_dilated`), `matmul` (im2col by strided slices and one
+  GEMM, `conv_as_matmul`) or `rows` (XLA's convolution, its input gradient as GEMMs over whole input rows with a
+  banded kernel, `conv_rows_input_grad`).
 
 Every candidate computes the same function (float64 tests against `lax.conv` in tests/test_convs.py); only the
 rounding differs, so a resumed run takes the plan of the run it resumes (`ConvPlan.to_json`, in the checkpoint).
@@ -28,6 +29,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 # What `--conv-impl` accepts: `auto` measures; the others fix the plan. `xla` is XLA's own choice for everything
 # (the default on GPUs and TPUs, where nothing is measured).
@@ -73,7 +75,62 @@ def conv_as_matmul(x, kernel, stride: int, padding: int):
     return patches @ jnp.concatenate([kernel[i, j] for i, j in taps], 0).reshape(-1, features)
 
 
-FORMULATIONS: dict[str, Callable] = {'conv': lax_conv, 'matmul': conv_as_matmul}
+# Output columns per GEMM of row_matmuls. Its transpose (the input gradient) at batch 512 on a Zen 4, tiles of 2, 4, 8:
+# cnn's 12x12 10->20 5x5 8.4, 5.3, 6.1 ms; resnet's 28x28 16->32 3x3/2 47.9, 36.5, 44.7 ms (XLA's: 20.3 and 75.4).
+ROW_TILE = 4
+
+
+def row_matmuls(x, kernel, stride: int, padding: int, tile: int = ROW_TILE):
+    """torch's Conv2d (NHWC x HWIO) as GEMMs over whole input rows: for each tile of `tile` output columns, the
+    K input rows an output row reads (their columns under the tile, all channels) concatenated, times a banded
+    matrix that holds the kernel at every column offset. It multiplies zeros (the band: about (tile + K - 1) / K
+    times the convolution's multiply-adds), but in GEMMs of tile * Cout columns where im2col's have Cout."""
+    k, _, cin, cout = kernel.shape
+    x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    b, hp, wp, _ = x.shape
+    ho, wo = (hp - k) // stride + 1, (wp - k) // stride + 1
+    rows_of = [x[:, i : i + stride * (ho - 1) + 1 : stride] for i in range(k)]  # [B, Ho, Wp, Cin] per kernel row
+    outs = []
+    for x0 in range(0, wo, tile):
+        width = min(tile, wo - x0)
+        span = stride * (width - 1) + k  # input columns the tile reads, from stride * x0
+        band = np.zeros((k, span, width), np.float32)  # band[j, column, out] = 1 where out reads column at tap j
+        for j in range(k):
+            band[j, stride * np.arange(width) + j, np.arange(width)] = 1
+        weights = jnp.einsum('jso,ijcf->iscof', band.astype(kernel.dtype), kernel)
+        cols = slice(stride * x0, stride * x0 + span)
+        lhs = jnp.concatenate([r[:, :, cols].reshape(b, ho, span * cin) for r in rows_of], -1)
+        outs.append((lhs @ weights.reshape(k * span * cin, width * cout)).reshape(b, ho, width, cout))
+    return outs[0] if len(outs) == 1 else jnp.concatenate(outs, 2)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv_rows_input_grad(x, kernel, stride: int, padding: int):
+    """XLA's convolution forward and for the kernel's gradient; the input's gradient as the transpose of
+    `row_matmuls`. XLA's input gradient is a full convolution of the zero-padded cotangent, which Eigen's kernels
+    run slowly for few channels and wide kernels: cnn's 12x12 10->20 5x5 at batch 512 on a Zen 4, 18.5 ms, where
+    the row GEMMs' transpose takes 5.1 (forward 4.3 against their 6.1, kernel gradient 7.4 against 9.1: those stay
+    XLA's; benchmarks/README.md, "Row GEMMs for an input gradient"). On the CPU x passes `fusion_barrier`, as in
+    `conv_behind_barrier`."""
+    return lax_conv(x, kernel, stride, padding)
+
+
+def _rows_fwd(x, kernel, stride, padding):
+    x = fusion_barrier(x) if jax.default_backend() == 'cpu' else x
+    return lax_conv(x, kernel, stride, padding), (x, kernel)
+
+
+def _rows_bwd(stride, padding, residuals, dy):
+    x, kernel = residuals
+    dx = jax.vjp(lambda x: row_matmuls(x, kernel, stride, padding), x)[1](dy)[0]
+    dk = jax.vjp(lambda k: lax_conv(x, k, stride, padding), kernel)[1](dy)[0]
+    return dx, dk
+
+
+conv_rows_input_grad.defvjp(_rows_fwd, _rows_bwd)
+
+
+FORMULATIONS: dict[str, Callable] = {'conv': lax_conv, 'matmul': conv_as_matmul, 'rows': conv_rows_input_grad}
 
 
 @dataclasses.dataclass(frozen=True)

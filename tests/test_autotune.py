@@ -24,11 +24,18 @@ def test_choose_takes_the_cheapest_library_then_each_layers_fastest():
     """The library is one per program: the least total over the layers, each in its better formulation there."""
     a, b = Geometry(28, 28, 16, 16, 3, 1, 1, 'float32'), Geometry(2, 2, 256, 256, 3, 1, 1, 'float32')
     timings = {
-        a: {'xla/conv': 0.50, 'eigen/conv': 0.10, 'matmul': 0.40},
-        b: {'xla/conv': 0.02, 'eigen/conv': 0.09, 'matmul': 0.05},
+        a: {'xla/conv': 0.50, 'eigen/conv': 0.10, 'matmul': 0.40, 'rows': 0.30},
+        b: {'xla/conv': 0.02, 'eigen/conv': 0.09, 'matmul': 0.05, 'rows': 0.06},
     }
     plan = autotune.choose(timings, 'measured')
     assert (plan.library, plan.layers) == ('eigen', ((b.key, 'matmul'),))  # 0.15 in all against xla's 0.42
+    timings[a]['rows'] = 0.08  # a GEMM formulation runs under either library: xla's 0.08 + 0.02 now costs least
+    assert autotune.choose(timings, 'measured') == ConvPlan('xla', 'conv', ((a.key, 'rows'),), 'measured')
+    timings[a]['rows'] = 0.30
+    # One layer, a GEMM formulation fastest: both libraries cost the same; the one whose convolution is faster runs
+    # the rest of the program (the cnn's fused first block: under XLA's default kernels its step took twice as long)
+    single = {a: {'xla/conv': 0.50, 'eigen/conv': 0.10, 'matmul': 0.40, 'rows': 0.08}}
+    assert autotune.choose(single, 'measured') == ConvPlan('eigen', 'conv', ((a.key, 'rows'),), 'measured')
     timings[a]['xla/conv'] = 0.05
     assert autotune.choose(timings, 'measured') == ConvPlan('xla', 'conv', (), 'measured')
 
@@ -43,7 +50,7 @@ class FakeOthersCpu:
 
 
 def test_measured_plan_times_each_shape_once_then_reads_the_cache(tmp_path, monkeypatch):
-    """Real timings of the unfused cnn's two layers at batch 2 (three candidates each), cached under this CPU's
+    """Real timings of the unfused cnn's two layers at batch 2 (four candidates each), cached under this CPU's
     identity; a second call measures nothing and gives the same plan. (A quiet CPU faked: the suite's other worker shares it.)"""
     monkeypatch.setenv(autotune.ENV_CACHE, str(tmp_path / 'timings.json'))
     monkeypatch.setattr(autotune.host, 'OthersCpu', FakeOthersCpu)
@@ -53,7 +60,7 @@ def test_measured_plan_times_each_shape_once_then_reads_the_cache(tmp_path, monk
     said = []
     first = autotune.measured_plan(TWO_CONVS, 2, say=said.append)
     assert len(timed) == 2 and first.source == 'measured'
-    assert said[0].startswith('timing 3 ways to run each of 2 convolution shapes') and 'cached in' in said[-1]
+    assert said[0].startswith('timing 4 ways to run each of 2 convolution shapes') and 'cached in' in said[-1]
     cached = json.loads((tmp_path / 'timings.json').read_text())['machines'][autotune.cpu_identity()]
     assert sorted(cached) == [
         '12x12 10->20 5x5/1 pad 0 float32 batch 2',
@@ -74,7 +81,7 @@ def test_timings_from_a_busy_cpu_choose_this_runs_plan_and_are_not_cached(tmp_pa
     monkeypatch.setattr(FakeOthersCpu, 'share_taken', 0.4)
     monkeypatch.setattr(autotune.host, 'OthersCpu', FakeOthersCpu)
     timed = []
-    times = {'xla/conv': 1.0, 'eigen/conv': 2.0, 'matmul': 3.0}
+    times = {'xla/conv': 1.0, 'eigen/conv': 2.0, 'matmul': 3.0, 'rows': 3.0}
     monkeypatch.setattr(autotune, 'time_candidates', lambda g, b, stem: timed.append(g) or times)
     said = []
     plan = autotune.measured_plan(TWO_CONVS, 2, say=said.append)
@@ -108,18 +115,18 @@ def test_candidates_are_timed_in_interleaved_rounds_the_slow_ones_dropped(monkey
     """One call of each candidate per round, the best call kept, so that a burst of other work (here: 50 s during
     Eigen's first call) slows one round and not one candidate; from the second round on, a candidate over twice the
     fastest is not called again."""
-    cost = {'xla/conv': [3.0, 3.0], 'eigen/conv': [50.0, 1.0, 1.2], 'matmul': [9.0, 8.0]}
+    cost = {'xla/conv': [3.0, 3.0], 'eigen/conv': [50.0, 1.0, 1.2], 'matmul': [9.0, 8.0], 'rows': [4.0, 4.0]}
     times, calls = time_with_fake_calls(monkeypatch, cost)
-    assert times == {'xla/conv': 3.0, 'eigen/conv': 1.0, 'matmul': 8.0}
-    # rounds 1 and 2: all three (Eigen's slow first call drops nothing); round 3: Eigen alone (3 and 8 > 2 x 1)
-    assert calls == ['xla/conv', 'eigen/conv', 'matmul'] * 2 + ['eigen/conv']
+    assert times == {'xla/conv': 3.0, 'eigen/conv': 1.0, 'matmul': 8.0, 'rows': 4.0}
+    # rounds 1 and 2: all four (Eigen's slow first call drops nothing); round 3: Eigen alone (3, 8 and 4 > 2 x 1)
+    assert calls == ['xla/conv', 'eigen/conv', 'matmul', 'rows'] * 2 + ['eigen/conv']
 
 
 def test_cheap_layers_get_more_rounds(monkeypatch):
-    """Calls of 10 ms: rounds go on until the layer has been timed for MIN_LAYER_S (0.25 s: 9 rounds of 30 ms)."""
+    """Calls of 10 ms: rounds go on until the layer has been timed for MIN_LAYER_S (0.25 s: 7 rounds of 40 ms)."""
     cost = {name: [0.01] * autotune.MAX_ROUNDS for name in autotune.CANDIDATES}
     times, calls = time_with_fake_calls(monkeypatch, cost)
-    assert autotune.MIN_LAYER_S == 0.25 and calls == list(autotune.CANDIDATES) * 9
+    assert autotune.MIN_LAYER_S == 0.25 and calls == list(autotune.CANDIDATES) * 7
     assert times == pytest.approx(dict.fromkeys(autotune.CANDIDATES, 0.01))
 
 
@@ -137,7 +144,7 @@ def test_a_damaged_or_foreign_cache_is_measured_again_and_rewritten(spoil, tmp_p
     path.write_text(spoil.replace('%s', autotune.cpu_identity()))
     monkeypatch.setenv(autotune.ENV_CACHE, str(path))
     monkeypatch.setattr(autotune.host, 'OthersCpu', FakeOthersCpu)
-    times = {'xla/conv': 2.0, 'eigen/conv': 2.0, 'matmul': 1.0}
+    times = {'xla/conv': 2.0, 'eigen/conv': 2.0, 'matmul': 1.0, 'rows': 1.5}
     monkeypatch.setattr(autotune, 'time_candidates', lambda g, b, stem: times)
     plan = autotune.measured_plan(TWO_CONVS, 2, say=lambda m: None)
     assert plan.layers and all(f == 'matmul' for _, f in plan.layers)

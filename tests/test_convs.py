@@ -21,18 +21,22 @@ SHAPES = [(1, 3, 1, 1, 5), (2, 3, 1, 1, 5), (2, 3, 2, 1, 5), (2, 1, 2, 0, 5), (4
           (3, 2, 1, 0, 5), (5, 7, 2, 3, 5), (28, 5, 1, 0, 1), (28, 3, 1, 1, 1), (12, 5, 1, 0, 3), (14, 3, 2, 1, 4)]  # fmt: skip
 
 
-@pytest.mark.parametrize('formulation', [*convs.FORMULATIONS, 'behind barrier'])
+# Besides the formulations: XLA's convolution as Eigen's plans run it, and the row GEMMs whose transpose is `rows`'s
+# input gradient (tiles of 4 columns: the shapes' last tiles are 1-4 wide), on their own.
+PARTS = {'behind barrier': convs.conv_behind_barrier, 'row GEMMs': convs.row_matmuls}
+
+
+@pytest.mark.parametrize('formulation', [*convs.FORMULATIONS, *PARTS])
 @pytest.mark.parametrize('size, k, stride, padding, channels', SHAPES)
 def test_every_formulation_is_torchs_conv2d(formulation, size, k, stride, padding, channels, rng):
-    """Values and both gradients equal F.conv2d's (float64: the sums are only reordered, so 1e-12); 'behind
-    barrier' is XLA's convolution as Eigen's plans run it (`conv_behind_barrier`, its own gradient)."""
+    """Values and both gradients equal F.conv2d's (float64: the sums are only reordered, so 1e-12)."""
     x = rng.standard_normal((3, channels, size, size))
     w = rng.standard_normal((4, channels, k, k))
     xt, wt = torch.tensor(x, requires_grad=True), torch.tensor(w, requires_grad=True)
     ref = F.conv2d(xt, wt, stride=stride, padding=padding)
     g = rng.standard_normal(ref.shape)
     ref.backward(torch.tensor(g))
-    conv = convs.FORMULATIONS.get(formulation, convs.conv_behind_barrier)
+    conv = {**convs.FORMULATIONS, **PARTS}[formulation]
 
     @jax.jit  # one program: run op by op, the formulations' dozens of small ops compiled one by one (4x slower)
     def value_and_grads(x, w, g):
