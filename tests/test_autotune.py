@@ -92,7 +92,7 @@ def test_timings_from_a_busy_cpu_choose_this_runs_plan_and_are_not_cached(tmp_pa
     assert len(timed) == 4 and 'cached in' in said[-1] and path.exists()
 
 
-def time_with_fake_calls(monkeypatch, cost: dict) -> tuple[dict, list]:
+def time_with_fake_calls(monkeypatch, cost: dict, stem: bool = False) -> tuple[dict, list]:
     """autotune.time_candidates where each candidate's n-th call takes cost[name][n] seconds of a fake clock: (the
     times it returns, the names of the calls in order)."""
     clock, calls = [0.0], []
@@ -108,7 +108,7 @@ def time_with_fake_calls(monkeypatch, cost: dict) -> tuple[dict, list]:
 
     monkeypatch.setattr(autotune, '_compiled_candidate', compiled)
     monkeypatch.setattr(autotune, 'time', type('FakeTime', (), {'perf_counter': staticmethod(lambda: clock[0])}))
-    return autotune.time_candidates(Geometry(14, 14, 32, 64, 3, 1, 1, 'float32'), 8, False), calls
+    return autotune.time_candidates(Geometry(14, 14, 32, 64, 3, 1, 1, 'float32'), 8, stem), calls
 
 
 def test_candidates_are_timed_in_interleaved_rounds_the_slow_ones_dropped(monkeypatch):
@@ -120,6 +120,15 @@ def test_candidates_are_timed_in_interleaved_rounds_the_slow_ones_dropped(monkey
     assert times == {'xla/conv': 3.0, 'eigen/conv': 1.0, 'matmul': 8.0, 'rows': 4.0}
     # rounds 1 and 2: all four (Eigen's slow first call drops nothing); round 3: Eigen alone (3, 8 and 4 > 2 x 1)
     assert calls == ['xla/conv', 'eigen/conv', 'matmul', 'rows'] * 2 + ['eigen/conv']
+
+
+def test_a_stems_rows_is_its_convolution_and_never_timed(monkeypatch):
+    """Without an input gradient `rows` is XLA's convolution, the same program: not called, never chosen over it."""
+    cost = {'xla/conv': [3.0] * 3, 'eigen/conv': [1.0] * 3, 'matmul': [1.5] * 3}
+    times, calls = time_with_fake_calls(monkeypatch, cost, stem=True)
+    assert 'rows' not in calls and times == {'xla/conv': 3.0, 'eigen/conv': 1.0, 'matmul': 1.5, 'rows': 3.0}
+    g = Geometry(28, 28, 1, 10, 5, 1, 0, 'float32')
+    assert autotune.choose({g: times}, 'measured') == ConvPlan('eigen', 'conv', (), 'measured')
 
 
 def test_cheap_layers_get_more_rounds(monkeypatch):
