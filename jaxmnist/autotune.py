@@ -27,7 +27,8 @@ from jaxmnist.convs import ENV_IMPL, FORMULATIONS, IMPLS, LIBRARIES, XLA, ConvPl
 from jaxmnist.convs import library_options
 
 ENV_CACHE = 'JAXMNIST_CONV_CACHE'  # the timings' file (default ~/.cache/jaxmnist/conv-timings.json)
-CACHE_FORMAT = 4  # 4: the rows candidate; 3: timed interleaved, cached from a quiet CPU only; 2: `eigen` keeps YNNPACK's reductions
+# 4: the rows candidate; 3: timed interleaved, cached from a quiet CPU only; 2: `eigen` keeps YNNPACK's reductions
+CACHE_FORMAT = 4
 TUNING_BATCH = 256  # measured at the run's batch size, or this if smaller
 
 

@@ -75,8 +75,8 @@ def conv_as_matmul(x, kernel, stride: int, padding: int):
     return patches @ jnp.concatenate([kernel[i, j] for i, j in taps], 0).reshape(-1, features)
 
 
-# Output columns per GEMM of row_matmuls. Its transpose (the input gradient) at batch 512 on a Zen 4, tiles of 2, 4, 8:
-# cnn's 12x12 10->20 5x5 8.4, 5.3, 6.1 ms; resnet's 28x28 16->32 3x3/2 47.9, 36.5, 44.7 ms (XLA's: 20.3 and 75.4).
+# Output columns per GEMM of row_matmuls. Its transpose (the input gradient) at batch 512 on a Zen 4, tiles of 2, 4,
+# 8: cnn's 12x12 10->20 5x5 8.4, 5.3, 6.1 ms; resnet's 28x28 16->32 3x3/2 47.9, 36.5, 44.7 ms (XLA's: 20.3, 75.4).
 ROW_TILE = 4
 
 
