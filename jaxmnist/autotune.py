@@ -160,12 +160,20 @@ def measured_plan(model, batch_size: int, say: Callable = print) -> ConvPlan:
     return choose(timings, 'cached' if not fresh else 'measured')
 
 
+# How much faster than the rest a formulation must be alone to be chosen. `rows` pays in a whole step for copies that
+# a layer alone does not show: the fast network's 14x14 32->64 3x3, 1.08x and 1.16x faster alone at batch 256 and 32,
+# made the step 1.10x and 1.19x slower; the cnn's 12x12 10->20 5x5, 1.7x faster alone, made it 0.70x as long
+# (paired steps on a Zen 4; benchmarks/README.md, "Row GEMMs for an input gradient").
+ALONE_MARGIN = {'rows': 1.5}
+
+
 def choose(timings: dict, source: str) -> ConvPlan:
     """The plan from per-layer timings ({Geometry: {candidate: seconds}}): the library whose layers, each in its
-    faster formulation, cost least in all (a library is a whole program's), then each layer's formulation."""
+    fastest formulation (counting ALONE_MARGIN), cost least in all (a library is a whole program's), then each
+    layer's formulation."""
 
     def best(lib, t):
-        return min(FORMULATIONS, key=lambda f: t[_candidate(lib, f)])
+        return min(FORMULATIONS, key=lambda f: t[_candidate(lib, f)] * ALONE_MARGIN.get(f, 1.0))
 
     def cost(lib):
         """The layers' total, then (a tie: GEMM formulations cost the same under both libraries) its convolutions':
