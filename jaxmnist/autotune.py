@@ -1,10 +1,10 @@
 """Which convolution plan runs on this machine, measured: as cuDNN's autotuner does on GPUs, the first run on a CPU
 times the candidates (`jaxmnist.convs`: XLA's convolution under each kernel library, im2col + one GEMM, GEMMs over
-input rows) for every
-convolution shape its network needs, forward plus backward at the run's batch size, keeps the fastest, and caches
-the timings by CPU identity in ~/.cache/jaxmnist/conv-timings.json. The candidates run interleaved, and timings
-taken while other processes held over 15 % of the CPU (`host.SHARED_ABOVE`) serve that run only (benchmarks/
-README.md, "The tuner's timings"). Off the CPU nothing is measured: XLA keeps its own choice.
+input rows for the input gradient) for every convolution shape its network needs, forward plus backward at the run's
+batch size, keeps the fastest, and caches the timings by CPU identity in ~/.cache/jaxmnist/conv-timings.json. The
+candidates run interleaved, and timings taken while other processes held over 15 % of the CPU (`host.SHARED_ABOVE`)
+serve that run only (benchmarks/README.md, "The tuner's timings"). Off the CPU nothing is measured: XLA keeps its
+own choice.
 
     plan = plan_for('auto', model, batch_size=512)       # measured once per machine, cached
 """
@@ -66,8 +66,9 @@ def _write_cache(path: Path, machine: str, timings: dict) -> None:
         pass  # a read-only home: the next run measures again
 
 
-# What is timed per layer: XLA's convolution in each library, and each GEMM formulation once (its GEMMs and copies
-# are XLA's own code whatever the library: timed with Eigen's).
+# What is timed per layer: XLA's convolution in each library, and each other formulation once, under Eigen's library
+# (matmul's GEMMs and copies are XLA's own code whatever the library; rows's forward and kernel gradient are XLA's
+# convolution, so under XLA's default kernels its time is Eigen's: a plan on that library counts it so).
 CANDIDATES = {
     'xla/conv': ('xla', 'conv'),
     'eigen/conv': ('eigen', 'conv'),

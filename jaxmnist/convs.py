@@ -122,7 +122,7 @@ def _rows_fwd(x, kernel, stride, padding):
 
 def _rows_bwd(stride, padding, residuals, dy):
     x, kernel = residuals
-    dx = jax.vjp(lambda x: row_matmuls(x, kernel, stride, padding), x)[1](dy)[0]
+    dx = jax.linear_transpose(lambda x: row_matmuls(x, kernel, stride, padding), x)(dy)[0]  # no forward GEMMs
     dk = jax.vjp(lambda k: lax_conv(x, k, stride, padding), kernel)[1](dy)[0]
     return dx, dk
 
