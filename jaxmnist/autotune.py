@@ -1,10 +1,10 @@
 """Which convolution plan runs on this machine, measured: as cuDNN's autotuner does on GPUs, the first run on a CPU
 times the candidates (`jaxmnist.convs`: XLA's convolution under each kernel library, im2col + one GEMM, GEMMs over
-input rows for the input gradient) for every convolution shape its network needs, forward plus backward at the run's
-batch size, keeps the fastest, and caches the timings by CPU identity in ~/.cache/jaxmnist/conv-timings.json. The
-candidates run interleaved, and timings taken while other processes held over 15 % of the CPU (`host.SHARED_ABOVE`)
-serve that run only (benchmarks/README.md, "The tuner's timings"). Off the CPU nothing is measured: XLA keeps its
-own choice.
+input rows for the input gradient, a strided layer's input gradient by phases) for every convolution shape its
+network needs, forward plus backward at the run's batch size, keeps the fastest, and caches the timings by CPU
+identity in ~/.cache/jaxmnist/conv-timings.json. The candidates run interleaved, and timings taken while other
+processes held over 15 % of the CPU (`host.SHARED_ABOVE`) serve that run only (benchmarks/README.md, "The tuner's
+timings"). Off the CPU nothing is measured: XLA keeps its own choice.
 
     plan = plan_for('auto', model, batch_size=512)       # measured once per machine, cached
 """
@@ -27,8 +27,9 @@ from jaxmnist.convs import ENV_IMPL, FORMULATIONS, IMPLS, LIBRARIES, XLA, ConvPl
 from jaxmnist.convs import library_options
 
 ENV_CACHE = 'JAXMNIST_CONV_CACHE'  # the timings' file (default ~/.cache/jaxmnist/conv-timings.json)
-# 4: the rows candidate; 3: timed interleaved, cached from a quiet CPU only; 2: `eigen` keeps YNNPACK's reductions
-CACHE_FORMAT = 4
+# 5: the phases candidate; 4: the rows candidate; 3: timed interleaved, cached from a quiet CPU only; 2: `eigen`
+# keeps YNNPACK's reductions
+CACHE_FORMAT = 5
 TUNING_BATCH = 256  # measured at the run's batch size, or this if smaller
 
 
@@ -67,13 +68,14 @@ def _write_cache(path: Path, machine: str, timings: dict) -> None:
 
 
 # What is timed per layer: XLA's convolution in each library, and each other formulation once, under Eigen's library
-# (matmul's GEMMs and copies are XLA's own code whatever the library; rows's forward and kernel gradient are XLA's
-# convolution, so under XLA's default kernels its time is Eigen's: a plan on that library counts it so).
+# (matmul's GEMMs and copies are XLA's own code whatever the library; rows's and phases's forward and kernel gradient
+# are XLA's convolution, so under XLA's default kernels their time is Eigen's: a plan on that library counts it so).
 CANDIDATES = {
     'xla/conv': ('xla', 'conv'),
     'eigen/conv': ('eigen', 'conv'),
     'matmul': ('eigen', 'matmul'),
     'rows': ('eigen', 'rows'),
+    'phases': ('eigen', 'phases'),
 }
 
 
@@ -90,6 +92,12 @@ def _is_stem(i: int, geometry: Geometry) -> bool:
     """Whether the i-th convolution reads the images (no input gradient): the first, on a 28x28 map of 1 channel
     (or torchvision's 3 copies of it)."""
     return i == 0 and geometry.h == 28 and geometry.cin <= 3
+
+
+def _is_the_convolution(formulation: str, geometry: Geometry, stem: bool) -> bool:
+    """Whether `formulation` runs this layer as XLA's convolution, the same program: `rows` and `phases` differ from
+    it only in the input gradient, which a stem does not compute, and `phases` only at strides over 1."""
+    return formulation in ('rows', 'phases') and (stem or (formulation == 'phases' and geometry.stride == 1))
 
 
 def _timing_key(geometry: Geometry, batch_size: int, first: bool) -> str:
@@ -119,8 +127,7 @@ def time_candidates(geometry: Geometry, batch_size: int, stem: bool) -> dict[str
     MIN_ROUNDS, more for cheap layers), the best call kept. Interleaved, so that a burst of other work slows every
     candidate alike, not one (benchmarks/README.md, "The tuner's timings"); from the second round on, a candidate
     over twice the fastest is not called again (the slowest cost seconds a call)."""
-    # A stem computes no input gradient, and `rows` differs from Eigen's convolution only there: the same program.
-    timed = {name: c for name, c in CANDIDATES.items() if not (stem and c[1] == 'rows')}
+    timed = {name: c for name, c in CANDIDATES.items() if not _is_the_convolution(c[1], geometry, stem)}
     calls = {name: _compiled_candidate(geometry, batch_size, lib, f, stem) for name, (lib, f) in timed.items()}
     best, start = dict.fromkeys(calls, float('inf')), time.perf_counter()
     for i in range(MAX_ROUNDS):
@@ -132,7 +139,7 @@ def time_candidates(geometry: Geometry, batch_size: int, stem: bool) -> dict[str
             calls = {name: call for name, call in calls.items() if best[name] <= 2 * min(best.values())}
         if i + 1 >= MIN_ROUNDS and time.perf_counter() - start >= MIN_LAYER_S:
             break
-    conv = max(best['eigen/conv'], best['xla/conv'])  # a stem's `rows` is `conv`: never chosen over it
+    conv = max(best['eigen/conv'], best['xla/conv'])  # the convolution under another name: never chosen over it
     return best | dict.fromkeys(CANDIDATES.keys() - timed.keys(), conv)
 
 
@@ -165,22 +172,29 @@ def measured_plan(model, batch_size: int, say: Callable = print) -> ConvPlan:
 # a layer alone does not show: the fast network's 14x14 32->64 3x3, 1.08x and 1.16x faster alone at batch 256 and 32,
 # made the step 1.10x and 1.19x slower; the cnn's 12x12 10->20 5x5, 1.7x faster alone, made it 0.70x as long
 # (paired steps on a Zen 4; benchmarks/README.md, "Row GEMMs for an input gradient").
-ALONE_MARGIN = {'rows': 1.5}
+# `phases` (a strided layer's input gradient): resnet's 28x28 16->32 3x3/2, 1.43x faster alone at batch 256, made
+# its step 0.93x as long; its 14x14 32->64 3x3/2, 1.14x alone, left it level (1.005x; "Strided input gradients by
+# phases").
+ALONE_MARGIN = {'rows': 1.5, 'phases': 1.2}
 
 
 def choose(timings: dict, source: str) -> ConvPlan:
     """The plan from per-layer timings ({Geometry: {candidate: seconds}}): the library whose layers, each in its
-    fastest formulation (counting ALONE_MARGIN), cost least in all (a library is a whole program's), then each
-    layer's formulation."""
+    fastest formulation, cost least in all (a library is a whole program's), then each layer's formulation. A
+    formulation's time counts times its ALONE_MARGIN in both choices (what it is expected to cost in a step), so a
+    formulation too slow for one library does not win the other."""
+
+    def price(lib, t, f):
+        return t[_candidate(lib, f)] * ALONE_MARGIN.get(f, 1.0)
 
     def best(lib, t):
-        return min(FORMULATIONS, key=lambda f: t[_candidate(lib, f)] * ALONE_MARGIN.get(f, 1.0))
+        return min(FORMULATIONS, key=lambda f: price(lib, t, f))
 
     def cost(lib):
         """The layers' total, then (a tie: GEMM formulations cost the same under both libraries) its convolutions':
         the library also runs what the plan does not time (the fused first layers' weight gradients)."""
         return (
-            sum(t[_candidate(lib, best(lib, t))] for t in timings.values()),
+            sum(price(lib, t, best(lib, t)) for t in timings.values()),
             sum(t[_candidate(lib, 'conv')] for t in timings.values()),
         )
 

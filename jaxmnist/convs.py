@@ -10,8 +10,9 @@ XLA's older Eigen kernels for the blog's layers, and up to 6-8x slower on an AVX
   `eigen` (YNNPACK's fusions cut down to reductions, `--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_REDUCE`,
   so convolutions run on Eigen's kernels);
 - each layer's *formulation*: `conv` (`lax.conv_general_dilated`), `matmul` (im2col by strided slices and one
-  GEMM, `conv_as_matmul`) or `rows` (XLA's convolution, its input gradient as GEMMs over whole input rows with a
-  banded kernel, `conv_rows_input_grad`).
+  GEMM, `conv_as_matmul`), `rows` (XLA's convolution, its input gradient as GEMMs over whole input rows with a
+  banded kernel, `conv_rows_input_grad`) or `phases` (XLA's convolution, a strided layer's input gradient as one
+  stride-1 convolution per output phase, `conv_phases_input_grad`).
 
 Every candidate computes the same function (float64 tests against `lax.conv` in tests/test_convs.py); only the
 rounding differs, so a resumed run takes the plan of the run it resumes (`ConvPlan.to_json`, in the checkpoint).
@@ -130,7 +131,72 @@ def _rows_bwd(stride, padding, residuals, dy):
 conv_rows_input_grad.defvjp(_rows_fwd, _rows_bwd)
 
 
-FORMULATIONS: dict[str, Callable] = {'conv': lax_conv, 'matmul': conv_as_matmul, 'rows': conv_rows_input_grad}
+def phase_kernel(kernel, stride: int, padding: int):
+    """A strided convolution's input gradient as one stride-1 convolution of dy: its kernel [M, M, Cout, s*s*Cin]
+    and its window's offset `lo`. Along each axis input row s*q + r gets the sum over t of dy[q + t] * w[r + p - s*t],
+    t from lo = ceil((p - K + 1) / s) to floor((s - 1 + p) / s): a window of M rows of dy, one group of Cin output
+    channels per phase r, zeros where r + p - s*t falls outside the kernel."""
+    k, _, cin, cout = kernel.shape
+    s, p = stride, padding
+    lo = -((k - 1 - p) // s)
+    m = (s - 1 + p) // s - lo + 1
+    pick = np.zeros((m, s, k), np.float32)  # pick[j, r, tap] = 1 where tap = r + p - s * (lo + j)
+    for j in range(m):
+        for r in range(s):
+            if 0 <= (tap := r + p - s * (lo + j)) < k:
+                pick[j, r, tap] = 1
+    pick = pick.astype(kernel.dtype)
+    # 'highest': a selection, exact also where matmuls round (TF32 on GPUs)
+    w = jnp.einsum('ark,bsl,klio->aborsi', pick, pick, kernel, precision='highest')
+    return w.reshape(m, m, cout, s * s * cin), lo
+
+
+def phase_input_grad(dy, kernel, stride: int, padding: int, size: tuple[int, int]):
+    """The input gradient of a strided convolution (NHWC x HWIO; input `size`) without XLA's zeros: one stride-1
+    convolution of dy to s*s*Cin channels (`phase_kernel`), then the phases interleaved (depth to space). XLA
+    convolves the cotangent dilated s-fold, s*s times the multiply-adds: resnet's 28x28 16->32 3x3/2 at batch 512
+    on a Zen 4, 82.7 against 25.0 ms (benchmarks/README.md, "Strided input gradients by phases")."""
+    s, cin = stride, kernel.shape[2]
+    w, lo = phase_kernel(kernel, stride, padding)
+    m = w.shape[0]
+    n, ho, wo, _ = dy.shape
+    qh, qw = -(-size[0] // s), -(-size[1] // s)  # rows and columns per phase
+    pads = ((0, 0, 0), (-lo, qh - 1 + m - ho + lo, 0), (-lo, qw - 1 + m - wo + lo, 0), (0, 0, 0))
+    dy = jax.lax.pad(dy, jnp.zeros((), dy.dtype), pads)  # negative: rows of dy that reach only padding, cropped
+    out = jax.lax.conv_general_dilated(dy, w, (1, 1), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    out = out.reshape(n, qh, qw, s, s, cin).transpose(0, 1, 3, 2, 4, 5).reshape(n, qh * s, qw * s, cin)
+    return out[:, : size[0], : size[1]]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv_phases_input_grad(x, kernel, stride: int, padding: int):
+    """XLA's convolution forward and for the kernel's gradient; a strided layer's input gradient by
+    `phase_input_grad` (stride 1: XLA's). On the CPU x passes `fusion_barrier`, as in `conv_behind_barrier`."""
+    return lax_conv(x, kernel, stride, padding)
+
+
+def _phases_fwd(x, kernel, stride, padding):
+    x = fusion_barrier(x) if jax.default_backend() == 'cpu' else x
+    return lax_conv(x, kernel, stride, padding), (x, kernel)
+
+
+def _phases_bwd(stride, padding, residuals, dy):
+    x, kernel = residuals
+    if stride == 1:
+        return jax.vjp(lambda x, k: lax_conv(x, k, stride, padding), x, kernel)[1](dy)
+    dk = jax.vjp(lambda k: lax_conv(x, k, stride, padding), kernel)[1](dy)[0]
+    return phase_input_grad(dy, kernel, stride, padding, x.shape[1:3]), dk
+
+
+conv_phases_input_grad.defvjp(_phases_fwd, _phases_bwd)
+
+
+FORMULATIONS: dict[str, Callable] = {
+    'conv': lax_conv,
+    'matmul': conv_as_matmul,
+    'rows': conv_rows_input_grad,
+    'phases': conv_phases_input_grad,
+}
 
 
 @dataclasses.dataclass(frozen=True)

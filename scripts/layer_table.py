@@ -2,8 +2,9 @@
 (gradients of the input and the kernel), one layer at a time, timed round-robin (benchlib.timing.measure_interleaved)
 so that all see the same machine; the best round of each is reported. JAX runs each of jaxmnist.convs's
 candidates: XLA's convolution with its default kernels (`xla`, YNNPACK where XLA uses it) and with Eigen's
-(`eigen`), im2col + GEMM (`matmul`) and GEMMs over input rows (`rows`); `--impls` picks (default all four; the
-forward column is the first's).
+(`eigen`), im2col + GEMM (`matmul`), GEMMs over input rows (`rows`) and a strided layer's input gradient by
+phases (`phases`; at stride 1 the convolution); `--impls` picks (default all five; the forward column is the
+first's).
 
     python scripts/layer_table.py                       # the fast preset's layers at batch 256
     python scripts/layer_table.py --batch-size 512 --layers 28:1:32:3,14:32:64:3

@@ -165,10 +165,19 @@ def test_a_plan_routes_only_its_listed_layers(monkeypatch):
     np.testing.assert_allclose(planned, logits(model), rtol=1e-5, atol=1e-5)
 
 
-def test_rows_trains_the_cnn_as_its_convolution_does():
-    """The cnn's training gradients (dropout and BatchNorm on, the same draws) with `rows` for its 12x12 layer, the
-    tuner's plan for it on x86, equal the convolution's (float32: 1e-5): the custom gradient inside a network."""
-    model = models.get_model('cnn')
+# The tuner's custom gradients where it takes them on x86 (benchmarks/README.md): `rows` for the cnn's 12x12 layer,
+# `phases` for resnet's strided 28x28 one (its conv1 and projection; two of its three stages, for a small program).
+CUSTOM_GRADIENTS = [
+    ('cnn', {}, '12x12 10->20 5x5/1 pad 0 float32', 'rows', 'block1_0'),
+    ('resnet', {'stage_sizes': (1, 1)}, '28x28 16->32 3x3/2 pad 1 float32', 'phases', 'conv'),
+]
+
+
+@pytest.mark.parametrize('name, sizes, key, formulation, first', CUSTOM_GRADIENTS)
+def test_custom_gradients_train_a_network_as_its_convolution_does(name, sizes, key, formulation, first):
+    """The network's training gradients (dropout and BatchNorm on, the same draws) with the formulation for one
+    layer equal the convolution's (float32: 1e-5): the custom gradient inside a network."""
+    model = models.get_model(name).clone(**sizes)
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((8, 28, 28, 1)), jnp.float32)
     labels = jnp.asarray(rng.integers(0, 10, 8))
@@ -185,10 +194,10 @@ def test_rows_trains_the_cnn_as_its_convolution_does():
 
         return jax.jit(jax.grad(loss), compiler_options=plan.compiler_options)(params)
 
-    rows = grads(ConvPlan('eigen', 'conv', (('12x12 10->20 5x5/1 pad 0 float32', 'rows'),)))
+    custom = grads(ConvPlan('eigen', 'conv', ((key, formulation),)))
     conv = grads(ConvPlan('eigen'))
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), rows, conv)
-    assert float(jnp.abs(rows['block1_0']['kernel']).max()) > 1e-3  # gradients reach the first layer through it
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), custom, conv)
+    assert float(jnp.abs(custom[first]['kernel']).max()) > 1e-3  # gradients reach the first layer through it
 
 
 def test_plan_json_round_trip_and_bad_names():
