@@ -105,30 +105,13 @@ def row_matmuls(x, kernel, stride: int, padding: int, tile: int = ROW_TILE):
     return outs[0] if len(outs) == 1 else jnp.concatenate(outs, 2)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def conv_rows_input_grad(x, kernel, stride: int, padding: int):
-    """XLA's convolution forward and for the kernel's gradient; the input's gradient as the transpose of
-    `row_matmuls`. XLA's input gradient is a full convolution of the zero-padded cotangent, which Eigen's kernels
-    run slowly for few channels and wide kernels: cnn's 12x12 10->20 5x5 at batch 512 on a Zen 4, 18.5 ms, where
-    the row GEMMs' transpose takes 5.1 (forward 4.3 against their 6.1, kernel gradient 7.4 against 9.1: those stay
-    XLA's; benchmarks/README.md, "Row GEMMs for an input gradient"). On the CPU x passes `fusion_barrier`, as in
-    `conv_behind_barrier`."""
-    return lax_conv(x, kernel, stride, padding)
-
-
-def _rows_fwd(x, kernel, stride, padding):
-    x = fusion_barrier(x) if jax.default_backend() == 'cpu' else x
-    return lax_conv(x, kernel, stride, padding), (x, kernel)
-
-
-def _rows_bwd(stride, padding, residuals, dy):
-    x, kernel = residuals
-    dx = jax.linear_transpose(lambda x: row_matmuls(x, kernel, stride, padding), x)(dy)[0]  # no forward GEMMs
-    dk = jax.vjp(lambda k: lax_conv(x, k, stride, padding), kernel)[1](dy)[0]
-    return dx, dk
-
-
-conv_rows_input_grad.defvjp(_rows_fwd, _rows_bwd)
+def rows_input_grad(x, kernel, stride: int, padding: int, dy):
+    """The input's gradient as the transpose of `row_matmuls` (no forward GEMMs traced for it). XLA's is a full
+    convolution of the zero-padded cotangent, which Eigen's kernels run slowly for few channels and wide kernels:
+    cnn's 12x12 10->20 5x5 at batch 512 on a Zen 4, 18.5 ms, where the row GEMMs' transpose takes 5.1 (forward 4.3
+    against their 6.1, kernel gradient 7.4 against 9.1: those stay XLA's; benchmarks/README.md, "Row GEMMs for an
+    input gradient")."""
+    return jax.linear_transpose(lambda x: row_matmuls(x, kernel, stride, padding), x)(dy)[0]
 
 
 def phase_kernel(kernel, stride: int, padding: int):
@@ -168,27 +151,36 @@ def phase_input_grad(dy, kernel, stride: int, padding: int, size: tuple[int, int
     return out[:, : size[0], : size[1]]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def conv_phases_input_grad(x, kernel, stride: int, padding: int):
-    """XLA's convolution forward and for the kernel's gradient; a strided layer's input gradient by
-    `phase_input_grad` (stride 1: XLA's). On the CPU x passes `fusion_barrier`, as in `conv_behind_barrier`."""
-    return lax_conv(x, kernel, stride, padding)
-
-
-def _phases_fwd(x, kernel, stride, padding):
-    x = fusion_barrier(x) if jax.default_backend() == 'cpu' else x
-    return lax_conv(x, kernel, stride, padding), (x, kernel)
-
-
-def _phases_bwd(stride, padding, residuals, dy):
-    x, kernel = residuals
+def phases_input_grad(x, kernel, stride: int, padding: int, dy):
+    """A strided layer's input gradient by `phase_input_grad`; at stride 1, XLA's."""
     if stride == 1:
-        return jax.vjp(lambda x, k: lax_conv(x, k, stride, padding), x, kernel)[1](dy)
-    dk = jax.vjp(lambda k: lax_conv(x, k, stride, padding), kernel)[1](dy)[0]
-    return phase_input_grad(dy, kernel, stride, padding, x.shape[1:3]), dk
+        return jax.vjp(lambda x: lax_conv(x, kernel, stride, padding), x)[1](dy)[0]
+    return phase_input_grad(dy, kernel, stride, padding, x.shape[1:3])
 
 
-conv_phases_input_grad.defvjp(_phases_fwd, _phases_bwd)
+def with_input_grad(input_grad: Callable) -> Callable:
+    """XLA's convolution, forward and for the kernel's gradient, with the input's gradient computed by
+    `input_grad(x, kernel, stride, padding, dy)`. On the CPU x passes `fusion_barrier`, as in `conv_behind_barrier`."""
+
+    @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+    def conv(x, kernel, stride: int, padding: int):
+        return lax_conv(x, kernel, stride, padding)
+
+    def forward(x, kernel, stride, padding):
+        x = fusion_barrier(x) if jax.default_backend() == 'cpu' else x
+        return lax_conv(x, kernel, stride, padding), (x, kernel)
+
+    def backward(stride, padding, residuals, dy):
+        x, kernel = residuals
+        dk = jax.vjp(lambda k: lax_conv(x, k, stride, padding), kernel)[1](dy)[0]
+        return input_grad(x, kernel, stride, padding, dy), dk
+
+    conv.defvjp(forward, backward)
+    return conv
+
+
+conv_rows_input_grad = with_input_grad(rows_input_grad)
+conv_phases_input_grad = with_input_grad(phases_input_grad)
 
 
 FORMULATIONS: dict[str, Callable] = {
