@@ -55,3 +55,19 @@ def test_profile_report_rows():
     lines = report.profile_report(rows).splitlines()
     assert lines[2] == "| conv1 fwd | x[B,28,28,1] | 2.00 (1.50) | 1.00 (0.90) |"
     assert lines[3] == "| whole | B=512 | 9.00 (8.00) | - |"
+
+
+def test_epoch_table_sets_the_epochs_step_against_tuned_torchs():
+    """The trainer's chunks allocate their temporaries once for several steps: the epoch's time per step is its own
+    column, compared with tuned torch's step (the faster of eager and compiled)."""
+    results = [
+        {"kind": "jax_epoch", "network": "cnn_deep", "batch_size": 512, "status": "ok", "step_ms": 487.0,
+         "full_epoch_s_estimate": 57.0, "compile_s": 18.0},
+        {"kind": "torch_blog_epoch", "network": "cnn_deep", "batch_size": 512, "status": "ok",
+         "full_epoch_s_estimate": 62.7, "test_images_per_s": 3058.0},
+        {"kind": "torch_tuned", "network": "cnn_deep", "batch_size": 512, "status": "ok", "step_ms": 451.0},
+        {"kind": "torch_tuned_compiled", "network": "cnn_deep", "batch_size": 512, "status": "ok", "step_ms": 974.0},
+    ]  # fmt: skip
+    rows = [line for line in report.report(bench_doc(results)).splitlines() if line.startswith("| cnn_deep |")]
+    assert len(rows) == 2  # the step table's, then the epoch table's
+    assert "| 57.00 | 18.00 | 62.70 | JAX 1.10x faster | 487.00 | torch 1.08x faster |" in rows[1]
