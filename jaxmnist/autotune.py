@@ -24,7 +24,7 @@ import numpy as np
 
 from jaxmnist import host
 from jaxmnist.convs import ENV_IMPL, FORMULATIONS, IMPLS, LIBRARIES, XLA, ConvPlan, Geometry, fixed_plan, geometries
-from jaxmnist.convs import library_options
+from jaxmnist.convs import library_options, same_program_as_conv
 
 ENV_CACHE = 'JAXMNIST_CONV_CACHE'  # the timings' file (default ~/.cache/jaxmnist/conv-timings.json)
 # 5: the phases candidate; 4: the rows candidate; 3: timed interleaved, cached from a quiet CPU only; 2: `eigen`
@@ -94,12 +94,6 @@ def _is_stem(i: int, geometry: Geometry) -> bool:
     return i == 0 and geometry.h == 28 and geometry.cin <= 3
 
 
-def _is_the_convolution(formulation: str, geometry: Geometry, stem: bool) -> bool:
-    """Whether `formulation` runs this layer as XLA's convolution, the same program: `rows` and `phases` differ from
-    it only in the input gradient, which a stem does not compute, and `phases` only at strides over 1."""
-    return formulation in ('rows', 'phases') and (stem or (formulation == 'phases' and geometry.stride == 1))
-
-
 def _timing_key(geometry: Geometry, batch_size: int, first: bool) -> str:
     return f'{geometry.key} batch {batch_size}' + (' no-input-grad' if first else '')
 
@@ -127,7 +121,7 @@ def time_candidates(geometry: Geometry, batch_size: int, stem: bool) -> dict[str
     MIN_ROUNDS, more for cheap layers), the best call kept. Interleaved, so that a burst of other work slows every
     candidate alike, not one (benchmarks/README.md, "The tuner's timings"); from the second round on, a candidate
     over twice the fastest is not called again (the slowest cost seconds a call)."""
-    timed = {name: c for name, c in CANDIDATES.items() if not _is_the_convolution(c[1], geometry, stem)}
+    timed = {name: c for name, c in CANDIDATES.items() if not same_program_as_conv(c[1], geometry, not stem)}
     calls = {name: _compiled_candidate(geometry, batch_size, lib, f, stem) for name, (lib, f) in timed.items()}
     best, start = dict.fromkeys(calls, float('inf')), time.perf_counter()
     for i in range(MAX_ROUNDS):

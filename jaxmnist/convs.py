@@ -152,7 +152,7 @@ def phase_input_grad(dy, kernel, stride: int, padding: int, size: tuple[int, int
 
 
 def phases_input_grad(x, kernel, stride: int, padding: int, dy):
-    """A strided layer's input gradient by `phase_input_grad`; at stride 1, XLA's."""
+    """A strided layer's input gradient by `phase_input_grad`; at stride 1, XLA's (INPUT_GRAD_ONLY)."""
     if stride == 1:
         return jax.vjp(lambda x: lax_conv(x, kernel, stride, padding), x)[1](dy)[0]
     return phase_input_grad(dy, kernel, stride, padding, x.shape[1:3])
@@ -189,6 +189,16 @@ FORMULATIONS: dict[str, Callable] = {
     'rows': conv_rows_input_grad,
     'phases': conv_phases_input_grad,
 }
+# The formulations that are XLA's convolution but for the input gradient, and the least stride at which theirs
+# differs from XLA's (`phases` keeps XLA's at stride 1).
+INPUT_GRAD_ONLY = {'rows': 1, 'phases': 2}
+
+
+def same_program_as_conv(formulation: str, geometry: Geometry, input_grad: bool = True) -> bool:
+    """Whether `formulation` runs this layer as XLA's convolution does, the same program: an INPUT_GRAD_ONLY
+    formulation where no input gradient is computed (a stem) or below its stride."""
+    least = INPUT_GRAD_ONLY.get(formulation)
+    return least is not None and (not input_grad or geometry.stride < least)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -53,6 +53,12 @@ def _header(doc: dict) -> list[str]:
     ]
 
 
+def _tuned_torch_ms(doc: dict, net: str, bs: int) -> float | None:
+    """The fastest tuned torch step (eager or compiled), in ms, or None where neither ran."""
+    tuned = [r["step_ms"] for r in (find(doc, k, net, bs) for k in ("torch_tuned", "torch_tuned_compiled")) if r]
+    return min(tuned) if tuned else None
+
+
 def _step_table(doc: dict, keys: list[tuple[str, int]]) -> list[str]:
     lines = [
         "Train step: median of device-synced steps on real MNIST batches, in ms. blog = the blog's DataLoader "
@@ -70,7 +76,6 @@ def _step_table(doc: dict, keys: list[tuple[str, int]]) -> list[str]:
         )
         if j is None and tb is None and te is None:
             continue
-        tuned = [r["step_ms"] for r in (te, tc) if _ok(r)]
         jms = _ok(j)["step_ms"] if _ok(j) else None
         compiled = _cell(tc, "step_ms")
         if _ok(tc) and tc.get("compile_error"):
@@ -84,7 +89,7 @@ def _step_table(doc: dict, keys: list[tuple[str, int]]) -> list[str]:
             f"| {net} | {bs} | {_fmt(fpi / 1e6 if fpi else None, '.2f')} | {_cell(j, 'compile_s')} | "
             f"{_cell(j, 'step_ms')} | {_cell(j, 'images_per_s', '.0f')} | {_cell(jb, 'step_ms')} | "
             f"{_cell(tb, 'step_ms')} | {_cell(te, 'step_ms')} | {compiled} | "
-            f"{ratio_text(jms, _ok(tb) and tb['step_ms'])} | {ratio_text(jms, min(tuned) if tuned else None)} | "
+            f"{ratio_text(jms, _ok(tb) and tb['step_ms'])} | {ratio_text(jms, _tuned_torch_ms(doc, net, bs))} | "
             f"{util} |"
         )
     return lines
@@ -108,12 +113,11 @@ def _epoch_table(doc: dict, keys: list[tuple[str, int]]) -> list[str]:
         je, tbe, jev, tev = (
             find(doc, k, net, bs, ok=False) for k in ("jax_epoch", "torch_blog_epoch", "jax_eval", "torch_tuned_eval")
         )
-        tuned = [r["step_ms"] for r in (find(doc, k, net, bs) for k in ("torch_tuned", "torch_tuned_compiled")) if r]
         lines.append(
             f"| {net} | {bs} | {_cell(je, 'full_epoch_s_estimate')} | {_cell(je, 'compile_s')} | "
             f"{_cell(tbe, 'full_epoch_s_estimate')} | "
             f"{ratio_text(_ok(je) and je['full_epoch_s_estimate'], _ok(tbe) and tbe['full_epoch_s_estimate'])} | "
-            f"{_cell(je, 'step_ms')} | {ratio_text(_ok(je) and je['step_ms'], min(tuned) if tuned else None)} | "
+            f"{_cell(je, 'step_ms')} | {ratio_text(_ok(je) and je['step_ms'], _tuned_torch_ms(doc, net, bs))} | "
             f"{_cell(jev, 'images_per_s', '.0f')} | {_cell(tev, 'images_per_s', '.0f')} | "
             f"{_cell(tbe, 'test_images_per_s', '.0f')} |"
         )
