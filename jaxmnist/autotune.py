@@ -1,6 +1,7 @@
 """Which convolution plan runs on this machine, measured: as cuDNN's autotuner does on GPUs, the first run on a CPU
 times the candidates (`jaxmnist.convs`: XLA's convolution under each kernel library, im2col + one GEMM, GEMMs over
-input rows for the input gradient, a strided layer's input gradient by phases) for every convolution shape its
+input rows for the input gradient, a strided layer's input gradient by phases, oneDNN's kernels where they build)
+for every convolution shape its
 network needs, forward plus backward at the run's batch size, keeps the fastest, and caches the timings by CPU
 identity in ~/.cache/jaxmnist/conv-timings.json. The candidates run interleaved, and timings taken while other
 processes held over 15 % of the CPU (`host.SHARED_ABOVE`) serve that run only (benchmarks/README.md, "The tuner's
@@ -22,14 +23,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmnist import host
+from jaxmnist import host, onednn
 from jaxmnist.convs import ENV_IMPL, FORMULATIONS, IMPLS, LIBRARIES, XLA, ConvPlan, Geometry, fixed_plan, geometries
 from jaxmnist.convs import library_options, same_program_as_conv
 
 ENV_CACHE = 'JAXMNIST_CONV_CACHE'  # the timings' file (default ~/.cache/jaxmnist/conv-timings.json)
-# 5: the phases candidate; 4: the rows candidate; 3: timed interleaved, cached from a quiet CPU only; 2: `eigen`
-# keeps YNNPACK's reductions
-CACHE_FORMAT = 5
+# 6: the onednn candidate; 5: the phases candidate; 4: the rows candidate; 3: timed interleaved, cached from a quiet
+# CPU only; 2: `eigen` keeps YNNPACK's reductions
+CACHE_FORMAT = 6
 TUNING_BATCH = 256  # measured at the run's batch size, or this if smaller
 
 
@@ -69,14 +70,21 @@ def _write_cache(path: Path, machine: str, timings: dict) -> None:
 
 # What is timed per layer: XLA's convolution in each library, and each other formulation once, under Eigen's library
 # (matmul's GEMMs and copies are XLA's own code whatever the library; rows's and phases's forward and kernel gradient
-# are XLA's convolution, so under XLA's default kernels their time is Eigen's: a plan on that library counts it so).
+# are XLA's convolution, so under XLA's default kernels their time is Eigen's: a plan on that library counts it so;
+# onednn's calls are oneDNN's whatever the library).
 CANDIDATES = {
     'xla/conv': ('xla', 'conv'),
     'eigen/conv': ('eigen', 'conv'),
     'matmul': ('eigen', 'matmul'),
     'rows': ('eigen', 'rows'),
     'phases': ('eigen', 'phases'),
+    'onednn': ('eigen', 'onednn'),
 }
+
+
+def candidates() -> dict[str, tuple[str, str]]:
+    """The CANDIDATES that can run in this process: `onednn` only where its kernels build (`onednn.unavailable`)."""
+    return {n: c for n, c in CANDIDATES.items() if c[1] != 'onednn' or onednn.unavailable() is None}
 
 
 def _candidate(library: str, formulation: str) -> str:
@@ -84,8 +92,9 @@ def _candidate(library: str, formulation: str) -> str:
 
 
 def _complete(times) -> bool:
-    """Whether a cached entry holds a time for every candidate (an older or damaged one is measured again)."""
-    return isinstance(times, dict) and all(isinstance(times.get(c), (int, float)) for c in CANDIDATES)
+    """Whether a cached entry holds a time for every candidate that can run (an older or damaged one is measured
+    again)."""
+    return isinstance(times, dict) and all(isinstance(times.get(c), (int, float)) for c in candidates())
 
 
 def _is_stem(i: int, geometry: Geometry) -> bool:
@@ -121,7 +130,8 @@ def time_candidates(geometry: Geometry, batch_size: int, stem: bool) -> dict[str
     MIN_ROUNDS, more for cheap layers), the best call kept. Interleaved, so that a burst of other work slows every
     candidate alike, not one (benchmarks/README.md, "The tuner's timings"); from the second round on, a candidate
     over twice the fastest is not called again (the slowest cost seconds a call)."""
-    timed = {name: c for name, c in CANDIDATES.items() if not same_program_as_conv(c[1], geometry, not stem)}
+    runnable = candidates()
+    timed = {name: c for name, c in runnable.items() if not same_program_as_conv(c[1], geometry, not stem)}
     calls = {name: _compiled_candidate(geometry, batch_size, lib, f, stem) for name, (lib, f) in timed.items()}
     best, start = dict.fromkeys(calls, float('inf')), time.perf_counter()
     for i in range(MAX_ROUNDS):
@@ -134,7 +144,7 @@ def time_candidates(geometry: Geometry, batch_size: int, stem: bool) -> dict[str
         if i + 1 >= MIN_ROUNDS and time.perf_counter() - start >= MIN_LAYER_S:
             break
     conv = max(best['eigen/conv'], best['xla/conv'])  # the convolution under another name: never chosen over it
-    return best | dict.fromkeys(CANDIDATES.keys() - timed.keys(), conv)
+    return best | dict.fromkeys(runnable.keys() - timed.keys(), conv)
 
 
 def measured_plan(model, batch_size: int, say: Callable = print) -> ConvPlan:
@@ -149,7 +159,9 @@ def measured_plan(model, batch_size: int, say: Callable = print) -> ConvPlan:
     missing = [(g, stem) for g, stem in layers if not _complete(known.get(keys[g]))]
     fresh = {}
     if missing:
-        say(f'timing {len(CANDIDATES)} ways to run each of {len(missing)} convolution shapes on this CPU ({machine})')
+        if (reason := onednn.unavailable()) is not None:
+            say(f'oneDNN\'s convolutions left out: {reason}')
+        say(f'timing {len(candidates())} ways to run each of {len(missing)} convolution shapes on this CPU ({machine})')
         t0, others = time.perf_counter(), host.OthersCpu()
         fresh = {keys[g]: time_candidates(g, batch_size, stem) for g, stem in missing}
         took, shared = time.perf_counter() - t0, others.share()
@@ -178,8 +190,11 @@ def choose(timings: dict, source: str) -> ConvPlan:
     formulation's time counts times its ALONE_MARGIN in both choices (what it is expected to cost in a step), so a
     formulation too slow for one library does not win the other."""
 
+    runnable = candidates()
+
     def price(lib, t, f):
-        return t[_candidate(lib, f)] * ALONE_MARGIN.get(f, 1.0)
+        name = _candidate(lib, f)
+        return t[name] * ALONE_MARGIN.get(f, 1.0) if name in runnable and name in t else float('inf')
 
     def best(lib, t):
         return min(FORMULATIONS, key=lambda f: price(lib, t, f))

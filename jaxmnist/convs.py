@@ -11,11 +11,13 @@ XLA's older Eigen kernels for the blog's layers, and up to 6-8x slower on an AVX
   so convolutions run on Eigen's kernels);
 - each layer's *formulation*: `conv` (`lax.conv_general_dilated`), `matmul` (im2col by strided slices and one
   GEMM, `conv_as_matmul`), `rows` (XLA's convolution, its input gradient as GEMMs over whole input rows with a
-  banded kernel, `conv_rows_input_grad`) or `phases` (XLA's convolution, a strided layer's input gradient as one
-  stride-1 convolution per output phase, `conv_phases_input_grad`).
+  banded kernel, `conv_rows_input_grad`), `phases` (XLA's convolution, a strided layer's input gradient as one
+  stride-1 convolution per output phase, `conv_phases_input_grad`) or `onednn` (oneDNN's kernels, PyTorch's,
+  called from the program: `conv_onednn`, where `jaxmnist.onednn` could build them).
 
-Every candidate computes the same function (float64 tests against `lax.conv` in tests/test_convs.py); only the
-rounding differs, so a resumed run takes the plan of the run it resumes (`ConvPlan.to_json`, in the checkpoint).
+Every candidate computes the same function (float64 tests against `lax.conv` in tests/test_convs.py; oneDNN's,
+float32 only, against float64 in tests/test_onednn.py); only the rounding differs, so a resumed run takes the plan
+of the run it resumes (`ConvPlan.to_json`, in the checkpoint).
 
     plan = autotune.plan_for('auto', model, batch_size=512)   # measured once per machine, cached
     model = model.clone(conv_plan=plan)
@@ -32,9 +34,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmnist import onednn
+
 # What `--conv-impl` accepts: `auto` measures; the others fix the plan. `xla` is XLA's own choice for everything
 # (the default on GPUs and TPUs, where nothing is measured).
-IMPLS = ('auto', 'xla', 'eigen', 'matmul')
+IMPLS = ('auto', 'xla', 'eigen', 'matmul', 'onednn')
 # A program's compiler options per library. `eigen` hands YNNPACK only the reductions, so convolutions go back to
 # XLA's Eigen kernels while BatchNorm's statistics and gradient sums stay on YNNPACK: with none of YNNPACK's fusions
 # XLA:CPU rewrites a long reduction as a reduce-window, ~7x slower (cnn_deep's step at batch 512 on a Zen 3: 11 %
@@ -183,11 +187,20 @@ conv_rows_input_grad = with_input_grad(rows_input_grad)
 conv_phases_input_grad = with_input_grad(phases_input_grad)
 
 
+def conv_onednn(x, kernel, stride: int, padding: int):
+    """torch's Conv2d through oneDNN's kernels (`jaxmnist.onednn`) where it can: float32 on the CPU; otherwise
+    XLA's convolution."""
+    if onednn.runs(x, kernel):
+        return onednn.conv(x, kernel, stride, padding)
+    return lax_conv(x, kernel, stride, padding)
+
+
 FORMULATIONS: dict[str, Callable] = {
     'conv': lax_conv,
     'matmul': conv_as_matmul,
     'rows': conv_rows_input_grad,
     'phases': conv_phases_input_grad,
+    'onednn': conv_onednn,
 }
 # The formulations that are XLA's convolution but for the input gradient, and the least stride at which theirs
 # differs from XLA's (`phases` keeps XLA's at stride 1).
@@ -370,16 +383,18 @@ def add_flag(p, what: str = '') -> None:
         choices=IMPLS,
         help=f'how convolutions run: auto (default, or ${ENV_IMPL}) times XLA:CPU\'s kernel libraries and '
         'formulations once per machine and keeps the fastest (cached); xla: XLA\'s own choice (the default off the '
-        f'CPU); eigen: XLA\'s Eigen kernels; matmul: im2col and a GEMM{what}',
+        'CPU); eigen: XLA\'s Eigen kernels; matmul: im2col and a GEMM; onednn: oneDNN\'s kernels, PyTorch\'s '
+        f'(float32 on the CPU){what}',
     )
 
 
 def fixed_plan(impl: str) -> ConvPlan:
-    """`xla`, `eigen` (every layer through lax.conv) or `matmul` (every layer im2col + GEMM, Eigen's library)."""
+    """`xla`, `eigen` (every layer through lax.conv), `matmul` (every layer im2col + GEMM, Eigen's library) or
+    `onednn` (every layer on oneDNN, the rest on Eigen's library)."""
     if impl == 'xla':
         return XLA
     if impl == 'eigen':
         return ConvPlan('eigen')
-    if impl == 'matmul':
-        return ConvPlan('eigen', default='matmul')
+    if impl in ('matmul', 'onednn'):
+        return ConvPlan('eigen', default=impl)
     raise ValueError(f'unknown --conv-impl {impl!r}; choose from {", ".join(IMPLS)}')

@@ -166,10 +166,12 @@ def test_a_plan_routes_only_its_listed_layers(monkeypatch):
 
 
 # The tuner's custom gradients where it takes them on x86 (benchmarks/README.md): `rows` for the cnn's 12x12 layer,
-# `phases` for resnet's strided 28x28 one (its conv1 and projection; two of its three stages, for a small program).
+# `phases` for resnet's strided 28x28 one (its conv1 and projection; two of its three stages, for a small program),
+# `onednn` for its 28x28 16->16 (the first stage's, between BatchNorms and a residual add).
 CUSTOM_GRADIENTS = [
     ('cnn', {}, '12x12 10->20 5x5/1 pad 0 float32', 'rows', 'block1_0'),
     ('resnet', {'stage_sizes': (1, 1)}, '28x28 16->32 3x3/2 pad 1 float32', 'phases', 'conv'),
+    ('resnet', {'stage_sizes': (1, 1)}, '28x28 16->16 3x3/1 pad 1 float32', 'onednn', 'conv'),
 ]
 
 

@@ -1,0 +1,189 @@
+"""torch's Conv2d on oneDNN, the library PyTorch's CPU convolutions run on, called from XLA programs: the `onednn`
+formulation of `jaxmnist.convs`.
+
+XLA:CPU runs convolutions on Eigen's or YNNPACK's kernels, 2-5x slower than oneDNN's for the blog's layers
+(benchmarks/README.md, "oneDNN's convolutions in XLA"). Here the forward, the input's gradient and the kernel's
+gradient are three calls into oneDNN (`csrc/onednn_conv.cc`) through XLA's FFI, joined by a custom VJP: float32,
+NHWC x HWIO, on the CPU. The same function as `lax.conv` up to float32 rounding (tests/test_onednn.py);
+`convs.conv_onednn` hands every other dtype and backend to XLA's convolution.
+
+The kernels are compiled on first use, once per machine (g++, a few seconds), and cached beside the compilation
+cache: $XDG_CACHE_HOME/jaxmnist/onednn (~/.cache/jaxmnist/onednn), keyed by the source, jaxlib's and oneDNN's
+versions. They need a C++ compiler ($CXX or g++) and oneDNN's wheels (`onednn-cpu-gomp`, `onednn-devel-cpu-gomp`,
+dependencies of jaxmnist on x86-64 Linux). Where any is missing, `unavailable()` says what, and the tuner leaves the
+formulation out; JAXMNIST_ONEDNN=off does the same on purpose.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.metadata
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ENV = 'JAXMNIST_ONEDNN'  # 'off' (or 0, no, false): never use oneDNN
+SOURCE = Path(__file__).with_name('csrc') / 'onednn_conv.cc'
+TARGETS = {
+    'forward': 'JaxmnistOnednnConv',
+    'input_grad': 'JaxmnistOnednnConvInputGrad',
+    'kernel_grad': 'JaxmnistOnednnConvKernelGrad',
+}
+LIBRARY = ('onednn-cpu-gomp', 'libdnnl.so')  # the wheels that hold oneDNN's library and its headers
+HEADERS = ('onednn-devel-cpu-gomp', 'oneapi/dnnl/dnnl.hpp')
+
+
+class Unavailable(RuntimeError):
+    """oneDNN's convolutions cannot run in this process; the message says why."""
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get('XDG_CACHE_HOME') or Path.home() / '.cache') / 'jaxmnist' / 'onednn'
+
+
+def _installed(distribution: str, suffix: str) -> Path | None:
+    """The file of an installed wheel whose path ends with `suffix` (wheels' data files land under sys.prefix)."""
+    try:
+        files = importlib.metadata.files(distribution) or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for f in files:
+        if str(f).endswith(suffix):
+            path = Path(f.locate()).resolve()
+            if path.exists():
+                return path
+    return None
+
+
+def _build_inputs() -> dict:
+    """What building needs: compiler, the library, the two header roots; Unavailable naming what is missing."""
+    if os.environ.get(ENV, '').strip().lower() in ('off', '0', 'no', 'false'):
+        raise Unavailable(f'turned off by {ENV}')
+    if sys.platform != 'linux':
+        raise Unavailable('oneDNN kernels are built on Linux only')
+    compiler = shutil.which(os.environ.get('CXX') or 'g++')
+    if compiler is None:
+        raise Unavailable('no C++ compiler (g++ or $CXX) to build them')
+    library, header = _installed(*LIBRARY), _installed(*HEADERS)
+    if library is None or header is None:
+        raise Unavailable(f'oneDNN is not installed (pip install {LIBRARY[0]} {HEADERS[0]})')
+    return {
+        'compiler': compiler,
+        'library': library,
+        'include': header.parents[len(Path(HEADERS[1]).parts) - 1],
+        'ffi_include': Path(jax.ffi.include_dir()),
+    }
+
+
+def _build(inputs: dict) -> Path:
+    """The compiled kernels: from the cache, or built now (atomically: concurrent builders each write their own
+    file and rename it into place)."""
+    import jaxlib
+
+    source = SOURCE.read_bytes()
+    key = hashlib.sha256(b'\0'.join([source, jaxlib.__version__.encode(), str(inputs).encode()])).hexdigest()[:16]
+    target = _cache_dir() / f'onednn_conv-{key}.so'
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f'.{target.name}.{os.getpid()}.tmp')
+    lib = inputs['library']
+    command = [
+        inputs['compiler'], '-O2', '-std=c++17', '-shared', '-fPIC', '-w',
+        f'-I{inputs["include"]}', f'-I{inputs["ffi_include"]}', str(SOURCE), '-o', str(tmp),
+        str(lib), f'-Wl,-rpath,{lib.parent}',
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        first = next((line for line in done.stderr.splitlines() if 'error' in line), done.stderr.strip()[:300])
+        raise Unavailable(f'building {SOURCE.name} failed: {first}')
+    os.replace(tmp, target)
+    return target
+
+
+@functools.lru_cache(maxsize=None)
+def _load() -> str | None:
+    """Builds (once per machine), loads and registers the kernels with XLA once per process; the reason they
+    cannot run, or None."""
+    import ctypes
+
+    try:
+        inputs = _build_inputs()
+        built = _build(inputs)
+        try:
+            library = ctypes.cdll.LoadLibrary(str(built))
+        except OSError:  # a damaged cache entry (a killed copy, a full disk): built again, once
+            built.unlink(missing_ok=True)
+            library = ctypes.cdll.LoadLibrary(str(_build(inputs)))
+    except Unavailable as e:
+        return str(e)
+    except OSError as e:
+        return f'loading the oneDNN kernels failed: {e}'
+    for name in TARGETS.values():
+        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(library, name)), platform='cpu')
+    return None
+
+
+def unavailable() -> str | None:
+    """Why oneDNN's convolutions cannot run here (None: they can). The first call may build them (seconds)."""
+    return _load()
+
+
+def _call(target: str, shape, a, b, stride: int, padding: int):
+    out = jax.ShapeDtypeStruct(shape, jnp.float32)
+    # A vmapped call (seeds side by side) runs once per seed: each has its own kernel.
+    call = jax.ffi.ffi_call(TARGETS[target], out, vmap_method='sequential')
+    return call(a, b, stride=np.int64(stride), padding=np.int64(padding))
+
+
+def _out_shape(x, kernel, stride: int, padding: int) -> tuple[int, ...]:
+    n, h, w, _ = x.shape
+    kh, kw, _, features = kernel.shape
+    return n, (h + 2 * padding - kh) // stride + 1, (w + 2 * padding - kw) // stride + 1, features
+
+
+def runs(x, kernel) -> bool:
+    """Whether oneDNN computes this convolution: float32 on the CPU."""
+    return x.dtype == jnp.float32 and kernel.dtype == jnp.float32 and jax.default_backend() == 'cpu'
+
+
+def _require() -> None:
+    reason = _load()
+    if reason is not None:
+        raise Unavailable(f'the onednn convolution formulation cannot run: {reason}')
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv(x, kernel, stride: int, padding: int):
+    return _call('forward', _out_shape(x, kernel, stride, padding), x, kernel, stride, padding)
+
+
+def _conv_fwd(x, kernel, stride, padding):
+    return _conv(x, kernel, stride, padding), (x, kernel)
+
+
+def _conv_bwd(stride, padding, residuals, dy):
+    """Two calls, so that XLA drops the input's gradient where nothing needs it (the first layer's)."""
+    x, kernel = residuals
+    return (
+        _call('input_grad', x.shape, dy, kernel, stride, padding),
+        _call('kernel_grad', kernel.shape, x, dy, stride, padding),
+    )
+
+
+_conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def conv(x, kernel, stride: int, padding: int):
+    """torch's Conv2d on NHWC x HWIO through oneDNN, where `runs(x, kernel)`. Unavailable where the kernels cannot
+    be built or loaded."""
+    _require()
+    return _conv(x, kernel, stride, padding)
