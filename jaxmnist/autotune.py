@@ -36,9 +36,10 @@ TUNING_BATCH = 256  # measured at the run's batch size, or this if smaller
 
 def cpu_identity() -> str:
     """What the timings are valid for: the machine (`host.machine`: CPU model, family/model/stepping, vector
-    extensions, usable cores), the JAX version and the XLA flags of the process."""
-    flags_env = os.environ.get('XLA_FLAGS', '')
-    return f'{host.machine()}, jax {jax.__version__}' + (f', XLA_FLAGS={flags_env}' if flags_env else '')
+    extensions, usable cores), the JAX version and the process's settings of XLA's and oneDNN's kernels (their
+    vector extensions capped: an older CPU emulated)."""
+    settings = [f'{name}={os.environ[name]}' for name in ('XLA_FLAGS', 'ONEDNN_MAX_CPU_ISA') if os.environ.get(name)]
+    return ', '.join([f'{host.machine()}, jax {jax.__version__}', *settings])
 
 
 def cache_path() -> Path:

@@ -196,3 +196,13 @@ def test_auto_off_the_cpu_and_the_environment_default(monkeypatch):
     assert ConvPlan('eigen').compiler_options == {}  # no CPU options for another backend's programs
     monkeypatch.setenv(convs.ENV_IMPL, 'matmul')
     assert autotune.plan_for(None, None, 8).default == 'matmul'
+
+
+def test_timings_are_kept_apart_for_capped_vector_extensions(monkeypatch):
+    """An older CPU emulated (XLA's or oneDNN's kernels capped at AVX2) is another machine to the cache."""
+    monkeypatch.delenv('XLA_FLAGS', raising=False)
+    monkeypatch.delenv('ONEDNN_MAX_CPU_ISA', raising=False)
+    plain = autotune.cpu_identity()
+    monkeypatch.setenv('ONEDNN_MAX_CPU_ISA', 'AVX2')
+    monkeypatch.setenv('XLA_FLAGS', '--xla_cpu_max_isa=AVX2')
+    assert autotune.cpu_identity() == f'{plain}, XLA_FLAGS=--xla_cpu_max_isa=AVX2, ONEDNN_MAX_CPU_ISA=AVX2'
