@@ -2,9 +2,9 @@
 (gradients of the input and the kernel), one layer at a time, timed round-robin (benchlib.timing.measure_interleaved)
 so that all see the same machine; the best round of each is reported. JAX runs each of jaxmnist.convs's
 candidates: XLA's convolution with its default kernels (`xla`, YNNPACK where XLA uses it) and with Eigen's
-(`eigen`), im2col + GEMM (`matmul`), GEMMs over input rows (`rows`) and a strided layer's input gradient by
-phases (`phases`; at stride 1 the convolution); `--impls` picks (default all five; the forward column is the
-first's).
+(`eigen`), im2col + GEMM (`matmul`), GEMMs over input rows (`rows`), a strided layer's input gradient by
+phases (`phases`; at stride 1 the convolution) and oneDNN's kernels called from XLA (`onednn`, where they build);
+`--impls` picks (default all; the forward column is the first's).
 
     python scripts/layer_table.py                       # the fast preset's layers at batch 256
     python scripts/layer_table.py --batch-size 512 --layers 28:1:32:3,14:32:64:3
@@ -93,7 +93,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--layers", default=DEFAULT_LAYERS, help="comma-separated H:Cin:Cout:K[:valid|:padP][:sS]")
     p.add_argument("--blog", action="store_true", help="every convolution of the blog's cnn, cnn_deep and resnet")
-    p.add_argument("--impls", default=",".join(autotune.CANDIDATES), help="JAX candidates (jaxmnist.autotune)")
+    p.add_argument("--impls", default=",".join(autotune.candidates()), help="JAX candidates (jaxmnist.autotune)")
     p.add_argument("--repeats", type=int, default=10, help="rounds: one call of each per round")
     args = p.parse_args()
     b, impls = args.batch_size, args.impls.split(",")

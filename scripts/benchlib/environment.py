@@ -194,6 +194,7 @@ def environment(torch_device: str | None) -> dict:
             "torch",
             "torchvision",
             "pillow",
+            "onednn-cpu-gomp",  # jaxmnist.onednn's kernels
         ),
         "commit": runlog.git_commit(),
         "dirty": git_dirty(),
