@@ -220,7 +220,7 @@ def plan_for(impl: str | None, model, batch_size: int, say: Callable = print) ->
     if impl not in IMPLS:
         raise ValueError(f'unknown --conv-impl {impl!r}; choose from {", ".join(IMPLS)}')
     if impl != 'auto':
-        return fixed_plan(impl)
+        return fixed_plan(impl).require_runnable(f'--conv-impl {impl}: ')
     if jax.default_backend() != 'cpu':
         return XLA
     return measured_plan(model, batch_size, say)

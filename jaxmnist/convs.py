@@ -270,6 +270,13 @@ class ConvPlan:
         """The XLA options every program that runs the network compiles with (none off the CPU)."""
         return library_options(self.library) if jax.default_backend() == 'cpu' else {}
 
+    def require_runnable(self, why: str = '') -> ConvPlan:
+        """The plan itself, where this process can run every formulation it names; else onednn.Unavailable, `why`
+        first (one line and exit 1 from a command, before anything compiles)."""
+        if 'onednn' in {self.default, *dict(self.layers).values()} and (reason := onednn.unavailable()):
+            raise onednn.Unavailable(f"{why}oneDNN's convolutions cannot run here: {reason}")
+        return self
+
     def describe(self) -> str:
         """One line: the library and which layers run as what."""
         by = {}

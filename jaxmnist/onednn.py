@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmnist import cli
+
 ENV = 'JAXMNIST_ONEDNN'  # 'off' (or 0, no, false): never use oneDNN
 SOURCE = Path(__file__).with_name('csrc') / 'onednn_conv.cc'
 TARGETS = {
@@ -40,8 +42,9 @@ LIBRARY = ('onednn-cpu-gomp', 'libdnnl.so')  # the wheels that hold oneDNN's lib
 HEADERS = ('onednn-devel-cpu-gomp', 'oneapi/dnnl/dnnl.hpp')
 
 
-class Unavailable(RuntimeError):
-    """oneDNN's convolutions cannot run in this process; the message says why."""
+class Unavailable(cli.RunError):
+    """oneDNN's convolutions cannot run in this process; the message says why (a command prints it as one line and
+    exits 1)."""
 
 
 def _cache_dir() -> Path:

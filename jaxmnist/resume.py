@@ -96,6 +96,7 @@ def choose_conv_plan(
     for bit), else `--conv-impl` (`autotune.plan_for`: on the CPU `auto` times the candidates once per machine)."""
     meta = resuming.read_meta() if resuming and resuming.latest_epoch() else None
     if meta and "conv_plan" in meta:
-        return ConvPlan.from_json(meta["conv_plan"])
+        why = "the run being resumed ran convolutions on oneDNN, and continuing it bit for bit needs them: "
+        return ConvPlan.from_json(meta["conv_plan"]).require_runnable(why)
     model = models.get_model(config.model, num_classes=config.num_classes)
     return autotune.plan_for(impl, model, config.batch_size // placement.size, say)

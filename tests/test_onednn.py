@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from jaxmnist import autotune, convs, engine, models, onednn
+from jaxmnist import autotune, convs, distributed, engine, models, onednn, presets, resume
 from jaxmnist.convs import ConvPlan
 
 # Where jaxmnist depends on oneDNN's wheels (pyproject.toml), the kernels must build: a missing step is a failure.
@@ -127,6 +127,31 @@ def test_asked_for_where_it_cannot_run_is_one_clear_error(monkeypatch, rng):
     g = convs.Geometry(4, 4, 1, 2, 3, 1, 1, 'float32')
     plan = autotune.choose({g: {'xla/conv': 0.3, 'eigen/conv': 0.2, 'matmul': 0.4, 'rows': 0.5, 'onednn': 0.01}}, 't')
     assert plan == ConvPlan('eigen')
+
+
+def test_a_command_asked_for_it_where_it_cannot_run_says_so_in_one_line():
+    done = subprocess.run(
+        [sys.executable, '-m', 'jaxmnist.train', '--model', 'cnn', '--conv-impl', 'onednn', '--epochs', '1'],
+        capture_output=True, text=True, env={**os.environ, 'JAXMNIST_ONEDNN': 'off'},
+    )
+    assert done.returncode == 1 and 'Traceback' not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        "error: --conv-impl onednn: oneDNN's convolutions cannot run here: turned off by JAXMNIST_ONEDNN"
+    )
+
+
+def test_a_run_resumed_where_its_onednn_plan_cannot_run_stops_before_compiling(monkeypatch):
+    """Its checkpoint's plan names oneDNN: continuing bit for bit needs it, so the run stops, saying why, instead of
+    running another plan or failing inside a trace."""
+    monkeypatch.setattr(onednn, '_load', lambda: 'turned off by JAXMNIST_ONEDNN')
+    checkpoint = type('Checkpoint', (), {
+        'latest_epoch': lambda self: 1, 'read_meta': lambda self: {'conv_plan': convs.fixed_plan('onednn').to_json()},
+    })()  # fmt: skip
+    config = presets.PRESETS['cnn_tb']
+    with pytest.raises(onednn.Unavailable, match='the run being resumed ran convolutions on oneDNN.*turned off by'):
+        resume.choose_conv_plan(config, None, checkpoint, distributed.Placement(), print)
+    monkeypatch.setattr(onednn, '_load', lambda: None)
+    assert resume.choose_conv_plan(config, 'xla', checkpoint, distributed.Placement(), print).default == 'onednn'
 
 
 @needs_onednn
