@@ -23,6 +23,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import jax
@@ -95,7 +96,10 @@ def _build(inputs: dict) -> Path:
     target = _cache_dir() / f'onednn_conv-{key}.so'
     if target.exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError:  # a read-only home: built for this process only
+        target = Path(tempfile.mkdtemp(prefix='jaxmnist-onednn-')) / target.name
     tmp = target.with_name(f'.{target.name}.{os.getpid()}.tmp')
     lib = inputs['library']
     command = [

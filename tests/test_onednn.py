@@ -164,3 +164,12 @@ def test_a_damaged_cached_build_is_built_again(tmp_path):
     code = 'from jaxmnist import onednn; print(onednn.unavailable())'
     assert _fresh_process(code, XDG_CACHE_HOME=str(tmp_path)).strip() == 'None'
     assert damaged.stat().st_size == built.stat().st_size
+
+
+@needs_onednn
+def test_a_read_only_cache_directory_builds_for_the_process_alone(tmp_path):
+    """Where the cache cannot be written (a read-only home), the kernels are built into a temporary directory."""
+    (tmp_path / 'jaxmnist').write_text('a file where the cache directory would be')
+    code = 'import ctypes; from jaxmnist import onednn as o; p = o._build(o._build_inputs()); ctypes.CDLL(p); print(p)'
+    built = _fresh_process(code, XDG_CACHE_HOME=str(tmp_path)).strip()
+    assert 'jaxmnist-onednn-' in built and not built.startswith(str(tmp_path))
