@@ -1,11 +1,10 @@
 """Which convolution plan runs on this machine, measured: as cuDNN's autotuner does on GPUs, the first run on a CPU
 times the candidates (`jaxmnist.convs`: XLA's convolution under each kernel library, im2col + one GEMM, GEMMs over
 input rows for the input gradient, a strided layer's input gradient by phases, oneDNN's kernels where they build)
-for every convolution shape its
-network needs, forward plus backward at the run's batch size, keeps the fastest, and caches the timings by CPU
-identity in ~/.cache/jaxmnist/conv-timings.json. The candidates run interleaved, and timings taken while other
-processes held over 15 % of the CPU (`host.SHARED_ABOVE`) serve that run only (benchmarks/README.md, "The tuner's
-timings"). Off the CPU nothing is measured: XLA keeps its own choice.
+for every convolution shape its network needs, forward plus backward at the run's batch size, keeps the fastest,
+and caches the timings by CPU identity in ~/.cache/jaxmnist/conv-timings.json. The candidates run interleaved, and
+timings taken while other processes held over 15 % of the CPU (`host.SHARED_ABOVE`) serve that run only
+(benchmarks/README.md, "The tuner's timings"). Off the CPU nothing is measured: XLA keeps its own choice.
 
     plan = plan_for('auto', model, batch_size=512)       # measured once per machine, cached
 """

@@ -209,7 +209,9 @@ INPUT_GRAD_ONLY = {'rows': 1, 'phases': 2}
 
 def same_program_as_conv(formulation: str, geometry: Geometry, input_grad: bool = True) -> bool:
     """Whether `formulation` runs this layer as XLA's convolution does, the same program: an INPUT_GRAD_ONLY
-    formulation where no input gradient is computed (a stem) or below its stride."""
+    formulation where no input gradient is computed (a stem) or below its stride; `onednn` at any dtype but float32."""
+    if formulation == 'onednn':
+        return geometry.dtype != 'float32'
     least = INPUT_GRAD_ONLY.get(formulation)
     return least is not None and (not input_grad or geometry.stride < least)
 
@@ -272,7 +274,10 @@ class ConvPlan:
 
     def require_runnable(self, why: str = '') -> ConvPlan:
         """The plan itself, where this process can run every formulation it names; else onednn.Unavailable, `why`
-        first (one line and exit 1 from a command, before anything compiles)."""
+        first (one line and exit 1 from a command, before anything compiles). Off the CPU every formulation is XLA's
+        convolution: nothing to check."""
+        if jax.default_backend() != 'cpu':
+            return self
         if 'onednn' in {self.default, *dict(self.layers).values()} and (reason := onednn.unavailable()):
             raise onednn.Unavailable(f"{why}oneDNN's convolutions cannot run here: {reason}")
         return self

@@ -8,9 +8,10 @@ NHWC x HWIO, on the CPU. The same function as `lax.conv` up to float32 rounding 
 `convs.conv_onednn` hands every other dtype and backend to XLA's convolution.
 
 The kernels are compiled on first use, once per machine (g++, a few seconds), and cached beside the compilation
-cache: $XDG_CACHE_HOME/jaxmnist/onednn (~/.cache/jaxmnist/onednn), keyed by the source, jaxlib's and oneDNN's
-versions. They need a C++ compiler ($CXX or g++) and oneDNN's wheels (`onednn-cpu-gomp`, `onednn-devel-cpu-gomp`,
-dependencies of jaxmnist on x86-64 Linux). Where any is missing, `unavailable()` says what, and the tuner leaves the
+cache: $XDG_CACHE_HOME/jaxmnist/onednn (~/.cache/jaxmnist/onednn), keyed by the source, the compiler and its flags,
+jaxlib's and oneDNN's versions (a temporary directory where the cache cannot be written). They need a C++ compiler
+($CXX or g++) and oneDNN's wheels (`onednn-cpu-gomp`, `onednn-devel-cpu-gomp`, dependencies of jaxmnist on x86-64
+Linux). Where any is missing, `unavailable()` says what, and the tuner leaves the
 formulation out; JAXMNIST_ONEDNN=off does the same on purpose.
 """
 
@@ -24,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import jax
@@ -91,23 +93,24 @@ def _build(inputs: dict) -> Path:
     file and rename it into place)."""
     import jaxlib
 
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(b'\0'.join([source, jaxlib.__version__.encode(), str(inputs).encode()])).hexdigest()[:16]
-    target = _cache_dir() / f'onednn_conv-{key}.so'
+    lib = inputs['library']
+    flags = [
+        '-O2', '-std=c++17', '-shared', '-fPIC', '-w', f'-I{inputs["include"]}', f'-I{inputs["ffi_include"]}',
+        str(SOURCE), str(lib), f'-Wl,-rpath,{lib.parent}',
+    ]  # fmt: skip
+    versions = [jaxlib.__version__, *(importlib.metadata.version(d) for d in (LIBRARY[0], HEADERS[0]))]
+    key = hashlib.sha256('\0'.join([SOURCE.read_text(), inputs['compiler'], *flags, *versions]).encode())
+    target = _cache_dir() / f'onednn_conv-{key.hexdigest()[:16]}.so'
     if target.exists():
         return target
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(target.parent, os.W_OK):
+            raise PermissionError(target.parent)
     except OSError:  # a read-only home: built for this process only
         target = Path(tempfile.mkdtemp(prefix='jaxmnist-onednn-')) / target.name
-    tmp = target.with_name(f'.{target.name}.{os.getpid()}.tmp')
-    lib = inputs['library']
-    command = [
-        inputs['compiler'], '-O2', '-std=c++17', '-shared', '-fPIC', '-w',
-        f'-I{inputs["include"]}', f'-I{inputs["ffi_include"]}', str(SOURCE), '-o', str(tmp),
-        str(lib), f'-Wl,-rpath,{lib.parent}',
-    ]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True)
+    tmp = target.with_name(f'.{target.name}.{os.getpid()}.{threading.get_ident()}.tmp')
+    done = subprocess.run([inputs['compiler'], *flags, '-o', str(tmp)], capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
         tmp.unlink(missing_ok=True)
         first = next((line for line in done.stderr.splitlines() if 'error' in line), done.stderr.strip()[:300])
@@ -130,12 +133,12 @@ def _load() -> str | None:
         except OSError:  # a damaged cache entry (a killed copy, a full disk): built again, once
             built.unlink(missing_ok=True)
             library = ctypes.cdll.LoadLibrary(str(_build(inputs)))
+        for name in TARGETS.values():
+            jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(library, name)), platform='cpu')
     except Unavailable as e:
         return str(e)
-    except OSError as e:
-        return f'loading the oneDNN kernels failed: {e}'
-    for name in TARGETS.values():
-        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(library, name)), platform='cpu')
+    except Exception as e:  # a library that does not load, an older jax without jax.ffi, a compiler that hangs
+        return f'the oneDNN kernels cannot be loaded: {type(e).__name__}: {e}'
     return None
 
 

@@ -93,10 +93,10 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--layers", default=DEFAULT_LAYERS, help="comma-separated H:Cin:Cout:K[:valid|:padP][:sS]")
     p.add_argument("--blog", action="store_true", help="every convolution of the blog's cnn, cnn_deep and resnet")
-    p.add_argument("--impls", default=",".join(autotune.candidates()), help="JAX candidates (jaxmnist.autotune)")
+    p.add_argument("--impls", help="JAX candidates, comma-separated (default: all that run here; jaxmnist.autotune)")
     p.add_argument("--repeats", type=int, default=10, help="rounds: one call of each per round")
     args = p.parse_args()
-    b, impls = args.batch_size, args.impls.split(",")
+    b, impls = args.batch_size, (args.impls or ",".join(autotune.candidates())).split(",")
     layers = blog_layers() if args.blog else args.layers
     caps = isa_caps()  # an emulated older CPU (benchmarks/README.md, "A Zen 5 ..., and AVX2 emulated on it")
     caps_text = f"caps: {', '.join(f'{k}={v}' for k, v in caps.items())}; " if caps else ""

@@ -1,5 +1,6 @@
 """jaxmnist.onednn: oneDNN's convolutions in XLA programs are torch's Conv2d, build here, and step aside cleanly."""
 
+import dataclasses
 import os
 import platform
 import subprocess
@@ -65,6 +66,24 @@ def test_other_dtypes_run_xlas_convolution(rng):
         hlo = jax.jit(lambda x, w: convs.conv_onednn(x, w, 1, 1)).lower(x, w).as_text('hlo')
         assert 'custom-call' not in hlo
         np.testing.assert_array_equal(convs.conv_onednn(x, w, 2, 1), convs.lax_conv(x, w, 2, 1))
+
+
+@needs_onednn
+def test_an_output_of_the_wrong_size_is_an_error_not_a_convolution():
+    """The handler checks the shapes XLA hands it: an output one row short of torch's (stride 2 would let the
+    right padding absorb it) is refused."""
+    x, w = jnp.ones((1, 8, 8, 1)), jnp.ones((3, 3, 1, 1))
+    with pytest.raises(Exception, match='shapes, stride and padding make no convolution'):
+        jax.block_until_ready(onednn._call('forward', (1, 3, 4, 1), x, w, 2, 1))
+    assert onednn._call('forward', (1, 4, 4, 1), x, w, 2, 1).shape == (1, 4, 4, 1)
+
+
+def test_onednn_is_xlas_convolution_at_other_dtypes_to_the_tuner():
+    """Not timed as a candidate of its own where it would run XLA's convolution (bfloat16), so never chosen by
+    noise over it."""
+    bf16 = convs.Geometry(14, 14, 32, 64, 3, 1, 1, 'bfloat16')
+    assert convs.same_program_as_conv('onednn', bf16)
+    assert not convs.same_program_as_conv('onednn', dataclasses.replace(bf16, dtype='float32'))
 
 
 @needs_onednn

@@ -8,6 +8,7 @@
 // KB per call. oneDNN keeps its own cache of compiled primitives, so the descriptors built on every call cost
 // microseconds, not a compile.
 #include <cstdint>
+#include <exception>
 #include <string>
 
 #include "oneapi/dnnl/dnnl.hpp"
@@ -53,7 +54,8 @@ ffi::ErrorOr<Conv> describe(ffi::Span<const int64_t> x, ffi::Span<const int64_t>
   c.pad_l = {padding, padding};
   c.pad_r = {(y[1] - 1) * stride + w[0] - x[1] - padding, (y[2] - 1) * stride + w[1] - x[2] - padding};
   bool valid = stride >= 1 && padding >= 0 && x[0] == y[0] && x[3] == w[2] && y[3] == w[3] &&
-               c.pad_r[0] > -stride && c.pad_r[1] > -stride && c.pad_r[0] <= padding && c.pad_r[1] <= padding;
+               y[1] >= 1 && y[2] >= 1 && c.pad_r[0] > padding - stride && c.pad_r[1] > padding - stride &&
+               c.pad_r[0] <= padding && c.pad_r[1] <= padding;
   if (!valid) {
     return ffi::Unexpected(ffi::Error::InvalidArgument("onednn_conv: shapes, stride and padding make no convolution"));
   }
@@ -74,6 +76,8 @@ ffi::Error guarded(Run run) {
     run();
   } catch (const dnnl::error& e) {
     return ffi::Error::Internal(std::string("oneDNN: ") + e.what());
+  } catch (const std::exception& e) {  // bad_alloc and the like: an error, never a terminate across the FFI
+    return ffi::Error::Internal(std::string("onednn_conv: ") + e.what());
   }
   return ffi::Error::Success();
 }
