@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmnist import cli
+from jaxmnist import cli, compile_cache
 
 ENV = 'JAXMNIST_ONEDNN'  # 'off' (or 0, no, false): never use oneDNN
 SOURCE = Path(__file__).with_name('csrc') / 'onednn_conv.cc'
@@ -48,10 +48,6 @@ HEADERS = ('onednn-devel-cpu-gomp', 'oneapi/dnnl/dnnl.hpp')
 class Unavailable(cli.RunError):
     """oneDNN's convolutions cannot run in this process; the message says why (a command prints it as one line and
     exits 1)."""
-
-
-def _cache_dir() -> Path:
-    return Path(os.environ.get('XDG_CACHE_HOME') or Path.home() / '.cache') / 'jaxmnist' / 'onednn'
 
 
 def _installed(distribution: str, suffix: str) -> Path | None:
@@ -100,7 +96,7 @@ def _build(inputs: dict) -> Path:
     ]  # fmt: skip
     versions = [jaxlib.__version__, *(importlib.metadata.version(d) for d in (LIBRARY[0], HEADERS[0]))]
     key = hashlib.sha256('\0'.join([SOURCE.read_text(), inputs['compiler'], *flags, *versions]).encode())
-    target = _cache_dir() / f'onednn_conv-{key.hexdigest()[:16]}.so'
+    target = compile_cache.default_dir().with_name('onednn') / f'onednn_conv-{key.hexdigest()[:16]}.so'
     if target.exists():
         return target
     try:

@@ -70,10 +70,15 @@ dnnl::memory kernel_as(const dnnl::memory::desc& md, dnnl::memory user, dnnl::st
   return blocked;
 }
 
-template <typename Run>
-ffi::Error guarded(Run run) {
+// Runs `body(conv, stream)` on a described convolution, waits for it, and turns oneDNN's exceptions (and any other
+// C++ exception, which must not cross the FFI) into an error; a shape error from `describe` is returned as it is.
+template <typename Body>
+ffi::Error run(const ffi::ErrorOr<Conv>& conv, Body body) {
+  if (conv.has_error()) return conv.error();
   try {
-    run();
+    dnnl::stream stream(cpu());
+    body(conv.value(), stream);
+    stream.wait();
   } catch (const dnnl::error& e) {
     return ffi::Error::Internal(std::string("oneDNN: ") + e.what());
   } catch (const std::exception& e) {  // bad_alloc and the like: an error, never a terminate across the FFI
@@ -84,40 +89,29 @@ ffi::Error guarded(Run run) {
 
 ffi::Error Forward(F32 x, F32 w, F32Out y, int64_t stride, int64_t padding) {
   auto conv = describe(x.dimensions(), w.dimensions(), y->dimensions(), stride, padding);
-  if (conv.has_error()) return conv.error();
-  const Conv& c = conv.value();
-  return guarded([&] {
-    dnnl::stream stream(cpu());
+  return run(conv, [&](const Conv& c, dnnl::stream& stream) {
     auto pd = c.forward();
     dnnl::memory src(c.src_md(), cpu(), x.typed_data()), dst(c.dst_md(), cpu(), y->typed_data());
     auto wei = kernel_as(pd.weights_desc(), dnnl::memory(c.hwio_md(), cpu(), w.typed_data()), stream);
     dnnl::convolution_forward(pd).execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_DST, dst}});
-    stream.wait();
   });
 }
 
 ffi::Error InputGrad(F32 dy, F32 w, F32Out dx, int64_t stride, int64_t padding) {
   auto conv = describe(dx->dimensions(), w.dimensions(), dy.dimensions(), stride, padding);
-  if (conv.has_error()) return conv.error();
-  const Conv& c = conv.value();
-  return guarded([&] {
-    dnnl::stream stream(cpu());
+  return run(conv, [&](const Conv& c, dnnl::stream& stream) {
     dnnl::convolution_backward_data::primitive_desc pd(cpu(), dnnl::algorithm::convolution_direct, c.src_md(),
         c.any_wei_md(), c.dst_md(), c.strides, c.pad_l, c.pad_r, c.forward());
     dnnl::memory ddst(c.dst_md(), cpu(), dy.typed_data()), dsrc(c.src_md(), cpu(), dx->typed_data());
     auto wei = kernel_as(pd.weights_desc(), dnnl::memory(c.hwio_md(), cpu(), w.typed_data()), stream);
     dnnl::convolution_backward_data(pd).execute(
         stream, {{DNNL_ARG_DIFF_DST, ddst}, {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_DIFF_SRC, dsrc}});
-    stream.wait();
   });
 }
 
 ffi::Error KernelGrad(F32 x, F32 dy, F32Out dw, int64_t stride, int64_t padding) {
   auto conv = describe(x.dimensions(), dw->dimensions(), dy.dimensions(), stride, padding);
-  if (conv.has_error()) return conv.error();
-  const Conv& c = conv.value();
-  return guarded([&] {
-    dnnl::stream stream(cpu());
+  return run(conv, [&](const Conv& c, dnnl::stream& stream) {
     dnnl::convolution_backward_weights::primitive_desc pd(cpu(), dnnl::algorithm::convolution_direct, c.src_md(),
         c.any_wei_md(), c.dst_md(), c.strides, c.pad_l, c.pad_r, c.forward());
     dnnl::memory src(c.src_md(), cpu(), x.typed_data()), ddst(c.dst_md(), cpu(), dy.typed_data());
@@ -127,7 +121,6 @@ ffi::Error KernelGrad(F32 x, F32 dy, F32Out dw, int64_t stride, int64_t padding)
     dnnl::convolution_backward_weights(pd).execute(
         stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, ddst}, {DNNL_ARG_DIFF_WEIGHTS, dwei}});
     if (!direct) dnnl::reorder(dwei, user).execute(stream, dwei, user);
-    stream.wait();
   });
 }
 
