@@ -2,8 +2,15 @@
 
 __version__ = "0.1.0"
 
-# With $JAXMNIST_HUGEPAGES=1 a command (`python -m jaxmnist.train`, `jaxmnist-train`) restarts itself here once,
-# before jax loads, with transparent huge pages for its memory (jaxmnist/hugepages.py).
-from jaxmnist import hugepages as _hugepages
+import sys as _sys
 
-_hugepages.reexec_if_command()
+from jaxmnist import hugepages as _hugepages
+from jaxmnist import malloc as _malloc
+
+# A command (`python -m jaxmnist.train`, `jaxmnist-train`, torch_ref's), before jax or torch load: with
+# $JAXMNIST_HUGEPAGES=1 it restarts itself once with transparent huge pages (jaxmnist/hugepages.py), and it keeps
+# freed memory for the next step unless $JAXMNIST_MALLOC=system (jaxmnist/malloc.py). A library user's process is
+# left as it is.
+if _hugepages.is_command(_sys.orig_argv, _sys.argv[0] if _sys.argv else ''):
+    _hugepages.reexec()
+    _malloc.keep_freed_memory_or_exit()

@@ -93,10 +93,3 @@ def reexec() -> None:
         os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, 'GLIBC_TUNABLES': value})
     except OSError:
         pass
-
-
-def reexec_if_command() -> None:
-    """`reexec`, for this project's commands only (called by the packages' __init__, before jax or torch load)."""
-    if is_command(sys.orig_argv, sys.argv[0] if sys.argv else ''):
-        reexec()
-

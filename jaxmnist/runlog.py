@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxmnist import figures, hugepages
+from jaxmnist import figures, hugepages, malloc
 from jaxmnist.cli import UsageError
 from jaxmnist.host import OthersCpu, load_average, machine, process_age_s
 
@@ -161,6 +161,7 @@ class RunLog:
             "commit": git_commit(),
             "versions": versions("jax", "jaxlib", "flax", "optax", "numpy", "torch", "torchvision"),
             "hugepages": hugepages.active(),  # malloc asked for transparent huge pages (jaxmnist/hugepages.py)
+            "malloc": malloc.state(),  # keep: freed memory kept for the next step (jaxmnist/malloc.py)
             "n_train": n_train,
             "epochs": [],
             "batches": {"x": [], "acc": [], "loss": []},

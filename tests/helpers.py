@@ -2,6 +2,7 @@
 
 import functools
 import os
+import platform
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +10,7 @@ import numpy as np
 from flax import traverse_util
 
 from jaxmnist import data as data_lib
-from jaxmnist import hugepages, models
+from jaxmnist import hugepages, malloc, models
 from jaxmnist.presets import PRESETS
 
 # The fast recipe, tiny: 3 epochs of 10 steps of 64 (train_size 640), a weight average, one step per chunk. Tests
@@ -53,3 +54,11 @@ def hugepages_in_a_command(environ=None) -> bool:
     machine can have them (the command restarts itself, jaxmnist/hugepages.py), or already in the environment."""
     environ = os.environ if environ is None else environ
     return hugepages.active(environ) or hugepages.wanted(environ) is not None
+
+
+def malloc_in_a_command(environ=None) -> str:
+    """What a command started by a test records as `malloc`: keep (freed memory kept, jaxmnist/malloc.py) on glibc
+    unless $JAXMNIST_MALLOC=system."""
+    environ = os.environ if environ is None else environ
+    keeps = platform.libc_ver()[0] == "glibc" and environ.get(malloc.ENV, "keep") == "keep"
+    return "keep" if keeps else "system"

@@ -10,7 +10,7 @@ from pathlib import Path
 import bench
 import jax
 import pytest
-from helpers import hugepages_in_a_command
+from helpers import hugepages_in_a_command, malloc_in_a_command
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,6 +36,7 @@ def test_quick_cli_writes_json_and_table(tmp_path, mnist, capsys):
     # Run as a script, it restarted itself with huge pages where this machine has them (jaxmnist.hugepages).
     tunables = doc["env"]["env_vars"].get("GLIBC_TUNABLES", "")
     assert ("glibc.malloc.hugetlb=1" in tunables) == hugepages_in_a_command(hugepages_env)
+    assert doc["env"]["malloc"] == malloc_in_a_command()  # and kept freed memory (jaxmnist.malloc)
     kinds = {r["kind"]: r for r in doc["results"]}
     assert set(kinds) == {
         "jax_step",

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import hugepages_in_a_command
+from helpers import hugepages_in_a_command, malloc_in_a_command
 
 from jaxmnist import distributed
 from jaxmnist.cli import UsageError
@@ -36,6 +36,7 @@ def train(args, tmp_path, name, devices=1, extra_env=None, wait=True):
 def curve(tmp_path, name):
     metrics = json.loads((tmp_path / name / "metrics.json").read_text())
     assert metrics["hugepages"] == hugepages_in_a_command()  # the command restarted itself (jaxmnist.hugepages)
+    assert metrics["malloc"] == malloc_in_a_command()  # and kept freed memory (jaxmnist.malloc)
     return [(e["test_acc"], e["train_acc"]) for e in metrics["epochs"]]
 
 

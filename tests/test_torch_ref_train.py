@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 from flax import traverse_util
-from helpers import hugepages_in_a_command
+from helpers import hugepages_in_a_command, malloc_in_a_command
 from torch import nn
 
 from jaxmnist import data as data_lib
@@ -342,6 +342,8 @@ def test_cli_writes_jaxmnists_metrics_format(tmp_path, mnist):
     assert torch_record["config"] == jax_record["config"]
     assert torch_record["framework"] == "torch" and torch_record["preset"] == "cnn_tb"
     assert torch_record["hugepages"] == hugepages_in_a_command(hugepages_env)  # restarted itself (jaxmnist.hugepages)
+    assert torch_record["malloc"] == malloc_in_a_command()  # the command keeps freed memory (jaxmnist.malloc)
+    assert jax_record["malloc"] == "system"  # this test's own process is no command: glibc left as it is
     assert len(torch_record["batches"]["acc"]) == 3
     assert (tmp_path / "torch" / "curves.png").exists()
     assert list((tmp_path / "torch").glob("events.out.tfevents.*"))

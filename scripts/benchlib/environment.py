@@ -10,7 +10,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from jaxmnist import autotune, host, runlog
+from jaxmnist import autotune, host, malloc, runlog
 
 # Dense (no 2:4 sparsity) peak TFLOP/s from NVIDIA's datasheets, at boost clock and full board power; a
 # power-capped or throttled board reaches less. "fp32" is the CUDA-core rate; "tf32"/"bf16" are tensor cores.
@@ -200,6 +200,7 @@ def environment(torch_device: str | None) -> dict:
         "dirty": git_dirty(),
         # None is JAX's default: TF32 for f32 convolutions and matmuls on Ampere and later GPUs.
         "jax_default_matmul_precision": jax.config.jax_default_matmul_precision,
+        "malloc": malloc.state(),  # keep: freed memory kept for the next step, both frameworks (jaxmnist/malloc.py)
         "env_vars": {
             k: v
             for k, v in os.environ.items()

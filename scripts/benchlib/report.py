@@ -43,7 +43,8 @@ def _header(doc: dict) -> list[str]:
         f"device: {env['platform']}:{env['device_kind']}{driver}; jax {env['versions'].get('jax')}, "
         f"flax {env['versions'].get('flax')}, torch {torch_env.get('version', '-')} on {torch_env.get('device', '-')}"
         f" ({torch_env.get('threads', '-')} threads); commit {env.get('commit')}"
-        f"{' (dirty)' if env.get('dirty') else ''}{f'; GLIBC_TUNABLES={tunables} (both frameworks)' if tunables else ''}",
+        f"{' (dirty)' if env.get('dirty') else ''}{f'; GLIBC_TUNABLES={tunables} (both frameworks)' if tunables else ''}"
+        f"{'; malloc keeps freed memory (both frameworks)' if env.get('malloc') == 'keep' else ''}",
         f"{'QUICK SMOKE RUN, NOT A BENCHMARK; ' if settings.get('quick') else ''}{state} after "
         f"{doc.get('elapsed_s', 0):.0f} s; load average at start {load(env.get('load_avg_start'))}, "
         f"at end {load(doc.get('load_avg_end'))}",
