@@ -3,7 +3,9 @@ itself once, before importing anything large, with glibc's `glibc.malloc.hugetlb
 for 2 MiB pages (madvise).
 
 Why it exists: XLA:CPU allocates a step's large temporaries afresh and glibc hands blocks of more than 32 MiB back
-to the kernel when they are freed, so a step touches fresh 4 KiB pages, each a page fault. On a 2-vCPU Zen 3 (AVX2,
+to the kernel when they are freed, so a step touches fresh 4 KiB pages, each a page fault. Since 2026-12-03 the
+commands keep freed memory by default instead (jaxmnist/malloc.py), which removes most of those faults without huge
+pages; the measurements below were taken before, with glibc as it was. On a 2-vCPU Zen 3 (AVX2,
 no AVX-512) single train steps timed alone get much faster with huge pages (cnn_deep 27 %, torch's 21 %), but whole
 training epochs do not: `fast`'s full epoch level (47.0, 48.0 s against 49.3, 46.0 s), `best` and cnn level, epochs of
 15,360 images with their evaluation 11 % shorter, and the benchmark's evaluation passes up to a quarter slower. So it
