@@ -12,5 +12,4 @@ from jaxmnist import malloc as _malloc
 # freed memory for the next step unless $JAXMNIST_MALLOC=system (jaxmnist/malloc.py). A library user's process is
 # left as it is.
 if _hugepages.is_command(_sys.orig_argv, _sys.argv[0] if _sys.argv else ''):
-    _hugepages.reexec()
-    _malloc.keep_freed_memory_or_exit()
+    _malloc.start_command()

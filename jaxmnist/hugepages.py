@@ -47,12 +47,16 @@ def kernel_mode() -> str | None:
     return text[text.find('[') + 1 : text.find(']')] if '[' in text else None
 
 
+def tunable_names(current: str | None) -> list[str]:
+    """The tunables a $GLIBC_TUNABLES value sets, in its order."""
+    return [e.split('=', 1)[0] for e in (current or '').split(':') if e]
+
+
 def tunables(current: str | None) -> str | None:
     """$GLIBC_TUNABLES with huge pages asked for, or None where it already says something about them."""
-    entries = [e for e in (current or '').split(':') if e]
-    if any(e.split('=', 1)[0] == KEY for e in entries):
+    if KEY in tunable_names(current):
         return None
-    return ':'.join([*entries, f'{KEY}={VALUE}'])
+    return ':'.join([*(e for e in (current or '').split(':') if e), f'{KEY}={VALUE}'])
 
 
 def wanted(environ=os.environ) -> str | None:

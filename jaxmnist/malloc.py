@@ -21,6 +21,8 @@ import os
 import platform
 import sys
 
+from jaxmnist import hugepages
+
 ENV = 'JAXMNIST_MALLOC'  # keep (default): freed memory kept; system: glibc's own behaviour
 # mallopt's parameters (malloc.h), each beside the $GLIBC_TUNABLES name that would set it instead, and the value.
 SETTINGS = (
@@ -32,31 +34,36 @@ SETTINGS = (
 _kept: bool | None = None  # what keep_freed_memory did in this process (None: not asked)
 
 
-def _user_tunables(environ) -> set[str]:
-    return {e.split('=', 1)[0] for e in (environ.get('GLIBC_TUNABLES') or '').split(':') if e}
+def wanted(environ=os.environ) -> bool:
+    """Whether to keep freed memory: on glibc, unless $JAXMNIST_MALLOC=system. Any other value of the switch is a
+    ValueError, named."""
+    choice = environ.get(ENV, 'keep')
+    if choice not in ('keep', 'system'):
+        raise ValueError(f'${ENV} is {choice!r}: keep (the default) or system')
+    return choice == 'keep' and platform.libc_ver()[0] == 'glibc'
 
 
 def keep_freed_memory(environ=os.environ) -> bool:
     """Sets glibc's malloc to keep freed memory (the settings above that $GLIBC_TUNABLES leaves open), once per
-    process, before jax or torch start their threads. True where it did; False off glibc or with
-    $JAXMNIST_MALLOC=system. Any other value of the switch is a ValueError, named."""
+    process, before jax or torch start their threads. True where it did; False where it is not `wanted`."""
     global _kept
-    if _kept is not None:
-        return _kept
-    choice = environ.get(ENV, 'keep')
-    if choice not in ('keep', 'system'):
-        raise ValueError(f'${ENV} is {choice!r}: keep (the default) or system')
-    _kept = False
-    if choice == 'keep' and platform.libc_ver()[0] == 'glibc':
-        mallopt = getattr(ctypes.CDLL(None), 'mallopt', None)
-        if mallopt is not None:
-            taken = _user_tunables(environ)
-            _kept = all(mallopt(param, value) == 1 for param, name, value in SETTINGS if name not in taken)
+    if _kept is None:
+        _kept = wanted(environ) and _mallopt(hugepages.tunable_names(environ.get('GLIBC_TUNABLES')))
     return _kept
 
 
-def keep_freed_memory_or_exit() -> None:
-    """`keep_freed_memory` for a command: a wrong $JAXMNIST_MALLOC is one line and exit 2, not a traceback."""
+def _mallopt(taken: list[str]) -> bool:
+    mallopt = getattr(ctypes.CDLL(None), 'mallopt', None)
+    if mallopt is None:
+        return False
+    return all(mallopt(param, value) == 1 for param, name, value in SETTINGS if name not in taken)
+
+
+def start_command() -> None:
+    """What every command and script of the project does first, before jax or torch load: restart with huge pages
+    where they are asked for (jaxmnist/hugepages.py), then keep freed memory; a wrong $JAXMNIST_MALLOC is one line
+    and exit 2, not a traceback."""
+    hugepages.reexec()
     try:
         keep_freed_memory()
     except ValueError as e:

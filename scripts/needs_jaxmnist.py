@@ -6,14 +6,13 @@ import sys
 from pathlib import Path
 
 try:
-    from jaxmnist import hugepages, malloc
+    from jaxmnist import malloc
 
     # Run as a script (not imported by a test), before jax and torch load, as jaxmnist's own commands do: with
     # $JAXMNIST_HUGEPAGES=1 restart once with huge pages (jaxmnist/hugepages.py); keep freed memory for the next
     # step unless $JAXMNIST_MALLOC=system (jaxmnist/malloc.py).
     if Path(sys.argv[0]).resolve().parent == Path(__file__).resolve().parent:
-        hugepages.reexec()
-        malloc.keep_freed_memory_or_exit()
+        malloc.start_command()
     for _module in ("jaxmnist.cli", "jaxmnist.data", "jaxmnist.presets", "jaxmnist.runlog"):
         importlib.import_module(_module)
 except ModuleNotFoundError as e:

@@ -2,7 +2,6 @@
 
 import functools
 import os
-import platform
 
 import jax
 import jax.numpy as jnp
@@ -59,6 +58,4 @@ def hugepages_in_a_command(environ=None) -> bool:
 def malloc_in_a_command(environ=None) -> str:
     """What a command started by a test records as `malloc`: keep (freed memory kept, jaxmnist/malloc.py) on glibc
     unless $JAXMNIST_MALLOC=system."""
-    environ = os.environ if environ is None else environ
-    keeps = platform.libc_ver()[0] == "glibc" and environ.get(malloc.ENV, "keep") == "keep"
-    return "keep" if keeps else "system"
+    return "keep" if malloc.wanted(os.environ if environ is None else environ) else "system"
