@@ -84,6 +84,9 @@ def build_parser() -> cli.ArgumentParser:
     p.add_argument("--warmup", type=int, help="untimed steps first (default 3)")
     p.add_argument("--max-s", type=float, help="stop a measurement after this many seconds of samples (default 3)")
     p.add_argument("--epoch-repeats", type=int, help="epochs timed, best kept (default 2)")
+    p.add_argument(
+        "--pair-rounds", type=int, help="rounds of JAX and tuned torch alternating, paired (default 10; 0: none)"
+    )
     p.add_argument("--train-size", type=int, help="epoch over only the first N training images")
     p.add_argument("--seeds", type=int, help="jax_epoch_seeds: this many seeds vmapped in one program (default 4; 1: none)")
     p.add_argument(
@@ -122,9 +125,11 @@ def settings_from_args(args, platform: str, torch_device: str | None) -> Setting
     overrides["torch"] = torch_device is not None
     if args.no_torch_compile:
         overrides["torch_compile"] = False
-    for name in ("iters", "warmup", "max_s", "epoch_repeats", "train_size", "seeds", "conv_impl"):
+    for name in ("iters", "warmup", "max_s", "epoch_repeats", "pair_rounds", "train_size", "seeds", "conv_impl"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
+    if args.pair_rounds is not None and args.pair_rounds < 0:
+        raise UsageError(f"--pair-rounds must be 0 or more, got {args.pair_rounds}")
     overrides["budget_s"] = args.budget_s
     return quick_settings(**overrides) if args.quick else Settings(**overrides)
 

@@ -47,6 +47,8 @@ def test_quick_cli_writes_json_and_table(tmp_path, mnist, capsys):
         "jax_eval",
         "torch_blog_epoch",
         "torch_tuned_eval",
+        "paired_step",
+        "paired_epoch",
     }, kinds
     assert all(r["status"] == "ok" for r in doc["results"]), [r.get("reason") for r in doc["results"]]
     step = kinds["jax_step"]
@@ -54,6 +56,10 @@ def test_quick_cli_writes_json_and_table(tmp_path, mnist, capsys):
     assert kinds["torch_blog_step"]["num_workers"] == 0
     assert doc["env"]["versions"]["jax"] == jax.__version__ and doc["env"]["commit"]
     assert kinds["jax_epoch_seeds"]["seeds"] == 2 and "vmapped s per seed" in proc.stdout
+    for what in ("step", "epoch"):  # two rounds: ratios, but too few for an interval
+        rec = kinds[f"paired_{what}"]
+        assert rec["rounds"] == 2 and len(rec["ratios"]) == 2 and rec["verdict"] == "too few rounds", rec
+        assert rec["ratio"] > 0 and rec["step_ms"] > 0 and f"| cnn | 8 | {what} | 2 |" in proc.stdout
     assert "| cnn | 8 |" in proc.stdout and "QUICK SMOKE RUN" in proc.stdout
     assert "JAX " in proc.stdout and "x faster" in proc.stdout
     print(f"quick run: {time.perf_counter() - t0:.1f} s")
@@ -70,6 +76,7 @@ def test_quick_cli_writes_json_and_table(tmp_path, mnist, capsys):
         (["--networks", "cnn,vgg"], "unknown network(s) vgg"),
         (["--table", "/nonexistent.json"], "cannot read --table"),
         (["--bogus"], "unrecognized arguments"),
+        (["--pair-rounds", "-1"], "--pair-rounds must be 0 or more"),
     ],
 )
 def test_bad_arguments_fail_in_one_line(argv, message, capsys):

@@ -47,6 +47,12 @@ def test_plan_orders_core_measurements_first():
     assert tiers == sorted(tiers)
     assert not any(i.kind == "jax_step_bf16" for i in items)  # CPU: bf16 is n/a
     assert {i.batch_size for i in items if i.kind in plan.EPOCH_KINDS} == {512}
+    paired = {(i.kind, i.batch_size) for i in items if i.kind.startswith("paired_")}
+    assert paired == {("paired_step", 512), ("paired_epoch", 512)}  # at the epoch batch sizes only
+    assert {plan.priority(k, "cnn", b, settings) for k, b in paired} == {1}
+    none = Settings(batch_sizes=(512,), pair_rounds=0)
+    assert not any(i.kind.startswith("paired_") for i in plan.build_plan(none, None, {}, "cpu", {"results": []}))
+    assert not any(i.kind.startswith("paired_") for i in plan.build_plan(settings, None, {}, None, {"results": []}))
     assert {i.network for i in items if i.kind == "torch_tuned_compiled" and i.batch_size == 512} == set(
         plan.SMALL_NETWORKS + ("resnet18", "resnet101")
     )

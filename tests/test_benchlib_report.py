@@ -71,3 +71,17 @@ def test_epoch_table_sets_the_epochs_step_against_tuned_torchs():
     rows = [line for line in report.report(bench_doc(results)).splitlines() if line.startswith("| cnn_deep |")]
     assert len(rows) == 2  # the step table's, then the epoch table's
     assert "| 57.00 | 18.00 | 62.70 | JAX 1.10x faster | 487.00 | torch 1.08x faster |" in rows[1]
+
+
+def test_paired_table_gives_the_ratio_its_interval_and_verdict():
+    results = [
+        {"kind": "paired_step", "network": "resnet", "batch_size": 512, "status": "ok", "rounds": 10,
+         "step_ms": 600.0, "torch_step_ms": 620.0, "ratio": 0.968, "ratio_interval_95": [0.94, 1.01],
+         "verdict": "level"},
+        {"kind": "paired_epoch", "network": "resnet", "batch_size": 512, "status": "error", "reason": "boom"},
+    ]  # fmt: skip
+    rows = [line for line in report.report(bench_doc(results)).splitlines() if line.startswith("| resnet |")]
+    assert rows == [
+        "| resnet | 512 | step | 10 | 600.00 | 620.00 | 0.968 | 0.940-1.010 | level |",
+        "| resnet | 512 | epoch | - | error | - | - | - | - |",
+    ]

@@ -25,6 +25,14 @@ def test_interleaved_timing_runs_round_robin():
     assert order == ["a", "b"] + ["a", "b"] * 3 and [len(t.samples) for t in timings.values()] == [3, 3]
 
 
+def test_median_interval_is_the_order_statistics_of_95_percent():
+    # n = 10: k = 2 covers 1 - 2 * 11/1024 = 97.9 %, k = 3 only 89 %; n = 100: the textbook 40th and 61st.
+    assert timing.median_interval([10, 1, 9, 2, 8, 3, 7, 4, 6, 5]) == (2, 9)
+    assert timing.median_interval(list(range(1, 101))) == (40, 61)
+    assert timing.median_interval([1, 2, 3, 4, 5, 6]) == (1, 6)  # 2/64 outside: 96.9 %
+    assert timing.median_interval([1, 2, 3, 4, 5]) is None  # 2/32 outside: 93.8 %, too few
+
+
 def test_xla_flops_counts_a_matmul():
     a, b = jnp.ones((8, 16)), jnp.ones((16, 4))
     lowered = jax.jit(lambda a, b: a @ b).lower(a, b)

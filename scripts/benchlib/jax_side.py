@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -47,14 +48,30 @@ def initial_state(config: Config, dtype_name: str, plan: convs.ConvPlan = convs.
     return jax.tree.map(lambda x: x.copy() if isinstance(x, jax.Array) else x, _STATES[key])
 
 
-def jax_step(
-    network: str, batch_size: int, data: data_lib.Dataset, settings: Settings, peak: dict, dtype: str = "f32"
-) -> dict:
-    """One jitted train step (forward, backward, optimiser) on real, normalised batches already on the device.
+@dataclasses.dataclass
+class StepProgram:
+    """A compiled train step and its state, stepping through a few real, normalised batches on the device."""
 
-    Reports lowering/compile time, FLOPs per image (XLA cost analysis, forward + backward + update), the median
-    of synced steps, the pipelined per-step time, images/s and the fraction of the device's peak.
-    """
+    compiled: Any
+    lowered: Any
+    lower_s: float  # tracing and lowering
+    compile_s: float  # lowering plus XLA's compile: what a first call costs beyond a step
+    plan: convs.ConvPlan
+    state: Any
+    batches: list
+    i: int = 0
+
+    def step(self):
+        """One step on the next batch: (state, metrics), not synced (dispatch returns before the step ends)."""
+        self.state, metrics = self.compiled(self.state, self.batches[self.i % len(self.batches)])
+        self.i += 1
+        return self.state, metrics
+
+
+def step_program(
+    network: str, batch_size: int, data: data_lib.Dataset, settings: Settings, dtype: str = "f32"
+) -> StepProgram:
+    """The jitted train step (forward, backward, optimiser) as jaxmnist runs it, its state donated, compiled."""
     config = config_for(network, batch_size)
     plan = conv_plan(config, settings)
     state = initial_state(config, dtype, plan)
@@ -65,21 +82,24 @@ def jax_step(
     lowered = step.lower(state, batches[0])
     lower_s = time.perf_counter() - t0
     compiled = lowered.compile()
-    compile_s = time.perf_counter() - t0
-    flops = xla_flops(lowered)
+    return StepProgram(compiled, lowered, lower_s, time.perf_counter() - t0, plan, state, batches)
+
+
+def jax_step(
+    network: str, batch_size: int, data: data_lib.Dataset, settings: Settings, peak: dict, dtype: str = "f32"
+) -> dict:
+    """One jitted train step (forward, backward, optimiser) on real, normalised batches already on the device.
+
+    Reports lowering/compile time, FLOPs per image (XLA cost analysis, forward + backward + update), the median
+    of synced steps, the pipelined per-step time, images/s and the fraction of the device's peak.
+    """
+    program = step_program(network, batch_size, data, settings, dtype)
+    flops = xla_flops(program.lowered)
     if flops is None:
-        flops = flops_on_cpu(engine.train_step, state, batches[0])
-    flops_compiled = xla_flops(compiled)
-
-    box = {"state": state, "i": 0}
-
-    def one():
-        box["state"], metrics = compiled(box["state"], batches[box["i"] % len(batches)])
-        box["i"] += 1
-        return box["state"], metrics
-
+        flops = flops_on_cpu(engine.train_step, program.state, program.batches[0])
+    flops_compiled = xla_flops(program.compiled)
     t = measure(
-        one,
+        program.step,
         jax.block_until_ready,
         warmup=settings.warmup,
         iters=settings.iters,
@@ -87,16 +107,15 @@ def jax_step(
         min_iters=settings.min_iters,
     )
     n = pipelined_count(t.median, settings.iters, settings.max_s)
-    pipelined = measure_pipelined(one, jax.block_until_ready, n)
-    loss = float(jax.device_get(one()[1]["loss"]))
+    pipelined = measure_pipelined(program.step, jax.block_until_ready, n)
+    loss = float(jax.device_get(program.step()[1]["loss"]))
     platform_name = jax.devices()[0].platform
     fpi = flops / batch_size if flops else None
     ips = batch_size / t.median
-    # compile_s is what a first call costs beyond a step: tracing and lowering (lower_s) plus XLA's compile.
     return {
         "dtype": dtype,
-        "lower_s": lower_s,
-        "compile_s": compile_s,
+        "lower_s": program.lower_s,
+        "compile_s": program.compile_s,
         "flops_per_image": fpi,
         "flops_per_image_compiled_hlo": flops_compiled / batch_size if flops_compiled else None,
         "step": t.summary(),
@@ -105,15 +124,36 @@ def jax_step(
         "pipelined_n": n,
         "images_per_s": ips,
         "last_loss": loss,
-        **plan_record(plan),
+        **plan_record(program.plan),
         **utilisation(fpi, ips, *peak_for(peak, platform_name, dtype)),
     }
 
 
-def jax_epoch(network: str, batch_size: int, data: data_lib.Dataset, settings: Settings, n_seeds: int = 1) -> dict:
-    """A whole training epoch as jaxmnist.train runs it (its compiled chunks on device-resident uint8 data, its
-    epoch loop), compile time reported apart. Evaluation is not included (see `jax_eval`). `n_seeds` > 1: that
-    many seeds in one vmapped program (`--seeds N --seed-mode vmap`), `seed_epoch_s` the time per seed."""
+@dataclasses.dataclass
+class EpochProgram:
+    """jaxmnist.train's compiled epoch (its chunks over device-resident uint8 data) and the state it trains."""
+
+    training: Any
+    state: Any
+    train: Any  # the device-resident training split
+    steps: int
+    bounds: list
+    unroll: bool
+    compile_s: float
+    plan: convs.ConvPlan
+    epoch: int = 0
+
+    def run(self):
+        """One epoch, its metrics fetched (synced), as jaxmnist.train's loop runs it."""
+        self.state, _, _ = programs.train_epoch(self.training, self.state, self.train, self.epoch, mode=True)
+        self.epoch += 1
+
+
+def epoch_program(
+    network: str, batch_size: int, data: data_lib.Dataset, settings: Settings, n_seeds: int = 1
+) -> EpochProgram:
+    """An epoch over `settings.train_size` images (all: 0) as jaxmnist.train runs it, compiled; `n_seeds` > 1:
+    that many seeds in one vmapped program (`--seeds N --seed-mode vmap`)."""
     config = config_for(network, batch_size).replace(train_size=settings.train_size)
     device_data = programs.put_on_device(data, config)
     steps = programs.epoch_steps(config, device_data.n_train)
@@ -128,18 +168,27 @@ def jax_epoch(network: str, batch_size: int, data: data_lib.Dataset, settings: S
     t0 = time.perf_counter()
     training = programs.compile_training(config, state, device_data.train, bounds, unroll, seeds, conv_plan=plan)
     compile_s = time.perf_counter() - t0
+    return EpochProgram(training, state, device_data.train, steps, bounds, unroll, compile_s, plan)
+
+
+def jax_epoch(network: str, batch_size: int, data: data_lib.Dataset, settings: Settings, n_seeds: int = 1) -> dict:
+    """A whole training epoch as jaxmnist.train runs it (its compiled chunks on device-resident uint8 data, its
+    epoch loop), compile time reported apart. Evaluation is not included (see `jax_eval`). `n_seeds` > 1: that
+    many seeds in one vmapped program (`--seeds N --seed-mode vmap`), `seed_epoch_s` the time per seed."""
+    program = epoch_program(network, batch_size, data, settings, n_seeds)
+    steps = program.steps
     epoch_s = []
-    for epoch in range(settings.epoch_repeats):
+    for _ in range(settings.epoch_repeats):
         t0 = time.perf_counter()
-        state, _, _ = programs.train_epoch(training, state, device_data.train, epoch, mode=True)  # fetches metrics
+        program.run()
         epoch_s.append(time.perf_counter() - t0)
     best = min(epoch_s)
     return {
-        "compile_s": compile_s,
+        "compile_s": program.compile_s,
         "steps": steps,
         "images": steps * batch_size,
-        "unroll": unroll,
-        "chunks": [e - s for s, e in bounds],
+        "unroll": program.unroll,
+        "chunks": [e - s for s, e in program.bounds],
         "epoch_s_each": epoch_s,
         "epoch_s": best,
         "step_ms": 1e3 * best / steps,
@@ -147,7 +196,7 @@ def jax_epoch(network: str, batch_size: int, data: data_lib.Dataset, settings: S
         "full_epoch_s_estimate": best * (len(data.train_labels) // batch_size) / steps,
         "seeds": n_seeds,
         "seed_epoch_s": best * (len(data.train_labels) // batch_size) / steps / n_seeds,
-        **plan_record(plan),
+        **plan_record(program.plan),
     }
 
 

@@ -73,6 +73,12 @@ def _torch_side():
     return torch_side
 
 
+def _paired():
+    from benchlib import paired  # imports torch, as _torch_side
+
+    return paired
+
+
 def _fpi(c, net, bs):  # torch's FLOPs per image: the same math, counted by XLA for the JAX step
     rec = find(c.doc, "jax_step", net, bs)
     return rec.get("flops_per_image") if rec else None
@@ -96,6 +102,11 @@ KINDS = {
     "torch_blog_epoch": Kind("torch", False, True, 6, lambda c, n, b: _torch_side().torch_blog_epoch(
         n, b, c.data, c.settings, c.torch_device)),
     "torch_tuned_eval": Kind("torch", False, True, 2, lambda c, n, b: _torch_side().torch_tuned_eval(
+        n, b, c.data, c.settings, c.torch_device)),
+    # JAX and tuned torch alternating in one measurement (benchlib/paired.py): "torch", as they need it.
+    "paired_step": Kind("torch", False, False, 12, lambda c, n, b: _paired().paired_step(
+        n, b, c.data, c.settings, c.torch_device)),
+    "paired_epoch": Kind("torch", False, True, 25, lambda c, n, b: _paired().paired_epoch(
         n, b, c.data, c.settings, c.torch_device)),
 }  # fmt: skip
 EPOCH_KINDS = tuple(name for name, kind in KINDS.items() if kind.epoch)
@@ -216,14 +227,14 @@ def priority(kind: str, network: str, batch_size: int, settings: Settings) -> in
     """Tier of a measurement; lower runs first, so a budget cut loses the least useful ones:
 
     0. at the first batch size: JAX step, torch tuned (eager) and blog steps, torch.compile of the blog's nets;
-    1. epoch and evaluation (at the epoch batch sizes) and JAX bf16 at the first batch size;
+    1. epoch and evaluation (at the epoch batch sizes), JAX bf16 and the paired step at the first batch size;
     2. torch.compile of the torchvision ResNets (minutes of Inductor compiling);
     3. the other batch sizes.
     """
     first = batch_size == settings.batch_sizes[0]
     if first and (KINDS[kind].core or kind == "torch_tuned_compiled" and network in SMALL_NETWORKS):
         return 0
-    if KINDS[kind].epoch or first and kind == "jax_step_bf16":
+    if KINDS[kind].epoch or first and kind in ("jax_step_bf16", "paired_step"):
         return 1
     return 2 if kind == "torch_tuned_compiled" else 3
 
@@ -257,6 +268,8 @@ def build_plan(
             return settings.bf16 and jax.default_backend() != "cpu"
         if name == "torch_tuned_compiled":
             return settings.torch_compile and bs in settings.compile_batch_sizes
+        if name.startswith("paired_"):
+            return settings.pair_rounds > 0 and bs in settings.epoch_batch_sizes
         if name == "jax_epoch_seeds":
             return settings.seeds > 1  # --seeds 1: nothing to compare one seed's epoch with
         return True

@@ -125,6 +125,35 @@ def _epoch_table(doc: dict, keys: list[tuple[str, int]]) -> list[str]:
     return lines
 
 
+def _paired_table(doc: dict, keys: list[tuple[str, int]]) -> list[str]:
+    kinds = ("paired_step", "paired_epoch")
+    rows = [(net, bs, kind, find(doc, kind, net, bs, ok=False)) for net, bs in keys for kind in kinds]
+    rows = [row for row in rows if row[3] is not None]
+    if not rows:
+        return []
+    lines = [
+        "Paired: JAX and tuned torch compiled in one process, their calls alternating (one each per round, the "
+        "order swapped every round); ratio = JAX's time / torch's in the same round, its median and the 95 % "
+        "interval of that median (order statistics). step: a jitted step; epoch: a JAX epoch over the bench's "
+        "images (chunks, batch preparation, metrics fetched) against as many tuned torch steps.",
+        "",
+        "| network | batch | what | rounds | JAX ms/step | torch tuned ms/step | JAX / torch | 95 % interval "
+        "| verdict |",
+        "|---|---:|---|---:|---:|---:|---:|---|---|",
+    ]
+    for net, bs, kind, rec in rows:
+        what = kind.removeprefix("paired_")
+        if rec["status"] != "ok":
+            lines.append(f"| {net} | {bs} | {what} | - | {rec['status']} | - | - | - | - |")
+            continue
+        interval = rec.get("ratio_interval_95")
+        lines.append(
+            f"| {net} | {bs} | {what} | {rec['rounds']} | {rec['step_ms']:.2f} | {rec['torch_step_ms']:.2f} | "
+            f"{rec['ratio']:.3f} | {f'{interval[0]:.3f}-{interval[1]:.3f}' if interval else '-'} | {rec['verdict']} |"
+        )
+    return lines
+
+
 def _seeds_table(doc: dict, keys: list[tuple[str, int]]) -> list[str]:
     keys = [k for k in keys if find(doc, "jax_epoch_seeds", *k, ok=False)]
     if not keys:
@@ -194,6 +223,7 @@ def report(doc: dict) -> str:
         _header(doc),
         _step_table(doc, keys),
         _epoch_table(doc, keys),
+        _paired_table(doc, keys),
         _seeds_table(doc, keys),
         [f"- {n}" for n in _notes(doc)],
     ]

@@ -26,6 +26,7 @@ class Settings:
     max_s: float = 3.0  # per measurement, once min_iters samples are in
     min_iters: int = 5
     epoch_repeats: int = 2
+    pair_rounds: int = 10  # paired_step/paired_epoch: rounds of JAX and tuned torch alternating (0: none)
     seeds: int = 4  # jax_epoch_seeds: this many seeds in one vmapped program, against one seed's epoch
     train_size: int = 0  # > 0: the epoch covers only this many training images
     eval_size: int = 0  # > 0: evaluation covers only this many test images
@@ -50,6 +51,7 @@ def quick_settings(**overrides) -> Settings:
         max_s=0.5,
         min_iters=2,
         epoch_repeats=1,
+        pair_rounds=2,
         seeds=2,
         train_size=64,
         eval_size=64,

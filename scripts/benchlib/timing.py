@@ -7,6 +7,7 @@ for JAX, `torch.cuda.synchronize()` for torch on a GPU; torch on the CPU is sync
 from __future__ import annotations
 
 import dataclasses
+import math
 import statistics
 import time
 from typing import Any, Callable
@@ -122,3 +123,17 @@ def measure_interleaved(
             sync(fn())
             samples[name].append(time.perf_counter() - t0)
     return {name: Timing(v) for name, v in samples.items()}
+
+
+def median_interval(samples: list[float], level: float = 0.95) -> tuple[float, float] | None:
+    """A distribution-free confidence interval for the median: the order statistics (k, n+1-k) of the sorted
+    samples with the largest k whose coverage, from the binomial(n, 1/2) count of samples below the median, is at
+    least `level`. None where too few samples for that level (under 6 at 95 %)."""
+    s, n = sorted(samples), len(samples)
+    tail, k = 0.0, 0  # tail: P(fewer than k+1 of n samples lie below the median)
+    while True:
+        tail += math.comb(n, k) / 2**n
+        if 1 - 2 * tail < level:
+            break
+        k += 1
+    return (s[k - 1], s[n - k]) if k >= 1 else None

@@ -136,6 +136,28 @@ def cudnn_benchmark():
         torch.backends.cudnn.benchmark = before
 
 
+class TunedLoop:
+    """`torch_ref.train.train_step`, tuned: real batches resident on the device, channels_last model and inputs,
+    the fused optimiser on CUDA, TF32 left at torch's defaults. `runner` is the model or its torch.compile.
+    Enter `cudnn_benchmark()` around its steps."""
+
+    def __init__(self, network: str, batch_size: int, data: data_lib.Dataset, device: str):
+        self.network, self.device = network, device
+        self.model = self.runner = torch_model(network, device, channels_last=True)
+        self.optimizer = torch_train.build_optimizer(
+            config_for(network, batch_size), self.model.parameters(), fused=device.startswith("cuda")
+        )
+        self.batches = [device_tensors(x, y, device) for x, y in real_batches(data, batch_size, 4)]
+        self.sync = torch_sync(device)
+        self.i = 0
+
+    def step(self):
+        """One step on the next batch, not synced on a GPU."""
+        images, labels = self.batches[self.i % len(self.batches)]
+        self.i += 1
+        return torch_train.train_step(self.runner, self.network, self.optimizer, images, labels)
+
+
 def torch_tuned_step(
     network: str,
     batch_size: int,
@@ -146,48 +168,41 @@ def torch_tuned_step(
     flops_per_image: float | None = None,
     compile: bool = False,
 ) -> dict:
-    """`torch_ref.train.train_step`, tuned: real batches resident on the device, channels_last model and inputs,
-    cudnn.benchmark, the fused optimiser on CUDA, TF32 left at torch's defaults; with `compile`,
-    `torch.compile(model)`.
+    """The tuned loop's step (`TunedLoop`) with cudnn.benchmark; with `compile`, `torch.compile(model)`.
 
     A failing torch.compile does not fail the measurement: it is recorded (`compile_error`) and the eager
     numbers stand in.
     """
-    config = config_for(network, batch_size)
-    model = torch_model(network, device, channels_last=True)
-    optimizer = torch_train.build_optimizer(config, model.parameters(), fused=device.startswith("cuda"))
-    batches = [device_tensors(x, y, device) for x, y in real_batches(data, batch_size, 4)]
-    sync = torch_sync(device)
+    loop = TunedLoop(network, batch_size, data, device)
+    sync = loop.sync
     out = {
         "channels_last": True,
         "cudnn_benchmark": device.startswith("cuda"),
-        "fused_optimizer": bool(optimizer.defaults.get("fused")),
+        "fused_optimizer": bool(loop.optimizer.defaults.get("fused")),
     }
     with cudnn_benchmark():
-        runner, mode = model, "eager"
+        mode = "eager"
         if compile:
             try:
                 (torch.compiler.reset if hasattr(torch, "compiler") else torch._dynamo.reset)()
-                runner = torch.compile(model, dynamic=False)
+                loop.runner = torch.compile(loop.model, dynamic=False)
                 t0 = time.perf_counter()
-                sync(torch_train.train_step(runner, network, optimizer, *batches[0]))
+                sync(loop.step())
                 out["first_step_s"] = time.perf_counter() - t0  # compile + one step
                 mode = "compiled"
             except Exception as e:  # inductor needs a C++ compiler (and Triton on GPUs): record why, go eager
                 out["compile_error"] = first_line(e)
-                runner = model
-        box = {"i": 0}
-
-        def one():
-            images, labels = batches[box["i"] % len(batches)]
-            box["i"] += 1
-            return torch_train.train_step(runner, network, optimizer, images, labels)
-
+                loop.runner = loop.model
         t = measure(
-            one, sync, warmup=settings.warmup, iters=settings.iters, max_s=settings.max_s, min_iters=settings.min_iters
+            loop.step,
+            sync,
+            warmup=settings.warmup,
+            iters=settings.iters,
+            max_s=settings.max_s,
+            min_iters=settings.min_iters,
         )
         n = pipelined_count(t.median, settings.iters, settings.max_s)
-        pipelined = measure_pipelined(one, sync, n)
+        pipelined = measure_pipelined(loop.step, sync, n)
     ips = batch_size / t.median
     out.update(
         mode=mode,
