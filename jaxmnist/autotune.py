@@ -87,7 +87,8 @@ def candidates() -> dict[str, tuple[str, str]]:
     return {n: c for n, c in CANDIDATES.items() if c[1] != 'onednn' or onednn.unavailable() is None}
 
 
-def _candidate(library: str, formulation: str) -> str:
+def candidate_name(library: str, formulation: str) -> str:
+    """A candidate's name in the timings: 'library/conv' for the convolution, else the formulation's name."""
     return f'{library}/{formulation}' if formulation == 'conv' else formulation
 
 
@@ -193,7 +194,7 @@ def choose(timings: dict, source: str) -> ConvPlan:
     runnable = candidates()
 
     def price(lib, t, f):
-        name = _candidate(lib, f)
+        name = candidate_name(lib, f)
         return t[name] * ALONE_MARGIN.get(f, 1.0) if name in runnable and name in t else float('inf')
 
     def best(lib, t):
@@ -204,7 +205,7 @@ def choose(timings: dict, source: str) -> ConvPlan:
         the library also runs what the plan does not time (the fused first layers' weight gradients)."""
         return (
             sum(price(lib, t, best(lib, t)) for t in timings.values()),
-            sum(t[_candidate(lib, 'conv')] for t in timings.values()),
+            sum(t[candidate_name(lib, 'conv')] for t in timings.values()),
         )
 
     library = min(LIBRARIES, key=cost)

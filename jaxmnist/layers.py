@@ -111,14 +111,15 @@ class BatchNorm(nn.Module):
             self.put_variable('batch_stats', name, (1 - m) * self.get_variable('batch_stats', name) + m * value)
 
 
-def _batch_stats(x):
+def batch_moments(x):
+    """The mean and biased variance over every axis but the last (channels)."""
     axes = tuple(range(x.ndim - 1))
     mean = x.mean(axes)
     return mean, jnp.square(x - mean).mean(axes)  # two-pass: no cancellation
 
 
 def _batch_norm_train_fwd(x, scale, bias, epsilon):
-    mean, var = _batch_stats(x)
+    mean, var = batch_moments(x)
     rstd = jax.lax.rsqrt(var + epsilon)
     return ((x - mean) * rstd * scale + bias, mean, var), (x, mean, rstd, scale)
 
@@ -241,7 +242,8 @@ def stage_1ch_eval(x, kernel, scale, bias, mean, var, epsilon: float):
     return _stage_1ch(x[..., 0], kernel.reshape(9, -1), mean, a, bias)[0]
 
 
-def _stage_1ch_reference(x, kernel, scale, bias, epsilon):
+def stage_1ch_reference(x, kernel, scale, bias, epsilon):
+    """stage_1ch_train as the composed layers (conv, BatchNorm, ReLU, pool): the tests' and the gradient's reference."""
     y, mean, var = batch_norm_train(convs.lax_conv(x, kernel, 1, 1), scale, bias, epsilon)
     return max_pool_2x2(jax.nn.relu(y)), mean, var
 
@@ -285,7 +287,7 @@ def _stage_1ch_train_bwd(epsilon, residuals, cotangents):
     dscale = jnp.sum(gq * h, (0, 1, 2)) * rstd
     k, sw = scale * rstd, sigma @ w
     dw = k * (pg - mu[:, None] * dbias) - k * rstd * dscale * sw + mu[:, None] * dmean + 2 * dvar * sw
-    _, vjp = jax.vjp(lambda x: _stage_1ch_reference(x, kernel, scale, bias, epsilon), x)
+    _, vjp = jax.vjp(lambda x: stage_1ch_reference(x, kernel, scale, bias, epsilon), x)
     dx = vjp(cotangents)[0]
     return dx, dw.reshape(kernel.shape), dscale, dbias
 
@@ -313,7 +315,8 @@ def _conv_pool_1ch(x, w, bias):
     return jnp.maximum(jnp.maximum(jnp.maximum(z[0], z[1]), jnp.maximum(z[2], z[3])), 0), index
 
 
-def _conv_pool_1ch_reference(x, kernel, bias):
+def conv_pool_1ch_reference(x, kernel, bias):
+    """conv_pool_1ch as the composed layers (conv, pool, ReLU): the tests' and the input gradient's reference."""
     return jax.nn.relu(max_pool_2x2(convs.lax_conv(x, kernel, 1, 0) + bias))
 
 
@@ -334,7 +337,7 @@ def _conv_pool_1ch_bwd(residuals, g):
     x, kernel, bias, out, index = residuals
     gq = jnp.where(out > 0, g, 0)
     dkernel = jax.vjp(lambda k: convs.lax_conv(x, k, 1, 0), kernel)[1](_unpool_2x2(gq, index))[0]
-    dx = jax.vjp(lambda x: _conv_pool_1ch_reference(x, kernel, bias), x)[1](g)[0]
+    dx = jax.vjp(lambda x: conv_pool_1ch_reference(x, kernel, bias), x)[1](g)[0]
     return dx, dkernel, gq.sum((0, 1, 2))
 
 

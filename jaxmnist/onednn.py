@@ -64,7 +64,7 @@ def _installed(distribution: str, suffix: str) -> Path | None:
     return None
 
 
-def _build_inputs() -> dict:
+def build_inputs() -> dict:
     """What building needs: compiler, the library, the two header roots; Unavailable naming what is missing."""
     if os.environ.get(ENV, '').strip().lower() in ('off', '0', 'no', 'false'):
         raise Unavailable(f'turned off by {ENV}')
@@ -84,7 +84,7 @@ def _build_inputs() -> dict:
     }
 
 
-def _build(inputs: dict) -> Path:
+def build(inputs: dict) -> Path:
     """The compiled kernels: from the cache, or built now (atomically: concurrent builders each write their own
     file and rename it into place)."""
     import jaxlib
@@ -122,13 +122,13 @@ def _load() -> str | None:
     import ctypes
 
     try:
-        inputs = _build_inputs()
-        built = _build(inputs)
+        inputs = build_inputs()
+        built = build(inputs)
         try:
             library = ctypes.cdll.LoadLibrary(str(built))
         except OSError:  # a damaged cache entry (a killed copy, a full disk): built again, once
             built.unlink(missing_ok=True)
-            library = ctypes.cdll.LoadLibrary(str(_build(inputs)))
+            library = ctypes.cdll.LoadLibrary(str(build(inputs)))
         for name in TARGETS.values():
             jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(library, name)), platform='cpu')
     except Unavailable as e:
@@ -143,7 +143,8 @@ def unavailable() -> str | None:
     return _load()
 
 
-def _call(target: str, shape, a, b, stride: int, padding: int):
+def ffi(target: str, shape, a, b, stride: int, padding: int):
+    """One oneDNN kernel (`target`: forward, input_grad, kernel_grad) as an XLA FFI call writing float32 `shape`."""
     out = jax.ShapeDtypeStruct(shape, jnp.float32)
     # A vmapped call (seeds side by side) runs once per seed: each has its own kernel.
     call = jax.ffi.ffi_call(TARGETS[target], out, vmap_method='sequential')
@@ -169,7 +170,7 @@ def _require() -> None:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _conv(x, kernel, stride: int, padding: int):
-    return _call('forward', _out_shape(x, kernel, stride, padding), x, kernel, stride, padding)
+    return ffi('forward', _out_shape(x, kernel, stride, padding), x, kernel, stride, padding)
 
 
 def _conv_fwd(x, kernel, stride, padding):
@@ -180,8 +181,8 @@ def _conv_bwd(stride, padding, residuals, dy):
     """Two calls, so that XLA drops the input's gradient where nothing needs it (the first layer's)."""
     x, kernel = residuals
     return (
-        _call('input_grad', x.shape, dy, kernel, stride, padding),
-        _call('kernel_grad', kernel.shape, x, dy, stride, padding),
+        ffi('input_grad', x.shape, dy, kernel, stride, padding),
+        ffi('kernel_grad', kernel.shape, x, dy, stride, padding),
     )
 
 

@@ -117,7 +117,7 @@ def time_with_fake_calls(monkeypatch, cost: dict, stem: bool = False, stride: in
     monkeypatch.setattr(autotune, 'candidates', lambda: xlas)
 
     def compiled(g, b, lib, formulation, stem):
-        name = autotune._candidate(lib, formulation)
+        name = autotune.candidate_name(lib, formulation)
 
         def call():
             clock[0] += cost[name][sum(c == name for c in calls)]

@@ -88,7 +88,7 @@ def test_eigens_library_leaves_reductions_to_ynnpack_and_no_convolution(rng):
     is its only consumer, which no train step has (resnet's, the network with the most: all on Eigen's kernels)."""
     options = convs.library_options('eigen')
     x = jnp.asarray(rng.standard_normal((64, 24, 24, 8)), jnp.float32)
-    stats = jax.jit(lambda x: layers._batch_stats(x), compiler_options=options).lower(x).compile().as_text()
+    stats = jax.jit(lambda x: layers.batch_moments(x), compiler_options=options).lower(x).compile().as_text()
     assert 'reduce-window' not in stats and len(ynn_fusions(stats)) >= 1
     state = engine.create_state(presets.PRESETS['resnet'], jax.random.PRNGKey(0), conv_plan=ConvPlan('eigen'))
     batch = {'image': jnp.zeros((4, 28, 28, 1)), 'label': jnp.zeros((4,), jnp.int32)}

@@ -397,7 +397,7 @@ def test_fused_first_stage_is_the_composed_layers(rng):
             return *out, *vjp(cotangents)
 
         fused = outputs_and_grads(layers.stage_1ch_train, args, cotangents)
-        composed = outputs_and_grads(layers._stage_1ch_reference, args, cotangents)
+        composed = outputs_and_grads(layers.stage_1ch_reference, args, cotangents)
         assert [o.shape for o in composed[:3]] == [c.shape for c in cotangents]
         for got, want in zip(fused, composed, strict=True):
             np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
@@ -425,7 +425,7 @@ def test_cnns_fused_first_block_is_the_composed_layers(rng):
             return out, *vjp(cotangent)
 
         fused = output_and_grads(layers.conv_pool_1ch, args, cotangent)
-        composed = output_and_grads(layers._conv_pool_1ch_reference, args, cotangent)
+        composed = output_and_grads(layers.conv_pool_1ch_reference, args, cotangent)
         assert composed[0].shape == cotangent.shape and (composed[2] != 0).any()
         for got, want in zip(fused, composed, strict=True):
             np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)

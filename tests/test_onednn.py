@@ -74,8 +74,8 @@ def test_an_output_of_the_wrong_size_is_an_error_not_a_convolution():
     right padding absorb it) is refused."""
     x, w = jnp.ones((1, 8, 8, 1)), jnp.ones((3, 3, 1, 1))
     with pytest.raises(Exception, match='shapes, stride and padding make no convolution'):
-        jax.block_until_ready(onednn._call('forward', (1, 3, 4, 1), x, w, 2, 1))
-    assert onednn._call('forward', (1, 4, 4, 1), x, w, 2, 1).shape == (1, 4, 4, 1)
+        jax.block_until_ready(onednn.ffi('forward', (1, 3, 4, 1), x, w, 2, 1))
+    assert onednn.ffi('forward', (1, 4, 4, 1), x, w, 2, 1).shape == (1, 4, 4, 1)
 
 
 def test_onednn_is_xlas_convolution_at_other_dtypes_to_the_tuner():
@@ -176,7 +176,7 @@ def test_a_run_resumed_where_its_onednn_plan_cannot_run_stops_before_compiling(m
 @needs_onednn
 def test_a_damaged_cached_build_is_built_again(tmp_path):
     """A truncated .so in the cache (a killed copy, a full disk) is built again, never a failed run."""
-    built = onednn._build(onednn._build_inputs())  # this process's: its name is the cache key
+    built = onednn.build(onednn.build_inputs())  # this process's: its name is the cache key
     damaged = tmp_path / 'jaxmnist' / 'onednn' / built.name
     damaged.parent.mkdir(parents=True)
     damaged.write_bytes(built.read_bytes()[:100])
@@ -189,6 +189,6 @@ def test_a_damaged_cached_build_is_built_again(tmp_path):
 def test_a_read_only_cache_directory_builds_for_the_process_alone(tmp_path):
     """Where the cache cannot be written (a read-only home), the kernels are built into a temporary directory."""
     (tmp_path / 'jaxmnist').write_text('a file where the cache directory would be')
-    code = 'import ctypes; from jaxmnist import onednn as o; p = o._build(o._build_inputs()); ctypes.CDLL(p); print(p)'
+    code = 'import ctypes; from jaxmnist import onednn as o; p = o.build(o.build_inputs()); ctypes.CDLL(p); print(p)'
     built = _fresh_process(code, XDG_CACHE_HOME=str(tmp_path)).strip()
     assert 'jaxmnist-onednn-' in built and not built.startswith(str(tmp_path))
