@@ -72,71 +72,103 @@ def profile_cnn(
     Everything is timed round-robin (`measure_interleaved`), `rounds` calls each.
     Returns rows {'op', 'shape', 'jax_ms', 'jax_min_ms', 'torch_ms', 'torch_min_ms'} (medians and minima).
     """
-    B = batch_size
-    rng = np.random.default_rng(0)
-    f32 = lambda *s: jnp.asarray(rng.standard_normal(s, dtype=np.float32))  # noqa: E731
-    dn = ("NHWC", "HWIO", "NHWC")
-    conv = lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), "VALID", dimension_numbers=dn)  # noqa: E731
+    jax_fns, shapes = {}, {}
+    for name, shape, fn, args in _cnn_ops(batch_size):
+        compiled = jax.jit(fn).lower(*args).compile()
+        jax_fns[name], shapes[name] = functools.partial(compiled, *args), shape
+    steps, per_step = _cnn_steps(batch_size, scan_steps)
+    jax_fns.update(steps)
+    fns = {("jax", k): v for k, v in jax_fns.items()}
+    if with_torch:
+        fns.update({("torch", k): v for k, v in _profile_cnn_torch_ops(batch_size).items()})
+    log(f"  timing {len(fns)} functions round-robin, {rounds} rounds")
+    timings = measure_interleaved(fns, jax.block_until_ready, rounds=rounds)
+    rows = []
+    for name in jax_fns:
+        row = {"op": name, "shape": shapes.get(name, f"B={batch_size}")}
+        for fw in ("jax", "torch"):
+            t = timings.get((fw, name))
+            if t is not None:
+                row[f"{fw}_ms"] = 1e3 * t.median / per_step.get(name, 1)
+                row[f"{fw}_min_ms"] = 1e3 * min(t.samples) / per_step.get(name, 1)
+        rows.append(row)
+    return rows
 
-    def wgrad(f):
-        return lambda x, k, dy: jax.vjp(lambda k: f(x, k), k)[1](dy)[0]
 
-    def igrad(f):
-        return lambda x, k, dy: jax.vjp(lambda x: f(x, k), x)[1](dy)[0]
+def _wgrad(f):
+    return lambda x, k, dy: jax.vjp(lambda k: f(x, k), k)[1](dy)[0]
 
-    pool = lambda x: nn.max_pool(x, (2, 2), (2, 2))  # noqa: E731  (reduce_window; grad = select_and_scatter)
 
-    def pool_reshape(x):
-        b, h, w, c = x.shape
-        return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+def _igrad(f):
+    return lambda x, k, dy: jax.vjp(lambda x: f(x, k), x)[1](dy)[0]
 
-    def bwd(f):
-        return lambda x, dy: jax.vjp(f, x)[1](dy)[0]
 
+def _bwd(f):
+    return lambda x, dy: jax.vjp(f, x)[1](dy)[0]
+
+
+def _valid_conv(x, k):
+    return jax.lax.conv_general_dilated(x, k, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _reduce_window_pool(x):  # grad = select_and_scatter
+    return nn.max_pool(x, (2, 2), (2, 2))
+
+
+def _reshape_pool(x):
+    b, h, w, c = x.shape
+    return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+def _relu_bn_fwd_bwd(x, scale, bias, dy):
     def bn(x, scale, bias):
         mean = x.mean((0, 1, 2))
         var = jnp.square(x - mean).mean((0, 1, 2))
         return (x - mean) * jax.lax.rsqrt(var + 1e-5) * scale + bias
 
-    def relu_bn_fwd_bwd(x, scale, bias, dy):
-        return jax.vjp(lambda x, s, b: bn(nn.relu(x), s, b), x, scale, bias)[1](dy)
+    return jax.vjp(lambda x, s, b: bn(nn.relu(x), s, b), x, scale, bias)[1](dy)
 
-    def dense_fwd_bwd(x, k, dy):
-        return jax.vjp(lambda x, k: x @ k, x, k)[1](dy)
 
+def _dense_fwd_bwd(x, k, dy):
+    return jax.vjp(lambda x, k: x @ k, x, k)[1](dy)
+
+
+def _cnn_ops(B: int) -> list[tuple[str, str, Callable, tuple]]:
+    """The cnn's ops and their candidates, each alone: (name, shape, function, arguments)."""
+    rng = np.random.default_rng(0)
+    f32 = lambda *s: jnp.asarray(rng.standard_normal(s, dtype=np.float32))  # noqa: E731
     x1, k1, y1 = f32(B, 28, 28, 1), f32(5, 5, 1, 10), f32(B, 24, 24, 10)
     x2, k2, y2 = f32(B, 12, 12, 10), f32(5, 5, 10, 20), f32(B, 8, 8, 20)
     p1, p2 = f32(B, 12, 12, 10), f32(B, 4, 4, 20)
     s10, s20 = jnp.ones(10), jnp.ones(20)
-    ops = [  # (name, shape, function, arguments)
+    conv, pool = _valid_conv, _reduce_window_pool
+    return [
         ("conv1 fwd (1->10, 5x5)", "x[B,28,28,1]", conv, (x1, k1)),
         ("conv1 fwd, conv_sliced", "", conv_sliced, (x1, k1)),
-        ("conv1 weight-grad", "dy[B,24,24,10]", wgrad(conv), (x1, k1, y1)),
-        ("conv1 weight-grad, conv_sliced", "", wgrad(conv_sliced), (x1, k1, y1)),
+        ("conv1 weight-grad", "dy[B,24,24,10]", _wgrad(conv), (x1, k1, y1)),
+        ("conv1 weight-grad, conv_sliced", "", _wgrad(conv_sliced), (x1, k1, y1)),
         ("maxpool1 fwd (reduce_window)", "[B,24,24,10]", pool, (y1,)),
-        ("maxpool1 bwd (select_and_scatter)", "", bwd(pool), (y1, p1)),
-        ("maxpool1 bwd, reshape-max", "", bwd(pool_reshape), (y1, p1)),
-        ("maxpool1 bwd, max_pool_2x2", "", bwd(layers.max_pool_2x2), (y1, p1)),
-        ("relu+BN1 fwd+bwd", "[B,12,12,10]", relu_bn_fwd_bwd, (p1, s10, s10, p1)),
+        ("maxpool1 bwd (select_and_scatter)", "", _bwd(pool), (y1, p1)),
+        ("maxpool1 bwd, reshape-max", "", _bwd(_reshape_pool), (y1, p1)),
+        ("maxpool1 bwd, max_pool_2x2", "", _bwd(layers.max_pool_2x2), (y1, p1)),
+        ("relu+BN1 fwd+bwd", "[B,12,12,10]", _relu_bn_fwd_bwd, (p1, s10, s10, p1)),
         ("conv2 fwd (10->20, 5x5)", "x[B,12,12,10]", conv, (x2, k2)),
         ("conv2 fwd, conv_sliced", "", conv_sliced, (x2, k2)),
-        ("conv2 weight-grad", "dy[B,8,8,20]", wgrad(conv), (x2, k2, y2)),
-        ("conv2 weight-grad, conv_sliced", "", wgrad(conv_sliced), (x2, k2, y2)),
-        ("conv2 input-grad", "", igrad(conv), (x2, k2, y2)),
-        ("conv2 input-grad, conv_sliced", "", igrad(conv_sliced), (x2, k2, y2)),
+        ("conv2 weight-grad", "dy[B,8,8,20]", _wgrad(conv), (x2, k2, y2)),
+        ("conv2 weight-grad, conv_sliced", "", _wgrad(conv_sliced), (x2, k2, y2)),
+        ("conv2 input-grad", "", _igrad(conv), (x2, k2, y2)),
+        ("conv2 input-grad, conv_sliced", "", _igrad(conv_sliced), (x2, k2, y2)),
         ("maxpool2 fwd (reduce_window)", "[B,8,8,20]", pool, (y2,)),
-        ("maxpool2 bwd (select_and_scatter)", "", bwd(pool), (y2, p2)),
-        ("maxpool2 bwd, max_pool_2x2", "", bwd(layers.max_pool_2x2), (y2, p2)),
-        ("relu+BN2 fwd+bwd", "[B,4,4,20]", relu_bn_fwd_bwd, (p2, s20, s20, p2)),
-        ("fc fwd+bwd (320->10)", "[B,320]", dense_fwd_bwd, (f32(B, 320), f32(320, 10), f32(B, 10))),
+        ("maxpool2 bwd (select_and_scatter)", "", _bwd(pool), (y2, p2)),
+        ("maxpool2 bwd, max_pool_2x2", "", _bwd(layers.max_pool_2x2), (y2, p2)),
+        ("relu+BN2 fwd+bwd", "[B,4,4,20]", _relu_bn_fwd_bwd, (p2, s20, s20, p2)),
+        ("fc fwd+bwd (320->10)", "[B,320]", _dense_fwd_bwd, (f32(B, 320), f32(320, 10), f32(B, 10))),
     ]
-    jax_fns, shapes, per_step = {}, {}, {}
-    for name, shape, fn, args in ops:
-        compiled = jax.jit(fn).lower(*args).compile()
-        jax_fns[name], shapes[name] = functools.partial(compiled, *args), shape
 
-    # The whole step; with the faster pool swapped in; inside the engine's scan, rolled and unrolled.
-    n = scan_steps
+
+def _cnn_steps(B: int, n: int) -> tuple[dict[str, Callable], dict[str, int]]:
+    """The whole step compiled, with each candidate swapped in, and inside the engine's scan of `n` steps, rolled
+    and unrolled: ({name: call}, {name: steps per call} for the scans)."""
     data_rng = np.random.default_rng(1)
     images = jnp.asarray(data_rng.integers(0, 256, (n * B, 28, 28), dtype=np.uint8))
     labels = jnp.asarray(data_rng.integers(0, 10, n * B), jnp.int32)
@@ -148,36 +180,19 @@ def profile_cnn(
             jax.jit(lambda s, b: engine.train_step(s, b)).lower(state, batch).compile(), state, batch
         )
 
-    jax_fns["whole train step"] = step_compiled()
+    fns, per_step = {"whole train step": step_compiled()}, {}
     with what_if(pool=True):
-        jax_fns["whole train step, select_and_scatter pool"] = step_compiled()
+        fns["whole train step, select_and_scatter pool"] = step_compiled()
     with what_if(conv=True):
-        jax_fns["whole train step, conv_sliced"] = step_compiled()
+        fns["whole train step, conv_sliced"] = step_compiled()
     idx = jnp.arange(n * B, dtype=jnp.int32).reshape(n, B)
     jit_chunk = jax.jit(engine.train_chunk, static_argnames=("train", "unroll"))
     for unroll in (True, False):
         name = f"train_chunk, {n} steps, {'unrolled' if unroll else 'rolled'} scan (per step)"
         batches = engine.chunk_batches(images, labels, idx, 0, state.rng, state.step, steps=n)
         compiled = jit_chunk.lower(state, *batches, train=True, unroll=unroll).compile()
-        jax_fns[name], per_step[name] = functools.partial(compiled, state, *batches), n
-    for name in jax_fns:
-        shapes.setdefault(name, f"B={B}")
-
-    fns = {("jax", k): v for k, v in jax_fns.items()}
-    if with_torch:
-        fns.update({("torch", k): v for k, v in _profile_cnn_torch_ops(B).items()})
-    log(f"  timing {len(fns)} functions round-robin, {rounds} rounds")
-    timings = measure_interleaved(fns, jax.block_until_ready, rounds=rounds)
-    rows = []
-    for name in jax_fns:
-        row = {"op": name, "shape": shapes[name]}
-        for fw in ("jax", "torch"):
-            t = timings.get((fw, name))
-            if t is not None:
-                row[f"{fw}_ms"] = 1e3 * t.median / per_step.get(name, 1)
-                row[f"{fw}_min_ms"] = 1e3 * min(t.samples) / per_step.get(name, 1)
-        rows.append(row)
-    return rows
+        fns[name], per_step[name] = functools.partial(compiled, state, *batches), n
+    return fns, per_step
 
 
 def _profile_cnn_torch_ops(B: int) -> dict[str, Callable[[], Any]]:
