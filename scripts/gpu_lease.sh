@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# A lent GPU machine's whole errand in one command: the benchmark (scripts/gpu_bench.sh), then the reproduction
+# runs (scripts/gpu_reproduce.sh), JAX's runs before torch's, everything within LEASE_S, the results copied into
+# $OUT (the device tool sets OUT to the folder whose files come back) with the device and the versions.
+#
+# Here, once (data/ and .whl/ are git-ignored):
+#   mkdir -p data/mnist; for f in ~/.cache/jaxmnist/mnist/*-ubyte; do gzip -c "$f" > data/mnist/$(basename $f).gz; done
+#   python -m pip download --no-deps --only-binary=:all: -d .whl tensorboardX==2.6.5   # absent from the GPU image
+# Then through the device tool: command `bash scripts/gpu_lease.sh`, carry ["data", ".whl"], timeout_s 600.
+# Back here, from the run's files: $OUT/benchmarks/*.json to benchmarks/, $OUT/results/gpu/ to results/gpu/ (its
+# runs/ stay out of git), $OUT/device.txt into the commit message or benchmarks/README.md.
+#
+# Environment: OUT (required), PYTHON (python3), LEASE_S (540: whole seconds for everything), BENCH_S (220: the
+# benchmark's share); extra arguments go to reproduce.py.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+if [ -z "${OUT:-}" ]; then
+    echo "error: OUT must name the folder for the results (the device tool sets it)" >&2
+    exit 2
+fi
+LEASE_OUT=$OUT
+PYTHON=${PYTHON:-python3}
+LEASE_S=${LEASE_S:-540}
+BENCH_S=${BENCH_S:-220}
+for value in "$LEASE_S" "$BENCH_S"; do
+    if ! [[ $value =~ ^[0-9]+$ ]]; then
+        echo "error: LEASE_S and BENCH_S must be whole numbers of seconds, got '$value'" >&2
+        exit 2
+    fi
+done
+mkdir -p "$LEASE_OUT/benchmarks" "$LEASE_OUT/results" || exit 2
+
+{
+    date -u +"%Y-%m-%dT%H:%M:%SZ"
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,power.limit --format=csv 2>&1
+    "$PYTHON" - <<'PY' 2>&1
+import sys, jax, flax, optax, torch
+print("python", sys.version.split()[0])
+print("jax", jax.__version__, jax.default_backend(), jax.devices()[0].device_kind)
+print("flax", flax.__version__, "optax", optax.__version__)
+print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.is_available())
+PY
+    git log -1 --format='commit %H %s' 2>/dev/null
+} | tee "$LEASE_OUT/device.txt"
+
+stamp=$(mktemp)
+copy_bench() {  # the JSON the benchmark wrote (gpu-<device>.json; cpu-... where JAX saw no GPU)
+    find benchmarks -maxdepth 1 -name "*.json" -newer "$stamp" -exec cp {} "$LEASE_OUT/benchmarks/" \;
+}
+# 1. The benchmark (its budget is soft: gpu_bench.sh stops it 45 s past BENCH_S at the latest).
+BUDGET_S=$BENCH_S bash scripts/gpu_bench.sh
+status=$?
+copy_bench
+# 2. The reproduction runs with what is left: every JAX run first (seed 0 of each preset, then more seeds), then
+#    torch's with the rest; either stops at the budget and records what it skipped.
+export DATA_DIR=${DATA_DIR:-data/mnist}
+for framework in jax torch; do
+    left=$((LEASE_S - SECONDS))
+    if [ "$left" -lt 60 ]; then
+        echo "note: reproduction runs of $framework not started: ${left} s of LEASE_S left" >&2
+        continue
+    fi
+    OUT="$LEASE_OUT/results/gpu" BUDGET_S=$left bash scripts/gpu_reproduce.sh --frameworks "$framework" "$@" \
+        || status=$?
+done
+# What comes back stays small: the checkpoints only resume on this machine, which is not lent again.
+find "$LEASE_OUT/results/gpu/runs" -type d -name checkpoint -prune -exec rm -rf {} + 2>/dev/null
+echo "gpu_lease: finished after ${SECONDS} s; results in $LEASE_OUT (exit $status)"
+exit "$status"
