@@ -288,6 +288,23 @@ def test_blog_runs_script_steps_through_the_issues_order_within_its_budget(tmp_p
     assert bad.returncode == 2 and bad.stderr == "error: BUDGET_S must be a whole number of seconds, got 'x'\n"
 
 
+def test_gpu_lease_refuses_a_missing_out_or_a_bad_budget_in_one_line(tmp_path):
+    """scripts/gpu_lease.sh checks what it was given before it writes or starts anything."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_lease.sh"
+    env = {k: v for k, v in os.environ.items() if k != "OUT"}
+    no_out = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
+    assert no_out.returncode == 2
+    assert no_out.stderr == "error: OUT must name the folder for the results (the device tool sets it)\n"
+    out = tmp_path / "out"
+    for bad in ({"LEASE_S": "x"}, {"BENCH_S": "1.5"}):
+        done = subprocess.run(["bash", str(script)], env={**env, "OUT": str(out), **bad}, capture_output=True,
+                              text=True, timeout=60)  # fmt: skip
+        value = next(iter(bad.values()))
+        assert done.returncode == 2
+        assert done.stderr == f"error: LEASE_S and BENCH_S must be whole numbers of seconds, got '{value}'\n"
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("script", ["reproduce", "results_table", "bench", "parallel_overhead"])
 def test_scripts_without_jaxmnist_say_so_in_one_line(script):
     path = Path(__file__).resolve().parents[1] / "scripts" / f"{script}.py"
