@@ -11,6 +11,7 @@ import pytest
 
 import reproduce
 import results_table
+import run_records
 from jaxmnist import train, trainer
 from jaxmnist.presets import config_from_args
 
@@ -40,8 +41,8 @@ def test_reproduce_table_regenerates_from_json(tmp_path):
         "blog_quirks": False,
         "seeds": 2,
         "frameworks": {
-            "jax": reproduce.aggregate([run(0, 98.9), run(1, 99.1)]),
-            "torch": reproduce.aggregate([run(0, 99.0), {"seed": 1, "error": "boom"}]),
+            "jax": run_records.aggregate([run(0, 98.9), run(1, 99.1)]),
+            "torch": run_records.aggregate([run(0, 99.0), {"seed": 1, "error": "boom"}]),
         },
     }
     (tmp_path / "cnn_tb.json").write_text(json.dumps(result))
@@ -62,49 +63,6 @@ def test_reproduce_table_regenerates_from_json(tmp_path):
     assert reproduce.main(["--table-only", "--out", str(tmp_path)]) == 0
     text = (tmp_path / "README.md").read_text()
     assert "## What reproduced and what did not\n\nBoth frameworks agree.\n\n## Time to accuracy" in text
-
-
-def test_time_to_accuracy_counts_everything_before_the_epoch_that_reached_it(tmp_path):
-    # 10 s of start-up and compilation, then three 30 s epochs; 99.0 % first after epoch 2, 99.5 % never.
-    assert reproduce.time_to(99.0, [98.5, 99.1, 99.3], [30.0, 30.0, 30.0], wall_s=100.0) == 70.0
-    assert reproduce.time_to(99.5, [98.5, 99.1, 99.3], [30.0, 30.0, 30.0], wall_s=100.0) is None
-    assert reproduce.time_to(98.0, [98.5], [30.0], wall_s=40.0) == 40.0
-    # With evaluations inside the epochs (--evals-per-epoch 3: [accuracy, seconds into the epoch]), 99.0 % first
-    # at 10.5 s into epoch 2, 99.2 % at its end, 99.3 % at epoch 3's end (its interim ones lower).
-    interim = [[[97.0, 10.0], [98.0, 20.0]], [[99.05, 10.5], [98.95, 20.5]], [[99.1, 10.0], [99.2, 20.0]]]
-    curve = [98.5, 99.2, 99.3]
-    assert reproduce.time_to(99.0, curve, [30.0] * 3, wall_s=100.0, interim=interim) == 10.0 + 30.0 + 10.5
-    assert reproduce.time_to(99.2, curve, [30.0] * 3, wall_s=100.0, interim=interim) == 70.0
-    assert reproduce.time_to(99.25, curve, [30.0] * 3, wall_s=100.0, interim=interim) == 100.0
-    # With the start-up the run recorded (8 s to its first epoch), the run's finish after its last epoch (here
-    # 100 - 8 - 90 = 2 s of reports) no longer counts.
-    assert reproduce.time_to(99.0, [98.5, 99.1, 99.3], [30.0] * 3, wall_s=100.0, startup_s=8.0) == 68.0
-    assert reproduce.time_to(99.0, curve, [30.0] * 3, wall_s=100.0, interim=interim, startup_s=8.0) == 48.5
-    record = {"epochs": [{"epoch": 1, "test_acc": 98.0}, {"epoch": 2, "interim": [{"test_acc": 99.0, "at_s": 3.0}]}]}
-    assert reproduce.interim_evaluations(record) == [[], [[99.0, 3.0]]]
-    assert reproduce.interim_evaluations({"epochs": record["epochs"][:1]}) is None
-
-    def run(seed, curve, wall):
-        epoch_s = [30.0] * len(curve)
-        return {
-            "seed": seed,
-            "final_acc": curve[-1],
-            "best_acc": max(curve),
-            "avg_epoch_s": 30.0,
-            "device": "cpu:cpu",
-            "versions": {},
-            "commit": None,
-            "wall_s": wall,
-            "time_to": {str(t): reproduce.time_to(t, curve, epoch_s, wall) for t in reproduce.TARGETS},
-        }
-
-    agg = reproduce.aggregate([run(0, [99.2, 99.6], 70.0), run(1, [98.9, 99.4], 72.0)])
-    assert agg["wall_s"]["mean"] == 71.0
-    assert agg["time_to"]["99.0"] == {"mean": 56.0, "std": agg["time_to"]["99.0"]["std"], "n": 2}  # 40 and 72
-    assert agg["time_to"]["99.5"]["n"] == 1 and agg["time_to"]["99.5"]["mean"] == 70.0
-    result = {"preset": "fast", "frameworks": {"jax": agg}}
-    row = results_table.time_table([result], {}).splitlines()[2]
-    assert row.startswith("| `fast` | jax | 2 | 99.50 ± 0.14 % | 71 ± 1 s | 56 ± 23 s (2/2) | 70 s (1/2) |"), row
 
 
 def test_reproduce_keeps_results_when_every_run_fails(tmp_path, monkeypatch, capsys):
@@ -273,7 +231,7 @@ def test_a_run_started_afresh_does_not_inherit_an_earlier_runs_logs(tmp_path, mo
     # test of this worker ran first.
     monkeypatch.setattr(reproduce, "jax_backend", lambda: "cpu")
     reproduce.main(["--presets", "cnn_tb", "--seeds", "1", "--frameworks", "jax", "--out", str(tmp_path)])
-    segments = json.loads((logdir / reproduce.SEGMENTS).read_text())
+    segments = json.loads((logdir / run_records.SEGMENTS).read_text())
     assert [s["ended"] for s in segments] == ["failed"] and not (logdir / "events.out.tfevents.1.vm").exists()
 
 
@@ -333,15 +291,15 @@ def test_a_run_whose_first_process_went_unrecorded_still_counts_as_resumed(tmp_p
     monkeypatch.setattr(reproduce.subprocess, "run", resumed_run)
     monkeypatch.setattr(reproduce.time, "perf_counter", lambda: next(clock))
     run = reproduce.run_one("torch", "cnn_tb", 0, reproduce.build_parser().parse_args([]), logdir)
-    assert [s["ended"] for s in json.loads((logdir / reproduce.SEGMENTS).read_text())] == ["unrecorded", "finished"]
+    assert [s["ended"] for s in json.loads((logdir / run_records.SEGMENTS).read_text())] == ["unrecorded", "finished"]
     assert run["segments"] == 2 and run["wall_s"] == 320.0  # 20 s of start-up and 3 epochs of 100 s
     assert run["time_to"] == {"99.0": 220.0, "99.5": 320.0}
 
     # A result written before this rule (the last process's wall time) is corrected by --refresh.
     stale = {**run, "wall_s": 130.0, "segments": None, "time_to": {"99.0": -70.0, "99.5": 130.0}}
-    result = {"preset": "cnn_tb", "frameworks": {"torch": reproduce.aggregate([stale])}}
+    result = {"preset": "cnn_tb", "frameworks": {"torch": run_records.aggregate([stale])}}
     (tmp_path / "cnn_tb.json").write_text(json.dumps(result))
-    reproduce.refresh(tmp_path / "cnn_tb.json")
+    run_records.refresh(tmp_path / "cnn_tb.json")
     fixed = json.loads((tmp_path / "cnn_tb.json").read_text())["frameworks"]["torch"]["runs"][0]
     assert (fixed["wall_s"], fixed["time_to"], fixed["segments"]) == (320.0, run["time_to"], 2)
 
@@ -352,7 +310,7 @@ def test_refresh_reads_the_runs_logged_facts_again_by_todays_rules(tmp_path):
            "device": "cpu:cpu", "versions": {}, "commit": None}  # fmt: skip
     result = {"preset": "resnet", "blog": {"final_acc": 99.3, "epoch_s": 14.43, "epochs": 20}, "epochs_run": 2,
               "reduced_epochs": True, "max_steps": None, "blog_quirks": False, "seeds": 1,
-              "frameworks": {"jax": reproduce.aggregate([run])}}  # fmt: skip
+              "frameworks": {"jax": run_records.aggregate([run])}}  # fmt: skip
     (tmp_path / "resnet.json").write_text(json.dumps(result))
     logdir = tmp_path / "runs" / "resnet" / "jax" / "seed0"
     logdir.mkdir(parents=True)
@@ -369,4 +327,4 @@ def test_a_run_resumed_on_another_machine_names_both_machines():
     first, second = "AMD EPYC, family 25 model 1, avx2+fma, 2 cores", "Intel Xeon, family 6 model 167, avx512f, 2 cores"
     run = {"seed": 0, "final_acc": 99.7, "best_acc": 99.75, "avg_epoch_s": 80.0, "epoch_s": [110.0, 48.0],
            "device": "cpu:cpu", "versions": {}, "commit": None, "machine": first, "other_machines": [second]}  # fmt: skip
-    assert reproduce.aggregate([run])["machines"] == sorted([first, second])
+    assert run_records.aggregate([run])["machines"] == sorted([first, second])
