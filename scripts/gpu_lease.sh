@@ -44,16 +44,14 @@ PY
 } | tee "$LEASE_OUT/device.txt"
 
 stamp=$(mktemp)
-copy_bench() {  # the JSON the benchmark wrote (gpu-<device>.json; cpu-... where JAX saw no GPU)
-    find benchmarks -maxdepth 1 -name "*.json" -newer "$stamp" -exec cp {} "$LEASE_OUT/benchmarks/" \;
-}
 # 1. The benchmark (its budget is soft: gpu_bench.sh stops it 45 s past BENCH_S at the latest).
 BUDGET_S=$BENCH_S bash scripts/gpu_bench.sh
 status=$?
-copy_bench
+# The JSON the benchmark wrote (gpu-<device>.json; cpu-... where JAX saw no GPU).
+find benchmarks -maxdepth 1 -name "*.json" -newer "$stamp" -exec cp {} "$LEASE_OUT/benchmarks/" \;
+rm -f "$stamp"
 # 2. The reproduction runs with what is left: every JAX run first (seed 0 of each preset, then more seeds), then
 #    torch's with the rest; either stops at the budget and records what it skipped.
-export DATA_DIR=${DATA_DIR:-data/mnist}
 for framework in jax torch; do
     left=$((LEASE_S - SECONDS))
     if [ "$left" -lt 60 ]; then
