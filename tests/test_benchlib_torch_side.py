@@ -6,6 +6,7 @@ from helpers import fake_data
 
 from benchlib import torch_side
 from benchlib.settings import quick_settings
+from torch_ref import data as torch_data
 from torch_ref import train as torch_train
 
 
@@ -35,6 +36,6 @@ def test_device_tensors_are_normalised_channels_last():
     images = np.random.default_rng(0).integers(0, 256, (3, 28, 28), dtype=np.uint8)
     x, y = torch_side.device_tensors(images, np.array([1, 2, 3]), "cpu")
     assert x.shape == (3, 1, 28, 28) and x.is_contiguous(memory_format=torch.channels_last)
-    expected = torch_train.MnistDataset(images, np.array([1, 2, 3]), augment=False)[1][0]
+    expected = torch_data.MnistDataset(images, np.array([1, 2, 3]), augment=False)[1][0]
     torch.testing.assert_close(x[1], expected, rtol=0, atol=1e-6)
     assert y.dtype == torch.int64

@@ -22,12 +22,13 @@ from flax import traverse_util
 from helpers import hugepages_in_a_command, malloc_in_a_command
 from torch import nn
 
-from jaxmnist import data as data_lib
 from jaxmnist import engine, models, optim, presets, trainer
 from jaxmnist import train as jax_train
 from jaxmnist.presets import PRESETS
 from torch_ref import convert
+from torch_ref import data as torch_data
 from torch_ref import models as torch_models
+from torch_ref import optim as torch_optim
 from torch_ref import train as torch_train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,45 +58,7 @@ def flat(tree):
 def batches(mnist):
     """STEPS batches of real MNIST as torch_ref's loader serves them: (NCHW tensor, int64 labels)."""
     images, labels = mnist.train_images[: STEPS * BATCH], mnist.train_labels[: STEPS * BATCH]
-    return list(torch_train.make_loader(images, labels, BATCH, augment=False, shuffle=False, device="cpu"))
-
-
-def test_dataset_matches_jaxmnist_normalisation(mnist):
-    dataset = torch_train.MnistDataset(mnist.test_images[:64], mnist.test_labels[:64], augment=False)
-    images = torch.stack([dataset[i][0] for i in range(64)])
-    expected = np.asarray(data_lib.normalize(mnist.test_images[:64]))
-    # torch equals numpy's float32 (x / 255 - mean) / std exactly; XLA (divisions folded into multiplications)
-    # is 1 ulp off on some pixels.
-    np.testing.assert_allclose(images.permute(0, 2, 3, 1).numpy(), expected, rtol=0, atol=5e-7)
-    assert [dataset[i][1] for i in range(64)] == mnist.test_labels[:64].tolist()
-
-
-def test_augmented_dataset_is_seeded_and_moves_pixels(mnist):
-    dataset = torch_train.MnistDataset(mnist.test_images[:8], mnist.test_labels[:8], augment=True)
-    plain = torch_train.MnistDataset(mnist.test_images[:8], mnist.test_labels[:8], augment=False)
-    torch.manual_seed(0)
-    first = torch.stack([dataset[i][0] for i in range(8)])
-    torch.manual_seed(0)
-    again = torch.stack([dataset[i][0] for i in range(8)])
-    assert torch.equal(first, again)
-    assert not torch.equal(first, torch.stack([plain[i][0] for i in range(8)]))
-    assert first.min().item() == pytest.approx(-data_lib.MEAN / data_lib.STD)  # fill 0 before Normalize
-
-
-def test_elastic_dataset_distorts_after_the_affine_steps(mnist):
-    """Config.elastic_alpha: torchvision's ElasticTransform between ToTensor and Normalize; seeded like the rest."""
-    images, labels = mnist.test_images[:8], mnist.test_labels[:8]
-    elastic = torch_train.MnistDataset(images, labels, augment=False, elastic=(50.0, 5.0))
-    plain = torch_train.MnistDataset(images, labels, augment=False)
-    steps = [type(t).__name__ for t in elastic.transform.transforms]
-    assert steps == ["ToTensor", "ElasticTransform", "Normalize"], steps
-    torch.manual_seed(0)
-    first = torch.stack([elastic[i][0] for i in range(8)])
-    torch.manual_seed(0)
-    assert torch.equal(first, torch.stack([elastic[i][0] for i in range(8)]))
-    moved = (first - torch.stack([plain[i][0] for i in range(8)])).abs()
-    assert 0.05 < moved.mean().item() < 1.0  # a distortion of about a pixel, in normalised units
-    assert first.min().item() >= -data_lib.MEAN / data_lib.STD - 1e-6  # bilinear, fill 0: no value below black
+    return list(torch_data.make_loader(images, labels, BATCH, augment=False, shuffle=False, device="cpu"))
 
 
 def run_torch(name, preset, batches_, dtype):
@@ -107,7 +70,7 @@ def run_torch(name, preset, batches_, dtype):
         if isinstance(m, nn.Dropout):
             m.eval()
     initial = {k: v.clone() for k, v in model.state_dict().items()}
-    optimizer = torch_train.build_optimizer(config, model.parameters())
+    optimizer = torch_optim.build_optimizer(config, model.parameters())
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, **presets.plateau_arguments(config))
     losses = []
     for (images, labels), metric in zip(batches_, PLATEAU_METRIC):
@@ -209,9 +172,9 @@ def test_fast_recipe_steps_match_torch(mnist):
         torch.manual_seed(0)
         model = torch_models.get_model("fast").double().train()
         initial = {k: v.clone() for k, v in model.state_dict().items()}
-        optimizer = torch_train.build_optimizer(config, model.parameters())
-        schedule = torch_train.build_schedule(config, optimizer, STEPS)
-        average = torch_train.WeightAverage(model, config.ema)
+        optimizer = torch_optim.build_optimizer(config, model.parameters())
+        schedule = torch_optim.build_schedule(config, optimizer, STEPS)
+        average = torch_optim.WeightAverage(model, config.ema)
         _, torch_losses = torch_train.train_epoch(
             model,
             "fast",
@@ -255,7 +218,7 @@ def test_quirk4_test_pass_uses_batch_statistics_like_torch(mnist):
     torch.manual_seed(0)
     model = torch_models.get_model("cnn")
     state = state_from_torch("cnn", config, model.state_dict())
-    loader = torch_train.make_loader(images, labels, 100, augment=False, shuffle=False, device="cpu")
+    loader = torch_data.make_loader(images, labels, 100, augment=False, shuffle=False, device="cpu")
     expected = torch_train.evaluate(model, "cnn", loader, torch.device("cpu"), batch_statistics=True)
     assert model.training  # left in train mode, as the blog's model stays
 

@@ -4,9 +4,9 @@
     python -m torch_ref.train --preset cnn_deep --blog-quirks --num-workers 4
     python -m torch_ref.train --help
 
-The data are jaxmnist.data's verified arrays, served by a torch Dataset through the blog's torchvision
-transforms and a shuffling DataLoader. The printed lines, metrics.json and TensorBoard tags come from
-jaxmnist.runlog, so a torch run and a jax run read alike.
+The data come through torch_ref.data (jaxmnist.data's verified arrays in the blog's transforms and DataLoader),
+the optimiser, schedule and weight average from torch_ref.optim. The printed lines, metrics.json and TensorBoard
+tags come from jaxmnist.runlog, so a torch run and a jax run read alike.
 
 Differences from jaxmnist.train, both the blog's: the last, smaller batch of an epoch is trained on
 (DataLoader's drop_last=False; jaxmnist drops it), and the random streams are torch's (seeded by
@@ -15,7 +15,6 @@ torch.manual_seed(seed)), so runs agree in distribution, not batch for batch.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import functools
 import itertools
@@ -27,9 +26,7 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
-from torchvision import transforms
 
 from jaxmnist import cli, runlog
 from jaxmnist import data as data_lib
@@ -39,7 +36,6 @@ from jaxmnist.presets import (
     config_from_args,
     interim_steps,
     plateau_arguments,
-    schedule_points,
     split_train,
     tests_with_batch_statistics,
     trainer_parser,
@@ -48,116 +44,8 @@ from jaxmnist.presets import (
 )
 from torch_ref import models
 from torch_ref import resume as resume_lib
-
-
-class MnistDataset(torch.utils.data.Dataset):
-    """uint8 images [n,28,28] through the blog's transforms: items are (float [1,28,28], int label). `elastic`:
-    (alpha, sigma) of an ElasticTransform after ToTensor (Config.elastic_alpha), or None."""
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray, augment: bool, elastic: tuple | None = None):
-        self.images = np.array(images, np.uint8)  # a writable copy: torch warns on read-only arrays
-        self.labels = np.asarray(labels, np.int64)
-        self.augment = augment
-        steps = (
-            [transforms.RandomAffine(degrees=0, translate=(0.1, 0.1)), transforms.RandomRotation((-10, 10))]
-            if augment
-            else []
-        )
-        steps.append(transforms.ToTensor())
-        if elastic:
-            steps.append(transforms.ElasticTransform(alpha=float(elastic[0]), sigma=float(elastic[1])))
-        self.transform = transforms.Compose(steps + [transforms.Normalize((data_lib.MEAN,), (data_lib.STD,))])
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int):
-        image = self.images[i]
-        # The augmentations work on PIL images, as in the blog; without them ToTensor takes the HWC array as it
-        # is (the same float32 values, at half the cost).
-        image = Image.fromarray(image) if self.augment else image[:, :, None]
-        return self.transform(image), int(self.labels[i])
-
-
-def make_loader(
-    images,
-    labels,
-    batch_size: int,
-    *,
-    augment: bool,
-    shuffle: bool,
-    device,
-    num_workers: int = 0,
-    timeout: float = 0,
-    elastic: tuple | None = None,
-):
-    """The blog's DataLoader over `MnistDataset`: the training loader shuffles, the test loader does not; pinned
-    memory for CUDA, as the blog. `timeout` (seconds, with workers) turns a hung worker into an error."""
-    return torch.utils.data.DataLoader(
-        MnistDataset(images, labels, augment, elastic),
-        batch_size=batch_size,
-        shuffle=shuffle,
-        num_workers=num_workers,
-        pin_memory=torch.device(device).type == "cuda",
-        timeout=timeout if num_workers else 0,
-    )
-
-
-def build_optimizer(config: Config, params, fused: bool = False) -> torch.optim.Optimizer:
-    """The preset's optimiser (SGD; RMSprop for cnn_deep; AdamW for fast). `fused` (CUDA) is a tuning option of
-    the benchmarks, dropped where this torch does not offer it."""
-    params = list(params)
-    kwargs = {"fused": True} if fused else {}
-    try:
-        if config.optimizer == "sgd":
-            return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, **kwargs)
-        if config.optimizer == "adamw":
-            return torch.optim.AdamW(params, lr=config.lr, eps=config.eps, weight_decay=config.weight_decay, **kwargs)
-        return torch.optim.RMSprop(
-            params, lr=config.lr, alpha=config.alpha, eps=config.eps, momentum=config.momentum, **kwargs
-        )
-    except (RuntimeError, TypeError, ValueError):
-        if not fused:
-            raise
-        return build_optimizer(config, params)
-
-
-def build_schedule(config: Config, optimizer, total_steps: int):
-    """A LambdaLR stepped after every optimiser step, with jaxmnist's per-step multipliers (presets.schedule_points);
-    None for the constant schedule."""
-    if config.schedule == "constant":
-        return None
-    points = schedule_points(config, total_steps)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: float(np.interp(step, *points)))
-
-
-class WeightAverage:
-    """Config.ema: a copy of the model whose parameters and BatchNorm statistics follow e += (1 - d) (w - e) after
-    every step, d warmed up as min(decay, (1 + t) / (10 + t)) at update t (jaxmnist.engine.ema_decay_at's rule);
-    evaluation uses the copy. Its state_dict holds the copy's and the update count, for resuming."""
-
-    def __init__(self, model: nn.Module, decay: float):
-        self.model, self.decay, self.updates = copy.deepcopy(model), decay, 0
-        # The tensors of both models, listed once: the optimiser updates them in place, so they stay the same.
-        self._pairs = (self._tensors(self.model), self._tensors(model))
-
-    @staticmethod
-    def _tensors(model: nn.Module) -> list[torch.Tensor]:
-        return [t for t in itertools.chain(model.parameters(), model.buffers()) if t.dtype.is_floating_point]
-
-    @torch.no_grad()
-    def update(self) -> None:
-        """One step of the average, from the model it was made from."""
-        t = self.updates
-        torch._foreach_lerp_(*self._pairs, 1 - min(self.decay, (1 + t) / (10 + t)))
-        self.updates += 1
-
-    def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "updates": self.updates}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.updates = int(state["updates"])
+from torch_ref.data import make_loader
+from torch_ref.optim import WeightAverage, build_optimizer, build_schedule
 
 
 def train_step(model: nn.Module, name: str, optimizer, images, labels, label_smoothing: float = 0.0):

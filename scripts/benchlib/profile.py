@@ -201,6 +201,7 @@ def _profile_cnn_torch_ops(B: int) -> dict[str, Callable[[], Any]]:
     import torch.nn.functional as F
 
     from benchlib.torch_side import torch_model
+    from torch_ref import optim as torch_optim
     from torch_ref import train as torch_train
 
     g = torch.Generator().manual_seed(0)
@@ -231,7 +232,7 @@ def _profile_cnn_torch_ops(B: int) -> dict[str, Callable[[], Any]]:
 
     # The whole step as the blog runs it (eager, NCHW, its optimiser).
     model = torch_model("cnn", "cpu")
-    opt = torch_train.build_optimizer(config_for("cnn", B), model.parameters())
+    opt = torch_optim.build_optimizer(config_for("cnn", B), model.parameters())
     xb, yb = r(B, 1, 28, 28), torch.randint(0, 10, (B,), generator=g)
     return {
         "conv1 fwd (1->10, 5x5)": lambda: F.conv2d(x1, k1),

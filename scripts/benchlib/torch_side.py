@@ -15,7 +15,9 @@ from benchlib.environment import first_line, peak_for, utilisation
 from benchlib.settings import Settings, config_for, real_batches
 from benchlib.timing import measure, measure_pipelined, pipelined_count
 from jaxmnist import data as data_lib
+from torch_ref import data as torch_data
 from torch_ref import models as torch_models
+from torch_ref import optim as torch_optim
 from torch_ref import train as torch_train
 
 
@@ -34,9 +36,9 @@ def torch_model(network: str, device: str, channels_last: bool = False):
 
 
 def blog_loader(images, labels, batch_size: int, settings: Settings, device: str, shuffle: bool):
-    """torch_ref.train's DataLoader (no augmentation: the benchmark's configs have none). A worker that hangs for
+    """torch_ref.data's DataLoader (torch_ref.train's) (no augmentation: the benchmark's configs have none). A worker that hangs for
     two minutes fails the measurement (recorded) instead of stalling the run."""
-    return torch_train.make_loader(
+    return torch_data.make_loader(
         images, labels, batch_size, augment=False, shuffle=shuffle, device=device,
         num_workers=settings.num_workers, timeout=120,
     )  # fmt: skip
@@ -60,7 +62,7 @@ def torch_blog_step(
     """The blog's loop, one timed iteration at a time: `torch_ref.train.train_epoch` over the DataLoader's next
     batch (loading, `.to(device)`, the step, the metrics), then `torch.cuda.synchronize()`."""
     model = torch_model(network, device)
-    optimizer = torch_train.build_optimizer(config_for(network, batch_size), model.parameters())
+    optimizer = torch_optim.build_optimizer(config_for(network, batch_size), model.parameters())
     loader = blog_loader(data.train_images, data.train_labels, batch_size, settings, device, shuffle=True)
     sync = torch_sync(device)
     box = {"it": iter(loader)}
@@ -94,7 +96,7 @@ def torch_blog_epoch(network: str, batch_size: int, data: data_lib.Dataset, sett
     n = min(settings.train_size or len(data.train_labels), len(data.train_labels))
     n_test = min(settings.eval_size or len(data.test_labels), len(data.test_labels))
     model = torch_model(network, device)
-    optimizer = torch_train.build_optimizer(config_for(network, batch_size), model.parameters())
+    optimizer = torch_optim.build_optimizer(config_for(network, batch_size), model.parameters())
     loader = blog_loader(data.train_images[:n], data.train_labels[:n], batch_size, settings, device, shuffle=True)
     t0 = time.perf_counter()
     acc, _ = torch_train.train_epoch(model, network, loader, optimizer, device)
@@ -144,7 +146,7 @@ class TunedLoop:
     def __init__(self, network: str, batch_size: int, data: data_lib.Dataset, device: str):
         self.network, self.device = network, device
         self.model = self.runner = torch_model(network, device, channels_last=True)
-        self.optimizer = torch_train.build_optimizer(
+        self.optimizer = torch_optim.build_optimizer(
             config_for(network, batch_size), self.model.parameters(), fused=device.startswith("cuda")
         )
         self.batches = [device_tensors(x, y, device) for x, y in real_batches(data, batch_size, 4)]
