@@ -23,8 +23,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmnist import host, onednn
-from jaxmnist.convs import ENV_IMPL, FORMULATIONS, IMPLS, LIBRARIES, XLA, ConvPlan, Geometry, fixed_plan, geometries
-from jaxmnist.convs import library_options, same_program_as_conv
+from jaxmnist.convs import (
+    ENV_IMPL,
+    FORMULATIONS,
+    IMPLS,
+    LIBRARIES,
+    XLA,
+    ConvPlan,
+    Geometry,
+    fixed_plan,
+    geometries,
+    library_options,
+    same_program_as_conv,
+)
 
 ENV_CACHE = 'JAXMNIST_CONV_CACHE'  # the timings' file (default ~/.cache/jaxmnist/conv-timings.json)
 # 6: the onednn candidate; 5: the phases candidate; 4: the rows candidate; 3: timed interleaved, cached from a quiet

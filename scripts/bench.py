@@ -30,7 +30,7 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 # so JAX's fork warning (one per worker, per loader) is noise here.
 warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
 
-import needs_jaxmnist  # before jaxmnist: one line, not a traceback, where it is missing
+import needs_jaxmnist  # noqa: F401  (before jaxmnist: one line, not a traceback, where it is missing)
 
 from benchlib import environment, plan, profile, report
 from benchlib.settings import NETWORKS, Settings, quick_settings

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import needs_jaxmnist  # before jaxmnist: one line, not a traceback, where it is missing
+import needs_jaxmnist  # noqa: F401  (before jaxmnist: one line, not a traceback, where it is missing)
 
 from jaxmnist import cli
 from jaxmnist.presets import PRESETS

@@ -33,9 +33,9 @@ import sys
 import time
 from pathlib import Path
 
-import needs_jaxmnist  # before jaxmnist: one line, not a traceback, where it is missing
-import seed_ensemble
+import needs_jaxmnist  # noqa: F401  (before jaxmnist: one line, not a traceback, where it is missing)
 
+import seed_ensemble
 from jaxmnist import cli, host
 from jaxmnist.cli import UsageError
 from jaxmnist.presets import PRESETS, Config, changed_settings

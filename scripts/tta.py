@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import sys
 
+import needs_jaxmnist  # noqa: F401  (before jax and jaxmnist: one line, not a traceback, where either is missing)
+
+# isort: split
 import jax.numpy as jnp
 import numpy as np
 
-import needs_jaxmnist  # before jaxmnist: one line, not a traceback, where it is missing
 from jaxmnist import augment, cli, weights
 from jaxmnist import data as data_lib
 from jaxmnist.presets import Config, split_train

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from jaxmnist import data as data_lib
 from jaxmnist import augment, engine, layers, models, programs
+from jaxmnist import data as data_lib
 from jaxmnist.presets import Config
 
 # One step of engine.train_step on every network of the blog's and this project's own. torchvision's resnet18 and
