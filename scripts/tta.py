@@ -17,6 +17,7 @@ import sys
 import needs_jaxmnist  # noqa: F401  (before jax and jaxmnist: one line, not a traceback, where either is missing)
 
 # isort: split
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -48,9 +49,13 @@ SETS = {
 
 
 def warped(images: np.ndarray, view: tuple[int, int, float]) -> np.ndarray:
-    """Every uint8 [N, 28, 28] image under one view."""
-    tx, ty, angle = (jnp.full((len(images),), v, dtype) for v, dtype in zip(view, (jnp.int32, jnp.int32, jnp.float32)))
-    return np.asarray(augment.warp(jnp.asarray(images), tx, ty, angle))
+    """Every uint8 [N, 28, 28] image under one view: the augmentation's warp as one compiled program, as training
+    runs it (op by op it compiled a few dozen small programs per set of images)."""
+    tx, ty, angle = (np.full((len(images),), v, dtype) for v, dtype in zip(view, (np.int32, np.int32, np.float32)))
+    return np.asarray(_warp(jnp.asarray(images), tx, ty, angle))
+
+
+_warp = jax.jit(augment.warp)
 
 
 def view_probabilities(model: weights.Model, images: np.ndarray) -> dict[str, np.ndarray]:

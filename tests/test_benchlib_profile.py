@@ -18,9 +18,10 @@ def test_conv_sliced_matches_xla_convolution(rng):
         "VALID",  # noqa: E731
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
     )
-    assert jnp.allclose(profile.conv_sliced(x, k), ref(x, k), atol=1e-4)
+    assert jnp.allclose(jax.jit(profile.conv_sliced)(x, k), jax.jit(ref)(x, k), atol=1e-4)  # compiled: not op by op
     loss = lambda f: lambda x, k: jnp.sum(jnp.sin(f(x, k)))  # noqa: E731
-    for a, b in zip(jax.grad(loss(profile.conv_sliced), (0, 1))(x, k), jax.grad(loss(ref), (0, 1))(x, k)):
+    grads = [jax.jit(jax.grad(loss(f), (0, 1)))(x, k) for f in (profile.conv_sliced, ref)]
+    for a, b in zip(*grads):
         assert jnp.allclose(a, b, atol=1e-3)
 
 
@@ -35,10 +36,13 @@ def test_what_if_swaps_only_inside_the_block(rng):
     def ops():
         return {e.primitive.name for e in jax.make_jaxpr(lambda v, x: apply(v, x))(variables, x).eqns}
 
-    plain, expected = ops(), apply(variables, x)
+    def run():  # compiled, from a fresh trace
+        return jax.jit(lambda v, x: apply(v, x))(variables, x)
+
+    plain, expected = ops(), run()
     with profile.what_if(pool=True, conv=True):
         swapped = ops()
-        np.testing.assert_allclose(apply(variables, x), expected, atol=1e-5)
+        np.testing.assert_allclose(run(), expected, atol=1e-5)
     assert "conv_general_dilated" in plain and "conv_general_dilated" not in swapped  # convs became matmuls
     assert "reduce_window_max" not in plain and "reduce_window_max" in swapped  # pools back on reduce_window
     assert "custom_vjp_call" in plain and "custom_vjp_call" not in swapped  # max_pool_2x2's torch gradient gone

@@ -84,12 +84,19 @@ def test_elastic_distortion_follows_the_affine_steps_on_its_own_key(rng):
     what they were); with it, the affine steps and the distortion draw from two keys folded from that one."""
     images, key = fake_batch(rng, n=8)["image"], jax.random.key(3)
     raw = jnp.asarray(rng.integers(0, 256, (8, 28, 28), dtype=np.uint8))
-    plain = engine.prepare_images(raw, key, augment=True)
-    np.testing.assert_array_equal(plain, data_lib.normalize(augment.augment(key, raw)))
-    elastic = engine.prepare_images(raw, key, augment=True, elastic=(50.0, 5.0))
-    affine = augment.augment(jax.random.fold_in(key, 0), raw).astype(jnp.float32) / 255
-    expected = augment.elastic(jax.random.fold_in(key, 1), affine, 50.0, 5.0)
-    np.testing.assert_allclose(elastic, data_lib.standardize(expected), rtol=0, atol=1e-5)
+
+    @jax.jit  # each side one program, as in training (op by op: about a hundred small compiles)
+    def composed(key, raw):
+        affine = augment.augment(jax.random.fold_in(key, 0), raw).astype(jnp.float32) / 255
+        distorted = augment.elastic(jax.random.fold_in(key, 1), affine, 50.0, 5.0)
+        return data_lib.normalize(augment.augment(key, raw)), data_lib.standardize(distorted)
+
+    expected_plain, expected_elastic = composed(key, raw)
+    prepare = jax.jit(engine.prepare_images, static_argnames=("augment", "elastic"))
+    plain = prepare(raw, key, augment=True)
+    np.testing.assert_array_equal(plain, expected_plain)
+    elastic = prepare(raw, key, augment=True, elastic=(50.0, 5.0))
+    np.testing.assert_allclose(elastic, expected_elastic, rtol=0, atol=1e-5)
     assert elastic.shape == images.shape and not np.allclose(elastic, plain)
 
 
@@ -138,11 +145,15 @@ def test_each_steps_images_are_augmented_with_that_steps_key(rng):
     gather = jax.jit(engine.chunk_batches, static_argnames=("steps", "augment", "elastic"))
     chunk, _ = gather(images, labels, order, jnp.int32(1), key, jnp.int32(5), steps=3, augment=True)
     alone, _ = gather(images, labels, order, jnp.int32(2), key, jnp.int32(6), steps=1, augment=True)
+
+    @jax.jit  # one program, not dozens of small compiles op by op
+    def step_alone(raw, step):
+        return engine.prepare_images(raw, engine.train_augment_key(key, step), augment=True), data_lib.normalize(raw)
+
     for i in range(3):
-        raw = images[10 * (1 + i) : 10 * (2 + i)]
-        expected = engine.prepare_images(raw, engine.train_augment_key(key, 5 + i), augment=True)
+        expected, normalised = step_alone(images[10 * (1 + i) : 10 * (2 + i)], jnp.int32(5 + i))
         np.testing.assert_allclose(chunk[i], expected, rtol=0, atol=1e-5)  # a pixel's step is 0.013; rounding 3e-7
-        assert not np.array_equal(chunk[i], data_lib.normalize(raw))  # augmented, not only normalised
+        assert not np.array_equal(chunk[i], normalised)  # augmented, not only normalised
     np.testing.assert_array_equal(alone[0], chunk[1])  # one program: the same bits
 
 

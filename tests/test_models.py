@@ -290,10 +290,11 @@ def test_batchnorm_is_torchs_batchnorm2d():
     torch_bn = nn.BatchNorm2d(6)
     bn = layers.BatchNorm(use_running_average=False)
     variables = bn.init(jax.random.key(0), jnp.zeros((1, 5, 5, 6)))
+    train = jax.jit(functools.partial(bn.apply, mutable=['batch_stats']))  # compiled, as in training
     for step in range(3):
         x = torch.randn(4, 6, 5, 5, generator=torch.Generator().manual_seed(step)) * 3 + 2
         expected = torch_bn(x).detach().permute(0, 2, 3, 1).numpy()
-        y, updates = bn.apply(variables, x.permute(0, 2, 3, 1).numpy(), mutable=['batch_stats'])
+        y, updates = train(variables, x.permute(0, 2, 3, 1).numpy())
         variables = {**variables, **updates}
         np.testing.assert_allclose(y, expected, atol=2e-6)
     np.testing.assert_allclose(variables['batch_stats']['mean'], torch_bn.running_mean, rtol=1e-6)
@@ -302,7 +303,7 @@ def test_batchnorm_is_torchs_batchnorm2d():
     torch_bn.eval()
     x = torch.randn(2, 6, 5, 5)
     expected = torch_bn(x).detach().permute(0, 2, 3, 1).numpy()
-    y = bn.clone(use_running_average=True).apply(variables, x.permute(0, 2, 3, 1).numpy())
+    y = jax.jit(bn.clone(use_running_average=True).apply)(variables, x.permute(0, 2, 3, 1).numpy())
     np.testing.assert_allclose(y, expected, atol=2e-6)
 
 
@@ -324,8 +325,8 @@ def test_dropout_follows_train_and_needs_an_rng_only_when_active():
     first = train(rbg_key(1))
     assert np.array_equal(first, train(rbg_key(1)))
     assert not np.allclose(first, train(rbg_key(2)))
-    with pytest.raises(Exception, match='dropout'):
-        model.apply(variables, x, train=True, mutable=['batch_stats'])
+    with pytest.raises(Exception, match='dropout'):  # traced, not run op by op up to the first dropout
+        jax.jit(functools.partial(model.apply, train=True, mutable=['batch_stats']))(variables, x)
     without_dropout = flax_logits(flax_model('cnn_deep'), variables, x, train=True)
     assert not np.allclose(without_dropout, first)
     # Eval mode needs no rng and draws no dropout: it equals the same network without dropout layers.
@@ -372,12 +373,18 @@ def test_max_pool_2x2_routes_gradients_like_torch(rng):
     """Forward equals MaxPool2d(2); the gradient goes to the first maximum of each window, ties included."""
     x = rng.integers(0, 3, (2, 9, 8, 3)).astype("float32")  # small integers: many ties; odd height is floored
     g = rng.standard_normal((2, 4, 4, 3)).astype("float32")
-    out, vjp = jax.vjp(layers.max_pool_2x2, jnp.asarray(x))
+
+    @jax.jit  # one program, as in training (op by op: a few dozen small compiles)
+    def forward_and_gradient(x, g):
+        out, vjp = jax.vjp(layers.max_pool_2x2, x)
+        return out, vjp(g)[0]
+
+    out, grad = forward_and_gradient(jnp.asarray(x), jnp.asarray(g))
     xt = torch.tensor(x).permute(0, 3, 1, 2).requires_grad_()
     ref = torch.nn.functional.max_pool2d(xt, 2)
     ref.backward(torch.tensor(g).permute(0, 3, 1, 2))
     assert (out == ref.detach().permute(0, 2, 3, 1).numpy()).all()
-    assert (vjp(jnp.asarray(g))[0] == xt.grad.permute(0, 2, 3, 1).numpy()).all()
+    assert (grad == xt.grad.permute(0, 2, 3, 1).numpy()).all()
 
 
 def test_fused_first_stage_is_the_composed_layers(rng):
@@ -402,10 +409,13 @@ def test_fused_first_stage_is_the_composed_layers(rng):
         for got, want in zip(fused, composed, strict=True):
             np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
         mean, var = jnp.asarray(rng.standard_normal(5)), jnp.asarray(rng.uniform(0.5, 2, 5))
-        y = (convs.lax_conv(args[0], args[1], 1, 1) - mean) * jax.lax.rsqrt(var + 1e-5) * args[2] + args[3]
-        np.testing.assert_allclose(
-            layers.stage_1ch_eval(*args, mean, var, 1e-5), layers.max_pool_2x2(jax.nn.relu(y)), rtol=1e-10, atol=1e-10
-        )
+
+        @jax.jit
+        def eval_both(x, kernel, scale, bias, mean, var):
+            y = (convs.lax_conv(x, kernel, 1, 1) - mean) * jax.lax.rsqrt(var + 1e-5) * scale + bias
+            return layers.stage_1ch_eval(x, kernel, scale, bias, mean, var, 1e-5), layers.max_pool_2x2(jax.nn.relu(y))
+
+        np.testing.assert_allclose(*eval_both(*args, mean, var), rtol=1e-10, atol=1e-10)
 
 
 def test_cnns_fused_first_block_is_the_composed_layers(rng):
