@@ -90,7 +90,8 @@ def test_onednn_is_xlas_convolution_at_other_dtypes_to_the_tuner():
 def test_vmapped_seeds_each_convolve_with_their_own_kernel(rng):
     x = jnp.asarray(rng.standard_normal((2, 4, 9, 9, 3)), jnp.float32)
     w = jnp.asarray(rng.standard_normal((2, 3, 3, 3, 5)), jnp.float32)
-    grads = lambda c: jax.vmap(jax.grad(lambda x, w: jnp.sum(jnp.sin(c(x, w, 2, 1))), (0, 1)))(x, w)
+    # Each side one compiled program, as in training (op by op: a few dozen small compiles).
+    grads = lambda c: jax.jit(jax.vmap(jax.grad(lambda x, w: jnp.sum(jnp.sin(c(x, w, 2, 1))), (0, 1))))(x, w)
     mine, xlas = grads(convs.conv_onednn), grads(convs.lax_conv)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), mine, xlas)
 
