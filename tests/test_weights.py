@@ -4,12 +4,15 @@ workdir as members (a vmapped stack, or seed<k>/ runs), --seed's forms, and the 
 import dataclasses
 import json
 
+import jax
 import numpy as np
 import pytest
 
-from jaxmnist import evaluate, predict, trainer, weights
+from jaxmnist import engine, evaluate, predict, trainer, weights
+from jaxmnist.checkpoint import Checkpointer
 from jaxmnist.cli import UsageError
 from jaxmnist.presets import Config
+from jaxmnist.seeds import Seeds
 
 TINY = Config(model="cnn", batch_size=64, lr=0.05, epochs=1, train_size=320, eval_batch_size=500)
 RUN = {"progress": False, "chunk_steps": 1, "unroll": True}
@@ -88,6 +91,29 @@ def test_the_seeds_of_a_workdir_are_members(seeded, mode, mnist):
         weights.workdir_members(workdir, "best", None)
     with pytest.raises(UsageError, match="no seed 5"):
         weights.workdir_members(workdir, "best", (0, 5))
+
+
+@pytest.mark.xdist_group("seeded")  # one worker builds the seeded fixture, once
+def test_reading_a_workdir_initialises_nothing(seeded, monkeypatch):
+    """The checkpoint restores into shapes (weights.restore_target), not into a fresh state: no network is
+    initialised and no optimiser state built (which compiled about twenty programs of every command's start), and
+    the weights are those a fresh state as the target restores, to the bit."""
+    stack, workdir = Seeds((0, 1), vmapped=True), seeded / "vmap"
+    ckpt = Checkpointer(workdir, read_only=True)
+    full, _ = ckpt.restore(stack.create_state(TINY, total_steps=1), "best")
+    ckpt.close()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a workdir's model was read through a fresh initialisation")
+
+    monkeypatch.setattr(engine, "init_variables", refuse)
+    target = weights.restore_target(stack, TINY)
+    assert {type(leaf) for leaf in jax.tree.leaves(target)} == {jax.ShapeDtypeStruct}
+    assert {leaf.shape[0] for leaf in jax.tree.leaves(target.params)} == {2}  # the two seeds' stack
+    expected = jax.device_get(full.eval_variables())
+    for k in (0, 1):
+        model = weights.from_workdir(str(workdir), seed=k)
+        jax.tree.map(np.testing.assert_array_equal, model.variables, stack.take(expected, k))
 
 
 @pytest.mark.xdist_group("seeded")  # one worker builds the seeded fixture, once
