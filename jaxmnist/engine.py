@@ -90,6 +90,12 @@ def _init(model, key: jax.Array, x: jax.Array) -> dict:
     return model.init(key, x, train=False)
 
 
+def variable_shapes(model) -> dict:
+    """`model`'s {'params', 'batch_stats'} as shapes and dtypes (jax.ShapeDtypeStruct), computing nothing: what a
+    parameter table, a state_dict's layout or a checkpoint's restore target needs."""
+    return jax.eval_shape(functools.partial(_init, model), jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))
+
+
 def create_state(
     config: Config,
     key: jax.Array,

@@ -32,12 +32,10 @@ import pickle
 import zipfile
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from jaxmnist import models
+from jaxmnist import engine, models
 from jaxmnist.cli import UsageError
 
 FLAX_TO_TORCH_LEAF = {
@@ -87,8 +85,7 @@ def to_torch_layout(leaf: str, array):
 @functools.lru_cache(maxsize=None)
 def flax_shapes(name: str, num_classes: int | None = None) -> dict:
     """{(collection, *path): shape} of every variable of the flax model `name`; shapes need no compute."""
-    model = models.get_model(name, num_classes)
-    variables = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    variables = engine.variable_shapes(models.get_model(name, num_classes))
     return {path: tuple(v.shape) for path, v in traverse_util.flatten_dict(variables).items()}
 
 

@@ -169,8 +169,7 @@ def restore_target(stack: Seeds, config: Config) -> engine.TrainState:
     """The shapes and dtypes of `stack`'s state for `config`, computing nothing (jax.eval_shape): what a checkpoint
     restores into. A fresh state to overwrite compiled about twenty programs at a command's start (the network's
     initialisation, the optimiser's zeros, the key splits): 1.0 of the 1.7 s a vmapped workdir took to load."""
-    model = models.get_model(config.model, config.num_classes)
-    shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    shapes = engine.variable_shapes(models.get_model(config.model, config.num_classes))
     return jax.eval_shape(lambda v: stack.create_state(config, total_steps=1, variables=v), shapes)
 
 

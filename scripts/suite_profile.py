@@ -41,7 +41,8 @@ def pytest_configure(config) -> None:
 
 
 def pytest_collection_finish(session) -> None:
-    _rows.append({"test": "<collected>", "start": time.time(), "end": time.time()})
+    now = time.time()
+    _rows.append({"test": "<collected>", "start": now, "end": now})
 
 
 def pytest_runtest_protocol(item, nextitem):
@@ -79,28 +80,29 @@ def _started() -> float:
 def summary(records: list[dict], top: int = 15) -> str:
     """Per worker: collection, busy and idle seconds, its last test's end; then compile seconds per test file and the
     tests that compiled most, summed over workers."""
-    lines, files, tests = [], collections.defaultdict(lambda: [0, 0.0, 0.0, 0.0]), []
+    lines, tests = [], []
+    files = collections.defaultdict(lambda: dict.fromkeys(("compiles", "compile_s", "trace_s", "test_s"), 0))
     t0 = min(r["started"] for r in records)
     for record in sorted(records, key=lambda r: r["worker"]):
         rows = [r for r in record["rows"] if r["test"] != "<collected>" and "end" in r]
         collected = next((r["start"] for r in record["rows"] if r["test"] == "<collected>"), record["started"])
         busy = sum(r["end"] - r["start"] for r in rows)
         last = max((r["end"] for r in rows), default=collected)
-        lines.append(f"{record['worker']}: collected after {collected - t0:.1f} s, {len(rows)} tests, busy {busy:.1f} s, "
-                     f"idle {last - collected - busy:.1f} s, last test ended at {last - t0:.1f} s")  # fmt: skip
+        lines.append(f"{record['worker']}: collected after {collected - t0:.1f} s, {len(rows)} tests, "
+                     f"busy {busy:.1f} s, idle {last - collected - busy:.1f} s, "
+                     f"last test ended at {last - t0:.1f} s")  # fmt: skip
         for r in rows:
             f = files[r["test"].split("::")[0]]
-            f[0] += r["compiles"]
-            f[1] += r["compile_s"]
-            f[2] += r["trace_s"]
-            f[3] += r["end"] - r["start"]
+            for key in ("compiles", "compile_s", "trace_s"):
+                f[key] += r[key]
+            f["test_s"] += r["end"] - r["start"]
             tests.append(r)
-    total = [sum(f[i] for f in files.values()) for i in range(4)]
-    lines.append(f"all: {total[3]:.1f} s of tests, XLA compiling {total[1]:.1f} s ({total[0]} programs), tracing and "
-                 f"lowering {total[2]:.1f} s")  # fmt: skip
+    total = {key: sum(f[key] for f in files.values()) for key in ("compiles", "compile_s", "trace_s", "test_s")}
+    lines.append("all: {test_s:.1f} s of tests, XLA compiling {compile_s:.1f} s ({compiles} programs), tracing and "
+                 "lowering {trace_s:.1f} s".format(**total))  # fmt: skip
     lines.append("\nfile: test s, compile s (programs), tracing s")
-    for name, (n, c, tr, s) in sorted(files.items(), key=lambda kv: -kv[1][3])[:top]:
-        lines.append(f"  {name}: {s:.1f}, {c:.1f} ({n}), {tr:.1f}")
+    for name, f in sorted(files.items(), key=lambda kv: -kv[1]["test_s"])[:top]:
+        lines.append("  {}: {test_s:.1f}, {compile_s:.1f} ({compiles}), {trace_s:.1f}".format(name, **f))
     lines.append("\ntests compiling most: compile s (programs) of test s")
     for r in sorted(tests, key=lambda r: -r["compile_s"])[:top]:
         lines.append(f"  {r['test']}: {r['compile_s']:.1f} ({r['compiles']}) of {r['end'] - r['start']:.1f}")
@@ -114,7 +116,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     paths = sorted(Path(args.directory).glob("*.json"))
     if not paths:
-        print(f"error: no records in {args.directory}: run `make test ARGS=\"-p suite_profile\"` first", file=sys.stderr)
+        print(f"error: no records in {args.directory}: run `make test ARGS=\"-p suite_profile\"` first",
+              file=sys.stderr)
         return 2
     try:
         records = [json.loads(path.read_text()) for path in paths]

@@ -48,14 +48,15 @@ SETS = {
 }
 
 
+# The augmentation's warp as one compiled program, as training runs it (op by op it compiled a few dozen small
+# programs per set of images).
+_warp = jax.jit(augment.warp)
+
+
 def warped(images: np.ndarray, view: tuple[int, int, float]) -> np.ndarray:
-    """Every uint8 [N, 28, 28] image under one view: the augmentation's warp as one compiled program, as training
-    runs it (op by op it compiled a few dozen small programs per set of images)."""
+    """Every uint8 [N, 28, 28] image under one view."""
     tx, ty, angle = (np.full((len(images),), v, dtype) for v, dtype in zip(view, (np.int32, np.int32, np.float32)))
     return np.asarray(_warp(jnp.asarray(images), tx, ty, angle))
-
-
-_warp = jax.jit(augment.warp)
 
 
 def view_probabilities(model: weights.Model, images: np.ndarray) -> dict[str, np.ndarray]:

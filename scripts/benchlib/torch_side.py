@@ -36,8 +36,8 @@ def torch_model(network: str, device: str, channels_last: bool = False):
 
 
 def blog_loader(images, labels, batch_size: int, settings: Settings, device: str, shuffle: bool):
-    """torch_ref.data's DataLoader (torch_ref.train's) (no augmentation: the benchmark's configs have none). A worker that hangs for
-    two minutes fails the measurement (recorded) instead of stalling the run."""
+    """The DataLoader torch_ref.train uses (torch_ref.data; no augmentation: the benchmark's configs have none). A
+    worker that hangs for two minutes fails the measurement (recorded) instead of stalling the run."""
     return torch_data.make_loader(
         images, labels, batch_size, augment=False, shuffle=shuffle, device=device,
         num_workers=settings.num_workers, timeout=120,
