@@ -93,11 +93,13 @@ def test_two_processes_equal_one(one_device, tmp_path):
     """Two processes with one CPU device each (gloo collectives): process 0 alone prints and writes logs; their
     checkpoints (orbax, multi-host) resume; the run equals one process's. Tolerance as with two devices."""
     workdir = ["--workdir", str(tmp_path / "ckpt")]
-    out0, out1 = two_processes([*workdir, "--epochs", "1"], tmp_path, "first")
+    # The first run writes no report (the resumed run does): process 0's report pass would only add to the wait.
+    out0, out1 = two_processes([*workdir, "--epochs", "1", "--no-report"], tmp_path, "first")
     assert "data parallel over 2 devices in 2 process(es)" in out0
     assert [line for line in out1.splitlines() if not line.startswith("[Gloo]")] == []  # only process 0 prints
     assert not (tmp_path / "first1").exists()  # nor writes logs
     out0, _ = two_processes([*workdir, "--resume"], tmp_path, "first")  # the same logdir: the log continues
     assert "resumed from" in out0 and "[2]:" in out0 and "[1]:" not in out0
+    assert (tmp_path / "first0" / "report.json").exists() and not (tmp_path / "first1").exists()
     for (a_test, a_train), (b_test, b_train) in zip(one_device, curve(tmp_path, "first0"), strict=True):
         assert abs(a_test - b_test) <= 0.05 and abs(a_train - b_train) <= 0.1
