@@ -100,7 +100,7 @@ def confusion_figure(summary: dict):
             ax.text(p, t, str(confusion[t, p]), ha="center", va="center", fontsize=7,
                     color="black" if t != p else "tab:blue")  # fmt: skip
     ax.set(xticks=range(classes), yticks=range(classes), xlabel="predicted", ylabel="true")
-    ax.set_title(f"confusion matrix: {summary['accuracy']:.2f} % of {summary['n']} (errors coloured)")
+    figures.title(ax, f"confusion matrix: {summary['accuracy']:.2f} % of {summary['n']} (errors coloured)")
     fig.colorbar(image, ax=ax, fraction=0.046)
     # Fixed margins (what tight_layout chose for this figure), not tight_layout: it measures every text first.
     fig.subplots_adjust(left=0.035, right=0.935, bottom=0.105, top=0.935)
@@ -126,7 +126,7 @@ def misclassified_figure(summary: dict, images_u8: np.ndarray, limit: int = GRID
         ax.text(c * 32 + 16, r * cell + pad - 2, caption, ha="center", va="bottom", fontsize=6.5)
     ax.axis("off")
     shown = f"the {len(wrong)} most confident" if len(summary["misclassified"]) > len(wrong) else f"all {len(wrong)}"
-    ax.set_title(f"misclassified test digits ({shown} of {len(summary['misclassified'])}): true→predicted, confidence",
+    figures.title(ax, f"misclassified test digits ({shown} of {len(summary['misclassified'])}): true→predicted, confidence",
                  fontsize=9)  # fmt: skip
     # Fixed margins in inches (0.15 around, 0.4 above for the title), not tight_layout: it measures every caption.
     fig.subplots_adjust(left=0.15 / width, right=1 - 0.15 / width, bottom=0.15 / height, top=1 - 0.4 / height)
