@@ -126,8 +126,8 @@ def misclassified_figure(summary: dict, images_u8: np.ndarray, limit: int = GRID
         ax.text(c * 32 + 16, r * cell + pad - 2, caption, ha="center", va="bottom", fontsize=6.5)
     ax.axis("off")
     shown = f"the {len(wrong)} most confident" if len(summary["misclassified"]) > len(wrong) else f"all {len(wrong)}"
-    figures.title(ax, f"misclassified test digits ({shown} of {len(summary['misclassified'])}): true→predicted, confidence",
-                 fontsize=9)  # fmt: skip
+    figures.title(ax, f"misclassified test digits ({shown} of {len(summary['misclassified'])}): "
+                      "true→predicted, confidence", fontsize=9)  # fmt: skip
     # Fixed margins in inches (0.15 around, 0.4 above for the title), not tight_layout: it measures every caption.
     fig.subplots_adjust(left=0.15 / width, right=1 - 0.15 / width, bottom=0.15 / height, top=1 - 0.4 / height)
     return fig
