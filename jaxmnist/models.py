@@ -87,6 +87,7 @@ class CNNDeep(nn.Module):
     num_classes: int = 10
     conv_dropout_rate: float = 0.25
     fc_dropout_rate: float = 0.5
+    widths: Sequence[int] = (32, 64)  # the blog's; wider stages only for scripts/ablation.py's studies
     dtype: Dtype = jnp.float32
     conv_plan: ConvPlan = convs.XLA  # how its convolutions run (jaxmnist.convs)
 
@@ -95,7 +96,7 @@ class CNNDeep(nn.Module):
         conv = functools.partial(Conv, kernel_init=kaiming_normal_fan_out, dtype=self.dtype, plan=self.conv_plan)
         norm = functools.partial(BatchNorm, use_running_average=not train, dtype=self.dtype)
         x = x.astype(self.dtype)
-        for stage, (features, kernel_size) in enumerate(((32, 5), (64, 3)), start=1):
+        for stage, (features, kernel_size) in enumerate(zip(self.widths, (5, 3)), start=1):
             # torch's Sequential: conv, ReLU, BN, conv, ReLU, BN, max-pool, dropout.
             for i in (0, 3):
                 x = conv(features, kernel_size, name=f'layer{stage}_{i}')(x)

@@ -106,6 +106,10 @@ STUDIES = {
             # under 1.5e-6 of each weight per step, about 0.3 % over the 3,510 steps: next to none. 0.05 is the
             # decay usual for AdamW on images (100x: a pull of about a quarter of each weight over the run).
             "wd_0.05": ["--weight-decay", "0.05"],
+            # Wider stages (40 and 80 channels instead of the blog's 32 and 64: about 1.5x the convolutions'
+            # work), the one direction of docs/experiments.md's list not yet run; on a Zen 4 a seed of the preset takes
+            # about 20 minutes, so 1.5x stays near the issue's 30 minutes a seed.
+            "widths_40_80": [{"widths": (40, 80)}],
         },
     ),
 }
