@@ -114,10 +114,12 @@ STUDIES = {
     ),
 }
 # Runs jaxmnist.train with a network's arguments replaced: argv[1] names the network, argv[2] is a JSON dict of its
-# arguments, the rest the trainer's flags.
+# arguments (lists become tuples: a network is a static, hashed argument of its compiled init), the rest the
+# trainer's flags.
 _WITH_NETWORK = (
     "import functools, json, sys; from jaxmnist import models, train; "
-    "models.MODELS[sys.argv[1]] = functools.partial(models.MODELS[sys.argv[1]], **json.loads(sys.argv[2])); "
+    "args = {k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(sys.argv[2]).items()}; "
+    "models.MODELS[sys.argv[1]] = functools.partial(models.MODELS[sys.argv[1]], **args); "
     "sys.exit(train.main(sys.argv[3:]))"
 )
 VAL_SIZE = 10_000
