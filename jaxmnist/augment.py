@@ -4,7 +4,8 @@ torchvision's ``ElasticTransform`` computes it.
 torchvision's ``RandomAffine(degrees=0, translate=(0.1, 0.1))`` followed by
 ``RandomRotation((-10, 10))``, both with nearest interpolation and fill 0, applied to
 the raw image (before ``Normalize``). torchvision runs both through PIL, so ``warp``
-reproduces PIL's resampling arithmetic rather than an idealised rotation.
+reproduces PIL's resampling arithmetic rather than an idealised rotation. Optionally
+the affine step also scales (``RandomAffine(..., scale=(1 - s, 1 + s))``, not the blog's).
 """
 
 import jax
@@ -33,6 +34,11 @@ def sample_params(key, n, height=28, width=28):
     ty = jnp.round(jax.random.uniform(key_ty, (n,), minval=-max_dy, maxval=max_dy))
     angle = jax.random.uniform(key_angle, (n,), minval=-MAX_DEGREES, maxval=MAX_DEGREES)
     return tx.astype(jnp.int32), ty.astype(jnp.int32), angle
+
+
+def sample_scales(key, n, max_scale: float):
+    """``n`` scale factors ``U(1 - max_scale, 1 + max_scale)`` (float32), as ``RandomAffine(scale=...)`` draws them."""
+    return jax.random.uniform(key, (n,), minval=1.0 - max_scale, maxval=1.0 + max_scale)
 
 
 def _fix(value):
@@ -76,10 +82,23 @@ def _rotation_sources(angle, height, width):
     return row_fixed >> 16, col_fixed >> 16
 
 
-def warp(images, tx, ty, angle):
-    """Translates then rotates ``images`` exactly as torchvision's PIL path does.
+def _scaling_sources(index, shift, scale, centre):
+    """Source index of output index ``index`` along one axis in PIL's scaling path (``ImagingScaleAffine``) for
+    torchvision's inverse matrix of a shift and a scale about ``centre``: ``floor(a (i + 0.5) + b)`` with ``a = 1 /
+    scale`` and ``b = a (-centre - shift) + centre``, in torchvision's order of operations. PIL accumulates ``a`` in
+    float64 from the first pixel centre; float32 here, so a source index may rarely differ where the product falls
+    within about 1e-6 of an integer. Without a scale it is exactly ``floor(i + 0.5 - shift)``."""
+    if scale is None:
+        return jnp.floor(index + 0.5 - shift[:, None, None]).astype(jnp.int32)
+    a = (1.0 / scale)[:, None, None]
+    b = a * (-centre - shift[:, None, None].astype(a.dtype)) + centre
+    return jnp.floor(b + a * 0.5 + a * index).astype(jnp.int32)
 
-    Equivalent to ``F.rotate(F.affine(img, angle=0, translate=[tx, ty], scale=1,
+
+def warp(images, tx, ty, angle, scale=None):
+    """Translates (and scales) then rotates ``images`` exactly as torchvision's PIL path does.
+
+    Equivalent to ``F.rotate(F.affine(img, angle=0, translate=[tx, ty], scale=scale,
     shear=0, interpolation=NEAREST, fill=0), angle, NEAREST, fill=0)`` per image.
 
     Args:
@@ -87,6 +106,7 @@ def warp(images, tx, ty, angle):
       tx: ``[B]`` horizontal shifts in pixels (right is positive).
       ty: ``[B]`` vertical shifts in pixels (down is positive).
       angle: ``[B]`` counter-clockwise rotations in degrees about the image centre.
+      scale: ``[B]`` float32 scale factors about the image centre (> 1 enlarges), or None for 1.
 
     Returns:
       The warped images, same shape and dtype; pixels from outside the image are 0.
@@ -94,21 +114,23 @@ def warp(images, tx, ty, angle):
     batch, height, width = images.shape
     rows, cols = _rotation_sources(angle, height, width)
     inside_rotation = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
-    # The translation is PIL's scaling path: source = floor(x + 0.5 - t). Both
-    # resamplings are nearest neighbour, so chaining their index maps is the same
-    # as resampling twice, with one gather instead of two.
-    rows = jnp.floor(rows + 0.5 - ty[:, None, None]).astype(jnp.int32)
-    cols = jnp.floor(cols + 0.5 - tx[:, None, None]).astype(jnp.int32)
+    # The shift (and scale) is PIL's scaling path. Both resamplings are nearest
+    # neighbour, so chaining their index maps is the same as resampling twice, with
+    # one gather instead of two.
+    rows = _scaling_sources(rows, ty, scale, height / 2)
+    cols = _scaling_sources(cols, tx, scale, width / 2)
     inside = inside_rotation & (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
     flat_index = jnp.where(inside, rows * width + cols, 0).reshape(batch, -1)
     pixels = jnp.take_along_axis(images.reshape(batch, -1), flat_index, axis=1)
     return jnp.where(inside, pixels.reshape(images.shape), jnp.zeros((), images.dtype))
 
 
-def augment(key, images):
-    """Random translation then rotation of a ``[B, H, W]`` batch (seed §4)."""
+def augment(key, images, max_scale: float = 0.0):
+    """Random translation then rotation of a ``[B, H, W]`` batch (seed §4); with ``max_scale`` > 0 the translation
+    also scales by ``U(1 - max_scale, 1 + max_scale)``, drawn from its own key (the §4 draws stay the same)."""
     batch, height, width = images.shape
-    return warp(images, *sample_params(key, batch, height, width))
+    scale = sample_scales(jax.random.fold_in(key, 3), batch, max_scale) if max_scale else None
+    return warp(images, *sample_params(key, batch, height, width), scale)
 
 
 def blur_matrix(size: int, sigma: float):

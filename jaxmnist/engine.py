@@ -205,11 +205,12 @@ def eval_step(state: TrainState, batch: dict, batch_statistics: bool = False, dr
     }
 
 
-def prepare_images(images_u8, key, augment: bool, elastic: tuple[float, float] | None = None):
-    """uint8 [B,28,28] -> normalised float [B,28,28,1], augmented first (on raw pixels) when asked, then distorted
-    by `elastic` = (alpha, sigma) if given, on [0, 1] floats (torchvision's ElasticTransform after ToTensor)."""
+def prepare_images(images_u8, key, augment: bool, elastic: tuple[float, float] | None = None, scale: float = 0.0):
+    """uint8 [B,28,28] -> normalised float [B,28,28,1], augmented first (on raw pixels) when asked, its shifts also
+    scaling by U(1 - scale, 1 + scale) if `scale`, then distorted by `elastic` = (alpha, sigma) if given, on [0, 1]
+    floats (torchvision's ElasticTransform after ToTensor)."""
     if augment:
-        images_u8 = augment_lib.augment(jax.random.fold_in(key, 0) if elastic else key, images_u8)
+        images_u8 = augment_lib.augment(jax.random.fold_in(key, 0) if elastic else key, images_u8, scale)
     if not elastic:
         return data_lib.normalize(images_u8)
     images = augment_lib.elastic(jax.random.fold_in(key, 1), images_u8.astype(jnp.float32) / 255.0, *elastic)
@@ -226,7 +227,9 @@ def train_augment_key(rng, step):
     return jax.random.fold_in(jax.random.fold_in(rng, _AUGMENT_STREAM), step)
 
 
-def chunk_batches(images, labels, order, start, rng, step, *, steps: int, augment: bool = False, elastic=None):
+def chunk_batches(
+    images, labels, order, start, rng, step, *, steps: int, augment: bool = False, elastic=None, scale: float = 0.0
+):
     """A chunk's batches from the device-resident split, ready to train on: the uint8 images at the rows start,
     ..., start + steps - 1 of the epoch's order [all steps, B] (`epoch_indices`), prepared (`prepare_images`:
     augmented with the key of the step that trains on them, the state's `rng` and `step` + i, then normalised)
@@ -236,10 +239,10 @@ def chunk_batches(images, labels, order, start, rng, step, *, steps: int, augmen
     split size, compiled again for each. And XLA:CPU fuses a cheap producer into every consumer that reads it:
     augmented inside the train step, the rotation and gather were computed again in each fusion that reads a
     pixel (a dozen per step), 1.2x the step's time at batch 64 (benchmarks/README.md, "Augmentation in its own
-    program"). Here the images are materialised once. `elastic`: prepare_images's."""
+    program"). Here the images are materialised once. `elastic`, `scale`: prepare_images's."""
     idx = jax.lax.dynamic_slice_in_dim(order, start, steps, axis=0)
     keys = jax.vmap(lambda i: train_augment_key(rng, step + i))(jnp.arange(steps))
-    prepare = functools.partial(prepare_images, augment=augment, elastic=elastic)
+    prepare = functools.partial(prepare_images, augment=augment, elastic=elastic, scale=scale)
     return jax.vmap(prepare)(images[idx], keys), labels[idx]
 
 

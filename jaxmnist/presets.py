@@ -41,6 +41,7 @@ class Config:
     label_smoothing: float = 0.0  # the training loss's (torch's cross_entropy(label_smoothing=...))
     ema: float = 0.0  # > 0: evaluate a moving average of the weights, decay min(ema, (1 + t) / (10 + t)) at step t
     augment: bool = False  # §4: RandomAffine(translate 0.1) then RandomRotation(±10°), on the fly
+    scale: float = 0.0  # > 0: the §4 RandomAffine also scales, by U(1 - scale, 1 + scale) (not the blog's)
     elastic_alpha: float = 0.0  # > 0: then torchvision's ElasticTransform(alpha, sigma) on the training images
     elastic_sigma: float = 5.0
     plateau: bool = False  # §4: ReduceLROnPlateau(mode='max', factor, patience, threshold) on the monitored acc
@@ -148,7 +149,8 @@ def describe(c: Config) -> str:
             (f"one-cycle (peak at {c.warmup:g} of the steps)", c.schedule == "onecycle"),
             (f"label smoothing {c.label_smoothing:g}", c.label_smoothing),
             (f"weight EMA {c.ema:g}", c.ema),
-            ("augmentation", c.augment),
+            ("augmentation", c.augment and not c.scale),
+            (f"augmentation with scales of ±{c.scale:g}", c.augment and c.scale),
             (f"elastic distortion (alpha {c.elastic_alpha:g}, sigma {c.elastic_sigma:g})", c.elastic_alpha),
             ("ReduceLROnPlateau", c.plateau),
             (f"evaluated {c.evals_per_epoch} times per epoch", c.evals_per_epoch > 1),
@@ -161,8 +163,10 @@ def describe(c: Config) -> str:
 
 def changed_settings(saved: dict, config: Config) -> list[str]:
     """The fields in which `config` differs from `saved`, a config as a checkpoint stored it. Compared as JSON
-    holds them: a checkpoint's JSON gives a tuple field (blog_best) back as a list, the same setting."""
-    saved, current = (json.loads(json.dumps(d)) for d in (saved, dataclasses.asdict(config)))
+    holds them: a checkpoint's JSON gives a tuple field (blog_best) back as a list, the same setting. A field the
+    saved config lacks was added since, and it ran at that field's default (e.g. `scale`, 0)."""
+    added = {f.name: f.default for f in dataclasses.fields(Config) if f.name not in saved}
+    saved, current = (json.loads(json.dumps(d)) for d in ({**added, **saved}, dataclasses.asdict(config)))
     return sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
 
 
@@ -197,6 +201,12 @@ def validate(config: Config) -> None:
         raise UsageError("--evals-per-epoch: the blog's loop (--blog-quirks) evaluates once per epoch")
     if config.plateau and config.schedule != "constant":
         raise UsageError(f"--plateau and --schedule {config.schedule} both set the learning rate; choose one")
+    if not 0 <= config.scale < 1:
+        raise UsageError(f"--scale must be in [0, 1), got {config.scale:g}")
+    if config.scale and not config.augment:
+        raise UsageError("--scale scales the §4 augmentation's shifts; it needs --augment")
+    if config.scale and config.blog_quirks:
+        raise UsageError("--scale is not the blog's: its loop (--blog-quirks) augments without one")
     if config.elastic_alpha < 0:
         raise UsageError(f"--elastic-alpha must be >= 0, got {config.elastic_alpha:g}")
     if not 0 < config.elastic_sigma < 6.875:  # the blur's int(8 sigma + 1) taps reach at most 27 pixels either side
@@ -284,6 +294,7 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
         ("warmup", float, "onecycle: fraction of the steps to the peak lr"),
         ("label-smoothing", float, "label smoothing of the training loss"),
         ("ema", float, "evaluate a moving average of the weights with this decay per step, warmed up from 0.1 (0: off)"),
+        ("scale", float, "the augmentation also scales each image by U(1 - S, 1 + S) (0: off)"),
         ("elastic-alpha", float, "elastic distortion of the training images, torchvision's alpha (0: off)"),
         ("elastic-sigma", float, "the elastic distortion's smoothness, torchvision's sigma"),
         ("seed", int, "random seed (init, shuffling, dropout, augmentation)"),

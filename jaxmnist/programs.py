@@ -127,7 +127,9 @@ def compile_training(
     sharded = shardings(placement, (None, None, batch, None, None, None), batch)
     batches, shapes = {}, {}
     for size in sizes:
-        gather = functools.partial(engine.chunk_batches, steps=size, augment=config.augment, elastic=config.elastic)
+        gather = functools.partial(
+            engine.chunk_batches, steps=size, augment=config.augment, elastic=config.elastic, scale=config.scale
+        )
         program = jax.jit(seeds.map(gather, (None, None, 0, None, 0, 0)), **sharded)
         batches[size] = program.lower(*train, order, start, state.rng, state.step).compile()
         images, labels = batches[size].out_info

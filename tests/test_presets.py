@@ -61,6 +61,9 @@ def test_model_picks_its_preset_and_flags_override():
         (["--preset", "fast", "--plateau"], "--plateau and --schedule onecycle both set the learning rate"),
         (["--evals-per-epoch", "0"], "--evals-per-epoch must be > 0"),
         (["--evals-per-epoch", "2", "--blog-quirks"], "--evals-per-epoch: the blog's loop (--blog-quirks) evaluates"),
+        (["--preset", "fast", "--scale", "1"], "--scale must be in [0, 1), got 1"),
+        (["--preset", "fast", "--scale", "0.1", "--no-augment"], "--scale scales the §4 augmentation's shifts"),
+        (["--preset", "cnn_deep", "--scale", "0.1", "--blog-quirks"], "--scale is not the blog's"),
     ],
 )
 def test_bad_settings_are_usage_errors(argv, message):
@@ -121,6 +124,7 @@ def test_describe_names_the_experiment():
         "cnn_deep, batch 512, RMSprop lr 0.001, alpha 0.99, momentum 0.5, 100 epochs, augmentation, "
         "ReduceLROnPlateau, blog quirks"
     )
+    assert presets.describe(PRESETS["best"].replace(scale=0.1)).endswith("augmentation with scales of ±0.1")
 
 
 @pytest.mark.parametrize("name", PRESETS)
@@ -131,3 +135,9 @@ def test_a_checkpoints_config_is_the_same_settings(name):
     stored = json.loads(json.dumps(dataclasses.asdict(config)))
     assert presets.changed_settings(stored, config) == []
     assert presets.changed_settings(stored, config.replace(lr=config.lr / 2, blog_best=(1, 2.0))) == ["blog_best", "lr"]
+    # A checkpoint from before a field existed ran at its default: the same settings, until the field changes.
+    del stored["scale"]
+    assert presets.changed_settings(stored, config) == []
+    assert presets.changed_settings(stored, config.replace(scale=0.1, augment=True)) == sorted(
+        {"scale"} | ({"augment"} if not config.augment else set())
+    )

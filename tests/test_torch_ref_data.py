@@ -45,3 +45,16 @@ def test_elastic_dataset_distorts_after_the_affine_steps(mnist):
     moved = (first - torch.stack([plain[i][0] for i in range(8)])).abs()
     assert 0.05 < moved.mean().item() < 1.0  # a distortion of about a pixel, in normalised units
     assert first.min().item() >= -data_lib.MEAN / data_lib.STD - 1e-6  # bilinear, fill 0: no value below black
+
+
+def test_scale_joins_the_random_affine_step(mnist):
+    """Config.scale: RandomAffine's own scale=(1 - s, 1 + s), drawn with its shifts, before the rotation."""
+    images, labels = mnist.test_images[:8], mnist.test_labels[:8]
+    scaled = MnistDataset(images, labels, augment=True, scale=0.1)
+    affine = scaled.transform.transforms[0]
+    assert type(affine).__name__ == "RandomAffine" and affine.scale == (0.9, 1.1) and affine.translate == (0.1, 0.1)
+    assert MnistDataset(images, labels, augment=True).transform.transforms[0].scale is None
+    torch.manual_seed(0)
+    first = torch.stack([scaled[i][0] for i in range(8)])
+    torch.manual_seed(0)
+    assert not torch.equal(first, torch.stack([MnistDataset(images, labels, augment=True)[i][0] for i in range(8)]))

@@ -14,14 +14,18 @@ from jaxmnist import data as data_lib
 
 class MnistDataset(torch.utils.data.Dataset):
     """uint8 images [n,28,28] through the blog's transforms: items are (float [1,28,28], int label). `elastic`:
-    (alpha, sigma) of an ElasticTransform after ToTensor (Config.elastic_alpha), or None."""
+    (alpha, sigma) of an ElasticTransform after ToTensor (Config.elastic_alpha), or None; `scale` > 0: the
+    RandomAffine also scales by U(1 - scale, 1 + scale) (Config.scale)."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, augment: bool, elastic: tuple | None = None):
+    def __init__(
+        self, images: np.ndarray, labels: np.ndarray, augment: bool, elastic: tuple | None = None, scale: float = 0.0
+    ):
         self.images = np.array(images, np.uint8)  # a writable copy: torch warns on read-only arrays
         self.labels = np.asarray(labels, np.int64)
         self.augment = augment
+        scales = (1 - scale, 1 + scale) if scale else None
         steps = (
-            [transforms.RandomAffine(degrees=0, translate=(0.1, 0.1)), transforms.RandomRotation((-10, 10))]
+            [transforms.RandomAffine(degrees=0, translate=(0.1, 0.1), scale=scales), transforms.RandomRotation((-10, 10))]
             if augment
             else []
         )
@@ -52,11 +56,12 @@ def make_loader(
     num_workers: int = 0,
     timeout: float = 0,
     elastic: tuple | None = None,
+    scale: float = 0.0,
 ):
     """The blog's DataLoader over `MnistDataset`: the training loader shuffles, the test loader does not; pinned
     memory for CUDA, as the blog. `timeout` (seconds, with workers) turns a hung worker into an error."""
     return torch.utils.data.DataLoader(
-        MnistDataset(images, labels, augment, elastic),
+        MnistDataset(images, labels, augment, elastic, scale),
         batch_size=batch_size,
         shuffle=shuffle,
         num_workers=num_workers,
