@@ -157,6 +157,17 @@ def test_elastic_distortion_trains_and_says_so(mnist, tmp_path, capsys):
     assert result.record["final_acc"] >= 75.0, result.record["final_acc"]
 
 
+def test_a_random_scale_reaches_the_training_batches(mnist, tmp_path, capsys):
+    """--scale through the trainer: the preamble names it, the training batches differ from the same run's
+    without it (the same draws otherwise, so its losses would be equal bit for bit), and it still learns."""
+    plain = learn(FAST_TINY, mnist, tmp_path / "plain")
+    scaled = learn(FAST_TINY.replace(scale=0.1), mnist, tmp_path / "scaled")
+    assert "augmentation with scales of ±0.1" in capsys.readouterr().out
+    losses = [[e["train_loss"] for e in r.record["epochs"]] for r in (plain, scaled)]
+    assert losses[0] != losses[1], losses
+    assert scaled.record["final_acc"] >= 75.0, scaled.record["final_acc"]  # the elastic test's bound, same recipe
+
+
 def test_one_train_program_serves_every_split_size(rng):
     """A chunk of steps takes its gathered batches, not the whole split: a run on 704 training images and one on
     1,088 (another --train-size or --val-size) run the same compiled chunk, so the second reads the first one's
