@@ -149,8 +149,7 @@ def describe(c: Config) -> str:
             (f"one-cycle (peak at {c.warmup:g} of the steps)", c.schedule == "onecycle"),
             (f"label smoothing {c.label_smoothing:g}", c.label_smoothing),
             (f"weight EMA {c.ema:g}", c.ema),
-            ("augmentation", c.augment and not c.scale),
-            (f"augmentation with scales of ±{c.scale:g}", c.augment and c.scale),
+            ("augmentation" + (f" with scales of ±{c.scale:g}" if c.scale else ""), c.augment),
             (f"elastic distortion (alpha {c.elastic_alpha:g}, sigma {c.elastic_sigma:g})", c.elastic_alpha),
             ("ReduceLROnPlateau", c.plateau),
             (f"evaluated {c.evals_per_epoch} times per epoch", c.evals_per_epoch > 1),
@@ -194,15 +193,13 @@ def validate(config: Config) -> None:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(config, name)}")
     if config.schedule not in SCHEDULES:
         raise UsageError(f"unknown schedule {config.schedule!r}; choose from {', '.join(SCHEDULES)}")
-    for name in ("momentum", "warmup", "label_smoothing", "ema"):
+    for name in ("momentum", "warmup", "label_smoothing", "ema", "scale"):
         if not 0 <= getattr(config, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(config, name)}")
     if config.evals_per_epoch > 1 and config.blog_quirks:
         raise UsageError("--evals-per-epoch: the blog's loop (--blog-quirks) evaluates once per epoch")
     if config.plateau and config.schedule != "constant":
         raise UsageError(f"--plateau and --schedule {config.schedule} both set the learning rate; choose one")
-    if not 0 <= config.scale < 1:
-        raise UsageError(f"--scale must be in [0, 1), got {config.scale:g}")
     if config.scale and not config.augment:
         raise UsageError("--scale scales the §4 augmentation's shifts; it needs --augment")
     if config.scale and config.blog_quirks:

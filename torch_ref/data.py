@@ -24,11 +24,8 @@ class MnistDataset(torch.utils.data.Dataset):
         self.labels = np.asarray(labels, np.int64)
         self.augment = augment
         scales = (1 - scale, 1 + scale) if scale else None
-        steps = (
-            [transforms.RandomAffine(degrees=0, translate=(0.1, 0.1), scale=scales), transforms.RandomRotation((-10, 10))]
-            if augment
-            else []
-        )
+        affine = transforms.RandomAffine(degrees=0, translate=(0.1, 0.1), scale=scales)
+        steps = [affine, transforms.RandomRotation((-10, 10))] if augment else []
         steps.append(transforms.ToTensor())
         if elastic:
             steps.append(transforms.ElasticTransform(alpha=float(elastic[0]), sigma=float(elastic[1])))
