@@ -107,10 +107,14 @@ def test_progress_bar_only_on_a_terminal(monkeypatch):
     assert runlog.epoch_bar(0, 3, 10, enabled=False).disable  # --no-progress
 
 
+BUSY = "import time\nt = time.time()\nwhile time.time() - t < {s}: pass"  # one core busy for s seconds
+
+
 def test_others_cpu_sees_another_process_and_each_epoch_records_it(tmp_path):
     others = host.OthersCpu()
-    busy = "import time\nt = time.time()\nwhile time.time() - t < 1.5: pass"
-    subprocess.run([sys.executable, "-c", busy], check=True, timeout=60)  # one core busy, this process waiting
+    # Another process: the shell exits at once, so the busy one is no descendant of this process (pid 1 adopts it).
+    subprocess.run(["sh", "-c", f"'{sys.executable}' -c '{BUSY.format(s=1.5)}' >/dev/null 2>&1 &"], check=True)
+    time.sleep(1.7)
     cores = len(os.sched_getaffinity(0))
     assert others.share() >= 0.6 / cores
     time.sleep(0.6)
@@ -118,3 +122,16 @@ def test_others_cpu_sees_another_process_and_each_epoch_records_it(tmp_path):
     lines, record = run_report(tmp_path)  # its epochs a moment apart: the load, not the share
     assert all(e["load"] >= 0 and "others_cpu" not in e for e in record["epochs"])
     assert record["machine"] == host.machine() and record["startup_s"] > 0
+
+
+def test_a_runs_own_child_processes_count_as_its_own_cpu_time():
+    """torch's DataLoader workers are the run's work, not other work: live and reaped children count as its own."""
+    before = host.own_cpu_ticks()
+    worker = subprocess.Popen([sys.executable, "-c", BUSY.format(s=1.0)])  # this process sleeps meanwhile
+    time.sleep(0.8)
+    alive = host.own_cpu_ticks() - before
+    worker.wait(timeout=60)
+    reaped = host.own_cpu_ticks() - before
+    hz = os.sysconf("SC_CLK_TCK")
+    assert alive >= 0.5 * hz  # the live child's time (on a busy machine it gets less than its 0.8 s of a core)
+    assert reaped >= alive and reaped >= 0.7 * hz  # its whole second, once reaped
