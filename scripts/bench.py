@@ -2,7 +2,7 @@
 
     python scripts/bench.py --quick                          # CI smoke test (seconds; numbers mean nothing)
     python scripts/bench.py --networks cnn,resnet --batch-sizes 512,64
-    python scripts/bench.py --budget-s 420 --data-dir data/mnist --offline   # what scripts/gpu_bench.sh runs
+    python scripts/bench.py --budget-s 420 --data-dir data/mnist --offline --resume  # what gpu_bench.sh runs
     python scripts/bench.py --profile-cnn 512                # where the cnn step's CPU time goes, op by op
     python scripts/bench.py --table benchmarks/cpu-2vcpu-pinned-1core.json   # reprint a saved run
 
@@ -66,6 +66,11 @@ def build_parser() -> cli.ArgumentParser:
         help="skip what no longer fits after this many seconds; results so far are still written",
     )
     p.add_argument("--out", help="JSON file (default benchmarks/<platform>-<device>.json; --quick: runs/bench/)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep what OUT already holds, measured on the same device kind, versions and settings; measure the rest",
+    )
     p.add_argument("--data-dir", help="directory of the four MNIST IDX files (else jaxmnist.data's cache/sources)")
     p.add_argument("--offline", action="store_true", help="never try the network for MNIST")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, help="JAX bf16 steps (default: on for GPU)")
@@ -198,13 +203,19 @@ def run_benchmark(args, argv: list[str], env: dict, torch_device: str | None) ->
     out = Path(args.out) if args.out else default_out(env, settings.quick)
     doc = plan.new_doc(settings, env, peak, argv=argv)
     doc["data_source"] = data.source
+    if args.resume:
+        kept, why_not = plan.earlier_results(out, doc)
+        doc["results"] = kept
+        print(f"--resume: kept {len(kept)} measurements of {out}" if kept else f"--resume: nothing kept: {why_not}")
     runner = plan.Runner(doc, out, settings.budget_s, log=lambda m: print(m, flush=True), t0=T_START)
     items = plan.build_plan(settings, data, peak, torch_device if settings.torch else None, doc)
     if args.dry_run:
         for item in items:
+            kept = plan.find(doc, item.kind, item.network, item.batch_size) is not None
             print(
                 f"  tier {plan.priority(item.kind, item.network, item.batch_size, settings)}  {item.kind:22s} "
-                f"{item.network:9s} batch {item.batch_size:5d}  prior ~{runner.estimate(item):.0f} s"
+                f"{item.network:9s} batch {item.batch_size:5d}  "
+                + ("kept" if kept else f"prior ~{runner.estimate(item):.0f} s")
             )
         return 0
     print(

@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
 # A lent GPU machine's whole errand in one command: the benchmark (scripts/gpu_bench.sh), then the reproduction
-# runs (scripts/gpu_reproduce.sh), JAX's runs before torch's, everything within LEASE_S, the results copied into
-# $OUT (the device tool sets OUT to the folder whose files come back) with the device and the versions.
+# runs (scripts/gpu_reproduce.sh), JAX's runs before torch's, everything within LEASE_S, the results packed into
+# $OUT/lease.tgz (the device tool sets OUT to the folder whose files come back, at most 8 of them: hence one
+# archive) with the device and the versions in $OUT/device.txt, beside it and inside.
+#
+# Each lease continues the last: the benchmark keeps what benchmarks/gpu-<device>.json already holds from the same
+# device kind, versions and settings (bench.py --resume), and the runs keep every seed that results/gpu/*.json
+# holds (reproduce.py keeps finished seeds of the same settings), so the minutes go to what is still missing.
 #
 # Here, once (data/ and .whl/ are git-ignored):
 #   mkdir -p data/mnist; for f in ~/.cache/jaxmnist/mnist/*-ubyte; do gzip -c "$f" > data/mnist/$(basename $f).gz; done
 #   python -m pip download --no-deps --only-binary=:all: -d .whl tensorboardX==2.6.5   # absent from the GPU image
 # Then through the device tool: command `bash scripts/gpu_lease.sh`, carry ["data", ".whl"], timeout_s 600.
-# Back here, from the run's files: $OUT/benchmarks/*.json to benchmarks/, $OUT/results/gpu/ to results/gpu/ (its
-# runs/ stay out of git), $OUT/device.txt into the commit message or benchmarks/README.md.
+# Back here: `tar xzf <files_at>/lease.tgz -C /tmp/lease`, then /tmp/lease/benchmarks/*.json to benchmarks/,
+# /tmp/lease/results/gpu/ to results/gpu/ (its runs/ stay out of git), device.txt into the commit message.
 #
 # Environment: OUT (required), PYTHON (python3), LEASE_S (540: whole seconds for everything), BENCH_S (220: the
 # benchmark's share); extra arguments go to reproduce.py.
@@ -18,7 +23,8 @@ if [ -z "${OUT:-}" ]; then
     echo "error: OUT must name the folder for the results (the device tool sets it)" >&2
     exit 2
 fi
-LEASE_OUT=$OUT
+FILES_BACK=$OUT
+LEASE_OUT=$(mktemp -d)  # everything is written here, then packed into $FILES_BACK
 PYTHON=${PYTHON:-python3}
 LEASE_S=${LEASE_S:-540}
 BENCH_S=${BENCH_S:-220}
@@ -28,7 +34,9 @@ for value in "$LEASE_S" "$BENCH_S"; do
         exit 2
     fi
 done
-mkdir -p "$LEASE_OUT/benchmarks" "$LEASE_OUT/results" || exit 2
+mkdir -p "$LEASE_OUT/benchmarks" "$LEASE_OUT/results/gpu" "$FILES_BACK" || exit 2
+exec > >(tee "$LEASE_OUT/lease.log") 2>&1  # the whole log travels in the archive; the device tool shows its end
+cp results/gpu/*.json "$LEASE_OUT/results/gpu/" 2>/dev/null  # earlier leases' seeds, kept by reproduce.py
 
 {
     date -u +"%Y-%m-%dT%H:%M:%SZ"
@@ -63,5 +71,8 @@ for framework in jax torch; do
 done
 # What comes back stays small: the checkpoints only resume on this machine, which is not lent again.
 find "$LEASE_OUT/results/gpu/runs" -type d -name checkpoint -prune -exec rm -rf {} + 2>/dev/null
-echo "gpu_lease: finished after ${SECONDS} s; results in $LEASE_OUT (exit $status)"
+echo "gpu_lease: finished after ${SECONDS} s (exit $status); packing $LEASE_OUT into $FILES_BACK/lease.tgz"
+cp "$LEASE_OUT/device.txt" "$FILES_BACK/" 2>/dev/null
+tar --warning=no-file-changed -czf "$FILES_BACK/lease.tgz" -C "$LEASE_OUT" .
+[ $? -le 1 ] || status=2  # 1: a file changed while read (this log, still written): packed all the same
 exit "$status"

@@ -4,7 +4,7 @@ import json
 
 from bench_docs import bench_doc
 
-from benchlib import plan
+from benchlib import plan, report
 from benchlib.settings import Settings
 
 
@@ -57,3 +57,38 @@ def test_plan_orders_core_measurements_first():
         plan.SMALL_NETWORKS + ("resnet18", "resnet101")
     )
     assert plan.SMALL_NETWORKS == ("cnn", "cnn_deep", "resnet", "fast")
+
+
+def test_a_resumed_run_keeps_what_the_same_device_measured_and_measures_the_rest(tmp_path):
+    out = tmp_path / "gpu.json"
+    first = bench_doc([])
+    runner = plan.Runner(first, out, budget_s=None, log=lambda m: None)
+    runner.run(plan.Item("jax_step", "cnn", 512, lambda: {"step_ms": 1.0, "compile_s": 4.0}))
+
+    def broken():
+        raise ValueError("nope")
+
+    runner.run(plan.Item("torch_tuned", "cnn", 512, broken))
+    second = bench_doc([])
+    second["settings"]["budget_s"] = 200.0  # how much to measure may differ; how to measure may not
+    kept, why_not = plan.earlier_results(out, second)
+    assert why_not is None and [(r["kind"], r["status"]) for r in kept] == [("jax_step", "ok")]  # errors: again
+    assert kept[0]["session"] == {"created": first["created"], "commit": "abc"}
+    second["results"] = kept
+    kept[0]["wall_s"] = 10.0  # as if measured on a GPU: 4 s of compiling, 6 s of steps
+    measured = []
+    runner = plan.Runner(second, out, budget_s=None, log=lambda m: None)
+    assert runner.run(plan.Item("jax_step", "cnn", 512, lambda: measured.append(1) or {}))["step_ms"] == 1.0
+    runner.run(plan.Item("torch_tuned", "cnn", 512, lambda: measured.append(2) or {"step_ms": 2.0}))
+    assert measured == [2]  # only what the first run did not measure
+    assert [r["kind"] for r in json.loads(out.read_text())["results"]] == ["jax_step", "torch_tuned"]
+    assert f"kept (--resume, same device kind, versions and settings): 1 measurement(s) from the run of " \
+        f"{first['created']} (commit abc)" in report.report(second)
+    # The kept measurement's cost calibrates the estimates: at twice the batch, its compile once and its steps twice.
+    assert runner.estimate(plan.Item("jax_step", "cnn", 1024, lambda: {})) == 4.0 + 2 * 6.0
+    other_device, other_settings = bench_doc([]), bench_doc([])
+    other_device["env"]["device_kind"] = "NVIDIA H200"
+    other_settings["settings"]["iters"] = 7
+    for doc, why in ((other_device, "another device_kind"), (other_settings, "other settings")):
+        assert plan.earlier_results(out, doc)[0] == [] and why in plan.earlier_results(out, doc)[1]
+    assert plan.earlier_results(tmp_path / "none.json", second) == ([], f"no {tmp_path / 'none.json'} yet")

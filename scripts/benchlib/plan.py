@@ -133,7 +133,9 @@ class Runner:
         self.doc, self.out, self.budget_s, self.log = doc, out, budget_s, log
         self.t0 = time.perf_counter() if t0 is None else t0  # pass the process start to count imports too
         self.costs: dict[tuple[str, str], list[tuple[int, float, float]]] = {}  # (batch, wall s, compile s)
-        doc.setdefault("results", [])
+        for rec in doc.setdefault("results", []):  # kept from an earlier run (--resume): what they cost there
+            if "wall_s" in rec:
+                self._count(rec)
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.t0
@@ -157,6 +159,11 @@ class Runner:
         return KINDS[item.kind].prior_s * weight(item.network) if item.kind in KINDS else 10 * weight(item.network)
 
     def run(self, item: Item) -> dict:
+        kept = find(self.doc, item.kind, item.network, item.batch_size)
+        if kept is not None:  # measured by an earlier run (--resume)
+            when = kept["session"]["created"]
+            self.log(f"  kept {item.kind:22s} {item.network:9s} bs {item.batch_size:5d} from the run of {when}")
+            return kept
         base = {"kind": item.kind, "network": item.network, "batch_size": item.batch_size}
         est = self.estimate(item)
         if self.budget_s is not None and self.elapsed() + est > self.budget_s:
@@ -182,8 +189,7 @@ class Runner:
         release_memory()
         rec["wall_s"] = time.perf_counter() - t0
         rec["estimate_s"] = est
-        fixed = min(rec["wall_s"], sum(rec.get(k) or 0.0 for k in ("compile_s", "first_step_s")))
-        self.costs.setdefault((item.kind, item.network), []).append((item.batch_size, rec["wall_s"], fixed))
+        self._count(rec)
         detail = (
             f"{rec['step_ms']:.2f} ms/step"
             if "step_ms" in rec
@@ -196,6 +202,11 @@ class Runner:
             f"[{rec['wall_s']:6.1f} s, at {self.elapsed():6.1f} s] {detail}"
         )
         return self._add(rec)
+
+    def _count(self, rec: dict) -> None:
+        """A measurement's cost, for the estimates of the rest: its wall time, of which its compile part."""
+        fixed = min(rec["wall_s"], sum(rec.get(k) or 0.0 for k in ("compile_s", "first_step_s")))
+        self.costs.setdefault((rec["kind"], rec["network"]), []).append((rec["batch_size"], rec["wall_s"], fixed))
 
     def _add(self, rec: dict) -> dict:
         self.doc["results"].append(rec)
@@ -288,6 +299,33 @@ def build_plan(
         list(KINDS).index(i.kind),
     )
     return sorted(items, key=order)
+
+
+# Settings that choose which measurements to take, not how: a resumed run may ask for others.
+SELECTION = ("networks", "batch_sizes", "epoch_batch_sizes", "compile_batch_sizes", "budget_s")
+
+
+def earlier_results(path: Path, doc: dict) -> tuple[list[dict], str | None]:
+    """(the measured records of the earlier run in `path` that `doc`'s run can keep, None), or ([], why none):
+    kept only from the same device kind and versions and the same settings (SELECTION aside); each record names
+    the run it came from (`session`: when, at which commit)."""
+    try:
+        earlier = json.loads(path.read_text())
+    except FileNotFoundError:
+        return [], f"no {path} yet"
+    except (OSError, ValueError) as e:
+        return [], f"cannot read {path}: {first_line(e)}"
+    before, now = earlier.get("env", {}), doc["env"]
+    for key in ("platform", "device_kind", "versions"):
+        if before.get(key) != now.get(key):
+            return [], f"{path} was measured with another {key}: {before.get(key)}"
+    how = lambda settings: {k: v for k, v in settings.items() if k not in SELECTION}  # noqa: E731
+    if earlier.get("format") != doc["format"] or how(earlier.get("settings", {})) != how(
+        json.loads(json.dumps(doc["settings"]))  # tuples as the JSON holds them, as lists
+    ):
+        return [], f"{path} was measured with other settings or another format"
+    session = {"created": earlier.get("created"), "commit": before.get("commit")}
+    return [{"session": session, **r} for r in earlier.get("results", []) if r.get("status") == "ok"], None
 
 
 def new_doc(settings: Settings, env: dict, peak: dict, argv: list[str] | None = None) -> dict:

@@ -39,6 +39,12 @@ def _header(doc: dict) -> list[str]:
     load = lambda xs: ", ".join(f"{x:.2f}" for x in xs or ())  # noqa: E731
     state = "finished" if doc.get("finished") else "PARTIAL (interrupted, or cut by the budget)"
     tunables = env.get("env_vars", {}).get("GLIBC_TUNABLES")  # huge pages (jaxmnist/hugepages.py), where set
+    earlier: dict[tuple, int] = {}  # measurements kept from earlier runs (bench.py --resume), by run
+    for rec in doc.get("results", []):
+        if "session" in rec:
+            key = (rec["session"]["created"], rec["session"]["commit"])
+            earlier[key] = earlier.get(key, 0) + 1
+    kept = [f"{n} measurement(s) from the run of {when} (commit {commit})" for (when, commit), n in earlier.items()]
     return [
         f"device: {env['platform']}:{env['device_kind']}{driver}; jax {env['versions'].get('jax')}, "
         f"flax {env['versions'].get('flax')}, torch {torch_env.get('version', '-')} on {torch_env.get('device', '-')}"
@@ -51,7 +57,7 @@ def _header(doc: dict) -> list[str]:
         f"JAX default matmul precision: {env.get('jax_default_matmul_precision') or 'default'}; torch TF32: "
         f"convs {torch_env.get('cudnn_allow_tf32', '-')}, matmuls {torch_env.get('cuda_matmul_allow_tf32', '-')}; "
         f"blog DataLoader: num_workers={settings['num_workers']}, pin_memory={settings['pin_memory']}",
-    ]
+    ] + ([f"kept (--resume, same device kind, versions and settings): {'; '.join(kept)}"] if kept else [])
 
 
 def _tuned_torch_ms(doc: dict, net: str, bs: int) -> float | None:
