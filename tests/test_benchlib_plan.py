@@ -45,7 +45,7 @@ def test_plan_orders_core_measurements_first():
     ]
     tiers = [plan.priority(i.kind, i.network, i.batch_size, settings) for i in items]
     assert tiers == sorted(tiers)
-    assert not any(i.kind == "jax_step_bf16" for i in items)  # CPU: bf16 is n/a
+    assert not any(i.kind in ("jax_step_bf16", "jax_step_autotune0") for i in items)  # CPU: bf16, autotuning n/a
     assert {i.batch_size for i in items if i.kind in plan.EPOCH_KINDS} == {512}
     paired = {(i.kind, i.batch_size) for i in items if i.kind.startswith("paired_")}
     assert paired == {("paired_step", 512), ("paired_epoch", 512)}  # at the epoch batch sizes only
@@ -92,3 +92,14 @@ def test_a_resumed_run_keeps_what_the_same_device_measured_and_measures_the_rest
     for doc, why in ((other_device, "another device_kind"), (other_settings, "other settings")):
         assert plan.earlier_results(out, doc)[0] == [] and why in plan.earlier_results(out, doc)[1]
     assert plan.earlier_results(tmp_path / "none.json", second) == ([], f"no {tmp_path / 'none.json'} yet")
+
+
+def test_on_a_gpu_the_step_without_autotuning_joins_the_first_batch_size(monkeypatch):
+    import jax
+
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # planning only: nothing compiles
+    settings = Settings(batch_sizes=(512, 64), networks=("cnn", "resnet"))
+    items = plan.build_plan(settings, None, {}, None, {"results": []})
+    untuned = [(i.network, i.batch_size) for i in items if i.kind == "jax_step_autotune0"]
+    assert untuned == [("cnn", 512), ("resnet", 512)]
+    assert {plan.priority("jax_step_autotune0", n, b, settings) for n, b in untuned} == {1}

@@ -85,3 +85,17 @@ def test_paired_table_gives_the_ratio_its_interval_and_verdict():
         "| resnet | 512 | step | 10 | 600.00 | 620.00 | 0.968 | 0.940-1.010 | level |",
         "| resnet | 512 | epoch | - | error | - | - | - | - |",
     ]
+
+
+def test_autotune_table_puts_level_0_beside_the_default():
+    step = {"network": "cnn", "batch_size": 512, "status": "ok"}
+    results = [
+        {**step, "kind": "jax_step", "compile_s": 12.0, "step_ms": 0.5},
+        {**step, "kind": "jax_step_autotune0", "compile_s": 3.0, "step_ms": 0.6, "xla_options": {"x": 0}},
+        {**step, "kind": "jax_step", "network": "resnet", "compile_s": 30.0, "step_ms": 5.0},
+        {**step, "kind": "jax_step_autotune0", "network": "resnet", "status": "error", "reason": "boom"},
+    ]
+    text = report.report(bench_doc(results))
+    assert "| cnn | 512 | 12.00 | 3.00 | 0.50 | 0.60 | 0.25 | 1.20 |" in text
+    assert "| resnet | 512 | 30.00 | error | 5.00 | error | - | - |" in text
+    assert "Autotuning." not in report.report(bench_doc(results[:1]))  # no such measurement: no table

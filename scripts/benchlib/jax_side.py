@@ -68,16 +68,23 @@ class StepProgram:
         return self.state, metrics
 
 
+# XLA's GPU autotuning level that `jax_step_autotune0` compiles with (XLA's default is 4: every cuDNN and Triton
+# candidate of each convolution and matmul timed at compile time): 0 takes each one's default algorithm untimed.
+NO_AUTOTUNING = {"xla_gpu_autotune_level": 0}
+
+
 def step_program(
-    network: str, batch_size: int, data: data_lib.Dataset, settings: Settings, dtype: str = "f32"
+    network: str, batch_size: int, data: data_lib.Dataset, settings: Settings, dtype: str = "f32", options=None
 ) -> StepProgram:
-    """The jitted train step (forward, backward, optimiser) as jaxmnist runs it, its state donated, compiled."""
+    """The jitted train step (forward, backward, optimiser) as jaxmnist runs it, its state donated, compiled (with
+    XLA `options` beside the plan's)."""
     config = config_for(network, batch_size)
     plan = conv_plan(config, settings)
     state = initial_state(config, dtype, plan)
     batches = [{"image": data_lib.normalize(x), "label": jnp.asarray(y)} for x, y in real_batches(data, batch_size, 4)]
     jax.block_until_ready(batches)
-    step = jax.jit(engine.train_step, donate_argnums=0, compiler_options=plan.compiler_options)
+    options = {**plan.compiler_options, **(options or {})}
+    step = jax.jit(engine.train_step, donate_argnums=0, compiler_options=options)
     t0 = time.perf_counter()
     lowered = step.lower(state, batches[0])
     lower_s = time.perf_counter() - t0
@@ -86,14 +93,21 @@ def step_program(
 
 
 def jax_step(
-    network: str, batch_size: int, data: data_lib.Dataset, settings: Settings, peak: dict, dtype: str = "f32"
+    network: str,
+    batch_size: int,
+    data: data_lib.Dataset,
+    settings: Settings,
+    peak: dict,
+    dtype: str = "f32",
+    options: dict | None = None,
 ) -> dict:
     """One jitted train step (forward, backward, optimiser) on real, normalised batches already on the device.
 
     Reports lowering/compile time, FLOPs per image (XLA cost analysis, forward + backward + update), the median
-    of synced steps, the pipelined per-step time, images/s and the fraction of the device's peak.
+    of synced steps, the pipelined per-step time, images/s and the fraction of the device's peak. `options`: XLA
+    options to compile with (recorded).
     """
-    program = step_program(network, batch_size, data, settings, dtype)
+    program = step_program(network, batch_size, data, settings, dtype, options)
     flops = xla_flops(program.lowered)
     if flops is None:
         flops = flops_on_cpu(engine.train_step, program.state, program.batches[0])
@@ -114,6 +128,7 @@ def jax_step(
     ips = batch_size / t.median
     return {
         "dtype": dtype,
+        "xla_options": options or {},
         "lower_s": program.lower_s,
         "compile_s": program.compile_s,
         "flops_per_image": fpi,

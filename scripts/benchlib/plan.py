@@ -95,6 +95,9 @@ KINDS = {
         n, b, c.data, c.settings, c.torch_device, c.peak, _fpi(c, n, b), compile=True)),
     "jax_step_bf16": Kind("jax", False, False, 5, lambda c, n, b: jax_side.jax_step(
         n, b, c.data, c.settings, c.peak, "bf16")),
+    # How much of the GPU compile is XLA's autotuning, and what skipping it costs each step (GPU only).
+    "jax_step_autotune0": Kind("jax", False, False, 5, lambda c, n, b: jax_side.jax_step(
+        n, b, c.data, c.settings, c.peak, options=jax_side.NO_AUTOTUNING)),
     "jax_epoch": Kind("jax", False, True, 8, lambda c, n, b: jax_side.jax_epoch(n, b, c.data, c.settings)),
     "jax_epoch_seeds": Kind("jax", False, True, 30, lambda c, n, b: jax_side.jax_epoch(
         n, b, c.data, c.settings, n_seeds=c.settings.seeds)),
@@ -238,14 +241,15 @@ def priority(kind: str, network: str, batch_size: int, settings: Settings) -> in
     """Tier of a measurement; lower runs first, so a budget cut loses the least useful ones:
 
     0. at the first batch size: JAX step, torch tuned (eager) and blog steps, torch.compile of the blog's nets;
-    1. epoch and evaluation (at the epoch batch sizes), JAX bf16 and the paired step at the first batch size;
+    1. epoch and evaluation (at the epoch batch sizes), JAX bf16, JAX without autotuning and the paired step at
+       the first batch size;
     2. torch.compile of the torchvision ResNets (minutes of Inductor compiling);
     3. the other batch sizes.
     """
     first = batch_size == settings.batch_sizes[0]
     if first and (KINDS[kind].core or kind == "torch_tuned_compiled" and network in SMALL_NETWORKS):
         return 0
-    if KINDS[kind].epoch or first and kind in ("jax_step_bf16", "paired_step"):
+    if KINDS[kind].epoch or first and kind in ("jax_step_bf16", "jax_step_autotune0", "paired_step"):
         return 1
     return 2 if kind == "torch_tuned_compiled" else 3
 
@@ -269,6 +273,9 @@ def build_plan(
 
     context = Context(settings, data, peak, torch_device if settings.torch else None, doc)
 
+    def first(bs: int) -> bool:
+        return bs == settings.batch_sizes[0]
+
     def wanted(name: str, bs: int) -> bool:
         kind = KINDS[name]
         if kind.framework == "torch" and context.torch_device is None:
@@ -277,6 +284,8 @@ def build_plan(
             return False
         if name == "jax_step_bf16":
             return settings.bf16 and jax.default_backend() != "cpu"
+        if name == "jax_step_autotune0":
+            return first(bs) and jax.default_backend() == "gpu"  # XLA autotunes on GPUs only
         if name == "torch_tuned_compiled":
             return settings.torch_compile and bs in settings.compile_batch_sizes
         if name.startswith("paired_"):
