@@ -103,8 +103,7 @@ def _step_table(doc: dict, keys: list[tuple[str, int]]) -> list[str]:
 
 
 def _epoch_table(doc: dict, keys: list[tuple[str, int]]) -> list[str]:
-    keys = [k for k in keys if any(find(doc, kind, *k, ok=False) for kind in ("jax_epoch", "torch_blog_epoch"))]
-    if not keys:
+    if not (keys := _measured(doc, keys, "jax_epoch", "torch_blog_epoch")):
         return []
     lines = [
         "Epoch and evaluation. Epoch: training only, compile excluded, seconds for 60,000 images (a partial epoch "
@@ -160,9 +159,13 @@ def _paired_table(doc: dict, keys: list[tuple[str, int]]) -> list[str]:
     return lines
 
 
+def _measured(doc: dict, keys: list[tuple[str, int]], *kinds: str) -> list[tuple[str, int]]:
+    """The (network, batch) keys with a record (of any status) of one of `kinds`: the rows of their table."""
+    return [k for k in keys if any(find(doc, kind, *k, ok=False) for kind in kinds)]
+
+
 def _autotune_table(doc: dict, keys: list[tuple[str, int]]) -> list[str]:
-    keys = [k for k in keys if find(doc, "jax_step_autotune0", *k, ok=False)]
-    if not keys:
+    if not (keys := _measured(doc, keys, "jax_step_autotune0")):
         return []
     lines = [
         "Autotuning. XLA compiles for a GPU by timing every cuDNN and Triton candidate of each convolution and matmul "
@@ -186,8 +189,7 @@ def _autotune_table(doc: dict, keys: list[tuple[str, int]]) -> list[str]:
 
 
 def _seeds_table(doc: dict, keys: list[tuple[str, int]]) -> list[str]:
-    keys = [k for k in keys if find(doc, "jax_epoch_seeds", *k, ok=False)]
-    if not keys:
+    if not (keys := _measured(doc, keys, "jax_epoch_seeds")):
         return []
     lines = [
         "Seeds. Training seconds per seed for 60,000 images, compile excluded: one seed's epoch (as `--seed-mode "
