@@ -1,11 +1,12 @@
-"""The frontier: final test accuracy against wall time, every full-length run of results/*.json, the blog's runs
-and the published references (docs/frontier.png).
+"""The frontier: final test accuracy against wall time, every full-length run of results/*.json and
+results/gpu/*.json, the blog's runs and the published references (docs/frontier.png).
 
-    python scripts/frontier.py                     # results/ -> docs/frontier.png
+    python scripts/frontier.py                     # results/ and results/gpu/ -> docs/frontier.png
     python scripts/frontier.py results/ --out /tmp/frontier.png
 
-One point per run (JAX and torch_ref in two colours), mean ± std per preset and framework as a cross, the machine
-(M1, M2, ... as in results/README.md) beside each preset; a preset's JAX seeds as an ensemble where its JSON
+One point per run (JAX and torch_ref in two colours; circles on CPUs, triangles on GPUs), mean ± std per preset,
+framework and kind of device as a cross, the CPU machine (M1, M2, ... as in results/README.md) or the GPU beside
+each preset; a preset's JAX seeds as an ensemble where its JSON
 records one, at the sum of their wall times. Only runs of the preset's full length with a measured
 wall time (process start to exit, compilation included) are drawn; a run's accuracy is its last epoch's, never a
 best epoch picked on the test set. The blog's runs and the references are drawn where they state a time (on their
@@ -26,6 +27,7 @@ from results_table import load_results, machine_labels
 
 ROOT = Path(__file__).resolve().parent.parent
 COLOURS = {"jax": "C0", "torch": "C3"}
+NAMES = {"jax": "JAX (jaxmnist)", "torch": "PyTorch (torch_ref)"}
 # Published single-model results (final epoch), as issue 23 lists them; seconds only where the source states a time.
 REFERENCES = (
     ("tuomaso/train_mnist_fast, 1 epoch", 99.04, 0.76, "GTX 1660 Ti"),
@@ -33,6 +35,11 @@ REFERENCES = (
     ("Deotte (Kaggle), 35 epochs", 99.65, None, None),
     ("An et al. 2020, 150 epochs", 99.70, None, None),
 )
+
+
+def gpus(agg: dict) -> list[str]:
+    """The GPUs a framework's runs trained on ('NVIDIA H200'), none for runs on a CPU."""
+    return sorted({d.split(":", 1)[-1] for d in agg.get("devices", []) if not d.startswith("cpu")})
 
 
 def full_runs(result: dict) -> dict[str, list[tuple[float, float]]]:
@@ -63,8 +70,8 @@ def figure(results: list[dict]):
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
-    labels = machine_labels(results)
-    fig = Figure(figsize=(10, 6))
+    labels = machine_labels([r for r in results if not any(gpus(a) for a in r["frameworks"].values())])
+    fig = Figure(figsize=(13, 6))
     ax = fig.subplots()
     drawn = set()
     for r in results:
@@ -73,12 +80,16 @@ def figure(results: list[dict]):
             if not points:
                 continue
             t, acc = np.array(points).T
-            label = None if fw in drawn else {"jax": "JAX (jaxmnist)", "torch": "PyTorch (torch_ref)"}[fw]
-            drawn.add(fw)
-            ax.scatter(t, acc, s=14, color=COLOURS[fw], alpha=0.45, label=label)
+            on_gpu = gpus(r["frameworks"][fw])
+            kind = (fw, bool(on_gpu))
+            label = None if kind in drawn else NAMES[fw] + (", on a GPU" if on_gpu else "")
+            drawn.add(kind)
+            ax.scatter(t, acc, s=20 if on_gpu else 14, marker="^" if on_gpu else "o", color=COLOURS[fw], alpha=0.45,
+                       label=label)  # fmt: skip
             sd = (np.std(t, ddof=1), np.std(acc, ddof=1)) if len(t) > 1 else (0, 0)
             ax.errorbar(np.mean(t), np.mean(acc), xerr=sd[0], yerr=sd[1], color=COLOURS[fw], capsize=3, lw=1.2)
-            machines = "/".join(labels[m] for m in r["frameworks"][fw].get("machines", []))
+            machines = "/".join(on_gpu or [labels[m] for m in r["frameworks"][fw].get("machines", [])])
+            machines = machines.removeprefix("NVIDIA ")
             left = fw == "jax"  # JAX's label to the left of its cross, torch's to the right: they often meet
             ax.annotate(f"{name} ({machines or 'machine ?'})", (np.mean(t), np.mean(acc)), textcoords="offset points",
                         xytext=(-8 if left else 8, 0), ha="right" if left else "left", va="center", fontsize=8,
@@ -109,24 +120,25 @@ def figure(results: list[dict]):
             ax.annotate(f"{name} ({hardware})", (seconds, acc), textcoords="offset points", xytext=(6, 4), fontsize=8,
                         color="C2")  # fmt: skip
     ax.set_xscale("log")
-    ax.set_xlim(0.5, 2e4)
+    ax.set_xlim(0.5, 1.5e5)  # room for the labels of the longest runs
     ax.set_ylim(98.8, 99.85)
     ax.set(xlabel="wall time, s (log scale; process start to exit)", ylabel="final test accuracy, %",
            title="MNIST: accuracy against time (machines M1, M2, ... in results/README.md)")  # fmt: skip
     ax.grid(True, which="both", alpha=0.25)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)  # outside: every region inside holds runs
     fig.tight_layout()
     return fig
 
 
 def main(argv: list[str] | None = None) -> int:
     p = script_parser("scripts/frontier.py", __doc__)
-    p.add_argument("results", nargs="?", default=str(ROOT / "results"))
+    p.add_argument("results", nargs="*", help="folders of <preset>.json (default: results/ and results/gpu/)")
     p.add_argument("--out", default=str(ROOT / "docs" / "frontier.png"))
     args = p.parse_args(argv)
-    results = load_results(Path(args.results))
+    folders = [Path(f) for f in args.results] or [ROOT / "results", ROOT / "results" / "gpu"]
+    results = [r for folder in folders for r in load_results(folder)]
     if not results:
-        print(f"error: no results (*.json) in {args.results}", file=sys.stderr)
+        print(f"error: no results (*.json) in {', '.join(map(str, folders))}", file=sys.stderr)
         return 2
     import io
 

@@ -32,5 +32,17 @@ def test_the_figure_is_written(tmp_path, capsys):
     assert frontier.main([str(RESULTS), "--out", str(out)]) == 0
     runs = sum(len(p) for r in load_results(RESULTS) for p in frontier.full_runs(r).values())
     assert capsys.readouterr().out.startswith(f"{out}: {runs} full-length runs")
-    assert Image.open(out).size == (1100, 660)
+    assert Image.open(out).size == (1430, 660)
     assert frontier.main([str(tmp_path), "--out", str(out)]) == 2  # no results there
+
+
+def test_by_default_the_gpu_runs_join_the_cpu_runs(tmp_path, capsys):
+    """results/gpu/ (runs on a lent GPU) is drawn beside results/, its runs marked by their GPU, not a CPU machine."""
+    assert frontier.gpus({"devices": ["cuda:NVIDIA H200", "gpu:NVIDIA H200"]}) == ["NVIDIA H200"]
+    assert frontier.gpus({"devices": ["cpu:cpu"]}) == []
+    out = tmp_path / "frontier.png"
+    assert frontier.main(["--out", str(out)]) == 0
+    both = [r for folder in (RESULTS, RESULTS / "gpu") for r in load_results(folder)]
+    runs = sum(len(p) for r in both for p in frontier.full_runs(r).values())
+    assert runs > sum(len(p) for r in load_results(RESULTS) for p in frontier.full_runs(r).values())
+    assert capsys.readouterr().out.startswith(f"{out}: {runs} full-length runs of {len(both)} presets")
