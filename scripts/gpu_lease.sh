@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# A lent GPU machine's whole errand in one command: the benchmark (scripts/gpu_bench.sh), then the reproduction
-# runs (scripts/gpu_reproduce.sh), JAX's runs before torch's, everything within LEASE_S, the results packed into
-# $OUT/lease.tgz (the device tool sets OUT to the folder whose files come back, at most 8 of them: hence one
-# archive) with the device and the versions in $OUT/device.txt, beside it and inside.
+# A lent GPU machine's whole errand in one command: the benchmark (scripts/gpu_bench.sh), parity on the device
+# (scripts/gpu_parity.py), then the reproduction runs (scripts/gpu_reproduce.sh), JAX's runs before torch's,
+# everything within LEASE_S, the results packed into $OUT/lease.tgz (the device tool sets OUT to the folder whose
+# files come back, at most 8 of them: hence one archive) with the device and the versions in $OUT/device.txt, beside
+# it and inside.
 #
 # Each lease continues the last: the benchmark keeps what benchmarks/gpu-<device>.json already holds from the same
 # device kind, versions and settings (bench.py --resume), and the runs keep every seed that results/gpu/*.json
@@ -16,7 +17,7 @@
 # /tmp/lease/results/gpu/ to results/gpu/ (its runs/ stay out of git), device.txt into the commit message.
 #
 # Environment: OUT (required), PYTHON (python3), LEASE_S (540: whole seconds for everything), BENCH_S (220: the
-# benchmark's share); extra arguments go to reproduce.py.
+# benchmark's share), PARITY_S (90: scripts/gpu_parity.py's); extra arguments go to reproduce.py.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [ -z "${OUT:-}" ]; then
@@ -28,9 +29,10 @@ LEASE_OUT=$(mktemp -d)  # everything is written here, then packed into $FILES_BA
 PYTHON=${PYTHON:-python3}
 LEASE_S=${LEASE_S:-540}
 BENCH_S=${BENCH_S:-220}
-for value in "$LEASE_S" "$BENCH_S"; do
+PARITY_S=${PARITY_S:-90}
+for value in "$LEASE_S" "$BENCH_S" "$PARITY_S"; do
     if ! [[ $value =~ ^[0-9]+$ ]]; then
-        echo "error: LEASE_S and BENCH_S must be whole numbers of seconds, got '$value'" >&2
+        echo "error: LEASE_S, BENCH_S and PARITY_S must be whole numbers of seconds, got '$value'" >&2
         exit 2
     fi
 done
@@ -55,10 +57,14 @@ stamp=$(mktemp)
 # 1. The benchmark (its budget is soft: gpu_bench.sh stops it 45 s past BENCH_S at the latest).
 BUDGET_S=$BENCH_S bash scripts/gpu_bench.sh
 status=$?
-# The JSON the benchmark wrote (gpu-<device>.json; cpu-... where JAX saw no GPU).
+# 2. Parity on this device (scripts/gpu_parity.py: each framework's float32 logits against a float64 reference, TF32
+#    on and off), at most PARITY_S; its JSON is rewritten after each network, so a cut run keeps what it finished.
+PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" timeout -k 10 "$PARITY_S" "$PYTHON" scripts/gpu_parity.py \
+    --data-dir data/mnist || echo "note: gpu_parity.py exited with $? (124: PARITY_S was spent)" >&2
+# The JSON both wrote (gpu-<device>.json, parity-gpu-<device>.json; cpu-... where JAX saw no GPU).
 find benchmarks -maxdepth 1 -name "*.json" -newer "$stamp" -exec cp {} "$LEASE_OUT/benchmarks/" \;
 rm -f "$stamp"
-# 2. The reproduction runs with what is left: every JAX run first (seed 0 of each preset, then more seeds), then
+# 3. The reproduction runs with what is left: every JAX run first (seed 0 of each preset, then more seeds), then
 #    torch's with the rest; either stops at the budget and records what it skipped.
 for framework in jax torch; do
     left=$((LEASE_S - SECONDS))
