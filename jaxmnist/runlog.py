@@ -24,7 +24,7 @@ import numpy as np
 
 from jaxmnist import figures, hugepages, malloc
 from jaxmnist.cli import UsageError
-from jaxmnist.host import OthersCpu, load_average, machine, process_age_s
+from jaxmnist.host import OTHERS_CPU_SCOPE, OthersCpu, load_average, machine, process_age_s
 
 FORMAT_VERSION = 1
 
@@ -162,6 +162,7 @@ class RunLog:
             "versions": versions("jax", "jaxlib", "flax", "optax", "numpy", "torch", "torchvision"),
             "hugepages": hugepages.active(),  # malloc asked for transparent huge pages (jaxmnist/hugepages.py)
             "malloc": malloc.state(),  # keep: freed memory kept for the next step (jaxmnist/malloc.py)
+            "others_cpu_scope": OTHERS_CPU_SCOPE,  # the epochs' others_cpu leaves out this process and its children
             "n_train": n_train,
             "epochs": [],
             "batches": {"x": [], "acc": [], "loss": []},

@@ -18,16 +18,18 @@ from results_table import TARGETS
 SEGMENTS = "segments.json"  # one line per process a run took (reproduce.add_segment)
 
 
-def loaded_epochs(record: dict) -> list[int]:
+def loaded_epochs(record: dict, num_workers: int | None = None) -> list[int]:
     """The epochs that shared the cores with other work, so that their times are not a quiet run's: other
     processes took over 15 % of the CPU (`host.SHARED_ABOVE`), or (runs recorded before that was measured) the
     1-minute load average exceeded the machine's cores + 0.5 (it lags, so it marks an epoch too many rather than
-    too few)."""
+    too few). The load average too for a run with DataLoader workers (`num_workers`) recorded before its
+    `others_cpu` counted the run's own processes (`others_cpu_scope`): that figure holds the workers' CPU."""
     found = re.search(r"(\d+) cores", record.get("machine", ""))
     cores = int(found.group(1)) if found else None
+    measured = record.get("others_cpu_scope") == host.OTHERS_CPU_SCOPE or not num_workers
 
     def loaded(e: dict) -> bool:
-        if e.get("others_cpu") is not None:
+        if measured and e.get("others_cpu") is not None:
             return e["others_cpu"] > host.SHARED_ABOVE
         return bool(cores) and e.get("load", 0) > cores + 0.5
 
@@ -64,7 +66,7 @@ def run_record(seed: int, logdir: Path, wall_s: float, num_workers: int | None, 
         "startup_s": record.get("startup_s"),
         "machine": record.get("machine"),
         "other_machines": sorted({e["machine"] for e in record["epochs"] if "machine" in e}),
-        "loaded_epochs": loaded_epochs(record),
+        "loaded_epochs": loaded_epochs(record, num_workers),
         "segments": len(segments) if resumed else None,
         "num_workers": num_workers,
         "trained_with": together if len(together) > 1 else None,  # seeds of one process: wall time shared
@@ -182,7 +184,7 @@ def refresh(path: Path) -> None:
                     startup_s=record.get("startup_s"),
                     machine=record.get("machine"),
                     other_machines=sorted({e["machine"] for e in record["epochs"] if "machine" in e}),
-                    loaded_epochs=loaded_epochs(record),
+                    loaded_epochs=loaded_epochs(record, run.get("num_workers")),
                 )
             if succeeded(run) and run.get("epoch_s") and run.get("wall_s") is not None:
                 run["time_to"] = times_to(run["test_acc"], run["epoch_s"], run["wall_s"], run.get("interim"),

@@ -3,6 +3,7 @@ statistics over a preset's runs."""
 
 import results_table
 import run_records
+from jaxmnist import host
 
 
 def test_time_to_accuracy_counts_everything_before_the_epoch_that_reached_it():
@@ -46,3 +47,15 @@ def test_time_to_accuracy_counts_everything_before_the_epoch_that_reached_it():
     result = {"preset": "fast", "frameworks": {"jax": agg}}
     row = results_table.time_table([result], {}).splitlines()[2]
     assert row.startswith("| `fast` | jax | 2 | 99.50 ± 0.14 % | 71 ± 1 s | 56 ± 23 s (2/2) | 70 s (1/2) |"), row
+
+
+def test_a_torch_run_with_workers_recorded_before_the_tree_was_counted_is_judged_by_the_load():
+    """Before `others_cpu_scope`, others_cpu held torch's own DataLoader workers (0.14-0.22 of a quiet 16-core GPU
+    machine): for such a run the load average decides; a run without workers, or one recorded since, keeps it."""
+    epochs = [{"epoch": 1, "others_cpu": 0.2, "load": 4.5}, {"epoch": 2, "others_cpu": 0.01, "load": 17.0}]
+    old = {"machine": "Intel Xeon, family 6 model 207, avx2, 16 cores", "epochs": epochs}
+    assert run_records.loaded_epochs(old, num_workers=4) == [2]  # load 17 > 16 cores + 0.5
+    assert run_records.loaded_epochs(old, num_workers=0) == [1]  # no workers: the figure was right
+    assert run_records.loaded_epochs(old) == [1]
+    new = {**old, "others_cpu_scope": host.OTHERS_CPU_SCOPE}
+    assert run_records.loaded_epochs(new, num_workers=4) == [1]  # since: the workers are the run's own
