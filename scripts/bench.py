@@ -211,7 +211,7 @@ def run_benchmark(args, argv: list[str], env: dict, torch_device: str | None) ->
     items = plan.build_plan(settings, data, peak, torch_device if settings.torch else None, doc)
     if args.dry_run:
         for item in items:
-            kept = plan.find(doc, item.kind, item.network, item.batch_size) is not None
+            kept = plan.kept(doc, item.kind, item.network, item.batch_size) is not None
             print(
                 f"  tier {plan.priority(item.kind, item.network, item.batch_size, settings)}  {item.kind:22s} "
                 f"{item.network:9s} batch {item.batch_size:5d}  "

@@ -68,11 +68,16 @@ def test_a_resumed_run_keeps_what_the_same_device_measured_and_measures_the_rest
     def broken():
         raise ValueError("nope")
 
+    def oom():
+        raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate")
+
     runner.run(plan.Item("torch_tuned", "cnn", 512, broken))
+    runner.run(plan.Item("jax_step", "resnet101", 4096, oom))
     second = bench_doc([])
     second["settings"]["budget_s"] = 200.0  # how much to measure may differ; how to measure may not
     kept, why_not = plan.earlier_results(out, second)
-    assert why_not is None and [(r["kind"], r["status"]) for r in kept] == [("jax_step", "ok")]  # errors: again
+    # Errors are measured again (a fix may have come since); out of memory is kept: it would fail again.
+    assert why_not is None and [(r["kind"], r["status"]) for r in kept] == [("jax_step", "ok"), ("jax_step", "oom")]
     assert kept[0]["session"] == {"created": first["created"], "commit": "abc"}
     second["results"] = kept
     kept[0]["wall_s"] = 10.0  # as if measured on a GPU: 4 s of compiling, 6 s of steps
@@ -80,16 +85,22 @@ def test_a_resumed_run_keeps_what_the_same_device_measured_and_measures_the_rest
     runner = plan.Runner(second, out, budget_s=None, log=lambda m: None)
     assert runner.run(plan.Item("jax_step", "cnn", 512, lambda: measured.append(1) or {}))["step_ms"] == 1.0
     runner.run(plan.Item("torch_tuned", "cnn", 512, lambda: measured.append(2) or {"step_ms": 2.0}))
-    assert measured == [2]  # only what the first run did not measure
-    assert [r["kind"] for r in json.loads(out.read_text())["results"]] == ["jax_step", "torch_tuned"]
-    assert f"kept (--resume, same device kind, versions and settings): 1 measurement(s) from the run of " \
+    assert runner.run(plan.Item("jax_step", "resnet101", 4096, lambda: measured.append(3) or {}))["status"] == "oom"
+    runner.run(plan.Item("torch_tuned", "cnn", 512, lambda: measured.append(4) or {}))  # asked twice: measured again
+    assert measured == [2, 4]  # only what the first run did not measure
+    saved = [r["kind"] for r in json.loads(out.read_text())["results"]]
+    assert saved == ["jax_step", "jax_step", "torch_tuned", "torch_tuned"]
+    assert f"kept (--resume, same device kind, versions and settings): 2 measurement(s) from the run of " \
         f"{first['created']} (commit abc)" in report.report(second)
     # The kept measurement's cost calibrates the estimates: at twice the batch, its compile once and its steps twice.
     assert runner.estimate(plan.Item("jax_step", "cnn", 1024, lambda: {})) == 4.0 + 2 * 6.0
-    other_device, other_settings = bench_doc([]), bench_doc([])
+    other_device, other_settings, other_tf32, other_flags = (bench_doc([]) for _ in range(4))
     other_device["env"]["device_kind"] = "NVIDIA H200"
     other_settings["settings"]["iters"] = 7
-    for doc, why in ((other_device, "another device_kind"), (other_settings, "other settings")):
+    other_tf32["env"]["torch"]["cudnn_allow_tf32"] = False
+    other_flags["env"]["env_vars"] = {"XLA_FLAGS": "--xla_gpu_autotune_level=0"}
+    for doc, why in ((other_device, "another device_kind"), (other_settings, "other settings"),
+                     (other_tf32, "another torch"), (other_flags, "another env_vars")):  # fmt: skip
         assert plan.earlier_results(out, doc)[0] == [] and why in plan.earlier_results(out, doc)[1]
     assert plan.earlier_results(tmp_path / "none.json", second) == ([], f"no {tmp_path / 'none.json'} yet")
 

@@ -99,3 +99,5 @@ def test_autotune_table_puts_level_0_beside_the_default():
     assert "| cnn | 512 | 12.00 | 3.00 | 0.50 | 0.60 | 0.25 | 1.20 |" in text
     assert "| resnet | 512 | 30.00 | error | 5.00 | error | - | - |" in text
     assert "Autotuning." not in report.report(bench_doc(results[:1]))  # no such measurement: no table
+    results[0]["session"] = {"created": "earlier", "commit": "abc"}  # the default kept from another run (--resume)
+    assert "| cnn | 512 | 12.00 | 3.00 | 0.50 | 0.60 | 0.25* | 1.20* |" in report.report(bench_doc(results))

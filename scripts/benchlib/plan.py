@@ -162,11 +162,10 @@ class Runner:
         return KINDS[item.kind].prior_s * weight(item.network) if item.kind in KINDS else 10 * weight(item.network)
 
     def run(self, item: Item) -> dict:
-        kept = find(self.doc, item.kind, item.network, item.batch_size)
-        if kept is not None:  # measured by an earlier run (--resume)
-            when = kept["session"]["created"]
+        if rec := kept(self.doc, item.kind, item.network, item.batch_size):
+            when = rec["session"]["created"]
             self.log(f"  kept {item.kind:22s} {item.network:9s} bs {item.batch_size:5d} from the run of {when}")
-            return kept
+            return rec
         base = {"kind": item.kind, "network": item.network, "batch_size": item.batch_size}
         est = self.estimate(item)
         if self.budget_s is not None and self.elapsed() + est > self.budget_s:
@@ -223,6 +222,12 @@ class Runner:
         if self.out is not None:
             self.out.parent.mkdir(parents=True, exist_ok=True)
             runlog.atomic_write(self.out, json.dumps(self.doc, indent=1, default=str).encode())
+
+
+def kept(doc: dict, kind: str, network: str, batch_size: int) -> dict | None:
+    """The record an earlier run left for this measurement (--resume: `earlier_results`), if any."""
+    earlier = (r for r in doc.get("results", []) if "session" in r)
+    return next((r for r in earlier if (r["kind"], r["network"], r["batch_size"]) == (kind, network, batch_size)), None)
 
 
 def find(doc: dict, kind: str, network: str, batch_size: int, ok: bool = True) -> dict | None:
@@ -314,27 +319,44 @@ def build_plan(
 SELECTION = ("networks", "batch_sizes", "epoch_batch_sizes", "compile_batch_sizes", "budget_s")
 
 
+def conditions(env: dict) -> dict:
+    """What in a run's environment changes its numbers: device, versions, driver, the frameworks' precision and
+    cuDNN settings, the XLA/torch environment variables; not the commit, the load or the time."""
+    torch_env = env.get("torch") or {}
+    gpus = (env.get("nvidia_smi") or {}).get("gpus") or [{}]
+    return {
+        "platform": env.get("platform"),
+        "device_kind": env.get("device_kind"),
+        "versions": env.get("versions"),
+        "driver": gpus[0].get("driver_version"),
+        "jax_default_matmul_precision": env.get("jax_default_matmul_precision"),
+        "env_vars": env.get("env_vars"),
+        "torch": {k: v for k, v in torch_env.items() if k not in ("threads", "device")},
+    }
+
+
 def earlier_results(path: Path, doc: dict) -> tuple[list[dict], str | None]:
-    """(the measured records of the earlier run in `path` that `doc`'s run can keep, None), or ([], why none):
-    kept only from the same device kind and versions and the same settings (SELECTION aside); each record names
-    the run it came from (`session`: when, at which commit)."""
+    """(the records of the earlier run in `path` that `doc`'s run can keep, None), or ([], why none): its
+    measurements and its out-of-memory failures (they would fail again), kept only under the same `conditions`
+    and settings (SELECTION aside); each record names the run it came from (`session`: when, at which commit)."""
     try:
         earlier = json.loads(path.read_text())
     except FileNotFoundError:
         return [], f"no {path} yet"
     except (OSError, ValueError) as e:
         return [], f"cannot read {path}: {first_line(e)}"
-    before, now = earlier.get("env", {}), doc["env"]
-    for key in ("platform", "device_kind", "versions"):
-        if before.get(key) != now.get(key):
-            return [], f"{path} was measured with another {key}: {before.get(key)}"
+    before, now = conditions(earlier.get("env", {})), conditions(doc["env"])
+    for key in before:
+        if before[key] != now[key]:
+            return [], f"{path} was measured with another {key}: {before[key]}"
     how = lambda settings: {k: v for k, v in settings.items() if k not in SELECTION}  # noqa: E731
     if earlier.get("format") != doc["format"] or how(earlier.get("settings", {})) != how(
         json.loads(json.dumps(doc["settings"]))  # tuples as the JSON holds them, as lists
     ):
         return [], f"{path} was measured with other settings or another format"
-    session = {"created": earlier.get("created"), "commit": before.get("commit")}
-    return [{"session": session, **r} for r in earlier.get("results", []) if r.get("status") == "ok"], None
+    session = {"created": earlier.get("created"), "commit": earlier.get("env", {}).get("commit")}
+    kept = [{"session": session, **r} for r in earlier.get("results", []) if r.get("status") in ("ok", "oom")]
+    return kept, None
 
 
 def new_doc(settings: Settings, env: dict, peak: dict, argv: list[str] | None = None) -> dict:

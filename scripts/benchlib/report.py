@@ -170,7 +170,8 @@ def _autotune_table(doc: dict, keys: list[tuple[str, int]]) -> list[str]:
     lines = [
         "Autotuning. XLA compiles for a GPU by timing every cuDNN and Triton candidate of each convolution and matmul "
         "(`xla_gpu_autotune_level` 4, its default); at level 0 it takes each one's default untimed. The same jitted "
-        "step, float32, compiled both ways in one process:",
+        "step, float32, compiled both ways in one process (* where one of the two was kept from an earlier run of "
+        "the same device kind, `--resume`: another process, perhaps another machine):",
         "",
         "| network | batch | compile s | compile s, level 0 | ms/step | ms/step, level 0 | compile, level 0 / 4 | "
         "step, level 0 / 4 |",
@@ -180,7 +181,8 @@ def _autotune_table(doc: dict, keys: list[tuple[str, int]]) -> list[str]:
         tuned, untuned = (find(doc, k, net, bs, ok=False) for k in ("jax_step", "jax_step_autotune0"))
         ratios = ["-", "-"]
         if _ok(tuned) and _ok(untuned):
-            ratios = [f"{untuned[k] / tuned[k]:.2f}" for k in ("compile_s", "step_ms")]
+            apart = "*" if tuned.get("session") != untuned.get("session") else ""
+            ratios = [f"{untuned[k] / tuned[k]:.2f}{apart}" for k in ("compile_s", "step_ms")]
         lines.append(
             f"| {net} | {bs} | {_cell(tuned, 'compile_s')} | {_cell(untuned, 'compile_s')} | {_cell(tuned, 'step_ms')} "
             f"| {_cell(untuned, 'step_ms')} | {ratios[0]} | {ratios[1]} |"
