@@ -70,7 +70,8 @@ def figure(results: list[dict]):
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
-    labels = machine_labels([r for r in results if not any(gpus(a) for a in r["frameworks"].values())])
+    on_cpus = [{"frameworks": {fw: a for fw, a in r["frameworks"].items() if not gpus(a)}} for r in results]
+    labels = machine_labels(on_cpus)  # M1, M2, ... as results/README.md numbers the CPU machines
     fig = Figure(figsize=(13, 6))
     ax = fig.subplots()
     drawn = set()
@@ -88,7 +89,7 @@ def figure(results: list[dict]):
                        label=label)  # fmt: skip
             sd = (np.std(t, ddof=1), np.std(acc, ddof=1)) if len(t) > 1 else (0, 0)
             ax.errorbar(np.mean(t), np.mean(acc), xerr=sd[0], yerr=sd[1], color=COLOURS[fw], capsize=3, lw=1.2)
-            machines = "/".join(on_gpu or [labels[m] for m in r["frameworks"][fw].get("machines", [])])
+            machines = "/".join(on_gpu or [labels.get(m, "?") for m in r["frameworks"][fw].get("machines", [])])
             machines = machines.removeprefix("NVIDIA ")
             left = fw == "jax"  # JAX's label to the left of its cross, torch's to the right: they often meet
             ax.annotate(f"{name} ({machines or 'machine ?'})", (np.mean(t), np.mean(acc)), textcoords="offset points",

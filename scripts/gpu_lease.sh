@@ -13,11 +13,13 @@
 #   mkdir -p data/mnist; for f in ~/.cache/jaxmnist/mnist/*-ubyte; do gzip -c "$f" > data/mnist/$(basename $f).gz; done
 #   python -m pip download --no-deps --only-binary=:all: -d .whl tensorboardX==2.6.5   # absent from the GPU image
 # Then through the device tool: command `bash scripts/gpu_lease.sh`, carry ["data", ".whl"], timeout_s 600.
-# Back here: `tar xzf <files_at>/lease.tgz -C /tmp/lease`, then /tmp/lease/benchmarks/*.json to benchmarks/,
-# /tmp/lease/results/gpu/ to results/gpu/ (its runs/ stay out of git), device.txt into the commit message.
+# Back here: `tar xzf <files_at>/lease.tgz -C /tmp/lease` (and runs.tgz there, into results/gpu/), then
+# /tmp/lease/benchmarks/*.json to benchmarks/, /tmp/lease/results/gpu/ to results/gpu/ (its runs/ stay out of git),
+# device.txt into the commit message. Both archives are rewritten every minute: a command killed at its limit still
+# brings back what was measured until the minute before.
 #
 # Environment: OUT (required), PYTHON (python3), LEASE_S (540: whole seconds for everything), BENCH_S (220: the
-# benchmark's share), PARITY_S (90: scripts/gpu_parity.py's); extra arguments go to reproduce.py.
+# benchmark's share), PARITY_S (150: scripts/gpu_parity.py's); extra arguments go to reproduce.py.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [ -z "${OUT:-}" ]; then
@@ -29,7 +31,7 @@ LEASE_OUT=$(mktemp -d)  # everything is written here, then packed into $FILES_BA
 PYTHON=${PYTHON:-python3}
 LEASE_S=${LEASE_S:-540}
 BENCH_S=${BENCH_S:-220}
-PARITY_S=${PARITY_S:-90}
+PARITY_S=${PARITY_S:-150}
 for value in "$LEASE_S" "$BENCH_S" "$PARITY_S"; do
     if ! [[ $value =~ ^[0-9]+$ ]]; then
         echo "error: LEASE_S, BENCH_S and PARITY_S must be whole numbers of seconds, got '$value'" >&2
@@ -39,6 +41,27 @@ done
 mkdir -p "$LEASE_OUT/benchmarks" "$LEASE_OUT/results/gpu" "$FILES_BACK" || exit 2
 exec > >(tee "$LEASE_OUT/lease.log") 2>&1  # the whole log travels in the archive; the device tool shows its end
 cp results/gpu/*.json "$LEASE_OUT/results/gpu/" 2>/dev/null  # earlier leases' seeds, kept by reproduce.py
+stamp=$(mktemp)  # the benchmarks' JSON written after this is this lease's
+
+# What is measured so far into $FILES_BACK, atomically (an archive is renamed into place once whole): every minute
+# and after each stage, so a command killed at its limit still brings back all but its last minute. lease.tgz: the
+# JSON, the tables, this log, device.txt; runs.tgz: the runs' logs and curves (results/gpu/runs, no checkpoints:
+# they only resume on this machine, which is not lent again). The device brings back files of at most 16 MiB.
+pack() {
+    until mkdir "$LEASE_OUT/.packing" 2>/dev/null; do sleep 1; done  # one pack at a time (the minute's, a stage's)
+    find benchmarks -maxdepth 1 -name "*.json" -newer "$stamp" -exec cp {} "$LEASE_OUT/benchmarks/" \;
+    local name
+    for name in lease runs; do
+        local what=(--exclude=./results/gpu/runs --exclude=./.packing .)
+        [ "$name" = runs ] && what=(--exclude=checkpoint results/gpu/runs)
+        [ -e "$LEASE_OUT/${what[-1]}" ] || continue
+        tar --warning=no-file-changed -czf "$FILES_BACK/$name.tgz.part" -C "$LEASE_OUT" "${what[@]}"
+        [ $? -le 1 ] && mv -f "$FILES_BACK/$name.tgz.part" "$FILES_BACK/$name.tgz"  # 1: a file changed while read
+    done
+    rmdir "$LEASE_OUT/.packing"
+}
+( while [ ! -e "$LEASE_OUT/.done" ]; do sleep 5; [ $((SECONDS % 60)) -lt 5 ] && pack; done ) &
+packer=$!
 
 {
     date -u +"%Y-%m-%dT%H:%M:%SZ"
@@ -52,18 +75,17 @@ print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.is_avai
 PY
     git log -1 --format='commit %H %s' 2>/dev/null
 } | tee "$LEASE_OUT/device.txt"
+cp "$LEASE_OUT/device.txt" "$FILES_BACK/"
 
-stamp=$(mktemp)
 # 1. The benchmark (its budget is soft: gpu_bench.sh stops it 45 s past BENCH_S at the latest).
 BUDGET_S=$BENCH_S bash scripts/gpu_bench.sh
 status=$?
+pack
 # 2. Parity on this device (scripts/gpu_parity.py: each framework's float32 logits against a float64 reference, TF32
 #    on and off), at most PARITY_S; its JSON is rewritten after each network, so a cut run keeps what it finished.
 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" timeout -k 10 "$PARITY_S" "$PYTHON" scripts/gpu_parity.py \
-    --data-dir data/mnist || echo "note: gpu_parity.py exited with $? (124: PARITY_S was spent)" >&2
-# The JSON both wrote (gpu-<device>.json, parity-gpu-<device>.json; cpu-... where JAX saw no GPU).
-find benchmarks -maxdepth 1 -name "*.json" -newer "$stamp" -exec cp {} "$LEASE_OUT/benchmarks/" \;
-rm -f "$stamp"
+    --data-dir "${DATA_DIR:-data/mnist}" || echo "note: gpu_parity.py exited with $? (124: PARITY_S was spent)" >&2
+pack
 # 3. The reproduction runs with what is left: every JAX run first (seed 0 of each preset, then more seeds), then
 #    torch's with the rest; either stops at the budget and records what it skipped.
 for framework in jax torch; do
@@ -75,10 +97,9 @@ for framework in jax torch; do
     OUT="$LEASE_OUT/results/gpu" BUDGET_S=$left bash scripts/gpu_reproduce.sh --frameworks "$framework" "$@" \
         || status=$?
 done
-# What comes back stays small: the checkpoints only resume on this machine, which is not lent again.
-find "$LEASE_OUT/results/gpu/runs" -type d -name checkpoint -prune -exec rm -rf {} + 2>/dev/null
-echo "gpu_lease: finished after ${SECONDS} s (exit $status); packing $LEASE_OUT into $FILES_BACK/lease.tgz"
-cp "$LEASE_OUT/device.txt" "$FILES_BACK/" 2>/dev/null
-tar --warning=no-file-changed -czf "$FILES_BACK/lease.tgz" -C "$LEASE_OUT" .
-[ $? -le 1 ] || status=2  # 1: a file changed while read (this log, still written): packed all the same
+touch "$LEASE_OUT/.done"
+wait "$packer"  # never two packs at once
+echo "gpu_lease: finished after ${SECONDS} s (exit $status); packing $LEASE_OUT into $FILES_BACK"
+pack
+ls -l "$FILES_BACK"
 exit "$status"

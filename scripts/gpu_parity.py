@@ -31,7 +31,9 @@ from jaxmnist import data as data_lib
 from jaxmnist.cli import UsageError
 
 ROOT = Path(__file__).resolve().parent.parent
-NETWORKS = ("cnn", "cnn_deep", "resnet", "fast", "resnet18")  # resnet101: minutes of float64 on the CPU
+# The most used first: a run cut by its time limit (gpu_lease.sh's PARITY_S) keeps those. resnet101: minutes of
+# float64 on the CPU.
+NETWORKS = ("cnn", "resnet", "fast", "cnn_deep", "resnet18")
 
 
 def train_torch(name: str, data, device: str, steps: int):
