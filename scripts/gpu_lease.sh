@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # A lent GPU machine's whole errand in one command: the benchmark (scripts/gpu_bench.sh), parity on the device
-# (scripts/gpu_parity.py), then the reproduction runs (scripts/gpu_reproduce.sh), JAX's runs before torch's,
-# everything within LEASE_S, the results packed into $OUT/lease.tgz (the device tool sets OUT to the folder whose
-# files come back, at most 8 of them: hence one archive) with the device and the versions in $OUT/device.txt, beside
-# it and inside.
+# (scripts/gpu_parity.py), the compilation cache (two runs of `fast`), then the reproduction runs
+# (scripts/gpu_reproduce.sh), JAX's runs before torch's, everything within LEASE_S, the results packed into
+# $OUT/lease.tgz (the device tool sets OUT to the folder whose files come back, at most 8 of them: hence one archive)
+# with the device and the versions in $OUT/device.txt, beside it and inside.
 #
 # Each lease continues the last: the benchmark keeps what benchmarks/gpu-<device>.json already holds from the same
 # device kind, versions and settings (bench.py --resume), and the runs keep every seed that results/gpu/*.json
@@ -18,8 +18,9 @@
 # device.txt into the commit message. Both archives are rewritten every minute: a command killed at its limit still
 # brings back what was measured until the minute before.
 #
-# Environment: OUT (required), PYTHON (python3), LEASE_S (540: whole seconds for everything), BENCH_S (220: the
-# benchmark's share), PARITY_S (150: scripts/gpu_parity.py's); extra arguments go to reproduce.py.
+# Environment: OUT (required), PYTHON (python3), DATA_DIR (data/mnist), LEASE_S (560: whole seconds for
+# everything), BENCH_S (200: the benchmark's share), PARITY_S (120: scripts/gpu_parity.py's), CACHE_S (80: the
+# compilation cache's two runs); extra arguments go to reproduce.py.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [ -z "${OUT:-}" ]; then
@@ -29,12 +30,13 @@ fi
 FILES_BACK=$OUT
 LEASE_OUT=$(mktemp -d)  # everything is written here, then packed into $FILES_BACK
 PYTHON=${PYTHON:-python3}
-LEASE_S=${LEASE_S:-540}
-BENCH_S=${BENCH_S:-220}
-PARITY_S=${PARITY_S:-150}
-for value in "$LEASE_S" "$BENCH_S" "$PARITY_S"; do
+LEASE_S=${LEASE_S:-560}
+BENCH_S=${BENCH_S:-200}
+PARITY_S=${PARITY_S:-120}
+CACHE_S=${CACHE_S:-80}
+for value in "$LEASE_S" "$BENCH_S" "$PARITY_S" "$CACHE_S"; do
     if ! [[ $value =~ ^[0-9]+$ ]]; then
-        echo "error: LEASE_S, BENCH_S and PARITY_S must be whole numbers of seconds, got '$value'" >&2
+        echo "error: LEASE_S, BENCH_S, PARITY_S and CACHE_S must be whole numbers of seconds, got '$value'" >&2
         exit 2
     fi
 done
@@ -86,7 +88,19 @@ pack
 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" timeout -k 10 "$PARITY_S" "$PYTHON" scripts/gpu_parity.py \
     --data-dir "${DATA_DIR:-data/mnist}" || echo "note: gpu_parity.py exited with $? (124: PARITY_S was spent)" >&2
 pack
-# 3. The reproduction runs with what is left: every JAX run first (seed 0 of each preset, then more seeds), then
+# 3. Is the GPU's compile paid once per machine or on every run? One epoch of `fast`, twice, in two processes that
+#    share the persistent compilation cache (on by default, empty of these programs until now): each prints its
+#    compile seconds, and its metrics.json keeps them (cache/first, cache/second), both within CACHE_S.
+cache_end=$((SECONDS + CACHE_S))
+for run in first second; do
+    left=$((cache_end - SECONDS))
+    [ "$left" -ge 10 ] || { echo "note: the cache's $run run not started: CACHE_S was spent" >&2; break; }
+    PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" timeout -k 10 "$left" "$PYTHON" -m jaxmnist.train --preset fast \
+        --epochs 1 --no-progress --no-report --data-dir "${DATA_DIR:-data/mnist}" --logdir "$LEASE_OUT/cache/$run" \
+        | grep -E "^(compile|device|final):" | sed "s/^/cache, $run run: /"
+done
+pack
+# 4. The reproduction runs with what is left: every JAX run first (seed 0 of each preset, then more seeds), then
 #    torch's with the rest; either stops at the budget and records what it skipped.
 for framework in jax torch; do
     left=$((LEASE_S - SECONDS))
