@@ -120,15 +120,23 @@ def write_png(fig, path: Path) -> np.ndarray:
 def summary_writer(logdir: Path):
     """tensorboardX's SummaryWriter, imported without torch where torch is not loaded yet: tensorboardX imports
     torch when it can (about 4 s of every JAX run's start) only to accept torch tensors, which jaxmnist never
-    passes (it writes floats). torch_ref, which has loaded torch already, gets the usual import."""
-    if "tensorboardX.writer" not in sys.modules and "torch" not in sys.modules:
-        sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX takes as "no torch"
-        try:
-            from tensorboardX import SummaryWriter
-        finally:
-            del sys.modules["torch"]
-    from tensorboardX import SummaryWriter
-
+    passes (it writes floats). torch_ref, which has loaded torch already, gets the usual import. Without
+    tensorboardX (a bare checkout on PYTHONPATH): a UsageError, one line from a command, not a traceback."""
+    try:
+        if "tensorboardX.writer" not in sys.modules and "torch" not in sys.modules:
+            sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX takes as "no torch"
+            try:
+                from tensorboardX import SummaryWriter
+            finally:
+                del sys.modules["torch"]
+        from tensorboardX import SummaryWriter
+    except ModuleNotFoundError as e:
+        if e.name != "tensorboardX":
+            raise
+        raise UsageError(
+            "--logdir writes TensorBoard logs with tensorboardX, which this Python cannot import: "
+            "`pip install tensorboardX` (jaxmnist's install brings it), or leave out --logdir"
+        ) from None
     return SummaryWriter(str(logdir))
 
 

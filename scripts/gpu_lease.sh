@@ -41,6 +41,7 @@ for value in "$LEASE_S" "$BENCH_S" "$PARITY_S" "$CACHE_S"; do
     fi
 done
 mkdir -p "$LEASE_OUT/benchmarks" "$LEASE_OUT/results/gpu" "$FILES_BACK" || exit 2
+source scripts/carried_wheels.sh || exit 2  # tensorboardX, carried in .whl/: every run writes its logs with it
 exec > >(tee "$LEASE_OUT/lease.log") 2>&1  # the whole log travels in the archive; the device tool shows its end
 cp results/gpu/*.json "$LEASE_OUT/results/gpu/" 2>/dev/null  # earlier leases' seeds, kept by reproduce.py
 stamp=$(mktemp)  # the benchmarks' JSON written after this is this lease's

@@ -34,11 +34,7 @@ if [ ! -d "$DATA_DIR" ]; then
     echo "error: $DATA_DIR is missing: put the four MNIST IDX files there (see the top of this script)" >&2
     exit 2
 fi
-if compgen -G ".whl/*.whl" > /dev/null; then  # carried wheels (tensorboardX), installed apart from the image
-    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-        .whl/*.whl || exit 2
-    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
+source scripts/carried_wheels.sh || exit 2  # tensorboardX, carried in .whl/
 "$PYTHON" -c 'import jax, torch, sys; b = jax.default_backend(); print(f"jax {jax.__version__}: {b} {jax.devices()[0].device_kind}; torch {torch.__version__}, cuda {torch.cuda.is_available()}")
 if b == "cpu" or not torch.cuda.is_available(): print("warning: no GPU for both frameworks; these will be CPU numbers", file=sys.stderr)' || exit 2
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || true

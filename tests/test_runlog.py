@@ -141,3 +141,11 @@ def test_a_runs_own_child_processes_count_as_its_own_cpu_time(tmp_path):
     hz = os.sysconf("SC_CLK_TCK")
     assert alive >= 0.45 * hz  # the live child's time (/proc counts in 10 ms ticks)
     assert reaped >= 0.95 * hz  # its whole second, once reaped
+
+
+def test_logs_without_tensorboardx_are_a_usage_error_not_a_traceback(tmp_path, monkeypatch):
+    """A bare checkout on PYTHONPATH (the GPU image) has no tensorboardX: --logdir then fails in one line."""
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)  # `import tensorboardX` raises ModuleNotFoundError
+    with pytest.raises(UsageError, match="tensorboardX, which this Python cannot import"):
+        runlog.summary_writer(tmp_path)
+    assert "torch" not in sys.modules or sys.modules["torch"] is not None  # the torch stand-in is gone again
