@@ -28,7 +28,6 @@ if [ -z "${OUT:-}" ]; then
     exit 2
 fi
 FILES_BACK=$OUT
-LEASE_OUT=$(mktemp -d)  # everything is written here, then packed into $FILES_BACK
 PYTHON=${PYTHON:-python3}
 LEASE_S=${LEASE_S:-560}
 BENCH_S=${BENCH_S:-200}
@@ -40,6 +39,7 @@ for value in "$LEASE_S" "$BENCH_S" "$PARITY_S" "$CACHE_S"; do
         exit 2
     fi
 done
+LEASE_OUT=$(mktemp -d)  # everything is written here, then packed into $FILES_BACK
 mkdir -p "$LEASE_OUT/benchmarks" "$LEASE_OUT/results/gpu" "$FILES_BACK" || exit 2
 source scripts/carried_wheels.sh || exit 2  # tensorboardX, carried in .whl/: every run writes its logs with it
 exec > >(tee "$LEASE_OUT/lease.log") 2>&1  # the whole log travels in the archive; the device tool shows its end
@@ -51,19 +51,30 @@ stamp=$(mktemp)  # the benchmarks' JSON written after this is this lease's
 # JSON, the tables, this log, device.txt; runs.tgz: the runs' logs and curves (results/gpu/runs, no checkpoints:
 # they only resume on this machine, which is not lent again). The device brings back files of at most 16 MiB.
 pack() {
-    until mkdir "$LEASE_OUT/.packing" 2>/dev/null; do sleep 1; done  # one pack at a time (the minute's, a stage's)
+    local tries=0
+    until mkdir "$LEASE_OUT/.packing" 2>/dev/null; do  # one pack at a time (the minute's, a stage's)
+        tries=$((tries + 1))
+        [ "$tries" -le 120 ] || { echo "note: no pack: $LEASE_OUT/.packing stayed locked" >&2; return 1; }
+        sleep 1
+    done
     find benchmarks -maxdepth 1 -name "*.json" -newer "$stamp" -exec cp {} "$LEASE_OUT/benchmarks/" \;
     local name
     for name in lease runs; do
         local what=(--exclude=./results/gpu/runs --exclude=./.packing .)
         [ "$name" = runs ] && what=(--exclude=checkpoint results/gpu/runs)
         [ -e "$LEASE_OUT/${what[-1]}" ] || continue
-        tar --warning=no-file-changed -czf "$FILES_BACK/$name.tgz.part" -C "$LEASE_OUT" "${what[@]}"
-        [ $? -le 1 ] && mv -f "$FILES_BACK/$name.tgz.part" "$FILES_BACK/$name.tgz"  # 1: a file changed while read
+        # Status 1: a file changed or vanished while read (this log; a JSON's temporary), packed all the same.
+        tar --warning=no-file-changed --warning=no-file-removed -czf "$FILES_BACK/$name.tgz.part" -C "$LEASE_OUT" \
+            "${what[@]}"
+        [ $? -le 1 ] && mv -f "$FILES_BACK/$name.tgz.part" "$FILES_BACK/$name.tgz"
     done
     rmdir "$LEASE_OUT/.packing"
 }
-( while [ ! -e "$LEASE_OUT/.done" ]; do sleep 5; [ $((SECONDS % 60)) -lt 5 ] && pack; done ) &
+# Every minute until the script ends (.done), or is gone ($$ stays the script's pid in the subshell).
+( while [ ! -e "$LEASE_OUT/.done" ] && kill -0 $$ 2>/dev/null; do
+    sleep 5
+    [ $((SECONDS % 60)) -lt 5 ] && pack
+done ) &
 packer=$!
 
 {
@@ -90,16 +101,22 @@ PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" timeout -k 10 "$PARITY_S" "$PYTHON"
     --data-dir "${DATA_DIR:-data/mnist}" || echo "note: gpu_parity.py exited with $? (124: PARITY_S was spent)" >&2
 pack
 # 3. Is the GPU's compile paid once per machine or on every run? One epoch of `fast`, twice, in two processes that
-#    share the persistent compilation cache (on by default, empty of these programs until now): each prints its
-#    compile seconds, and its metrics.json keeps them (cache/first, cache/second), both within CACHE_S.
+#    share a persistent compilation cache of their own (empty at first even on a machine that ran this before, and
+#    the runs of stage 4 do not read from it): each prints its compile seconds, and its metrics.json keeps them
+#    (cache/first, cache/second), both within CACHE_S.
 cache_end=$((SECONDS + CACHE_S))
+cache_dir=$(mktemp -d)  # outside $LEASE_OUT: compiled programs do not travel back
 for run in first second; do
     left=$((cache_end - SECONDS))
     [ "$left" -ge 10 ] || { echo "note: the cache's $run run not started: CACHE_S was spent" >&2; break; }
-    PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" timeout -k 10 "$left" "$PYTHON" -m jaxmnist.train --preset fast \
-        --epochs 1 --no-progress --no-report --data-dir "${DATA_DIR:-data/mnist}" --logdir "$LEASE_OUT/cache/$run" \
+    JAXMNIST_COMPILE_CACHE=$cache_dir PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" timeout -k 10 "$left" \
+        "$PYTHON" -m jaxmnist.train --preset fast --epochs 1 --no-progress --no-report \
+        --data-dir "${DATA_DIR:-data/mnist}" --logdir "$LEASE_OUT/cache/$run" \
         | grep -E "^(compile|device|final):" | sed "s/^/cache, $run run: /"
+    code=${PIPESTATUS[0]}
+    [ "$code" = 0 ] || echo "note: the cache's $run run exited with $code (124: CACHE_S was spent)" >&2
 done
+rm -rf "$cache_dir"
 pack
 # 4. The reproduction runs with what is left: every JAX run first (seed 0 of each preset, then more seeds), then
 #    torch's with the rest; either stops at the budget and records what it skipped.

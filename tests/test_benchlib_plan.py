@@ -90,7 +90,8 @@ def test_a_resumed_run_keeps_what_the_same_device_measured_and_measures_the_rest
     assert measured == [2, 4]  # only what the first run did not measure
     saved = [r["kind"] for r in json.loads(out.read_text())["results"]]
     assert saved == ["jax_step", "jax_step", "torch_tuned", "torch_tuned"]
-    assert f"kept (--resume, same device kind, versions and settings): 2 measurement(s) from the run of " \
+    assert "kept (--resume: the same device, versions, driver, precision settings, environment variables and " \
+        f"settings): 2 measurement(s) from the run of " \
         f"{first['created']} (commit abc)" in report.report(second)
     # The kept measurement's cost calibrates the estimates: at twice the batch, its compile once and its steps twice.
     assert runner.estimate(plan.Item("jax_step", "cnn", 1024, lambda: {})) == 4.0 + 2 * 6.0

@@ -254,12 +254,13 @@ def test_gpu_lease_refuses_a_missing_out_or_a_bad_budget_in_one_line(tmp_path):
     assert no_out.returncode == 2
     assert no_out.stderr == "error: OUT must name the folder for the results (the device tool sets it)\n"
     out = tmp_path / "out"
-    for bad in ({"LEASE_S": "x"}, {"BENCH_S": "1.5"}):
+    for bad in ({"LEASE_S": "x"}, {"BENCH_S": "1.5"}, {"PARITY_S": "-1"}, {"CACHE_S": "1e3"}):
         done = subprocess.run(["bash", str(script)], env={**env, "OUT": str(out), **bad}, capture_output=True,
                               text=True, timeout=60)  # fmt: skip
         value = next(iter(bad.values()))
         assert done.returncode == 2
-        assert done.stderr == f"error: LEASE_S and BENCH_S must be whole numbers of seconds, got '{value}'\n"
+        assert done.stderr == ("error: LEASE_S, BENCH_S, PARITY_S and CACHE_S must be whole numbers of seconds, "
+                               f"got '{value}'\n")  # fmt: skip
     assert not out.exists()
 
 

@@ -339,8 +339,9 @@ def conditions(env: dict) -> dict:
 
 def earlier_results(path: Path, doc: dict) -> tuple[list[dict], str | None]:
     """(the records of the earlier run in `path` that `doc`'s run can keep, None), or ([], why none): its
-    measurements and its out-of-memory failures (they would fail again), kept only under the same `conditions`
-    and settings (SELECTION aside); each record names the run it came from (`session`: when, at which commit)."""
+    measurements and its out-of-memory failures (they would fail again; a one-off stays kept until RESUME=0 or
+    without --resume), kept only under the same `conditions` and settings (SELECTION aside); each record names the
+    run it came from (`session`: when, at which commit)."""
     try:
         earlier = json.loads(path.read_text())
     except FileNotFoundError:

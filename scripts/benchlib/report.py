@@ -57,7 +57,8 @@ def _header(doc: dict) -> list[str]:
         f"JAX default matmul precision: {env.get('jax_default_matmul_precision') or 'default'}; torch TF32: "
         f"convs {torch_env.get('cudnn_allow_tf32', '-')}, matmuls {torch_env.get('cuda_matmul_allow_tf32', '-')}; "
         f"blog DataLoader: num_workers={settings['num_workers']}, pin_memory={settings['pin_memory']}",
-    ] + ([f"kept (--resume, same device kind, versions and settings): {'; '.join(kept)}"] if kept else [])
+    ] + ([f"kept (--resume: the same device, versions, driver, precision settings, environment variables and "
+           f"settings): {'; '.join(kept)}"] if kept else [])
 
 
 def _tuned_torch_ms(doc: dict, net: str, bs: int) -> float | None:
