@@ -39,10 +39,16 @@ def machine() -> str:
     return f"{model}, {family}, {isa}, {cores} cores"
 
 
+def _stat_fields(path: str | os.PathLike) -> list[str]:
+    """A /proc/<pid>/stat line's fields after the ")" that ends the command name: state, ppid, ..., utime (11),
+    stime, cutime, cstime (14), ..., starttime (19)."""
+    return Path(path).read_text().rsplit(")", 1)[1].split()
+
+
 def process_age_s() -> float | None:
     """Seconds since this process started (Linux; None elsewhere): imports and data loading included."""
     try:
-        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        fields = _stat_fields("/proc/self/stat")
         started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: start time after boot, in clock ticks
         return float(Path("/proc/uptime").read_text().split()[0]) - started
     except (OSError, ValueError, IndexError):
@@ -77,7 +83,7 @@ def own_cpu_ticks() -> int:
 
 
 def _reaped_ticks() -> int:
-    fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+    fields = _stat_fields("/proc/self/stat")
     return int(fields[13]) + int(fields[14])  # cutime + cstime: the children this process has reaped
 
 
@@ -86,8 +92,8 @@ def _tree_ticks() -> int:
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
-        try:  # after the ")" that ends the command name: state, ppid, ..., utime, stime, cutime, cstime
-            fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
+        try:
+            fields = _stat_fields(Path(entry.path, "stat"))
         except OSError:  # exited since the listing
             continue
         parent[int(entry.name)] = int(fields[1])

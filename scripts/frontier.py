@@ -21,6 +21,7 @@ from pathlib import Path
 import needs_jaxmnist  # noqa: F401  (before jaxmnist: one line, not a traceback, where it is missing)
 import numpy as np
 
+import results_table
 from jaxmnist.cli import script_parser
 from jaxmnist.runlog import atomic_write
 from results_table import load_results, machine_labels
@@ -38,8 +39,8 @@ REFERENCES = (
 
 
 def gpus(agg: dict) -> list[str]:
-    """The GPUs a framework's runs trained on ('NVIDIA H200'), none for runs on a CPU."""
-    return sorted({d.split(":", 1)[-1] for d in agg.get("devices", []) if not d.startswith("cpu")})
+    """The GPUs a framework's runs trained on by name ('NVIDIA H200'; results_table.gpus), none on a CPU."""
+    return sorted({d.split(":", 1)[-1] for d in results_table.gpus(agg)})
 
 
 def full_runs(result: dict) -> dict[str, list[tuple[float, float]]]:

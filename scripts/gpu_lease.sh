@@ -23,6 +23,7 @@
 # compilation cache's two runs); extra arguments go to reproduce.py.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # a bare checkout: jaxmnist and torch_ref from here
 if [ -z "${OUT:-}" ]; then
     echo "error: OUT must name the folder for the results (the device tool sets it)" >&2
     exit 2
@@ -97,7 +98,7 @@ status=$?
 pack
 # 2. Parity on this device (scripts/gpu_parity.py: each framework's float32 logits against a float64 reference, TF32
 #    on and off), at most PARITY_S; its JSON is rewritten after each network, so a cut run keeps what it finished.
-PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" timeout -k 10 "$PARITY_S" "$PYTHON" scripts/gpu_parity.py \
+timeout -k 10 "$PARITY_S" "$PYTHON" scripts/gpu_parity.py \
     --data-dir "${DATA_DIR:-data/mnist}" || echo "note: gpu_parity.py exited with $? (124: PARITY_S was spent)" >&2
 pack
 # 3. Is the GPU's compile paid once per machine or on every run? One epoch of `fast`, twice, in two processes that
@@ -109,7 +110,7 @@ cache_dir=$(mktemp -d)  # outside $LEASE_OUT: compiled programs do not travel ba
 for run in first second; do
     left=$((cache_end - SECONDS))
     [ "$left" -ge 10 ] || { echo "note: the cache's $run run not started: CACHE_S was spent" >&2; break; }
-    JAXMNIST_COMPILE_CACHE=$cache_dir PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" timeout -k 10 "$left" \
+    JAXMNIST_COMPILE_CACHE=$cache_dir timeout -k 10 "$left" \
         "$PYTHON" -m jaxmnist.train --preset fast --epochs 1 --no-progress --no-report \
         --data-dir "${DATA_DIR:-data/mnist}" --logdir "$LEASE_OUT/cache/$run" \
         | grep -E "^(compile|device|final):" | sed "s/^/cache, $run run: /"

@@ -37,36 +37,30 @@ NETWORKS = ("cnn", "resnet", "fast", "cnn_deep", "resnet18")
 
 
 def train_torch(name: str, data, device: str, steps: int):
-    """torch_ref's network after `steps` SGD steps of 64 real images (seed 0), in eval mode, on the CPU."""
+    """torch_ref's network (benchlib's: seed 0, its natural head) after `steps` SGD steps of 64 real images, in
+    eval mode, on the CPU."""
     import torch
     import torch.nn.functional as F
 
+    from benchlib import torch_side
     from torch_ref import models as torch_models
 
-    torch.manual_seed(0)
-    model = torch_models.get_model(name, num_classes=10).to(device)
+    model = torch_side.torch_model(name, device)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.5)
-    images = torch_nchw(data.train_images[: 64 * steps])
-    labels = torch.from_numpy(np.array(data.train_labels[: 64 * steps], dtype=np.int64))
-    model.train()
+    images, labels = torch_side.device_tensors(data.train_images[: 64 * steps], data.train_labels[: 64 * steps], device)
     for k in range(steps):
-        x, y = images[64 * k : 64 * (k + 1)].to(device), labels[64 * k : 64 * (k + 1)].to(device)
         opt.zero_grad()
-        F.cross_entropy(model(torch_models.prepare_input(name, x)), y).backward()
+        batch = slice(64 * k, 64 * (k + 1))
+        F.cross_entropy(model(torch_models.prepare_input(name, images[batch])), labels[batch]).backward()
         opt.step()
     return model.eval().cpu()
 
 
-def torch_nchw(images):
-    """uint8 [N, 28, 28] -> normalised float32 NCHW, the same numbers as jaxmnist's NHWC input."""
+def torch_logits(name: str, model, images, labels, device: str, dtype, tf32: bool) -> np.ndarray:
+    """The model's logits of `images` (uint8, normalised as benchlib's device tensors) on `device` in `dtype`."""
     import torch
 
-    return torch.from_numpy(np.array(data_lib.normalize(images))).permute(0, 3, 1, 2).contiguous()
-
-
-def torch_logits(name: str, model, images, device: str, dtype, tf32: bool) -> np.ndarray:
-    import torch
-
+    from benchlib import torch_side
     from torch_ref import models as torch_models
 
     before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
@@ -77,8 +71,8 @@ def torch_logits(name: str, model, images, device: str, dtype, tf32: bool) -> np
         out = []
         with torch.no_grad():
             for start in range(0, len(images), 500):
-                x = torch_nchw(images[start : start + 500]).to(device=device, dtype=dtype)
-                out.append(model(torch_models.prepare_input(name, x)).double().cpu().numpy())
+                x, _ = torch_side.device_tensors(images[start : start + 500], labels[start : start + 500], device)
+                out.append(model(torch_models.prepare_input(name, x.to(dtype))).double().cpu().numpy())
         return np.concatenate(out)
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
@@ -89,7 +83,7 @@ def jax_logits(name: str, variables, images, highest: bool) -> np.ndarray:
 
     from jaxmnist import models
 
-    apply = jax.jit(functools.partial(models.get_model(name, num_classes=10).apply, train=False))
+    apply = jax.jit(functools.partial(models.get_model(name).apply, train=False))  # the natural head, as torch's
     context = jax.default_matmul_precision("highest") if highest else contextlib.nullcontext()
     with context:
         out = [np.asarray(apply(variables, data_lib.normalize(images[s : s + 500])))
@@ -105,16 +99,16 @@ def compare(name: str, data, device: str, steps: int, images: int) -> dict:
 
     model = train_torch(name, data, device, steps)
     variables = convert.torch_to_flax(name, model.state_dict())
-    test = data.test_images[:images]
-    reference = torch_logits(name, model, test, "cpu", torch.float64, tf32=False)
+    test, labels = data.test_images[:images], data.test_labels[:images]
+    reference = torch_logits(name, model, test, labels, "cpu", torch.float64, tf32=False)
     variants = {
-        "torch": torch_logits(name, model, test, device, torch.float32, tf32=True),
+        "torch": torch_logits(name, model, test, labels, device, torch.float32, tf32=True),
         "jax": jax_logits(name, variables, test, highest=False),
-        "torch_fp32": torch_logits(name, model, test, device, torch.float32, tf32=False),
+        "torch_fp32": torch_logits(name, model, test, labels, device, torch.float32, tf32=False),
         "jax_fp32": jax_logits(name, variables, test, highest=True),
     }
     predicted = reference.argmax(1)
-    accuracy = float((predicted == np.asarray(data.test_labels[:images])).mean() * 100)
+    accuracy = float((predicted == np.asarray(labels)).mean() * 100)
     record = {"network": name, "images": len(test), "train_steps": steps, "reference_accuracy": accuracy}
     for key, logits in variants.items():
         err = np.abs(logits - reference)

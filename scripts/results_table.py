@@ -55,11 +55,15 @@ def machine_labels(results: list[dict]) -> dict[str, str]:
     return labels
 
 
+def gpus(agg: dict) -> list[str]:
+    """The accelerators a framework's runs trained on ('gpu:NVIDIA H200', 'cuda:NVIDIA H200'), none on a CPU."""
+    return [d for d in agg.get("devices", []) if not d.startswith("cpu")]
+
+
 def where(agg: dict, labels: dict[str, str]) -> str:
     """The machines of a framework's runs (M1...), or its devices where none was recorded (older runs)."""
     machines = [labels[m] for m in agg.get("machines", [])]
-    gpus = [d for d in agg["devices"] if not d.startswith("cpu")]
-    return ", ".join(machines + gpus) or f"{', '.join(agg['devices'])} (machine not recorded)"
+    return ", ".join(machines + gpus(agg)) or f"{', '.join(agg['devices'])} (machine not recorded)"
 
 
 def table(results: list[dict], labels: dict[str, str]) -> str:

@@ -227,9 +227,9 @@ class Runner:
 
 
 def kept(doc: dict, kind: str, network: str, batch_size: int) -> dict | None:
-    """The record an earlier run left for this measurement (--resume: `earlier_results`), if any."""
-    earlier = (r for r in doc.get("results", []) if "session" in r)
-    return next((r for r in earlier if (r["kind"], r["network"], r["batch_size"]) == (kind, network, batch_size)), None)
+    """The record an earlier run left for this measurement (--resume: `earlier_results` puts them first), if any."""
+    rec = find(doc, kind, network, batch_size, ok=False)
+    return rec if rec is not None and "session" in rec else None
 
 
 def find(doc: dict, kind: str, network: str, batch_size: int, ok: bool = True) -> dict | None:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from benchlib.plan import find
 from benchlib.settings import NETWORKS
 
@@ -39,11 +41,9 @@ def _header(doc: dict) -> list[str]:
     load = lambda xs: ", ".join(f"{x:.2f}" for x in xs or ())  # noqa: E731
     state = "finished" if doc.get("finished") else "PARTIAL (interrupted, or cut by the budget)"
     tunables = env.get("env_vars", {}).get("GLIBC_TUNABLES")  # huge pages (jaxmnist/hugepages.py), where set
-    earlier: dict[tuple, int] = {}  # measurements kept from earlier runs (bench.py --resume), by run
-    for rec in doc.get("results", []):
-        if "session" in rec:
-            key = (rec["session"]["created"], rec["session"]["commit"])
-            earlier[key] = earlier.get(key, 0) + 1
+    # Measurements kept from earlier runs (bench.py --resume), by run.
+    sessions = (r["session"] for r in doc.get("results", []) if "session" in r)
+    earlier = Counter((session["created"], session["commit"]) for session in sessions)
     kept = [f"{n} measurement(s) from the run of {when} (commit {commit})" for (when, commit), n in earlier.items()]
     return [
         f"device: {env['platform']}:{env['device_kind']}{driver}; jax {env['versions'].get('jax')}, "
