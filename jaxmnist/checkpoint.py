@@ -62,6 +62,14 @@ def damage(step_dir: Path) -> str | None:
     return f"unexpected file {extra[0]}" if extra else None
 
 
+def saved_epoch(workdir: str | os.PathLike) -> int | None:
+    """The newest epoch checkpointed in `workdir` (WORKDIR/latest or /best, intact or not), from the directory
+    names alone; None when it holds none."""
+    root = Path(workdir)
+    kinds = [root / kind for kind in ("latest", "best") if (root / kind).is_dir()]
+    return max((int(p.name) for k in kinds for p in k.iterdir() if p.is_dir() and p.name.isdigit()), default=None)
+
+
 def _barrier(name: str) -> None:
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
@@ -157,7 +165,8 @@ class Checkpointer:
     def _save(self, manager, epoch: int, state, meta: dict) -> None:
         arrays = {k: v for k, v in state.__dict__.items() if k not in ("apply_fn", "tx")}
         args = self.ocp.args.Composite(state=self.ocp.args.StandardSave(arrays), meta=self.ocp.args.JsonSave(meta))
-        manager.save(epoch, args=args)
+        if not manager.save(epoch, args=args):  # orbax skips a step at or below its newest one
+            raise cli.RunError(f"epoch {epoch} was not saved in {self.workdir}: it holds a later epoch")
         if self.main:
             write_manifest(Path(manager.directory) / str(epoch))
         _barrier(f"jaxmnist-checkpoint-{epoch}")

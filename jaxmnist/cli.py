@@ -28,6 +28,13 @@ class RunError(Exception):
     """A run that cannot go on (it diverged, no intact checkpoint is left): one line, exit code 1."""
 
 
+def workdir_taken(workdir, epoch: int | None = None) -> UsageError:
+    """The one line for a new run pointed at a --workdir that holds another run's checkpoint: saving into it would
+    overwrite that run (or, with orbax, be skipped below its newest epoch), so the user chooses."""
+    held = f"the checkpoint of a run (epoch {epoch})" if epoch is not None else "the checkpoint of a run"
+    return UsageError(f"--workdir {workdir} holds {held}: --resume continues it; another --workdir starts a new run")
+
+
 class Terminated(BaseException):
     """SIGTERM arrived (after `stop_on_sigterm`): the command stops as on Ctrl-C. A BaseException like
     KeyboardInterrupt, so that no `except Exception` on the way swallows it (socketserver's did: the server went on)."""

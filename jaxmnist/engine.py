@@ -280,11 +280,14 @@ def all_finite(tree) -> jax.Array:
 
 def chunk_bounds(steps: int, chunk_steps: int | None, unroll: bool) -> list[tuple[int, int]]:
     """How an epoch of `steps` is cut into compiled chunks (start, end): full chunks of `chunk_steps` (default 8
-    unrolled steps on CPU, an eighth of the epoch as a rolled scan elsewhere), then single steps for the rest,
-    so at most two chunk lengths are ever compiled."""
+    unrolled steps on CPU, an eighth of the epoch as a rolled scan elsewhere), then the rest: one rolled chunk
+    (a scan compiles alike whatever its length, and single steps would make the host wait on each), or single
+    unrolled steps (an unrolled chunk compiles in proportion to its length; at most 7 of them). At most two chunk
+    lengths are ever compiled."""
     chunk = min(steps, chunk_steps or (8 if unroll else math.ceil(steps / 8)))
     full = steps - steps % chunk
-    return [(s, s + chunk) for s in range(0, full, chunk)] + [(s, s + 1) for s in range(full, steps)]
+    rest = [(s, s + 1) for s in range(full, steps)] if unroll else [(full, steps)] * (full < steps)
+    return [(s, s + chunk) for s in range(0, full, chunk)] + rest
 
 
 def eval_split(

@@ -73,8 +73,10 @@ def epoch_steps(config: Config, n_train: int) -> int:
 @dataclasses.dataclass
 class Training:
     """An epoch's compiled programs: a chunk of steps per (train mode, length), the gathering of its batches per
-    length, and the epoch's batch indices. Only the last two take the whole split: the costly chunk programs
-    are the same for every --train-size and --val-size (one compile, or one cache entry, serves them all)."""
+    length, and the epoch's batch indices. Only the last two take the whole split: where chunks have a fixed
+    length (8 unrolled steps on the CPU, or --chunk-steps) the costly chunk programs are the same for every
+    --train-size and --val-size (one compile, or one cache entry, serves them all); elsewhere an epoch's eighth
+    sets their length."""
 
     chunks: dict[tuple[bool, int], Callable]
     # (images, labels, order, start, state.rng, state.step) -> prepared ([length, B, 28, 28, 1], [length, B])

@@ -85,11 +85,12 @@ def _main(argv: list[str] | None) -> None:
     if args.chunk_steps is not None and args.chunk_steps < 1:
         raise UsageError(f"--chunk-steps must be >= 1, got {args.chunk_steps}")
     compile_cache.configure(args.no_compile_cache)
+    # Before anything touches a device (reading a state_dict does): jax.distributed must come first.
+    distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     state_dict = args.torch_state_dict
     init = (
         interop.load_torch(state_dict, config.model, "--torch-state-dict", config.num_classes) if state_dict else None
     )
-    distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     placement = Placement.over(args.devices, config.batch_size)
     main_process = distributed.is_main()  # the others train as silently as they can
     if main_process and args.devices is None and placement.size < jax.device_count():

@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmnist import checkpoint, cli, engine, evaluate, optim, programs, runlog, weights
 from jaxmnist import data as data_lib
-from jaxmnist import engine, evaluate, optim, programs, runlog, weights
 from jaxmnist.checkpoint import Checkpointer
 from jaxmnist.cli import UsageError
 from jaxmnist.convs import ConvPlan
@@ -248,6 +248,8 @@ def train_run(config: Config, seeds: Seeds, opts: Options, data: data_lib.Datase
     opts.placement.check_batch(config.batch_size)
     if opts.resume and not opts.workdir:
         raise UsageError("--resume needs --workdir")
+    if opts.workdir and not opts.resume and (epoch := checkpoint.saved_epoch(opts.workdir)) is not None:
+        raise cli.workdir_taken(opts.workdir, epoch)
     for d in logdirs(opts):
         if d:
             runlog.writable_logdir(d)
@@ -270,6 +272,17 @@ def train_and_evaluate(config: Config, *, data: data_lib.Dataset | None = None, 
     return train_run(config, Seeds((config.seed,)), Options(**options), data)[0]
 
 
+def check_seed_layout(workdir, mode: str, seed_workdirs: list) -> None:
+    """Refuses to resume several seeds in the other layout than they were checkpointed in (vmapped: together in
+    WORKDIR; sequential: WORKDIR/seed<k>), which would find no checkpoint and start every seed over."""
+    if mode == "vmap" and any(checkpoint.saved_epoch(w) is not None for w in seed_workdirs):
+        raise UsageError(f"--workdir {workdir} holds one checkpoint per seed (seed<k>/, from seeds trained one after "
+                         "another): resume them with --seed-mode sequential")  # fmt: skip
+    if mode == "sequential" and checkpoint.saved_epoch(workdir) is not None:
+        raise UsageError(f"--workdir {workdir} holds the seeds' checkpoint together (from vmapped seeds): resume "
+                         "them with --seed-mode vmap")  # fmt: skip
+
+
 def train_seeds(config: Config, seeds: tuple[int, ...], mode: str = "auto", *, data: data_lib.Dataset | None = None,
                 **options) -> list[Result]:  # fmt: skip
     """Trains `config` once per seed, each run as `train_and_evaluate` trains it alone: all in one vmapped
@@ -287,6 +300,8 @@ def train_seeds(config: Config, seeds: tuple[int, ...], mode: str = "auto", *, d
         return None if root is None else os.path.join(root, f"seed{seed}")
 
     mode, why = choose_seed_mode(mode, config, len(seeds))
+    if opts.resume:
+        check_seed_layout(opts.workdir, mode, [per_seed(opts.workdir, s) for s in seeds])
     say = runlog.Report(opts.out).say
     data = data or data_lib.load(config.dataset, opts.data_dir, progress=opts.progress)
     listed = ", ".join(map(str, seeds))

@@ -117,7 +117,8 @@ def test_chunk_bounds():
     assert engine.chunk_bounds(117, None, unroll=True) == [(s, s + 8) for s in range(0, 112, 8)] + [
         (s, s + 1) for s in range(112, 117)
     ]
-    assert [e - s for s, e in engine.chunk_bounds(117, None, unroll=False)] == [15] * 7 + [1] * 12
+    assert [e - s for s, e in engine.chunk_bounds(117, None, unroll=False)] == [15] * 7 + [12]  # the rest rolled
+    assert engine.chunk_bounds(120, None, unroll=False) == [(s, s + 15) for s in range(0, 120, 15)]
     assert engine.chunk_bounds(8, 1, unroll=True) == [(s, s + 1) for s in range(8)]
 
 

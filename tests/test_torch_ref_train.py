@@ -283,6 +283,18 @@ def test_cli_unwritable_logdir_and_missing_cuda(capsys, tmp_path):
         assert err.startswith("error: ") and err.count("\n") == 1, err
 
 
+def test_a_new_run_refuses_a_workdir_that_holds_a_checkpoint(capsys, tmp_path):
+    """Without --resume, WORKDIR/checkpoint.pt (another run's) is refused in one line and kept as it was: the new
+    run would have overwritten it after its first epoch. jaxmnist.train refuses alike."""
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "checkpoint.pt").write_bytes(b"another run's")
+    assert torch_train.main(["--workdir", str(tmp_path / "w"), "--logdir", str(tmp_path / "log"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: --workdir {tmp_path / 'w'} holds the checkpoint of a run: --resume continues it; another " \
+        "--workdir starts a new run\n", err
+    assert (tmp_path / "w" / "checkpoint.pt").read_bytes() == b"another run's"
+
+
 def test_cli_writes_jaxmnists_metrics_format(tmp_path, mnist):
     """The real CLI, as a subprocess, against a tiny jaxmnist run with the same flags."""
     flags = ["--model", "cnn", "--epochs", "1", "--max-steps", "3", "--train-size", "2048", "--no-progress"]

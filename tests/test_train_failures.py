@@ -107,14 +107,15 @@ def flip(path):
     path.write_bytes(bytes(b))
 
 
-def checkpoint_of(tmp_path, config, spoil=None):
-    """A workdir holding one checkpoint of `config` (epoch 1), optionally spoiled."""
-    ckpt = Checkpointer(tmp_path / "w")
+def checkpoint_of(tmp_path, config, spoil=None, inside=""):
+    """A workdir holding one checkpoint of `config` (epoch 1), optionally spoiled; `inside` a folder of it (e.g. a
+    seed's, seed<k>)."""
+    ckpt = Checkpointer(tmp_path / "w" / inside)
     state = engine.create_state(config, jax.random.PRNGKey(0))
     ckpt.save(state, 1, 50.0, meta={"config": dataclasses.asdict(config), "epoch": 1, "plateau": {}, "record": None})
     ckpt.close()
     if spoil:
-        for path in (tmp_path / "w" / "latest").rglob("*"):
+        for path in (tmp_path / "w" / inside / "latest").rglob("*"):
             if path.is_file():
                 path.write_bytes(b"")  # truncated to 0 bytes, as a full disk leaves them
     return ["--workdir", str(tmp_path / "w"), "--resume"]
@@ -139,6 +140,36 @@ def test_bad_data_and_checkpoints_are_one_line(make, code, message, mnist, capsy
     assert got == code and err[-1].startswith("error: ") and message in err[-1], err
     assert all(line.startswith(("error: ", "[data] ")) for line in err), err  # progress notes, then the error
     assert not leftovers(tmp_path)
+
+
+def files(root: Path) -> dict:
+    return {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_a_new_run_refuses_a_workdir_that_holds_a_checkpoint(capsys, tmp_path):
+    """Without --resume, a workdir holding another run's checkpoint is refused in one line and left as it was:
+    saving into it would overwrite that run (orbax skipped the new run's epochs up to the old one's, then the
+    run ended in a traceback)."""
+    workdir = checkpoint_of(tmp_path, QUICK_CONFIG)[:2]
+    before = files(tmp_path / "w")
+    code, err = run_cli([*QUICK, *workdir], capsys, tmp_path)
+    expected = f"error: --workdir {tmp_path / 'w'} holds the checkpoint of a run (epoch 1): --resume continues it"
+    assert code == 2 and len(err) == 1 and err[0].startswith(expected), err
+    assert files(tmp_path / "w") == before
+
+
+@pytest.mark.parametrize(
+    "inside, mode, message",
+    [("", "sequential", "holds the seeds' checkpoint together (from vmapped seeds): resume them with --seed-mode vmap"),
+     ("seed0", "vmap", "holds one checkpoint per seed (seed<k>/, from seeds trained one after another): resume them "
+      "with --seed-mode sequential")],
+)  # fmt: skip
+def test_seeds_resume_only_in_the_layout_they_were_checkpointed_in(inside, mode, message, capsys, tmp_path):
+    """Vmapped seeds checkpoint together in WORKDIR, sequential ones in WORKDIR/seed<k>: resumed the other way, a
+    run would find no checkpoint and train every seed again from scratch."""
+    argv = checkpoint_of(tmp_path, QUICK_CONFIG, inside=inside)
+    code, err = run_cli([*QUICK, *argv, "--seeds", "2", "--seed-mode", mode], capsys, tmp_path)
+    assert code == 2 and err == [f"error: --workdir {tmp_path / 'w'} {message}"], err
 
 
 def test_divergence_stops_the_run_and_resume_with_a_lower_lr_works(mnist, capsys, tmp_path):

@@ -300,6 +300,8 @@ def train_and_evaluate(
         runlog.writable_logdir(logdir)
     if resume and not workdir:
         raise UsageError("--resume needs the --workdir of the run to continue")
+    if workdir and not resume and resume_lib.path(workdir).exists():
+        raise cli.workdir_taken(workdir)
 
     run = prepare(config, preset, data, logdir, device, num_workers, progress, data_dir, out)
     first_epoch = 0
