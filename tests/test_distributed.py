@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from helpers import hugepages_in_a_command, malloc_in_a_command
 
-from jaxmnist import distributed
+from jaxmnist import distributed, interop
+from jaxmnist import train as train_cli
 from jaxmnist.cli import UsageError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,6 +47,21 @@ def test_placement_refuses_what_it_cannot_do():
         distributed.Placement.over(3)
     with pytest.raises(UsageError, match="go together"):
         distributed.initialize("127.0.0.1:1", None, 0)
+
+
+def test_jax_distributed_starts_before_a_state_dict_is_read(monkeypatch, capsys):
+    """Reading --torch-state-dict builds arrays, which starts JAX's backend, after which jax.distributed refuses to
+    start: a distributed run from torch's weights ended in a traceback."""
+    calls = []
+    monkeypatch.setattr(distributed, "initialize", lambda *args: calls.append("jax.distributed"))
+
+    def load_torch(*args):
+        calls.append("state_dict")
+        raise UsageError("stop here")
+
+    monkeypatch.setattr(interop, "load_torch", load_torch)
+    assert train_cli.main(["--model", "cnn", "--torch-state-dict", "cnn.pth", "--no-progress"]) == 2
+    assert calls == ["jax.distributed", "state_dict"] and "stop here" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="session")  # not "module": xdist interleaves modules, tearing those down
