@@ -169,6 +169,18 @@ def changed_settings(saved: dict, config: Config) -> list[str]:
     return sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
 
 
+def resumable(saved: dict, config: Config, allowed: tuple[str, ...], workdir) -> list[str]:
+    """The settings a resumed run changes against its checkpoint's (`saved`); a usage error for any but `allowed`,
+    and for more or fewer epochs under the one-cycle schedule, which spans the steps of the epochs it began with."""
+    changed = changed_settings(saved, config)
+    if set(changed) - set(allowed):
+        raise UsageError(f"checkpoint in {workdir} was made with different settings: {', '.join(changed)}")
+    if "epochs" in changed and config.schedule == "onecycle":
+        raise UsageError(f"--epochs {config.epochs}: the run in {workdir} follows a one-cycle schedule over its "
+                         f"{saved['epochs']} epochs, which a resumed run cannot stretch; train longer in a new run")  # fmt: skip
+    return changed
+
+
 def validate(config: Config) -> None:
     """Raises UsageError (one line, naming the flag) for a config no trainer can run."""
     if config.model not in NETWORKS:

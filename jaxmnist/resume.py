@@ -13,7 +13,7 @@ from jaxmnist.checkpoint import Checkpointer
 from jaxmnist.cli import UsageError
 from jaxmnist.convs import ConvPlan
 from jaxmnist.distributed import Placement
-from jaxmnist.presets import Config, changed_settings
+from jaxmnist.presets import Config, resumable
 from jaxmnist.programs import Diverged
 from jaxmnist.seeds import Seeds
 
@@ -50,11 +50,9 @@ def resume_from(ckpt: Checkpointer, state, config: Config, runs: list[SeedRun], 
         say(f"no checkpoint in {ckpt.workdir}: starting from scratch")
         return state, 0
     state, meta = restored
-    changed = changed_settings(meta["config"], config)
     if meta.get("seeds", [config.seed]) != list(seeds.seeds):
-        changed.append("seeds")
-    if set(changed) - set(RESUMABLE_CHANGES):
-        raise UsageError(f"checkpoint in {ckpt.workdir} was made with different settings: {', '.join(changed)}")
+        raise UsageError(f"checkpoint in {ckpt.workdir} was made with different settings: seeds")
+    changed = resumable(meta["config"], config, RESUMABLE_CHANGES, ckpt.workdir)
     listed = (lambda x: x) if seeds.vmapped else (lambda x: [x])
     for run, plateau, record in zip(runs, listed(meta["plateau"]), listed(meta.get("record"))):
         run.plateau.load_state_dict(plateau)

@@ -406,6 +406,11 @@ def test_resume_refuses_other_settings_and_a_damaged_checkpoint(tmp_path, mnist,
     assert torch_train.main(flags + workdir + ["--epochs", "2", "--lr", "0.5", "--resume"]) == 2
     err = capsys.readouterr().err
     assert err == f"error: checkpoint in {tmp_path / 'w'} was made with different settings: epochs, lr\n"
+    cycle = ["--schedule", "onecycle", "--workdir", str(tmp_path / "c"), "--logdir", str(tmp_path / "log_c")]
+    assert torch_train.main(flags + cycle + ["--epochs", "1"]) == 0
+    assert torch_train.main(flags + cycle + ["--epochs", "2", "--resume"]) == 2  # torch's OneCycleLR would raise
+    err = capsys.readouterr().err
+    assert "--epochs 2: the run in" in err and "one-cycle schedule over its 1 epochs" in err and err.count("\n") == 1
     (tmp_path / "w" / "checkpoint.pt").write_bytes(b"not a checkpoint")
     assert torch_train.main(flags + workdir + ["--epochs", "2", "--resume"]) == 1
     err = capsys.readouterr().err

@@ -111,7 +111,7 @@ def checkpoint_of(tmp_path, config, spoil=None, inside=""):
     """A workdir holding one checkpoint of `config` (epoch 1), optionally spoiled; `inside` a folder of it (e.g. a
     seed's, seed<k>)."""
     ckpt = Checkpointer(tmp_path / "w" / inside)
-    state = engine.create_state(config, jax.random.PRNGKey(0))
+    state = engine.create_state(config, jax.random.PRNGKey(0), total_steps=config.epochs * config.max_steps)
     ckpt.save(state, 1, 50.0, meta={"config": dataclasses.asdict(config), "epoch": 1, "plateau": {}, "record": None})
     ckpt.close()
     if spoil:
@@ -131,6 +131,8 @@ REAL = [
     (lambda mnist, tmp_path: checkpoint_of(tmp_path, QUICK_CONFIG.replace(momentum=0.9)), 2,
      "was made with different settings: momentum"),
     (lambda mnist, tmp_path: checkpoint_of(tmp_path, QUICK_CONFIG, spoil=True), 1, "no intact checkpoint is left"),
+    (lambda mnist, tmp_path: [*checkpoint_of(tmp_path, QUICK_CONFIG.replace(schedule="onecycle", epochs=3)),
+                              "--schedule", "onecycle"], 2, "follows a one-cycle schedule over its 3 epochs"),
 ]  # fmt: skip
 
 

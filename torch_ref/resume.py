@@ -16,7 +16,7 @@ import torch
 
 from jaxmnist import cli
 from jaxmnist.cli import UsageError
-from jaxmnist.presets import changed_settings
+from jaxmnist.presets import resumable
 
 FILE = "checkpoint.pt"
 RESUMABLE_CHANGES = ("epochs", "evals_per_epoch")  # what a resumed run may change
@@ -59,9 +59,7 @@ def restore(workdir, config, parts: dict, say) -> tuple[int, dict | None]:
         state = torch.load(target, weights_only=True)
     except Exception as e:  # a damaged file: name it, never a traceback
         raise cli.RunError(f"cannot read {target} ({type(e).__name__}); remove it to start over") from None
-    changed = changed_settings(state["config"], config)
-    if set(changed) - set(RESUMABLE_CHANGES):
-        raise UsageError(f"checkpoint in {workdir} was made with different settings: {', '.join(changed)}")
+    resumable(state["config"], config, RESUMABLE_CHANGES, workdir)
     missing = sorted(name for name, part in parts.items() if part is not None and name not in state["parts"])
     if missing:
         raise UsageError(f"checkpoint in {workdir} lacks {', '.join(missing)}: it was made with other settings")
