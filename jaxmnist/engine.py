@@ -154,7 +154,7 @@ def ema_decay_at(updates, decay: float):
 
 # -------------------------------------------------------------------------------------------- steps
 def train_step(state: TrainState, batch: dict, train: bool = True) -> tuple[TrainState, dict]:
-    """One SGD/RMSprop step on a normalised batch {'image': [B,28,28,1] float, 'label': [B] int}.
+    """One optimiser step (SGD, RMSprop or AdamW: Config.optimizer) on a normalised batch {'image': [B,28,28,1] float, 'label': [B] int}.
 
     `train=False` reproduces the blog's quirk of training in eval mode (BatchNorm frozen, dropout off).
     """
@@ -238,7 +238,7 @@ def chunk_batches(
     Its own program, for two reasons. A train chunk that took the whole split would be another program for every
     split size, compiled again for each. And XLA:CPU fuses a cheap producer into every consumer that reads it:
     augmented inside the train step, the rotation and gather were computed again in each fusion that reads a
-    pixel (a dozen per step), 1.2x the step's time at batch 64 (benchmarks/README.md, "Augmentation in its own
+    pixel, 1.2x the step's time at batch 64 (benchmarks/README.md, "Augmentation in its own
     program"). Here the images are materialised once. `elastic`, `scale`: prepare_images's."""
     idx = jax.lax.dynamic_slice_in_dim(order, start, steps, axis=0)
     keys = jax.vmap(lambda i: train_augment_key(rng, step + i))(jnp.arange(steps))
@@ -324,6 +324,6 @@ def eval_split(
 def epoch_indices(seed: int, epoch, n: int, batch_size: int, steps: int):
     """The epoch's shuffled batches, [steps, B] indices into the split: a fresh permutation from (seed, epoch),
     ragged tail dropped. One array, whatever the chunks: a slice per chunk made it a program whose compile time
-    grew with the steps (14.6 s for 468 one-step chunks on a Zen 3, against 0.2 s now)."""
+    grew with the number of chunks."""
     key = jax.random.fold_in(jax.random.PRNGKey(seed ^ 0x5EED), epoch)
     return jax.random.permutation(key, n)[: steps * batch_size].reshape(steps, batch_size).astype(jnp.int32)

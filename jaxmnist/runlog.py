@@ -337,7 +337,9 @@ class Report:
         time_s: float,
     ) -> None:
         """After epoch `epoch` (from 0): the blog's `[k]: xx.xx %` line, a learning-rate change, the logs.
-        `test` and `val` hold the pass's 'accuracy' (percent) and 'loss'; `lr` is the rate the epoch used."""
+        `test` and `val` hold the pass's 'accuracy' (percent) and 'loss'; `lr` is the rate the next step would
+        use before the plateau rule (the rate the epoch ran at, under a per-epoch rate; the one-cycle schedule's
+        next step's), `next_lr` the one it will use after it."""
         self.say(epoch_line(epoch + 1, float(test["accuracy"])))
         if next_lr != lr:
             self.say(f"    learning rate {lr:g} -> {next_lr:g}")

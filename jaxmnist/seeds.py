@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 from typing import Callable
 
 import jax
@@ -47,7 +48,7 @@ class Seeds:
         self, config: Config, total_steps: int, variables: dict | None = None, conv_plan: ConvPlan = convs.XLA
     ) -> engine.TrainState:
         """Each seed's fresh state (its own initialisation and keys), stacked when vmapped: vmap draws every
-        seed's initial weights exactly as the seed alone would. `variables` (e.g. from --init-from) replace the
+        seed's initial weights exactly as the seed alone would. `variables` (e.g. from --torch-state-dict) replace the
         initialisation, the same for every seed."""
         keys = jnp.stack([jax.random.PRNGKey(s) for s in self.seeds])
         create = functools.partial(
@@ -56,19 +57,22 @@ class Seeds:
         return jax.vmap(create)(keys) if self.vmapped else create(keys[0])
 
 
+def seed_list(text: str) -> tuple[int, ...] | None:
+    """'3-5' -> (3, 4, 5); '0,4,9' -> those; None for any other text, and for a list that repeats a seed or an
+    empty range. Both --seeds (training) and --seed (picking trained seeds) take these forms."""
+    if re.fullmatch(r"\d+(,\d+)+", text):
+        seeds = tuple(int(t) for t in text.split(","))
+    elif m := re.fullmatch(r"(\d+)-(\d+)", text):
+        seeds = tuple(range(int(m[1]), int(m[2]) + 1))
+    else:
+        return None
+    return seeds if seeds and len(set(seeds)) == len(seeds) else None
+
+
 def parse_seeds(text: str) -> tuple[int, ...]:
-    """'8' -> seeds 0..7; '3-5' -> 3, 4, 5; '0,4,9' -> those."""
-    try:
-        if "," in text:
-            seeds = tuple(int(t) for t in text.split(","))
-        elif "-" in text.strip()[1:]:
-            first, last = (int(t) for t in text.split("-", 1))
-            seeds = tuple(range(first, last + 1))
-        else:
-            seeds = tuple(range(int(text)))
-    except ValueError:
-        seeds = ()
-    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+    """--seeds: '8' -> seeds 0..7; '3-5' -> 3, 4, 5; '0,4,9' -> those."""
+    seeds = seed_list(text) or (tuple(range(int(text))) if re.fullmatch(r"\d+", text) else ())
+    if not seeds:
         raise UsageError(f"--seeds {text!r}: expected a count (8), a range (0-7) or distinct seeds (0,3,5), all >= 0")
     return seeds
 

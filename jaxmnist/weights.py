@@ -24,7 +24,7 @@ from jaxmnist.checkpoint import Checkpointer
 from jaxmnist.cli import UsageError
 from jaxmnist.convs import ConvPlan
 from jaxmnist.presets import Config
-from jaxmnist.seeds import Seeds
+from jaxmnist.seeds import Seeds, seed_list
 
 WHICH = ("best", "latest")
 
@@ -44,8 +44,8 @@ def _mean_softmax(apply_fn, stacked, images_u8):
 
 def softmax_program(plan: ConvPlan = convs.XLA, ensemble: bool = False):
     """The jitted softmax (`ensemble`: of stacked members, averaged), (apply_fn, variables, images) ->
-    probabilities, compiled with the kernel library of `plan` as training compiles (on an AVX2 CPU Eigen's
-    convolutions run an ensemble of 4 cnns over the test set in half the time of XLA's default kernels)."""
+    probabilities, compiled with the kernel library of `plan` as training compiles (jaxmnist.convs: on x86 CPUs XLA's
+    default kernels are the slower ones)."""
     return _jitted(ensemble, tuple(sorted(plan.compiler_options.items())))
 
 
@@ -168,7 +168,7 @@ def workdir_members(workdir: str, which: str = "best", seed: int | tuple[int, ..
 def restore_target(stack: Seeds, config: Config) -> engine.TrainState:
     """The shapes and dtypes of `stack`'s state for `config`, computing nothing (jax.eval_shape): what a checkpoint
     restores into. A fresh state to overwrite compiled about twenty programs at a command's start (the network's
-    initialisation, the optimiser's zeros, the key splits): 1.0 of the 1.7 s a vmapped workdir took to load."""
+    initialisation, the optimiser's zeros, the key splits): most of the time a vmapped workdir took to load."""
     shapes = engine.variable_shapes(models.get_model(config.model, config.num_classes))
     return jax.eval_shape(lambda v: stack.create_state(config, total_steps=1, variables=v), shapes)
 
@@ -179,11 +179,9 @@ def parse_seed(text: str | None) -> int | tuple[int, ...] | str | None:
         return text
     if re.fullmatch(r"\d+", text):
         return int(text)
-    if re.fullmatch(r"\d+(,\d+)+", text):
-        return tuple(int(t) for t in text.split(","))
-    if (m := re.fullmatch(r"(\d+)-(\d+)", text)) and int(m[1]) <= int(m[2]):
-        return tuple(range(int(m[1]), int(m[2]) + 1))
-    raise UsageError(f"--seed {text!r}: expected a seed (3), several (0,2,4 or 0-4) or all")
+    if seeds := seed_list(text):
+        return seeds
+    raise UsageError(f"--seed {text!r}: expected a seed (3), several distinct ones (0,2,4 or 0-4) or all")
 
 
 def pick(seed, available: tuple[int, ...], what: str) -> tuple[int, ...]:

@@ -43,7 +43,7 @@ def test_parse_seeds():
     assert seeds.parse_seeds("3") == (0, 1, 2)
     assert seeds.parse_seeds("4-6") == (4, 5, 6)
     assert seeds.parse_seeds("0,7,2") == (0, 7, 2)
-    for bad in ("0", "-1", "5-3", "1,1", "a", "1,x"):
+    for bad in ("0", "-1", "5-3", "1,1", "a", "1,x", " 3", "+3"):
         with pytest.raises(UsageError):
             seeds.parse_seeds(bad)
 

@@ -57,7 +57,7 @@ def test_seed_flag_forms(text, seed):
     assert weights.parse_seed(text) == seed
 
 
-@pytest.mark.parametrize("text", ["x", "3-1", "-1", "1,", "all,2"])
+@pytest.mark.parametrize("text", ["x", "3-1", "-1", "1,", "all,2", "0,0", "2,1,2"])  # repeats: one member twice
 def test_bad_seed_flags_are_usage_errors(text):
     with pytest.raises(UsageError, match=f"--seed '{text}': expected a seed"):
         weights.parse_seed(text)
