@@ -52,7 +52,8 @@ def int_list(text: str) -> tuple[int, ...]:
 def build_parser() -> cli.ArgumentParser:
     p = cli.script_parser("scripts/bench.py", __doc__)
     p.add_argument("--quick", action="store_true", help="smoke test: cnn and resnet, batch 8, a few steps")
-    p.add_argument("--networks", help="comma-separated (default: all five; --quick: cnn,resnet)")
+    p.add_argument("--networks", help="comma-separated (default: every network of jaxmnist.models; --quick: "
+                   "cnn,resnet)")  # fmt: skip
     p.add_argument(
         "--batch-sizes",
         type=int_list,

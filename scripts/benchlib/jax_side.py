@@ -39,7 +39,7 @@ def plan_record(plan: convs.ConvPlan) -> dict:
 
 def initial_state(config: Config, dtype_name: str, plan: convs.ConvPlan = convs.XLA):
     """A fresh TrainState for (network, optimiser, dtype, conv plan), initialised once per run and copied on every
-    use: the init itself compiles, which costs seconds (kept for the whole run: all five networks' states are
+    use: the init itself compiles, which costs seconds (kept for the whole run: all the networks' states are
     ~0.6 GB)."""
     key = (config.model, config.optimizer, config.lr, config.momentum, dtype_name, plan)
     if key not in _STATES:
