@@ -67,9 +67,10 @@ def resume_from(ckpt: Checkpointer, state, config: Config, runs: list[SeedRun], 
     return state, meta["epoch"]
 
 
-def diverged_error(e: Diverged, ckpt: Checkpointer | None, workdir) -> cli.RunError:
+def diverged_error(e: Diverged, ckpt: Checkpointer | None) -> cli.RunError:
     """The one line a divergence ends the run with: where, the last good checkpoint, what to try."""
     last = ckpt.latest_epoch() if ckpt else None
+    workdir = ckpt.workdir if ckpt else None
     if last:
         where = (
             f"the last good checkpoint is epoch {last} in {workdir}: "

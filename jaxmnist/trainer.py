@@ -168,7 +168,7 @@ def announce(run: Run, opts: Options, compile_s: float) -> None:
     )
 
 
-def run_epoch(run: Run, training: Training, evals: EvalPasses, epoch: int, progress: bool, workdir) -> float:
+def run_epoch(run: Run, training: Training, evals: EvalPasses, epoch: int, progress: bool) -> float:
     """One epoch: train, evaluate, step each seed's plateau rule, log, checkpoint. Returns its seconds (train and
     evaluation). A divergence ends the run in one line; nothing of the epoch is saved."""
     config, seeds = run.config, run.seeds
@@ -187,7 +187,7 @@ def run_epoch(run: Run, training: Training, evals: EvalPasses, epoch: int, progr
             run.state, batch_acc, batch_loss = train_epoch(training, run.state, run.data.train, epoch, mode, bar,
                                                            interim)  # fmt: skip
         except Diverged as e:
-            raise diverged_error(e, run.ckpt, workdir) from None
+            raise diverged_error(e, run.ckpt) from None
     test, val = evals(run.state, run.data, epoch)
     seconds = time.perf_counter() - t_start
     lr = np.atleast_1d(jax.device_get(run.state.step_lr()))  # the rate the next step will use, per seed
@@ -259,7 +259,7 @@ def train_run(config: Config, seeds: Seeds, opts: Options, data: data_lib.Datase
     epoch_times, watch = [], RecompileWatch(run.first_epoch)
     for epoch in range(run.first_epoch, config.epochs):
         watch.epoch_started(epoch)
-        epoch_times.append(run_epoch(run, training, evals, epoch, opts.progress, opts.workdir))
+        epoch_times.append(run_epoch(run, training, evals, epoch, opts.progress))
         watch.epoch_ended(epoch)
         if opts.stop_after_epoch is not None and epoch + 1 >= opts.stop_after_epoch:
             break
