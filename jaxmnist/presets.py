@@ -181,6 +181,9 @@ def resumable(saved: dict, config: Config, allowed: tuple[str, ...], workdir) ->
     return changed
 
 
+MAX_SEED = 2**31 - 1  # a seed becomes a JAX key from an int32 (jax.random.PRNGKey)
+
+
 def validate(config: Config) -> None:
     """Raises UsageError (one line, naming the flag) for a config no trainer can run."""
     if config.model not in NETWORKS:
@@ -200,6 +203,8 @@ def validate(config: Config) -> None:
     for name in ("lr", "batch_size", "epochs", "eval_batch_size", "evals_per_epoch"):
         if not getattr(config, name) > 0:
             raise UsageError(f"--{name.replace('_', '-')} must be > 0, got {getattr(config, name)}")
+    if not 0 <= config.seed <= MAX_SEED:
+        raise UsageError(f"--seed must be in [0, {MAX_SEED}], got {config.seed}")
     for name in ("val_size", "train_size", "max_steps"):
         if getattr(config, name) < 0:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(config, name)}")

@@ -43,16 +43,16 @@ def resume_from(ckpt: Checkpointer, state, config: Config, runs: list[SeedRun], 
     """(state, epochs done) from the newest intact checkpoint, with each seed's plateau rule and run log
     restored; (state, 0) when there is none. Other settings than RESUMABLE_CHANGES are a usage error; with a
     new --lr, training continues at it."""
-    restored = ckpt.restore_latest(state)
-    if restored is None:
+    meta = ckpt.read_meta()  # the settings first: arrays of another network or optimiser would not restore
+    if meta is None:
         if ckpt.damaged:
             raise cli.RunError(f"no intact checkpoint is left in {ckpt.workdir}; remove it to start over")
         say(f"no checkpoint in {ckpt.workdir}: starting from scratch")
         return state, 0
-    state, meta = restored
     if meta.get("seeds", [config.seed]) != list(seeds.seeds):
         raise UsageError(f"checkpoint in {ckpt.workdir} was made with different settings: seeds")
     changed = resumable(meta["config"], config, RESUMABLE_CHANGES, ckpt.workdir)
+    state, meta = ckpt.restore_latest(state)
     listed = (lambda x: x) if seeds.vmapped else (lambda x: [x])
     for run, plateau, record in zip(runs, listed(meta["plateau"]), listed(meta.get("record"))):
         run.plateau.load_state_dict(plateau)

@@ -15,7 +15,7 @@ import numpy as np
 from jaxmnist import convs, engine
 from jaxmnist.cli import UsageError
 from jaxmnist.convs import ConvPlan
-from jaxmnist.presets import Config
+from jaxmnist.presets import MAX_SEED, Config
 
 SEED_MODES = ("auto", "vmap", "sequential")
 
@@ -57,23 +57,28 @@ class Seeds:
         return jax.vmap(create)(keys) if self.vmapped else create(keys[0])
 
 
+MAX_SEEDS = 10_000  # a count or range beyond this is a typo, not a study
+
+
 def seed_list(text: str) -> tuple[int, ...] | None:
     """'3-5' -> (3, 4, 5); '0,4,9' -> those; None for any other text, and for a list that repeats a seed or an
     empty range. Both --seeds (training) and --seed (picking trained seeds) take these forms."""
     if re.fullmatch(r"\d+(,\d+)+", text):
         seeds = tuple(int(t) for t in text.split(","))
-    elif m := re.fullmatch(r"(\d+)-(\d+)", text):
+    elif (m := re.fullmatch(r"(\d+)-(\d+)", text)) and int(m[2]) - int(m[1]) < MAX_SEEDS:
         seeds = tuple(range(int(m[1]), int(m[2]) + 1))
     else:
         return None
-    return seeds if seeds and len(set(seeds)) == len(seeds) else None
+    return seeds if seeds and len(set(seeds)) == len(seeds) <= MAX_SEEDS and max(seeds) <= MAX_SEED else None
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:
     """--seeds: '8' -> seeds 0..7; '3-5' -> 3, 4, 5; '0,4,9' -> those."""
-    seeds = seed_list(text) or (tuple(range(int(text))) if re.fullmatch(r"\d+", text) else ())
+    count = int(text) if re.fullmatch(r"\d+", text) and int(text) <= MAX_SEEDS else 0
+    seeds = seed_list(text) or tuple(range(count))
     if not seeds:
-        raise UsageError(f"--seeds {text!r}: expected a count (8), a range (0-7) or distinct seeds (0,3,5), all >= 0")
+        raise UsageError(f"--seeds {text!r}: expected a count (8), a range (0-7) or distinct seeds (0,3,5), "
+                         f"at most {MAX_SEEDS} of them, in [0, {MAX_SEED}]")  # fmt: skip
     return seeds
 
 

@@ -263,6 +263,7 @@ def test_one_epoch_accuracy_matches_jax(mnist, tmp_path):
         ["--num-workers", "-1"],
         ["--device", "tpu"],
         ["--val-size", "60000"],
+        ["--seed", "99999999999999999999"],
         ["--unknown-flag"],
     ],
 )

@@ -73,6 +73,9 @@ OFFLINE = [
     (["--seeds", "2", "--resume"], "--resume needs --workdir"),
     (["--seeds", "0-x"], "--seeds '0-x': expected a count (8), a range (0-7) or distinct seeds"),
     (["--seeds", "1,1"], "--seeds '1,1': expected"),
+    (["--seed", "2147483648"], "--seed must be in [0, 2147483647], got 2147483648"),  # a JAX key is int32
+    (["--seeds", "99999999999"], "at most 10000 of them"),  # not a MemoryError
+    (["--seeds", "0,2147483648"], "in [0, 2147483647]"),
     (["--seeds", "2", "--seed", "1"], "give --seed or --seeds, not both"),
     (["--seeds", "2", "--seed-mode", "vmap", "--val-size", "10"], "--seed-mode vmap cannot hold out --val-size"),
     (["--seed-mode", "both"], "argument --seed-mode: invalid choice"),
@@ -130,6 +133,8 @@ REAL = [
     (lambda mnist, tmp_path: ["--batch-size", "2048"], 2, "--batch-size 2048 exceeds the 1024 training images"),
     (lambda mnist, tmp_path: checkpoint_of(tmp_path, QUICK_CONFIG.replace(momentum=0.9)), 2,
      "was made with different settings: momentum"),
+    (lambda mnist, tmp_path: checkpoint_of(tmp_path, QUICK_CONFIG.replace(model="fast")), 2,
+     "was made with different settings: model"),  # compared before orbax reads arrays of another shape
     (lambda mnist, tmp_path: checkpoint_of(tmp_path, QUICK_CONFIG, spoil=True), 1, "no intact checkpoint is left"),
     (lambda mnist, tmp_path: [*checkpoint_of(tmp_path, QUICK_CONFIG.replace(schedule="onecycle", epochs=3)),
                               "--schedule", "onecycle"], 2, "follows a one-cycle schedule over its 3 epochs"),
