@@ -139,7 +139,7 @@ def write(
     """report.json (the summary and the machine that computed it), confusion.png, misclassified.png into `out`
     (atomically); the images also into a tensorboardX `writer` if given; `probs` (the summarised softmax,
     [n, classes]) into PROBABILITIES, for ensembles of runs made apart (`mean_probabilities`)."""
-    out = runlog.writable_logdir(out)
+    out = runlog.writable_dir(out)
     report = {**summary, "machine": host.machine()}
     runlog.atomic_write(out / "report.json", json.dumps(report, indent=1).encode())
     if probs is not None:
@@ -188,10 +188,11 @@ def _main(argv) -> None:
     args = build_parser().parse_args(argv)
     compile_cache.configure(args.no_compile_cache)
     model = weights.load(args)
+    out = runlog.writable_dir(args.out or default_out(args.workdir, model), "--out")  # before the pass, not after
     data = data_lib.load(args.dataset, args.data_dir, progress=False)
     probs = model.probabilities(data.test_images)
     summary = summarise(probs, data.test_labels)
-    out = write(summary, data.test_images, args.out or default_out(args.workdir, model), probs=probs)
+    write(summary, data.test_images, out, probs=probs)
     print(f"{model.name} from {model.source}, on {args.dataset}'s {summary['n']} test images")
     print(table(summary))
     print(f"report: {out}/report.json, confusion.png, misclassified.png, {PROBABILITIES}")

@@ -85,16 +85,17 @@ def versions(*names: str) -> dict[str, str]:
     return found
 
 
-def writable_logdir(logdir: str | os.PathLike) -> Path:
-    """`logdir`, created if needed; a UsageError if it cannot be written (checked before a run loads anything)."""
-    path = Path(logdir)
+def writable_dir(directory: str | os.PathLike, flag: str = "--logdir") -> Path:
+    """`directory`, created if needed; a UsageError naming `flag` if it cannot be written (checked before a run
+    loads anything)."""
+    path = Path(directory)
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".write-test"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
-        raise UsageError(f"cannot write to --logdir {logdir}: {e.strerror}") from None
+        raise UsageError(f"cannot write to {flag} {directory}: {e.strerror}") from None
     return path
 
 
@@ -154,7 +155,7 @@ class RunLog:
         n_train: int,
         record: dict | None = None,
     ):
-        self.dir = writable_logdir(logdir)
+        self.dir = writable_dir(logdir)
         cfg = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
         self.batches_per_epoch_axis = math.ceil(n_train / cfg["batch_size"])  # the blog's x-axis unit
         self.record = record or {

@@ -252,7 +252,7 @@ def train_run(config: Config, seeds: Seeds, opts: Options, data: data_lib.Datase
         raise cli.workdir_taken(opts.workdir, epoch)
     for d in logdirs(opts):
         if d:
-            runlog.writable_logdir(d)
+            runlog.writable_dir(d)
     run = prepare(config, seeds, opts, data)
     training, evals, compile_s = compile_programs(run, opts, cache or programs.SHARED)
     announce(run, opts, compile_s)

@@ -273,15 +273,17 @@ def test_cli_bad_input_is_one_line_exit_2(argv, capsys, tmp_path, mnist):
     assert err.startswith("error: ") and err.count("\n") == 1, err
 
 
-def test_cli_unwritable_logdir_and_missing_cuda(capsys, tmp_path):
+def test_cli_unwritable_dirs_and_missing_cuda(capsys, tmp_path):
+    """One line each, before any training (an unwritable --workdir used to fail at the first epoch's checkpoint)."""
     (tmp_path / "file").write_text("")
-    argvs = [["--logdir", str(tmp_path / "file" / "run")]]
+    cases = [(["--logdir", str(tmp_path / "file" / "run")], "error: cannot write to --logdir"),
+             (["--workdir", str(tmp_path / "file" / "w")], "error: cannot write to --workdir")]  # fmt: skip
     if not torch.cuda.is_available():
-        argvs.append(["--device", "cuda", "--logdir", str(tmp_path)])
-    for argv in argvs:
+        cases.append((["--device", "cuda", "--logdir", str(tmp_path)], "error: "))
+    for argv, start in cases:
         assert torch_train.main(argv + ["--no-progress"]) == 2
         err = capsys.readouterr().err
-        assert err.startswith("error: ") and err.count("\n") == 1, err
+        assert err.startswith(start) and err.count("\n") == 1, err
 
 
 def test_a_new_run_refuses_a_workdir_that_holds_a_checkpoint(capsys, tmp_path):
@@ -412,7 +414,11 @@ def test_resume_refuses_other_settings_and_a_damaged_checkpoint(tmp_path, mnist,
     assert torch_train.main(flags + cycle + ["--epochs", "2", "--resume"]) == 2  # torch's OneCycleLR would raise
     err = capsys.readouterr().err
     assert "--epochs 2: the run in" in err and "one-cycle schedule over its 1 epochs" in err and err.count("\n") == 1
-    (tmp_path / "w" / "checkpoint.pt").write_bytes(b"not a checkpoint")
-    assert torch_train.main(flags + workdir + ["--epochs", "2", "--resume"]) == 1
-    err = capsys.readouterr().err
-    assert err.startswith(f"error: cannot read {tmp_path / 'w' / 'checkpoint.pt'}") and err.count("\n") == 1, err
+    for damaged in (b"not a checkpoint", None):  # None: a torch file, but not one of torch_ref's checkpoints
+        if damaged is None:
+            torch.save({"epoch": 1}, tmp_path / "w" / "checkpoint.pt")
+        else:
+            (tmp_path / "w" / "checkpoint.pt").write_bytes(damaged)
+        assert torch_train.main(flags + workdir + ["--epochs", "2", "--resume"]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: cannot read {tmp_path / 'w' / 'checkpoint.pt'}") and err.count("\n") == 1, err

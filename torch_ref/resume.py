@@ -59,6 +59,8 @@ def restore(workdir, config, parts: dict, say) -> tuple[int, dict | None]:
         state = torch.load(target, weights_only=True)
     except Exception as e:  # a damaged file: name it, never a traceback
         raise cli.RunError(f"cannot read {target} ({type(e).__name__}); remove it to start over") from None
+    if not (isinstance(state, dict) and {"epoch", "config", "parts", "rng", "record"} <= state.keys()):
+        raise cli.RunError(f"cannot read {target} (not a torch_ref checkpoint); remove it to start over")
     resumable(state["config"], config, RESUMABLE_CHANGES, workdir)
     missing = sorted(name for name, part in parts.items() if part is not None and name not in state["parts"])
     if missing:

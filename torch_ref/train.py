@@ -297,7 +297,9 @@ def train_and_evaluate(
         raise UsageError(f"--num-workers must be >= 0, got {num_workers}")
     device = resolve_device(device)
     if logdir:
-        runlog.writable_logdir(logdir)
+        runlog.writable_dir(logdir)
+    if workdir:  # before the first epoch, not at its checkpoint
+        runlog.writable_dir(workdir, "--workdir")
     if resume and not workdir:
         raise UsageError("--resume needs the --workdir of the run to continue")
     if workdir and not resume and resume_lib.path(workdir).exists():
