@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmnist import host, onednn
+from jaxmnist.cli import UsageError
 from jaxmnist.convs import (
     ENV_IMPL,
     FORMULATIONS,
@@ -227,9 +228,10 @@ def choose(timings: dict, source: str) -> ConvPlan:
 def plan_for(impl: str | None, model, batch_size: int, say: Callable = print) -> ConvPlan:
     """The plan of `--conv-impl impl` (None: $JAXMNIST_CONV_IMPL, else auto) for `model` at `batch_size`. Off
     the CPU `auto` is XLA's own choice; on the CPU it is `measured_plan`."""
+    where = f'--conv-impl {impl!r}' if impl else f'${ENV_IMPL}={os.environ.get(ENV_IMPL)!r}'
     impl = impl or os.environ.get(ENV_IMPL) or 'auto'
     if impl not in IMPLS:
-        raise ValueError(f'unknown --conv-impl {impl!r}; choose from {", ".join(IMPLS)}')
+        raise UsageError(f'unknown {where}; choose from {", ".join(IMPLS)}')
     if impl != 'auto':
         return fixed_plan(impl).require_runnable(f'--conv-impl {impl}: ')
     if jax.default_backend() != 'cpu':

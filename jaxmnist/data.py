@@ -97,11 +97,13 @@ def load(
     network: bool = True,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    must_cache: bool = False,
 ) -> Dataset:
     """Returns the verified dataset and which source served it (see the module docstring for the order).
 
     Raises DataError (one line) for a user's directory that is missing or holds a wrong file, and when
-    every source failed, listing what was tried and how to supply the files by hand.
+    every source failed, listing what was tried and how to supply the files by hand. A cache that cannot be
+    written costs a note (the data is there), or with `must_cache` (the data command) a DataError.
     """
     if dataset not in DATASETS:
         raise DataError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS)}")
@@ -135,8 +137,14 @@ def load(
             log(f"{name}: not used ({e})")
             continue
         if not name.startswith("cache"):
-            sources.write_cache(cache, spec, fetched, source=name)
-            log(f"verified {spec.name} from {name}; cached in {cache}")
+            try:
+                sources.write_cache(cache, spec, fetched, source=name)
+                log(f"verified {spec.name} from {name}; cached in {cache}")
+            except OSError as e:
+                problem = f"cannot write the data cache {cache} ({e.strerror}); set $JAXMNIST_DATA or --cache-dir"
+                if must_cache:
+                    raise DataError(problem) from None
+                log(f"verified {spec.name} from {name}; not cached: {problem}")
         return _to_dataset(spec, fetched, name)
     raise DataError(
         f"could not obtain verified {spec.name}; tried: "
@@ -194,6 +202,7 @@ def _main(argv: list[str] | None) -> None:
         use_tfds=args.tfds,
         tfds_data_dir=args.tfds_data_dir,
         network=not args.offline,
+        must_cache=True,
     )
     print(f"dataset: {data.name}\nsource:  {data.source}\nchecksums: all four IDX files verified")
     for split in SPLITS:

@@ -7,15 +7,19 @@ import jax
 import pytest
 
 from jaxmnist import autotune, convs, models
+from jaxmnist.cli import UsageError
 from jaxmnist.convs import ConvPlan, Geometry
 
 # The cnn with its first block composed (models.CNN fuses it by default): two convolution shapes to time.
 TWO_CONVS = models.CNN(fuse_first_block=False)
 
 
-def test_fixed_impls_and_bad_names():
-    with pytest.raises(ValueError, match='unknown --conv-impl'):
+def test_fixed_impls_and_bad_names(monkeypatch):
+    with pytest.raises(UsageError, match="unknown --conv-impl 'fastest'"):
         autotune.plan_for('fastest', models.get_model('cnn'), 8)
+    monkeypatch.setenv(convs.ENV_IMPL, 'bogus')  # the flag's default: one line naming the variable
+    with pytest.raises(UsageError, match=r"unknown \$JAXMNIST_CONV_IMPL='bogus'; choose from"):
+        autotune.plan_for(None, models.get_model('cnn'), 8)
     assert autotune.plan_for('eigen', None, 8).compiler_options == convs.LIBRARIES['eigen']  # this XLA accepts it
     assert autotune.plan_for('xla', None, 8) == convs.XLA
 

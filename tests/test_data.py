@@ -122,6 +122,19 @@ def test_source_chain_order_and_error(tmp_path, monkeypatch):
     assert calls == []  # offline: no network source is tried
 
 
+def test_an_unwritable_cache_costs_a_note_or_for_the_data_command_an_error(mnist, tmp_path):
+    """The data is verified and there: a run goes on without caching it; `jaxmnist.data`, whose job is the cache,
+    stops with one line naming it (a traceback of write_cache's OSError before)."""
+    src = write_files(tmp_path / "src", mnist)
+    (tmp_path / "file").write_text("")
+    notes = []
+    got = data.load(data_dir=src, cache_dir=tmp_path / "file", network=False, log=notes.append)
+    assert got.source.startswith("directory") and len(got.test_labels) == 10_000
+    assert "not cached: cannot write the data cache" in notes[-1] and "$JAXMNIST_DATA" in notes[-1], notes
+    with pytest.raises(data.DataError, match=r"^cannot write the data cache .*/file/mnist \(.+\); set \$JAXMNIST_DATA"):
+        data.load(data_dir=src, cache_dir=tmp_path / "file", network=False, log=notes.append, must_cache=True)
+
+
 def test_missing_data_dir_is_an_error(tmp_path):
     with pytest.raises(data.DataError, match="does not exist"):
         data.load(data_dir=tmp_path / "nope", network=False)
