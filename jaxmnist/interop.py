@@ -25,6 +25,7 @@ globals (a pickle can run code); writing emits the same records, which `torch.lo
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import io
 import os
@@ -252,7 +253,8 @@ def write_pth(path: str | os.PathLike, state: dict[str, np.ndarray]) -> Path:
             archive.writestr(f"{root}/version", "3\n")
         os.replace(tmp, path)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a parent that is a file fails the clean-up too: report the write
+            tmp.unlink(missing_ok=True)
         raise UsageError(f"cannot write {path}: {e.strerror}") from None
     return path
 

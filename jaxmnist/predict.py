@@ -95,7 +95,10 @@ def read_digits(path: str) -> list[Digit]:
         except (ValueError, OSError) as e:
             raise ValueError(f"not a readable .npy array ({e})") from None
         return _digits_of(path, array)
-    raw = file.read_bytes()
+    try:
+        raw = file.read_bytes()
+    except OSError as e:  # permission, an I/O error, a special file
+        raise ValueError(f"cannot read it ({e.strerror})") from None
     if raw[:4] == b"\x00\x00\x08\x03":  # IDX, uint8, 3 dimensions: MNIST's image files
         try:
             return _digits_of(path, data_lib.read_idx(raw, path))
@@ -116,6 +119,8 @@ def _digits_of(path: str, array: np.ndarray) -> list[Digit]:
         array = array[None]
     if array.ndim != 3 or array.shape[1:] != (28, 28):
         raise ValueError(f"expected [28, 28] or [N, 28, 28] digits, got shape {list(array.shape)}")
+    if array.dtype.kind not in "uif":  # complex, bool, strings, objects: no pixel values
+        raise ValueError(f"expected uint8 digits (0-255) or floats in [0, 1], got {array.dtype}")
     if array.dtype != np.uint8:
         kind, array = array.dtype, np.asarray(array, np.float32)
         if not np.isfinite(array).all() or array.min() < 0 or array.max() > 1:

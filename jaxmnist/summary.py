@@ -38,6 +38,8 @@ def _main(argv) -> None:
         '--num-classes', type=int, default=None, help="output classes (default: the network's own, 10 or 1000)"
     )
     args = parser.parse_args(argv)
+    if args.num_classes is not None and args.num_classes < 1:
+        raise cli.UsageError(f'--num-classes must be >= 1, got {args.num_classes}')
     try:
         model = models.get_model(args.model, args.num_classes)
     except ValueError as error:

@@ -9,6 +9,7 @@ import pytest
 from helpers import FAST_TINY
 
 from jaxmnist import export, interop, train, trainer, weights
+from jaxmnist.cli import UsageError
 from jaxmnist.presets import PRESETS, Config
 
 torch = pytest.importorskip("torch")
@@ -88,6 +89,13 @@ def test_bad_init_from_is_one_line(argv, message, tmp_path, capsys):
 def test_export_refuses_a_workdir_without_checkpoints(tmp_path, capsys):
     assert export.main(["--workdir", str(tmp_path), "--to", str(tmp_path / "x.pth")]) == 2
     assert capsys.readouterr().err.startswith(f"error: no best checkpoint in {tmp_path}")
+
+
+def test_a_pth_that_cannot_be_written_is_one_error_naming_it(tmp_path):
+    """A parent that is a file fails the write and its clean-up alike: the write is what is reported."""
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UsageError, match=r"^cannot write .*/file/cnn\.pth: Not a directory$"):
+        interop.write_pth(tmp_path / "file" / "cnn.pth", {"w": np.zeros(3, np.float32)})
 
 
 def test_the_jax_library_imports_no_torch(tmp_path):

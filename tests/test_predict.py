@@ -2,6 +2,7 @@
 and one line per bad file."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -70,8 +71,11 @@ def test_json_output_and_one_line_per_bad_file(mnist, workdir, tmp_path, capsys)
     np.save(tmp_path / "floats.npy", mnist.test_images[:1] / 255.0)
     np.save(tmp_path / "wrong.npy", np.zeros((2, 32, 32), np.uint8))
     np.save(tmp_path / "loud.npy", np.full((28, 28), 3.0))
+    np.save(tmp_path / "complex.npy", np.zeros((28, 28), np.complex64))  # numpy's cast would drop a part
     (tmp_path / "junk.png").write_bytes(b"not an image")
-    files = [tmp_path / n for n in ("three.npy", "floats.npy", "wrong.npy", "loud.npy", "junk.png", "nope.png")]
+    names = ("three.npy", "floats.npy", "wrong.npy", "loud.npy", "complex.npy", "junk.png", "nope.png")
+    unreadable = ["/proc/self/mem"] if Path("/proc/self/mem").is_file() else []  # Linux: reading it fails (EIO)
+    files = [tmp_path / n for n in names] + unreadable
     capsys.readouterr()
     assert predict.main([*map(str, files), "--workdir", str(workdir), "--json"]) == 1
     out, err = capsys.readouterr()
@@ -84,9 +88,10 @@ def test_json_output_and_one_line_per_bad_file(mnist, workdir, tmp_path, capsys)
     assert err.splitlines() == [
         f"error: {tmp_path}/wrong.npy: expected [28, 28] or [N, 28, 28] digits, got shape [2, 32, 32]",
         f"error: {tmp_path}/loud.npy: float64 digits must be in [0, 1] (uint8 ones in 0-255)",
+        f"error: {tmp_path}/complex.npy: expected uint8 digits (0-255) or floats in [0, 1], got complex64",
         f"error: {tmp_path}/junk.png: not an image PIL can read (UnidentifiedImageError)",
         f"error: {tmp_path}/nope.png: no such file",
-    ]
+    ] + [f"error: {u}: cannot read it (Input/output error)" for u in unreadable]
 
 
 @pytest.mark.parametrize(

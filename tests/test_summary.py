@@ -64,3 +64,9 @@ def test_unknown_model_is_a_one_line_error(capsys):  # in-process: test_command_
     assert summary.main(['--model', 'lenet']) == 2
     out, err = capsys.readouterr()
     assert out == '' and len(err.strip().splitlines()) == 1 and "unknown model 'lenet'" in err
+
+
+@pytest.mark.parametrize('classes', ['0', '-3'])
+def test_no_classes_is_a_one_line_error(classes, capsys):  # a ZeroDivisionError in the initialisers before
+    assert summary.main(['--model', 'cnn', '--num-classes', classes]) == 2
+    assert capsys.readouterr().err == f'error: --num-classes must be >= 1, got {classes}\n'
