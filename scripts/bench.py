@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import sys
@@ -108,6 +109,16 @@ def build_parser() -> cli.ArgumentParser:
     return p
 
 
+def check_numbers(args) -> None:
+    """The numeric flags' ranges, before anything is loaded or measured (a zero or negative count, a NaN)."""
+    if args.networks is not None and not any(n.strip() for n in args.networks.split(",")):
+        raise UsageError(f"--networks {args.networks!r} names no network; choose from {', '.join(NETWORKS)}")
+    for name in ("iters", "max_s", "epoch_repeats", "train_size", "seeds", "budget_s", "warmup", "pair_rounds"):
+        value, may_be_zero = getattr(args, name), name in ("warmup", "pair_rounds")
+        if value is not None and not (math.isfinite(value) and (value >= 0 if may_be_zero else value > 0)):
+            raise UsageError(f"--{name.replace('_', '-')} must be {'0 or more' if may_be_zero else '> 0'}, got {value}")
+
+
 def settings_from_args(args, platform: str, torch_device: str | None) -> Settings:
     overrides = {}
     if args.networks:
@@ -134,8 +145,6 @@ def settings_from_args(args, platform: str, torch_device: str | None) -> Setting
     for name in ("iters", "warmup", "max_s", "epoch_repeats", "pair_rounds", "train_size", "seeds", "conv_impl"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
-    if args.pair_rounds is not None and args.pair_rounds < 0:
-        raise UsageError(f"--pair-rounds must be 0 or more, got {args.pair_rounds}")
     overrides["budget_s"] = args.budget_s
     return quick_settings(**overrides) if args.quick else Settings(**overrides)
 
@@ -149,6 +158,12 @@ def pick_torch_device(args) -> tuple[str | None, str | None]:
     except Exception as e:
         return None, f"torch not importable: {e}"
     if args.torch_device:
+        try:
+            kind = torch.device(args.torch_device).type
+        except RuntimeError:
+            raise UsageError(f"--torch-device {args.torch_device!r}: expected cpu or cuda[:N]") from None
+        if kind == "cuda" and not torch.cuda.is_available():
+            raise UsageError(f"--torch-device {args.torch_device}: torch sees no CUDA device here")
         return args.torch_device, None
     return ("cuda" if torch.cuda.is_available() else "cpu"), None
 
@@ -241,11 +256,14 @@ def run_benchmark(args, argv: list[str], env: dict, torch_device: str | None) ->
 
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    check_numbers(args)
     if args.table:
         try:
             doc = json.loads(Path(args.table).read_text())
         except (OSError, ValueError) as e:
             raise UsageError(f"cannot read --table {args.table}: {e}") from None
+        if not (isinstance(doc, dict) and {"env", "settings", "results"} <= doc.keys()):
+            raise UsageError(f"--table {args.table} is not a result file of scripts/bench.py")
         print(report.report(doc), end="")
         return 0
     torch_device, no_torch = pick_torch_device(args)

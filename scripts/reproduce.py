@@ -322,6 +322,10 @@ def _main(argv: list[str] | None) -> int:
                 refresh(path)
         print(write_readme(out).read_text())
         return 0
+    if args.refresh:  # without --table-only it would have started every run, refreshing nothing
+        raise UsageError("--refresh rewrites the tables: give it with --table-only")
+    if args.data_dir and not Path(args.data_dir).is_dir():  # before the runs, not once per run
+        raise UsageError(f"--data-dir {args.data_dir} is not a directory")
     if args.num_workers < 0:
         raise UsageError(f"--num-workers must be >= 0, got {args.num_workers}")
     if problem := missing_modules(args.frameworks):

@@ -77,12 +77,24 @@ def test_quick_cli_writes_json_and_table(tmp_path, mnist, capsys):
         (["--table", "/nonexistent.json"], "cannot read --table"),
         (["--bogus"], "unrecognized arguments"),
         (["--pair-rounds", "-1"], "--pair-rounds must be 0 or more"),
+        (["--iters", "0"], "--iters must be > 0, got 0"),
+        (["--max-s", "nan"], "--max-s must be > 0, got nan"),
+        (["--warmup", "-1"], "--warmup must be 0 or more"),
+        (["--networks", ","], "names no network"),
+        (["--torch-device", "bogus"], "--torch-device 'bogus': expected cpu or cuda[:N]"),
     ],
 )
 def test_bad_arguments_fail_in_one_line(argv, message, capsys):
     assert bench.main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err, err
+
+
+def test_table_of_a_json_that_is_no_benchmark_is_one_line(tmp_path, capsys):
+    (tmp_path / "metrics.json").write_text('{"epochs": []}')  # a run's record, say
+    assert bench.main(["--table", str(tmp_path / "metrics.json")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: --table {tmp_path}/metrics.json is not a result file of scripts/bench.py\n", err
 
 
 def test_the_command_itself_fails_in_one_line():

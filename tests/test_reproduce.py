@@ -76,6 +76,18 @@ def test_reproduce_keeps_results_when_every_run_fails(tmp_path, monkeypatch, cap
     assert "4 run(s) failed" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "argv, message",
+    [(["--refresh"], "--refresh rewrites the tables: give it with --table-only"),
+     (["--data-dir", "/nonexistent/mnist"], "--data-dir /nonexistent/mnist is not a directory")],
+)  # fmt: skip
+def test_flags_that_would_start_runs_in_vain_are_refused(argv, message, tmp_path, capsys):
+    """Refused before any run starts (each would have started every run, failing or refreshing nothing)."""
+    assert reproduce.main(["--presets", "cnn_tb", "--out", str(tmp_path), *argv]) == 2
+    assert capsys.readouterr().err == f"error: {message}\n"
+    assert not list(tmp_path.iterdir())
+
+
 def test_reproduce_refuses_an_interpreter_without_the_framework(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(reproduce.REQUIRES, "torch", (("no_such_module_xyz",), "pip install -e '.[torch]'"))
     assert reproduce.main(["--presets", "cnn_tb", "--frameworks", "torch", "--out", str(tmp_path)]) == 2
