@@ -137,14 +137,7 @@ def load(
             log(f"{name}: not used ({e})")
             continue
         if not name.startswith("cache"):
-            try:
-                sources.write_cache(cache, spec, fetched, source=name)
-                log(f"verified {spec.name} from {name}; cached in {cache}")
-            except OSError as e:
-                problem = f"cannot write the data cache {cache} ({e.strerror}); set $JAXMNIST_DATA or --cache-dir"
-                if must_cache:
-                    raise DataError(problem) from None
-                log(f"verified {spec.name} from {name}; not cached: {problem}")
+            keep_in_cache(cache, spec, fetched, name, log, must_cache)
         return _to_dataset(spec, fetched, name)
     raise DataError(
         f"could not obtain verified {spec.name}; tried: "
@@ -152,6 +145,18 @@ def load(
         + f". Put the four IDX files ({', '.join(f.name for f in spec.files.values())}, raw or .gz) in a "
         f"directory and pass it with --data-dir, or set JAXMNIST_DATA to a cache that holds them."
     )
+
+
+def keep_in_cache(cache: Path, spec, fetched, source: str, log: Callable[[str], None], must: bool) -> None:
+    """Writes verified files into the cache; one that cannot be written costs a note, or a DataError if `must`."""
+    try:
+        sources.write_cache(cache, spec, fetched, source=source)
+        log(f"verified {spec.name} from {source}; cached in {cache}")
+    except OSError as e:
+        problem = f"cannot write the data cache {cache} ({e.strerror}); set $JAXMNIST_DATA or --cache-dir"
+        if must:
+            raise DataError(problem) from None
+        log(f"verified {spec.name} from {source}; not cached: {problem}")
 
 
 def export(data: Dataset, out: str | os.PathLike) -> Path:
