@@ -135,7 +135,7 @@ def from_workdir(workdir: str, which: str = "best", seed: int | None = None) -> 
 
 def workdir_members(workdir: str, which: str = "best", seed: int | tuple[int, ...] | str | None = None) -> list[Model]:
     """The models of a workdir: its checkpoint, one per seed of a vmapped stack (`seed` picks), or the seed<k>/
-    runs of sequential seeds (`seed` picks). A single run's checkpoint ignores `seed`."""
+    runs of sequential seeds (`seed` picks). A single run's checkpoint takes no `seed` but its own (or 'all')."""
     root = Path(workdir)
     if not (root / which).is_dir():
         runs = {int(d.name[4:]): d for d in root.glob("seed*") if d.name[4:].isdigit() and (d / which).is_dir()}
@@ -150,7 +150,10 @@ def workdir_members(workdir: str, which: str = "best", seed: int | tuple[int, ..
     known = {f.name for f in dataclasses.fields(Config)}
     config = Config(**{k: v for k, v in meta["config"].items() if k in known})
     seeds = tuple(meta.get("seeds") or (config.seed,))
-    chosen = seeds if len(seeds) == 1 else pick(seed, seeds, f"{workdir} holds seeds {_listed(seeds)} trained together")
+    if len(seeds) == 1:  # a --seed that names another seed than the run's is refused, not ignored
+        chosen = seeds if seed is None else pick(seed, seeds, f"{workdir} holds one run, of seed {seeds[0]}")
+    else:
+        chosen = pick(seed, seeds, f"{workdir} holds seeds {_listed(seeds)} trained together")
     stack = Seeds(seeds, vmapped=len(seeds) > 1)
     state, meta = ckpt.restore(restore_target(stack, config), which)
     ckpt.close()
@@ -244,5 +247,8 @@ def load(args) -> Model:
         raise UsageError("--torch-state-dict needs --model")
     seed = parse_seed(args.seed)
     members = [m for workdir in workdirs for m in workdir_members(workdir, args.which, seed)]
+    if args.model and not dicts and (other := next((m for m in members if m.name != args.model), None)):
+        raise UsageError(f"--model {args.model} names the network of --torch-state-dict; {other.source} is a "
+                         f"{other.name}")  # fmt: skip
     model = Ensemble.of(members + [from_torch(path, args.model) for path in dicts])
     return dataclasses.replace(model, conv_impl=args.conv_impl)

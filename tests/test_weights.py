@@ -91,6 +91,11 @@ def test_the_seeds_of_a_workdir_are_members(seeded, mode, mnist):
         weights.workdir_members(workdir, "best", None)
     with pytest.raises(UsageError, match="no seed 5"):
         weights.workdir_members(workdir, "best", (0, 5))
+    if mode == "sequential":  # one run's own workdir: its seed, or all, and no other (it was ignored)
+        one = str(seeded / mode / "seed1")
+        assert len(weights.workdir_members(one, "best", 1)) == len(weights.workdir_members(one, "best", "all")) == 1
+        with pytest.raises(UsageError, match=r"holds one run, of seed 1: no seed 0"):
+            weights.workdir_members(one, "best", 0)
 
 
 @pytest.mark.xdist_group("seeded")  # one worker builds the seeded fixture, once
@@ -120,6 +125,8 @@ def test_reading_a_workdir_initialises_nothing(seeded, monkeypatch):
 def test_evaluate_and_predict_take_an_ensemble(seeded, tmp_path, capsys, mnist, monkeypatch):
     monkeypatch.chdir(tmp_path)  # two workdirs' report goes to ./report-ensemble
     vmapped, sequential = str(seeded / "vmap"), str(seeded / "sequential")
+    assert evaluate.main(["--workdir", vmapped, "--seed", "0", "--model", "resnet"]) == 2  # not ignored
+    assert f"--model resnet names the network of --torch-state-dict; {vmapped} seed 0" in capsys.readouterr().err
     assert evaluate.main(["--workdir", vmapped, "--workdir", sequential, "--seed", "all"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("cnn from an ensemble of 4: ") and "report: report-ensemble/report.json" in out
