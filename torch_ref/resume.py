@@ -30,17 +30,20 @@ def _state_dicts(parts: dict) -> dict:
     return {name: part.state_dict() for name, part in parts.items() if part is not None}
 
 
-def save(workdir, epoch: int, config, parts: dict, record: dict | None) -> None:
+def save(workdir, epoch: int, config, parts: dict, record: dict | None, num_workers: int = 0) -> None:
     """The state after `epoch` epochs: `parts` (name -> model, optimiser, scheduler or None), the random streams,
-    `record` (the run log's), written atomically."""
+    `record` (the run log's) and the DataLoader's `num_workers` (which decides the augmentation's random streams),
+    written atomically."""
     Path(workdir).mkdir(parents=True, exist_ok=True)
     state = {
         "epoch": epoch,
         "config": dataclasses.asdict(config),
         "parts": _state_dicts(parts),
         "rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        # Only where the run made a CUDA context: a CPU run on a GPU machine would otherwise start one on every GPU.
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
         "record": record,
+        "num_workers": num_workers,
     }
     target = path(workdir)
     tmp = target.with_name(f".{FILE}.tmp")
@@ -48,7 +51,7 @@ def save(workdir, epoch: int, config, parts: dict, record: dict | None) -> None:
     os.replace(tmp, target)
 
 
-def restore(workdir, config, parts: dict, say) -> tuple[int, dict | None]:
+def restore(workdir, config, parts: dict, say, num_workers: int = 0) -> tuple[int, dict | None]:
     """(epochs done, the run log's record) from WORKDIR/checkpoint.pt, with `parts` and the random streams
     restored in place; (0, None) when there is none. Other settings than RESUMABLE_CHANGES are a usage error."""
     target = path(workdir)
@@ -56,12 +59,15 @@ def restore(workdir, config, parts: dict, say) -> tuple[int, dict | None]:
         say(f"no checkpoint in {workdir}: starting from scratch")
         return 0, None
     try:
-        state = torch.load(target, weights_only=True)
+        state = torch.load(target, weights_only=True, map_location="cpu")  # a GPU run's, on any machine
     except Exception as e:  # a damaged file: name it, never a traceback
         raise cli.RunError(f"cannot read {target} ({type(e).__name__}); remove it to start over") from None
     if not (isinstance(state, dict) and {"epoch", "config", "parts", "rng", "record"} <= state.keys()):
         raise cli.RunError(f"cannot read {target} (not a torch_ref checkpoint); remove it to start over")
     resumable(state["config"], config, RESUMABLE_CHANGES, workdir)
+    if state.get("num_workers", 0) != num_workers:  # other workers draw other augmentations
+        raise UsageError(f"--num-workers {num_workers}: the run in {workdir} loaded its batches with "
+                         f"{state.get('num_workers', 0)}, which its random streams depend on")  # fmt: skip
     missing = sorted(name for name, part in parts.items() if part is not None and name not in state["parts"])
     if missing:
         raise UsageError(f"checkpoint in {workdir} lacks {', '.join(missing)}: it was made with other settings")
@@ -69,7 +75,7 @@ def restore(workdir, config, parts: dict, say) -> tuple[int, dict | None]:
         if part is not None:
             part.load_state_dict(state["parts"][name])
     torch.set_rng_state(state["rng"])
-    if state["cuda_rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    if state.get("cuda_rng") and torch.cuda.is_available() and len(state["cuda_rng"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])  # (another machine's GPUs: their streams cannot continue)
     say(f"resumed from {workdir} after epoch {state['epoch']}")
     return state["epoch"], state["record"]

@@ -220,8 +220,7 @@ def run_epoch(run: Run, epoch: int, progress: bool) -> float:
     """One epoch: train, check for divergence, evaluate, step the plateau rule, log. Returns its seconds."""
     config, model, optimizer = run.config, run.model, run.optimizer
     t_start = time.perf_counter()
-    if not trains_in_eval_mode(config, epoch):
-        model.train()
+    model.train(not trains_in_eval_mode(config, epoch))  # quirk 1 said, not left to evaluate()'s mode
     quirk4 = tests_with_batch_statistics(config)
     scores = functools.partial(evaluate, run.evaluated, config.model, device=run.device, batch_statistics=quirk4)
 
@@ -308,7 +307,7 @@ def train_and_evaluate(
     run = prepare(config, preset, data, logdir, device, num_workers, progress, data_dir, out)
     first_epoch = 0
     if resume:  # a resumed run continues from its checkpoint, random streams included
-        first_epoch, record = resume_lib.restore(workdir, config, run.parts, run.report.say)
+        first_epoch, record = resume_lib.restore(workdir, config, run.parts, run.report.say, num_workers)
         if record and run.report.log:
             run.report.log.record = record
 
@@ -316,7 +315,8 @@ def train_and_evaluate(
     for epoch in range(first_epoch, config.epochs):
         epoch_times.append(run_epoch(run, epoch, progress))
         if workdir:
-            resume_lib.save(workdir, epoch + 1, config, run.parts, run.report.log.record if run.report.log else None)
+            record = run.report.log.record if run.report.log else None
+            resume_lib.save(workdir, epoch + 1, config, run.parts, record, num_workers)
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
             break
     return run.report.finish(epoch_times)
