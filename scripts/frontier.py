@@ -55,14 +55,16 @@ def full_runs(result: dict) -> dict[str, list[tuple[float, float]]]:
 
 def ensemble_point(result: dict) -> tuple[float, float, int] | None:
     """(the members' wall times summed, the ensemble's accuracy, members) of a full-length preset's JAX seeds
-    ensemble (scripts/seed_ensemble.py), or None: what training its members one after another cost."""
+    ensemble (scripts/seed_ensemble.py), or None: what training its members cost, each process once (seeds
+    trained together carry their process's wall time each)."""
     ens = result.get("ensemble")
     if not ens or not full_runs(result):
         return None
-    walls = [r["wall_s"] for r in result["frameworks"]["jax"]["runs"] if r["seed"] in ens["seeds"] and r.get("wall_s")]
-    if len(walls) != len(ens["seeds"]):
+    members = [r for r in result["frameworks"]["jax"]["runs"] if r["seed"] in ens["seeds"] and r.get("wall_s")]
+    if len(members) != len(ens["seeds"]):
         return None
-    return float(sum(walls)), ens["final_acc"], len(walls)
+    processes = {tuple(r.get("trained_with") or (r["seed"],)): r["wall_s"] for r in members}
+    return float(sum(processes.values())), ens["final_acc"], len(members)
 
 
 def figure(results: list[dict]):

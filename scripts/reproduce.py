@@ -149,11 +149,12 @@ def run_seeds(
     if deadline is not None and deadline - time.monotonic() < MIN_RUN_S:
         return each(skipped="--budget-s spent before it started")
     workdir = logdir / CHECKPOINTS
-    # From scratch (asked, or nothing to resume: a finished run's checkpoint is gone): no segments, no logs of an
-    # earlier run, which would make the new one count as resumed and mix two runs' curves.
-    if (args.rerun or not workdir.exists()) and logdir.exists():
+    # From scratch (asked, or nothing to resume: a finished run's checkpoint is gone, or a stopped one saved none):
+    # no segments, no logs of an earlier run, which would make the new one count as resumed and mix two runs' curves.
+    resumable = has_checkpoint(workdir)
+    if (args.rerun or not resumable) and logdir.exists():
         shutil.rmtree(logdir)
-    elif workdir.exists() and not (logdir / SEGMENTS).exists():  # its reproduce.py was stopped with it
+    elif resumable and not (logdir / SEGMENTS).exists():  # its reproduce.py was stopped with it
         add_segment(logdir, None, "unrecorded")
     which = ["--seed", str(seeds[0])] if len(seeds) == 1 else ["--seeds", ",".join(map(str, seeds))]
     cmd = [sys.executable, "-m", FRAMEWORKS[framework], "--preset", preset, *which]
@@ -184,7 +185,17 @@ def run_seeds(
         report_final_weights(logdir, workdir, seeds, args, deadline)
     shutil.rmtree(workdir, ignore_errors=True)  # the run is done: its record holds what is kept
     workers = args.num_workers if framework == "torch" else None
-    return {s: run_record(s, logdir / f"seed{s}" if len(seeds) > 1 else logdir, wall_s, workers, seeds) for s in seeds}
+    return {s: run_record(s, logdir / f"seed{s}" if len(seeds) > 1 else logdir, wall_s, workers, seeds, logdir)
+            for s in seeds}  # fmt: skip
+
+
+def has_checkpoint(workdir: Path) -> bool:
+    """Whether a run's workdir holds an epoch to resume: torch_ref's checkpoint.pt, or jaxmnist's (its own, or
+    those of seeds trained one after another, in seed<k>/). Both trainers create the directory before any epoch."""
+    from jaxmnist import checkpoint  # jax's import, here only: the launcher itself computes nothing
+
+    candidates = [workdir, *workdir.glob("seed*")] if workdir.is_dir() else []
+    return (workdir / "checkpoint.pt").exists() or any(checkpoint.saved_epoch(d) is not None for d in candidates)
 
 
 def report_final_weights(logdir: Path, workdir: Path, seeds: list[int], args, deadline: float | None) -> None:
@@ -229,6 +240,11 @@ def reproduce(preset: str, args, out: Path, deadline: float | None = None) -> di
     name = preset + ("-blog-quirks" if args.blog_quirks else "")  # both loops' results can sit side by side
     path = out / f"{name}.json"
     kept = {} if args.rerun else earlier_runs(path, result)
+    # The earlier ensemble stays unless one of more seeds replaces it: its members' reports (OUT/runs) may not be
+    # on disk (a fresh clone holds the results, not every run's logs), and the kept runs are the same runs.
+    earlier_ensemble = json.loads(path.read_text()).get("ensemble") if kept else None
+    if earlier_ensemble:
+        result["ensemble"] = earlier_ensemble
     runs = {framework: [] for framework in args.frameworks}
     together: dict[int, dict] = {}  # JAX's seeds trained in one process (--jax-seeds together), by seed
     for seed in range(args.seeds):  # seed by seed, alternating frameworks: a cut-off run stays comparable
@@ -255,7 +271,8 @@ def reproduce(preset: str, args, out: Path, deadline: float | None = None) -> di
     result["frameworks"] = with_kept(runs, kept)
     if "jax" in result["frameworks"] and not args.blog_quirks:
         ok = [r for r in result["frameworks"]["jax"]["runs"] if succeeded(r)]
-        if ens := seed_ensemble.ensemble(ok, out, name, args.data_dir):
+        ens = seed_ensemble.ensemble(ok, out, name, args.data_dir)
+        if ens and len(ens["seeds"]) >= len((earlier_ensemble or {}).get("seeds", ())):
             result["ensemble"] = ens
             print(f"\n=== {preset} / jax: the ensemble of seeds {', '.join(map(str, ens['seeds']))}: "
                   f"{ens['final_acc']:.2f} % (members {ens['members_final_acc']['mean']:.2f} % on average)")

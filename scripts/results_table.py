@@ -5,8 +5,9 @@
 
 Every time in it names its machine (CPU model, family/model, vector extensions, cores: jaxmnist.host), listed
 under the table as M1, M2, ...; a JAX/torch ratio is given only where both frameworks ran on one machine. Epoch
-times come from the epochs that had the cores to themselves (each epoch records the load average); a dagger
-marks a figure from epochs that shared them.
+times come from the epochs that had the cores to themselves (each epoch records the CPU time other processes
+took meanwhile, `others_cpu`; older records, the load average: run_records.loaded_epochs); a dagger marks a figure
+from epochs that shared them.
 """
 
 from __future__ import annotations

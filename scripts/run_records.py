@@ -36,14 +36,16 @@ def loaded_epochs(record: dict, num_workers: int | None = None) -> list[int]:
     return [e["epoch"] for e in record["epochs"] if loaded(e)]
 
 
-def run_record(seed: int, logdir: Path, wall_s: float, num_workers: int | None, together: list[int]) -> dict:
+def run_record(seed: int, logdir: Path, wall_s: float, num_workers: int | None, together: list[int],
+               process_dir: Path | None = None) -> dict:  # fmt: skip
     """A finished run's record from its metrics.json: accuracies, epoch times, wall time, time to TARGETS, the
-    machine; `num_workers`: torch_ref's DataLoader workers (None for JAX). A run resumed across processes counts
-    as wall time its first process's start-up (imports, data, compilation) plus every epoch: what one uninterrupted
-    process would have taken."""
+    machine; `num_workers`: torch_ref's DataLoader workers (None for JAX); `process_dir`: where the process's
+    SEGMENTS are, if not in `logdir` (seeds trained together log into its seed<k>/). A run resumed across processes
+    counts as wall time its first process's start-up (imports, data, compilation) plus every epoch: about what one
+    uninterrupted process would have taken, less the checkpoints and the finish of the processes before the last."""
     record = json.loads((logdir / "metrics.json").read_text())
     test_acc, epoch_s = [e["test_acc"] for e in record["epochs"]], [e["time_s"] for e in record["epochs"]]
-    path = logdir / SEGMENTS
+    path = (process_dir or logdir) / SEGMENTS
     segments = json.loads(path.read_text()) if path.exists() else []
     resumed = is_resumed(len(segments), epoch_s, wall_s)
     wall_s = run_wall_s(record, epoch_s, wall_s, resumed)
@@ -127,8 +129,9 @@ def mean_std(values: list[float]) -> dict | None:
 
 
 def quiet_epoch_s(run: dict) -> float | None:
-    """A run's mean epoch time over the epochs that had the cores to themselves; None where it recorded no load
-    (runs made before loads were recorded) or every epoch shared the cores."""
+    """A run's mean epoch time over the epochs that had the cores to themselves (by `loaded_epochs`: a run made
+    before loads were recorded has none listed, so all its epochs count); None for a run without that field, or
+    where every epoch shared the cores."""
     if "loaded_epochs" not in run:
         return None
     quiet = [t for i, t in enumerate(run["epoch_s"]) if i + 1 not in run["loaded_epochs"]]

@@ -151,6 +151,29 @@ def test_reproduce_never_drops_earlier_runs(tmp_path, monkeypatch):
     assert (seeds("jax"), seeds("torch")) == ([0, 1, 2], [0])
 
 
+def test_an_ensemble_whose_members_reports_are_not_on_disk_is_kept(tmp_path, monkeypatch):
+    """A fresh clone holds results/*.json but not every member's report (OUT/runs): another framework's runs, or
+    more seeds whose reports are there, must not drop the committed ensemble for a smaller one."""
+    def fake_run(framework, preset, seed, args, logdir, deadline=None):
+        return {"seed": seed, "final_acc": 99.0, "best_acc": 99.0, "avg_epoch_s": 1.0, "device": "cpu:cpu",
+                "versions": {}, "commit": None}  # fmt: skip
+
+    monkeypatch.setattr(reproduce, "run_one", fake_run)
+    out = ["--presets", "cnn_tb", "--out", str(tmp_path)]
+    assert reproduce.main([*out, "--seeds", "3", "--frameworks", "jax"]) == 0  # no reports: no ensemble
+    doc = json.loads((tmp_path / "cnn_tb.json").read_text())
+    members = {"mean": 99.0, "min": 99.0, "max": 99.0}
+    committed = {"seeds": [0, 1, 2], "final_acc": 99.5, "members_final_acc": members, "report": "r"}
+    (tmp_path / "cnn_tb.json").write_text(json.dumps({**doc, "ensemble": committed}))
+    smaller = {**committed, "seeds": [3], "final_acc": 98.0}
+    ensembles = iter([None, smaller])  # none recomputable; then one of the new seed alone
+    monkeypatch.setattr(reproduce.seed_ensemble, "ensemble", lambda *args: next(ensembles))
+    assert reproduce.main([*out, "--seeds", "3", "--frameworks", "torch"]) == 0
+    assert json.loads((tmp_path / "cnn_tb.json").read_text())["ensemble"] == committed
+    assert reproduce.main([*out, "--seeds", "4", "--frameworks", "jax"]) == 0
+    assert json.loads((tmp_path / "cnn_tb.json").read_text())["ensemble"] == committed
+
+
 def test_a_finished_run_of_a_preset_with_a_tuple_setting_is_kept(tmp_path, monkeypatch):
     """cnn_deep's config holds a tuple (blog_best), which its JSON gives back as a list: the finished run must still
     count as made with the same settings (it did not, and a second invocation trained 100 epochs again)."""
@@ -229,9 +252,10 @@ def test_a_stopped_run_resumes_in_the_next_invocation_bit_for_bit(tmp_path, mnis
 
 def test_a_run_started_afresh_does_not_inherit_an_earlier_runs_logs(tmp_path, monkeypatch):
     """A logdir without a checkpoint holds a finished (or never checkpointed) run: a new run there starts from
-    scratch, so its segments and curves must not be appended to the old run's (the new one counted as resumed)."""
+    scratch, so its segments and curves must not be appended to the old run's (the new one counted as resumed).
+    An empty workdir is no checkpoint: both trainers create it before their first epoch."""
     logdir = tmp_path / "runs" / "cnn_tb" / "jax" / "seed0"
-    logdir.mkdir(parents=True)
+    (logdir / reproduce.CHECKPOINTS / "latest").mkdir(parents=True)  # a run stopped before its first epoch ended
     reproduce.add_segment(logdir, 100.0, "finished")  # a finished run: its checkpoint removed, its logs kept
     (logdir / "events.out.tfevents.1.vm").write_text("the old run's curves")
 
@@ -291,7 +315,8 @@ def test_a_run_whose_first_process_went_unrecorded_still_counts_as_resumed(tmp_p
     next invocation resumes it. Its wall time is what one uninterrupted process would take, as for any resumed
     run (start-up plus every epoch), not the last process's: that made its time to 99 % negative (-1,169 s)."""
     logdir = tmp_path / "runs" / "cnn_tb" / "torch" / "seed0"
-    (logdir / reproduce.CHECKPOINTS).mkdir(parents=True)  # the checkpoint the stopped process left
+    (logdir / reproduce.CHECKPOINTS).mkdir(parents=True)
+    (logdir / reproduce.CHECKPOINTS / "checkpoint.pt").write_bytes(b"")  # the checkpoint the stopped process left
     epochs = [{"epoch": k + 1, "test_acc": acc, "time_s": 100.0} for k, acc in enumerate([98.8, 99.2, 99.6])]
     record = {"final_acc": 99.6, "best_acc": 99.6, "best_epoch": 3, "avg_epoch_s": 100.0, "compile_s": None,
               "device": "cpu:cpu", "versions": {}, "commit": None, "startup_s": 20.0, "epochs": epochs}  # fmt: skip

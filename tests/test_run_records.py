@@ -59,3 +59,19 @@ def test_a_torch_run_with_workers_recorded_before_the_tree_was_counted_is_judged
     assert run_records.loaded_epochs(old) == [1]
     new = {**old, "others_cpu_scope": host.OTHERS_CPU_SCOPE}
     assert run_records.loaded_epochs(new, num_workers=4) == [1]  # since: the workers are the run's own
+
+
+def test_seeds_trained_together_read_their_processs_segments(tmp_path):
+    """Seeds of one process log into LOGDIR/seed<k>/, the process's segments sit in LOGDIR: a resumed stack is
+    counted as resumed (its wall time the first start-up plus every epoch), not guessed from the last process."""
+    import json
+
+    epochs = [{"epoch": k + 1, "test_acc": 99.0 + k / 10, "time_s": 10.0} for k in range(3)]
+    record = {"final_acc": 99.2, "best_acc": 99.2, "best_epoch": 3, "avg_epoch_s": 10.0, "compile_s": 30.0,
+              "device": "gpu:H200", "versions": {}, "commit": None, "startup_s": 40.0, "epochs": epochs}  # fmt: skip
+    (tmp_path / "seed1").mkdir()
+    (tmp_path / "seed1" / "metrics.json").write_text(json.dumps(record))
+    segments = [{"wall_s": 55.0, "ended": "stopped"}, {"wall_s": 60.0, "ended": "finished"}]
+    (tmp_path / run_records.SEGMENTS).write_text(json.dumps(segments))
+    run = run_records.run_record(1, tmp_path / "seed1", 60.0, None, [0, 1], tmp_path)
+    assert (run["segments"], run["wall_s"], run["trained_with"]) == (2, 70.0, [0, 1])
