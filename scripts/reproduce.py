@@ -108,8 +108,9 @@ def build_parser() -> cli.ArgumentParser:
     p.add_argument(
         "--rerun",
         action="store_true",
-        help="run every seed again; by default a seed that OUT/<preset>.json already holds, made with the same "
-        "settings, is kept (so an interrupted or budgeted invocation can be continued)",
+        help="run again every seed this invocation reaches (those it does not reach stay), and replace results "
+        "made with other settings (refused otherwise); by default a seed that OUT/<preset>.json already holds, "
+        "made with the same settings, is kept (so an interrupted or budgeted invocation can be continued)",
     )
     p.add_argument(
         "--jax-seeds",
@@ -222,7 +223,8 @@ def add_segment(logdir: Path, wall_s: float | None, ended: str) -> None:
     atomic_write(path, json.dumps(segments, indent=1).encode())
 
 
-def reproduce(preset: str, args, out: Path, deadline: float | None = None) -> dict:
+def result_header(preset: str, args) -> tuple[dict, Path]:
+    """What OUT/<name>.json says before its runs (the preset, its settings), and that file's path."""
     config = PRESETS[preset]
     epochs = args.epochs or config.epochs
     result = {
@@ -238,24 +240,29 @@ def reproduce(preset: str, args, out: Path, deadline: float | None = None) -> di
         "frameworks": {},
     }
     name = preset + ("-blog-quirks" if args.blog_quirks else "")  # both loops' results can sit side by side
-    path = out / f"{name}.json"
-    kept = {} if args.rerun else earlier_runs(path, result)
+    return result, Path(args.out) / f"{name}.json"
+
+
+def reproduce(preset: str, args, out: Path, deadline: float | None = None) -> dict:
+    result, path = result_header(preset, args)
+    name = path.stem
+    kept, _ = earlier_runs(path, result)  # other settings: refused by _main unless --rerun replaces them
     # The earlier ensemble stays unless one of more seeds replaces it: its members' reports (OUT/runs) may not be
     # on disk (a fresh clone holds the results, not every run's logs), and the kept runs are the same runs.
-    earlier_ensemble = json.loads(path.read_text()).get("ensemble") if kept else None
+    earlier_ensemble = json.loads(path.read_text()).get("ensemble") if kept and not args.rerun else None
     if earlier_ensemble:
         result["ensemble"] = earlier_ensemble
     runs = {framework: [] for framework in args.frameworks}
     together: dict[int, dict] = {}  # JAX's seeds trained in one process (--jax-seeds together), by seed
     for seed in range(args.seeds):  # seed by seed, alternating frameworks: a cut-off run stays comparable
         for framework in args.frameworks:
-            if (framework, seed) in kept:
+            if (framework, seed) in kept and not args.rerun:
                 print(f"\n=== {preset} / {framework} / seed {seed}: kept from {path} (--rerun runs it again)")
                 runs[framework].append(kept[framework, seed])
                 continue
             if framework == "jax" and args.jax_seeds == "together":
                 if seed not in together:  # every seed still missing, in one process
-                    missing = [s for s in range(seed, args.seeds) if ("jax", s) not in kept]
+                    missing = [s for s in range(seed, args.seeds) if ("jax", s) not in kept or args.rerun]
                     dirname = f"seed{seed}" if len(missing) == 1 else "seeds" + "_".join(map(str, missing))
                     logdir = out / "runs" / name / "jax" / dirname
                     together.update(run_seeds("jax", preset, missing, args, logdir, deadline))
@@ -291,23 +298,19 @@ def with_kept(runs: dict[str, list[dict]], kept: dict) -> dict:
     return {fw: aggregate([s[k] for k in sorted(s)]) for fw, s in by_seed.items() if s}
 
 
-def earlier_runs(path: Path, result: dict) -> dict:
-    """{(framework, seed): run} of the successful runs in an earlier `path` made with the same settings."""
+def earlier_runs(path: Path, result: dict) -> tuple[dict, list[str]]:
+    """({(framework, seed): run} of the successful runs in an earlier `path` made with the same settings, []), or
+    ({}, the settings that differ) when it holds successful runs made with others."""
     try:
         earlier = json.loads(path.read_text())
     except (OSError, ValueError):
-        return {}
+        return {}, []
+    runs = {(fw, run["seed"]): run for fw, agg in earlier.get("frameworks", {}).items() for run in agg["runs"]
+            if succeeded(run)}  # fmt: skip
     # The config compared as a checkpoint's is (a tuple such as cnn_deep's blog_best comes back as a list).
-    if changed_settings(earlier.get("config", {}), Config(**result["config"])) or any(
-        earlier.get(k) != result[k] for k in ("epochs_run", "max_steps", "blog_quirks")
-    ):
-        return {}
-    return {
-        (fw, run["seed"]): run
-        for fw, agg in earlier.get("frameworks", {}).items()
-        for run in agg["runs"]
-        if succeeded(run)
-    }
+    differs = changed_settings(earlier.get("config", {}), Config(**result["config"]))
+    differs += [k for k in ("epochs_run", "max_steps", "blog_quirks") if earlier.get(k) != result[k]]
+    return ({}, sorted(set(differs))) if differs and runs else (runs, [])
 
 
 @functools.cache
@@ -339,6 +342,11 @@ def _main(argv: list[str] | None) -> int:
                 refresh(path)
         print(write_readme(out).read_text())
         return 0
+    for preset in args.presets:  # results of other settings are replaced only when asked, never by a smoke run
+        path = result_header(preset, args)[1]
+        if (differs := earlier_runs(path, result_header(preset, args)[0])[1]) and not args.rerun:
+            raise UsageError(f"{path} holds runs made with other settings ({', '.join(differs)}): --rerun replaces "
+                             "them, another --out keeps both")  # fmt: skip
     if args.refresh:  # without --table-only it would have started every run, refreshing nothing
         raise UsageError("--refresh rewrites the tables: give it with --table-only")
     if args.data_dir and not Path(args.data_dir).is_dir():  # before the runs, not once per run

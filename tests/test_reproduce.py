@@ -116,15 +116,20 @@ def test_reproduce_budget_resume_and_skips(tmp_path, monkeypatch, capsys):
         assert reproduce.main(["--presets", "cnn_tb", "--seeds", "3", "--out", str(tmp_path)]) == 0
         assert order == [("jax", 2), ("torch", 2)]
         assert reproduce.main(["--presets", "cnn_tb", "--seeds", "1", "--out", str(tmp_path), "--rerun"]) == 0
-        assert order == [("jax", 2), ("torch", 2), ("jax", 0), ("torch", 0)]
+        assert order == [("jax", 2), ("torch", 2), ("jax", 0), ("torch", 0)]  # seed 0 again; seeds 1, 2 stay
+        assert json.loads((tmp_path / "cnn_tb.json").read_text())["frameworks"]["jax"]["final_acc"]["n"] == 3
 
     # The real run_one: with too little budget left it starts nothing, and says so.
     capsys.readouterr()
-    assert reproduce.main(["--presets", "cnn_tb", "--seeds", "3", "--out", str(tmp_path), "--budget-s", "1"]) == 0
+    assert reproduce.main(["--presets", "cnn_tb", "--seeds", "5", "--out", str(tmp_path), "--budget-s", "1"]) == 0
     captured = capsys.readouterr()
     assert "-m jaxmnist.train" not in captured.out and "4 run(s) skipped or stopped" in captured.err
     frameworks = json.loads((tmp_path / "cnn_tb.json").read_text())["frameworks"]
-    assert [(agg["final_acc"]["n"], agg["skipped"], agg["failed"]) for agg in frameworks.values()] == [(1, 2, 0)] * 2
+    assert [(agg["final_acc"]["n"], agg["skipped"], agg["failed"]) for agg in frameworks.values()] == [(3, 2, 0)] * 2
+
+    # Another setting into the same file: refused before anything runs, unless --rerun replaces those results.
+    assert reproduce.main(["--presets", "cnn_tb", "--seeds", "1", "--out", str(tmp_path), "--epochs", "1"]) == 2
+    assert "holds runs made with other settings (epochs, epochs_run): --rerun replaces them" in capsys.readouterr().err
 
 
 def test_reproduce_never_drops_earlier_runs(tmp_path, monkeypatch):
