@@ -44,7 +44,9 @@ LEASE_OUT=$(mktemp -d)  # everything is written here, then packed into $FILES_BA
 mkdir -p "$LEASE_OUT/benchmarks" "$LEASE_OUT/results/gpu" "$FILES_BACK" || exit 2
 source scripts/carried_wheels.sh || exit 2  # tensorboardX, carried in .whl/: every run writes its logs with it
 exec > >(tee "$LEASE_OUT/lease.log") 2>&1  # the whole log travels in the archive; the device tool shows its end
-cp results/gpu/*.json "$LEASE_OUT/results/gpu/" 2>/dev/null  # earlier leases' seeds, kept by reproduce.py
+# Earlier leases' seeds, kept by reproduce.py; not under extra arguments (e.g. --epochs 1: another table, whose
+# results reproduce.py would refuse to mix with those of the committed settings).
+[ $# -eq 0 ] && cp results/gpu/*.json "$LEASE_OUT/results/gpu/" 2>/dev/null
 stamp=$(mktemp)  # the benchmarks' JSON written after this is this lease's
 
 # What is measured so far into $FILES_BACK, atomically (an archive is renamed into place once whole): every minute

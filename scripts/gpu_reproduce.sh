@@ -12,7 +12,8 @@
 # (reproduce.py --jax-seeds auto), and torch's one after another. Budget: at the blog's epochs the torch loop alone needs far more than BUDGET_S
 # (the blog's own epoch times add up to ~50 min for one seed of each preset), so one call covers what fits;
 # runs past the deadline are killed or skipped and recorded, and calling the script again (same OUT) keeps every
-# finished seed and goes on with the rest. Extra arguments go to reproduce.py (e.g. --epochs 5: a shorter table).
+# finished seed and goes on with the rest. Extra arguments go to reproduce.py (e.g. --epochs 5: a shorter table,
+# into an OUT that holds no results of other settings: reproduce.py refuses to mix them unless --rerun replaces them).
 # Environment: PYTHON (python3), DATA_DIR (data/mnist), OUT (results/gpu), BUDGET_S (540, whole seconds),
 # SMALL (fast,sprint,cnn_tb,resnet,cnn_gpu,cnn_cpu,cnn_deep,best: fast and sprint first, their times to 99.5 % on
 # a GPU are issues 12 and 23's), LARGE (resnet18,resnet101).
