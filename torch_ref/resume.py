@@ -47,8 +47,9 @@ def save(workdir, epoch: int, config, parts: dict, record: dict | None, num_work
     }
     target = path(workdir)
     tmp = target.with_name(f".{FILE}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, target)
+    with cli.deferred_signals():  # a Ctrl-C or SIGTERM waits for the epoch's checkpoint, as jaxmnist's does
+        torch.save(state, tmp)
+        os.replace(tmp, target)
 
 
 def restore(workdir, config, parts: dict, say, num_workers: int = 0) -> tuple[int, dict | None]:
