@@ -34,12 +34,13 @@ INK = 0.1  # a pixel is ink when it is at least this fraction of the brightest o
 # ------------------------------------------------------------------------------------ MNIST-like input
 def to_mnist(image) -> np.ndarray:
     """A PIL image -> uint8 [28, 28], ink bright on black, as MNIST's digits were made."""
-    from PIL import Image
+    from PIL import Image, ImageOps
 
+    image = ImageOps.exif_transpose(image)  # a phone's photo as it was taken, not as its sensor stored it
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")  # transparent paper is white paper
         image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-    grey = np.asarray(image.convert("L"), np.float32)
+    grey = grey_levels(image)
     border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
     if np.median(border) > 127:  # light paper: MNIST's ink is the bright part
         grey = 255.0 - grey
@@ -53,6 +54,20 @@ def to_mnist(image) -> np.ndarray:
     rows, cols = np.nonzero(ink >= INK)
     ink = ink[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
     return centre_by_mass(fit_20x20(ink))
+
+
+def grey_levels(image) -> np.ndarray:
+    """The image's grey levels as floats in [0, 255]. PIL's conversion to 'L' clips 16- and 32-bit images at 255
+    (a 16-bit scan kept a tenth of its ink): those are scaled from their range instead (floats: [0, 1] or
+    [0, 255])."""
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        levels = np.asarray(image, np.float64)
+        if not np.isfinite(levels).all():
+            raise ValueError("the image holds NaN or infinite values")
+        top = 65535.0 if image.mode != "F" and levels.max() > 255 else 255.0
+        top = 1.0 if image.mode == "F" and levels.max() <= 1 else top
+        return (np.clip(levels, 0, top) * (255.0 / top)).astype(np.float32)
+    return np.asarray(image.convert("L"), np.float32)
 
 
 def fit_20x20(ink: np.ndarray) -> np.ndarray:

@@ -179,10 +179,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
         return self.counted
 
+    @property
+    def route(self) -> str:
+        """The request's path without its query string (GET /health?x=1 is /health)."""
+        return self.path.split("?", 1)[0]
+
     def do_GET(self):
-        if self.path == "/":
+        if self.route == "/":
             self._send(200, self.server.page, "text/html; charset=utf-8")
-        elif self.path == "/health":
+        elif self.route == "/health":
             self._json(200, self.server.health())
         else:
             self._error(404, f"no such page: {self.path[:80]} (GET /, GET /health, POST /predict)")
@@ -190,14 +195,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
     do_HEAD = do_GET  # the same headers, no body (_send)
 
     def do_POST(self):
-        if self.path != "/predict":
+        if self.route != "/predict":
             self._error(404, f"no such endpoint: {self.path[:80]} (POST /predict)")
             return
         length = self.headers.get("Content-Length")
         if length is None:
             self._error(411, "send a Content-Length with the image")
             return
-        if not length.isdigit():
+        length = length.strip()  # optional white space around a header's value (RFC 9110)
+        if not (length.isascii() and length.isdigit()):  # str.isdigit takes '²', which int() refuses
             self._error(400, f"bad Content-Length {length[:20]!r}")
             return
         if int(length) > self.server.max_bytes:

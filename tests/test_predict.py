@@ -42,6 +42,27 @@ def test_mnist_digits_stay_as_they_are_and_disguised_ones_come_back(mnist, rng):
     assert min(corr) > 0.85, corr  # measured 0.90-0.99 (median 0.98); unshifted, thin digits drop to ~0.5
 
 
+def test_deep_images_and_a_phones_rotation_give_the_digit_as_8_bits_do(mnist, rng):
+    """16-bit, 32-bit and float images keep their ink (PIL's 'L' conversion clipped them at 255), and a JPEG's
+    EXIF orientation is applied (a photo stored sideways was read sideways)."""
+    import io
+
+    photo = disguised(mnist.test_images[0], rng).convert("L")
+    expected = predict.to_mnist(photo)
+    levels = np.asarray(photo, np.float64)
+    for deep in (Image.fromarray((levels * 257).astype(np.uint16)),  # 'I;16', as a 16-bit PNG opens
+                 Image.fromarray((levels * 257).astype(np.int32), mode="I"),
+                 Image.fromarray((levels / 255).astype(np.float32), mode="F")):  # fmt: skip
+        assert np.abs(predict.to_mnist(deep).astype(int) - expected).max() <= 1, deep.mode
+    sideways = photo.transpose(Image.Transpose.ROTATE_90)  # stored turned; the tag says to turn it back
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to view
+    buffer = io.BytesIO()
+    sideways.save(buffer, "JPEG", quality=95, exif=exif)
+    upright = predict.to_mnist(Image.open(io.BytesIO(buffer.getvalue())))
+    assert np.corrcoef(upright.ravel(), expected.ravel())[0, 1] > 0.95
+
+
 @pytest.fixture(scope="session")  # not "module": xdist interleaves modules, tearing those down
 def workdir(trained_cnn):
     return trained_cnn

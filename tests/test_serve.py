@@ -68,6 +68,7 @@ def test_health_and_the_page(server, model):
     assert "http://" not in html and "https://" not in html and " src=" not in html  # nothing from elsewhere
     status, body, r = request(server, "HEAD", "/")
     assert status == 200 and body == b"" and int(r.getheader("Content-Length")) == len(page)
+    assert request(server, "GET", "/health?probe=1")[0] == request(server, "GET", "/?v=2")[0] == 200  # a query
 
 
 @pytest.mark.parametrize("fmt,mode", [("PNG", "L"), ("JPEG", "RGB"), ("PNG", "RGBA"), ("BMP", "RGB"), ("GIF", "P")])
@@ -105,6 +106,7 @@ BAD = {  # name: (method, path, body, headers, status, words in the error)
     "eps (ghostscript)": ("POST", "/predict", eps(), {}, 400, "not an image"),
     "decompression bomb": ("POST", "/predict", png_of_size(20_000, 20_000), {}, 413, "over the limit"),
     "bad content-length": ("POST", "/predict", None, {"Content-Length": "12abc"}, 400, "Content-Length"),
+    "superscript content-length": ("POST", "/predict", None, {}, 400, "Content-Length"),  # '²' passes isdigit
     "get an endpoint": ("GET", "/predict", None, {}, 404, "no such page"),
     "unknown page": ("GET", "/../../etc/passwd", None, {}, 404, "no such page"),
     "post elsewhere": ("POST", "/health", b"x", {}, 404, "no such endpoint"),
@@ -123,6 +125,9 @@ def test_bad_requests_get_a_4xx_with_one_json_line_and_the_server_goes_on(server
         body = png_of_size(200, 200)
     if name == "bad content-length":  # http.client would send its own header: a raw request instead
         got_status, got = raw(server, b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 12abc\r\n\r\n")
+    elif name == "superscript content-length":  # a ValueError in the handler, and no reply, before
+        request_bytes = "POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: \u00b2\r\n\r\n".encode("latin-1")
+        got_status, got = raw(server, request_bytes)
     else:
         got_status, got, _ = request(server, method, path, body, headers)
     assert got_status == status
