@@ -2,12 +2,13 @@
 held out of the training set, per warped view and averaged over sets of views, as a TTA evaluation would average.
 
     python -m jaxmnist.train --preset sprint --val-size 10000 --seed 0 --workdir /tmp/s0
-    python scripts/tta.py --workdir /tmp/s0 --which latest --val-size 10000 --split-seed 0
+    python scripts/tta.py --workdir /tmp/s0 --which latest                  # its held-out split, as it recorded it
     python scripts/tta.py --workdir /tmp/s0 --which latest --split test      # the test set: read, chooses nothing
 
 The views are the §4 augmentation's own warps (jaxmnist.augment.warp: whole-pixel shifts, rotations about the
-centre, PIL's nearest-neighbour arithmetic). The held-out images are the run's: the same --val-size and the seed
-the run was trained with (presets.split_train draws the split from it).
+centre, PIL's nearest-neighbour arithmetic). The held-out images are the run's: its checkpoint's --val-size,
+--train-size and seed (presets.split_train draws the split from them); for a --torch-state-dict, --val-size and
+--split-seed say which.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import numpy as np
 
 from jaxmnist import augment, cli, weights
 from jaxmnist import data as data_lib
+from jaxmnist.checkpoint import Checkpointer
 from jaxmnist.presets import Config, split_train
 
 # name -> (shift right, shift down, counter-clockwise degrees)
@@ -71,13 +73,48 @@ def accuracies(probs: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, fl
     return {name: 100.0 * float(np.mean(p.argmax(-1) == labels)) for name, p in acc.items()}
 
 
-def held_out(data: data_lib.Dataset, split: str, val_size: int | None, split_seed: int):
-    """(images, labels) of the test set, or of the validation split a run with this --val-size and seed held out."""
-    if split == "test":
+def held_out(data: data_lib.Dataset, args):
+    """(images, labels) of the test set, or of the validation split the run held out: as its checkpoint records it
+    (--val-size, --train-size, the seed) for one run's --workdir, else as --val-size and --split-seed say."""
+    check_split_flags(args)
+    if args.split == "test":
         return data.test_images, data.test_labels
-    if not val_size:
-        raise cli.UsageError("--split val needs the run's --val-size")
-    return split_train(data, Config(val_size=val_size, seed=split_seed))[1]
+    recorded = recorded_split(args)
+    if recorded is None:
+        if not args.val_size:
+            raise cli.UsageError("--split val needs the run's --val-size (and --split-seed, its seed)")
+        return split_train(data, Config(val_size=args.val_size, seed=args.split_seed or 0))[1]
+    where, config = recorded
+    if not config.val_size:
+        raise cli.UsageError(f"{where} was trained without --val-size: nothing was held out (--split test reads "
+                             "the test set)")  # fmt: skip
+    for flag, value, own in (("--val-size", args.val_size, config.val_size), ("--split-seed", args.split_seed,
+                                                                              config.seed)):  # fmt: skip
+        if value is not None and value != own:
+            raise cli.UsageError(f"{flag} {value}: the run in {where} held out its split with {own} (its "
+                                 "checkpoint says so); leave the flag out")  # fmt: skip
+    return split_train(data, config)[1]
+
+
+def check_split_flags(args) -> None:
+    """The split's flags on their own: in range, and only with --split val."""
+    flags = {"--val-size": args.val_size, "--split-seed": args.split_seed}
+    if args.split == "test" and (given := [f for f, v in flags.items() if v is not None]):
+        raise cli.UsageError(f"{', '.join(given)} choose the val split; --split test takes neither")
+    for flag, value in flags.items():
+        if value is not None and value < (1 if flag == "--val-size" else 0):
+            raise cli.UsageError(f"{flag} must be {'> 0' if flag == '--val-size' else '>= 0'}, got {value}")
+
+
+def recorded_split(args) -> tuple[str, Config] | None:
+    """(workdir, the settings that drew its split) of a single run's --workdir, from its checkpoint; else None."""
+    if args.torch_state_dict or len(args.workdir or ()) != 1:
+        return None
+    meta = Checkpointer(args.workdir[0], read_only=True).read_meta(args.which)
+    if meta is None:
+        return None
+    c = meta["config"]
+    return args.workdir[0], Config(val_size=c.get("val_size", 0), train_size=c.get("train_size", 0), seed=c["seed"])
 
 
 def table(acc: dict[str, float]) -> str:
@@ -90,17 +127,20 @@ def build_parser() -> cli.ArgumentParser:
     p = cli.script_parser("scripts/tta.py", __doc__)
     weights.add_flags(p)
     p.add_argument("--split", choices=("val", "test"), default="val", help="where to measure (default val)")
-    p.add_argument("--val-size", type=int, help="the run's --val-size (with --split val)")
-    p.add_argument("--split-seed", type=int, default=0, help="the seed the run was trained with (default 0)")
+    p.add_argument("--val-size", type=int, help="the run's --val-size (with --split val; a --workdir's checkpoint "
+                   "records it)")  # fmt: skip
+    p.add_argument("--split-seed", type=int, help="the seed the run was trained with (default 0; a --workdir's "
+                   "checkpoint records it)")  # fmt: skip
     p.add_argument("--data-dir", help="a directory holding the four IDX files")
     return p
 
 
 def _main(argv) -> None:
     args = build_parser().parse_args(argv)
+    check_split_flags(args)
     model = weights.load(args)
     data = data_lib.load("mnist", args.data_dir, progress=False)
-    images, labels = held_out(data, args.split, args.val_size, args.split_seed)
+    images, labels = held_out(data, args)
     print(f"{model.name} from {model.source}, on {len(labels)} images of the {args.split} split")
     print(table(accuracies(view_probabilities(model, images), labels)))
 

@@ -1,10 +1,15 @@
 """scripts/tta.py: test-time augmentation measured on a held-out split, per view and per set of views."""
 
+import dataclasses
+
+import jax
 import numpy as np
 import pytest
 
 import tta
-from jaxmnist import weights
+from jaxmnist import engine, weights
+from jaxmnist.checkpoint import Checkpointer
+from jaxmnist.cli import UsageError
 from jaxmnist.presets import Config, split_train
 
 
@@ -34,11 +39,36 @@ def test_a_set_scores_its_views_mean_probabilities():
 
 def test_the_validation_split_is_the_runs(mnist):
     """--split val with the run's --val-size and seed gives the images that run held out."""
-    images, labels = tta.held_out(mnist, "val", 1000, 3)
+    images, labels = tta.held_out(mnist, tta.build_parser().parse_args(["--val-size", "1000", "--split-seed", "3"]))
     run_images, run_labels = split_train(mnist, Config(val_size=1000, seed=3))[1]
     np.testing.assert_array_equal(images, run_images)
     np.testing.assert_array_equal(labels, run_labels)
-    assert not np.array_equal(tta.held_out(mnist, "val", 1000, 4)[1], labels)
+    other = tta.build_parser().parse_args(["--val-size", "1000", "--split-seed", "4"])
+    assert not np.array_equal(tta.held_out(mnist, other)[1], labels)
+
+
+def saved_run(where, config: Config) -> str:
+    ckpt = Checkpointer(where)
+    state = engine.create_state(config, jax.random.PRNGKey(0))
+    ckpt.save(state, 1, 50.0, meta={"config": dataclasses.asdict(config), "epoch": 1, "plateau": {}, "record": None})
+    ckpt.close()
+    return str(where)
+
+
+def test_a_workdirs_split_is_the_one_its_checkpoint_records(mnist, tmp_path):
+    """A run's --train-size, --val-size and seed draw its split: taken from its checkpoint, a flag that says
+    otherwise refused (a flag alone scored 128 of a 640-image run's training images as held out)."""
+    config = Config(model="cnn", train_size=20_000, val_size=1000, seed=3)
+    workdir = saved_run(tmp_path / "w", config)
+    args = tta.build_parser().parse_args(["--workdir", workdir])
+    np.testing.assert_array_equal(tta.held_out(mnist, args)[1], split_train(mnist, config)[1][1])
+    for flags, message in [(["--val-size", "500"], "--val-size 500: the run in .* held out its split with 1000"),
+                           (["--split-seed", "0"], "--split-seed 0: the run in .* with 3")]:  # fmt: skip
+        with pytest.raises(UsageError, match=message):
+            tta.held_out(mnist, tta.build_parser().parse_args(["--workdir", workdir, *flags]))
+    unsplit = saved_run(tmp_path / "u", config.replace(val_size=0))
+    with pytest.raises(UsageError, match="was trained without --val-size: nothing was held out"):
+        tta.held_out(mnist, tta.build_parser().parse_args(["--workdir", unsplit]))
 
 
 @pytest.mark.xdist_group("trained_cnn")  # conftest's trained_cnn_run: one worker trains it once
@@ -56,6 +86,8 @@ def test_the_identity_view_is_the_models_own_softmax(mnist, trained_cnn):
     [
         (["--workdir", "/nonexistent/run"], "no best checkpoint in /nonexistent/run"),
         (["--split", "nope"], "argument --split: invalid choice"),
+        (["--workdir", "w", "--split", "test", "--val-size", "9"], "--val-size choose the val split; --split test"),
+        (["--torch-state-dict", "m.pth", "--model", "cnn", "--val-size", "-5"], "--val-size must be > 0, got -5"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(argv, message, capsys):
