@@ -14,7 +14,6 @@ nothing. Each row names its machine and the largest share of the CPU other proce
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -213,31 +212,58 @@ def table(rows: list[dict], base: str = "(the preset)") -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def read_rows(out: str, must_exist: bool) -> list[dict]:
+    """The rows of an ablation results file; a one-line error for a file that is not one."""
+    from jaxmnist.cli import UsageError
+
+    if not os.path.exists(out):
+        if must_exist:
+            raise UsageError(f"no results file {out}")
+        return []
+    try:
+        with open(out) as f:
+            rows = json.load(f)["runs"]
+        if not (isinstance(rows, list) and all({"variant", "seed", "round", "val_acc"} <= r.keys() for r in rows)):
+            raise TypeError
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise UsageError(f"{out} is not an ablation results file ({type(e).__name__})") from None
+    return rows
+
+
+def _main(argv: list[str] | None) -> None:
+    from jaxmnist import cli
+    from jaxmnist.seeds import seed_list
+
+    p = cli.script_parser("scripts/ablation.py", __doc__)
     p.add_argument("study", choices=sorted(STUDIES))
     p.add_argument("--variants", help="comma-separated (default: all of the study's)")
-    p.add_argument("--seeds", default="0")
+    p.add_argument("--seeds", default="0", help="a seed, or several: 0,1 or 0-2 (default 0)")
     p.add_argument("--out", help="default: results/ablation/<study>.json")
     p.add_argument("--table", action="store_true", help="only print the table of --out")
     args = p.parse_args(argv)
     study = STUDIES[args.study]
     out = args.out or f"results/ablation/{args.study}.json"
-    rows = json.load(open(out))["runs"] if os.path.exists(out) else []
+    rows = read_rows(out, must_exist=args.table)
     if args.table:
         print(table(rows, base="(the preset)" if not study.sketch else "(the sketch)"))
         return
-    variants = args.variants.split(",") if args.variants else list(study.variants)
+    seeds = seed_list(args.seeds) or ((int(args.seeds),) if args.seeds.isascii() and args.seeds.isdigit() else ())
+    if not seeds:
+        raise cli.UsageError(f"--seeds {args.seeds!r}: expected a seed (0) or several distinct ones (0,1 or 0-2)")
+    variants = [v for v in args.variants.split(",") if v] if args.variants is not None else list(study.variants)
     unknown = [v for v in variants if v not in study.variants]
-    if unknown:
-        p.error(f"unknown variant(s) {', '.join(unknown)}; the {args.study} study has {', '.join(study.variants)}")
+    if unknown or not variants:
+        raise cli.UsageError(f"--variants {args.variants!r}: the {args.study} study has {', '.join(study.variants)}")
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     done = {(r["variant"], r["seed"]) for r in rows if r["round"] == study.round}
     for variant in variants:
-        for seed in map(int, args.seeds.split(",")):
+        for seed in seeds:
             if (variant, seed) in done:
                 continue
-            rows.append(run(study, variant, seed))
+            try:
+                rows.append(run(study, variant, seed))
+            except subprocess.CalledProcessError as e:
+                raise cli.RunError(f"variant {variant} seed {seed}: training failed (exit {e.returncode})") from None
             r = rows[-1]
             print(f"{variant:24s} seed {seed}: val {r['val_acc']:.2f} %, {r['wall_s']:.0f} s", flush=True)
             tmp = out + ".tmp"
@@ -247,5 +273,13 @@ def main(argv: list[str] | None = None) -> None:
             os.replace(tmp, out)
 
 
+def main(argv: list[str] | None = None) -> int:
+    import needs_jaxmnist  # noqa: F401  (one line, not a traceback, where jaxmnist is missing)
+
+    from jaxmnist import cli
+
+    return cli.run(lambda: _main(argv))
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

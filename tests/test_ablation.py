@@ -39,3 +39,17 @@ def test_every_variant_parses_into_a_valid_config(name):
         _, config = presets.config_from_args(train.build_parser().parse_args(argv))
         presets.validate(config)  # raises UsageError, naming the flag
         assert config.val_size == 10000 and config.model == presets.PRESETS[study.preset].model
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [(["fast", "--seeds", "x"], "--seeds 'x': expected a seed (0) or several distinct ones"),
+     (["fast", "--seeds", "-1"], "--seeds '-1': expected"),
+     (["fast", "--variants", ""], "--variants '': the fast study has base"),
+     (["fast", "--table", "--out", "/nonexistent/a.json"], "no results file /nonexistent/a.json"),
+     (["fast", "--table", "--out", "pyproject.toml"], "pyproject.toml is not an ablation results file")],
+)  # fmt: skip
+def test_bad_input_is_one_line_and_starts_nothing(argv, message, capsys):
+    assert ablation.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
