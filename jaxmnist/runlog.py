@@ -9,6 +9,7 @@ the blog's meaning and axis), `loss_train/batch_num`, and per epoch `acc_test/ep
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
@@ -100,9 +101,15 @@ def writable_dir(directory: str | os.PathLike, flag: str = "--logdir") -> Path:
 
 
 def atomic_write(path: Path, data: bytes) -> None:
+    """`data` into `path` whole or not at all (a temporary beside it, renamed); a failure leaves no temporary."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_png(fig, path: Path) -> np.ndarray:

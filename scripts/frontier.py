@@ -22,7 +22,8 @@ import needs_jaxmnist  # noqa: F401  (before jaxmnist: one line, not a traceback
 import numpy as np
 
 import results_table
-from jaxmnist.cli import script_parser
+from jaxmnist import cli
+from jaxmnist.cli import UsageError, script_parser
 from jaxmnist.runlog import atomic_write
 from results_table import load_results, machine_labels
 
@@ -134,24 +135,32 @@ def figure(results: list[dict]):
     return fig
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str] | None) -> int:
     p = script_parser("scripts/frontier.py", __doc__)
     p.add_argument("results", nargs="*", help="folders of <preset>.json (default: results/ and results/gpu/)")
     p.add_argument("--out", default=str(ROOT / "docs" / "frontier.png"))
     args = p.parse_args(argv)
     folders = [Path(f) for f in args.results] or [ROOT / "results", ROOT / "results" / "gpu"]
+    if missing := [f for f in folders if args.results and not f.is_dir()]:
+        raise UsageError(f"no such folder: {missing[0]}")
     results = [r for folder in folders for r in load_results(folder)]
     if not results:
-        print(f"error: no results (*.json) in {', '.join(map(str, folders))}", file=sys.stderr)
-        return 2
+        raise UsageError(f"no results (*.json) in {', '.join(map(str, folders))}")
     import io
 
     buf = io.BytesIO()
     figure(results).savefig(buf, format="png", dpi=110)
-    atomic_write(Path(args.out), buf.getvalue())
+    try:
+        atomic_write(Path(args.out), buf.getvalue())
+    except OSError as e:
+        raise UsageError(f"cannot write --out {args.out}: {e.strerror}") from None
     runs = sum(len(points) for r in results for points in full_runs(r).values())
     print(f"{args.out}: {runs} full-length runs of {len(results)} presets, {len(REFERENCES)} references")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run(lambda: _main(argv))
 
 
 if __name__ == "__main__":

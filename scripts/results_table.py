@@ -18,7 +18,8 @@ from pathlib import Path
 
 import needs_jaxmnist  # noqa: F401  (before jaxmnist: one line, not a traceback, where it is missing)
 
-from jaxmnist.cli import script_parser
+from jaxmnist import cli
+from jaxmnist.cli import UsageError, script_parser
 from jaxmnist.presets import PRESETS
 from jaxmnist.runlog import atomic_write
 
@@ -208,8 +209,17 @@ def findings(out: Path) -> list[str]:
 
 
 def load_results(out: Path) -> list[dict]:
-    """Every <preset>.json of `out`, in the blog's order of presets (the same preset's quirky run after it)."""
-    results = [json.loads(p.read_text()) for p in out.glob("*.json")]
+    """Every <preset>.json of `out`, in the blog's order of presets (the same preset's quirky run after it); a
+    UsageError naming a file that is not one of scripts/reproduce.py's (an ablation's, another JSON)."""
+    results = []
+    for path in sorted(out.glob("*.json")):
+        try:
+            result = json.loads(path.read_text())
+            if not (result["preset"] in PRESETS and {"blog_quirks", "frameworks"} <= result.keys()):
+                raise KeyError("preset")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise UsageError(f"{path} is not a results file of scripts/reproduce.py ({type(e).__name__})") from None
+        results.append(result)
     return sorted(results, key=lambda r: (list(PRESETS).index(r["preset"]), r["blog_quirks"]))
 
 
@@ -270,8 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     if not list(out.glob("*.json")):
         print(f"error: no results (*.json) in {out}", file=sys.stderr)
         return 2
-    print(write_readme(out).read_text())
-    return 0
+    return cli.run(lambda: print(write_readme(out).read_text()))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """scripts/frontier.py: the accuracy-against-time figure from the committed results, full-length runs only."""
 
+import json
 from pathlib import Path
 
 from PIL import Image
@@ -46,3 +47,17 @@ def test_by_default_the_gpu_runs_join_the_cpu_runs(tmp_path, capsys):
     runs = sum(len(p) for r in both for p in frontier.full_runs(r).values())
     assert runs > sum(len(p) for r in load_results(RESULTS) for p in frontier.full_runs(r).values())
     assert capsys.readouterr().out.startswith(f"{out}: {runs} full-length runs of {len(both)} presets")
+
+
+def test_folders_and_files_that_are_not_results_are_one_line(tmp_path, capsys):
+    """An ablation's JSON among the results, a folder that is not there, an --out that cannot be written: one
+    line each (tracebacks before), and nothing half-written left beside the --out."""
+    (tmp_path / "fast.json").write_text(json.dumps({"val_size": 10000, "runs": []}))  # an ablation's file
+    cases = [([str(tmp_path)], f"{tmp_path}/fast.json is not a results file of scripts/reproduce.py"),
+             ([str(tmp_path / "nope")], f"no such folder: {tmp_path / 'nope'}"),
+             (["--out", str(tmp_path)], f"cannot write --out {tmp_path}")]  # fmt: skip
+    for argv, message in cases:
+        assert frontier.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {message}") and err.count("\n") == 1, err
+    assert not list(tmp_path.parent.glob(f".{tmp_path.name}.tmp"))  # the failed write's temporary removed
