@@ -154,7 +154,8 @@ def ema_decay_at(updates, decay: float):
 
 # -------------------------------------------------------------------------------------------- steps
 def train_step(state: TrainState, batch: dict, train: bool = True) -> tuple[TrainState, dict]:
-    """One optimiser step (SGD, RMSprop or AdamW: Config.optimizer) on a normalised batch {'image': [B,28,28,1] float, 'label': [B] int}.
+    """One optimiser step (SGD, RMSprop or AdamW: Config.optimizer) on a normalised batch
+    {'image': [B,28,28,1] float, 'label': [B] int}.
 
     `train=False` reproduces the blog's quirk of training in eval mode (BatchNorm frozen, dropout off).
     """

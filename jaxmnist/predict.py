@@ -64,8 +64,10 @@ def grey_levels(image) -> np.ndarray:
         levels = np.asarray(image, np.float64)
         if not np.isfinite(levels).all():
             raise ValueError("the image holds NaN or infinite values")
-        top = 65535.0 if image.mode != "F" and levels.max() > 255 else 255.0
-        top = 1.0 if image.mode == "F" and levels.max() <= 1 else top
+        if image.mode == "F":
+            top = 1.0 if levels.max() <= 1 else 255.0
+        else:
+            top = 65535.0 if levels.max() > 255 else 255.0
         return (np.clip(levels, 0, top) * (255.0 / top)).astype(np.float32)
     return np.asarray(image.convert("L"), np.float32)
 

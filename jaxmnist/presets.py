@@ -176,8 +176,10 @@ def resumable(saved: dict, config: Config, allowed: tuple[str, ...], workdir) ->
     if set(changed) - set(allowed):
         raise UsageError(f"checkpoint in {workdir} was made with different settings: {', '.join(changed)}")
     if "epochs" in changed and config.schedule == "onecycle":
-        raise UsageError(f"--epochs {config.epochs}: the run in {workdir} follows a one-cycle schedule over its "
-                         f"{saved['epochs']} epochs, which a resumed run cannot stretch; train longer in a new run")  # fmt: skip
+        raise UsageError(
+            f"--epochs {config.epochs}: the run in {workdir} follows a one-cycle schedule over its "
+            f"{saved['epochs']} epochs, which a resumed run cannot stretch; train longer in a new run"
+        )
     return changed
 
 

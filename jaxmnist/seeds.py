@@ -48,8 +48,8 @@ class Seeds:
         self, config: Config, total_steps: int, variables: dict | None = None, conv_plan: ConvPlan = convs.XLA
     ) -> engine.TrainState:
         """Each seed's fresh state (its own initialisation and keys), stacked when vmapped: vmap draws every
-        seed's initial weights exactly as the seed alone would. `variables` (e.g. from --torch-state-dict) replace the
-        initialisation, the same for every seed."""
+        seed's initial weights exactly as the seed alone would. `variables` (e.g. from --torch-state-dict) replace
+        the initialisation, the same for every seed."""
         keys = jnp.stack([jax.random.PRNGKey(s) for s in self.seeds])
         create = functools.partial(
             engine.create_state, config, variables=variables, total_steps=total_steps, conv_plan=conv_plan

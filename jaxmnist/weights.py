@@ -44,8 +44,8 @@ def _mean_softmax(apply_fn, stacked, images_u8):
 
 def softmax_program(plan: ConvPlan = convs.XLA, ensemble: bool = False):
     """The jitted softmax (`ensemble`: of stacked members, averaged), (apply_fn, variables, images) ->
-    probabilities, compiled with the kernel library of `plan` as training compiles (jaxmnist.convs: on x86 CPUs XLA's
-    default kernels are the slower ones)."""
+    probabilities, compiled with the kernel library of `plan` as training compiles (jaxmnist.convs: on x86 CPUs
+    XLA's default kernels are the slower ones)."""
     return _jitted(ensemble, tuple(sorted(plan.compiler_options.items())))
 
 
@@ -147,8 +147,7 @@ def workdir_members(workdir: str, which: str = "best", seed: int | tuple[int, ..
     meta = ckpt.read_meta(which)
     if meta is None:
         raise UsageError(f"no intact {which} checkpoint in {workdir}")
-    known = {f.name for f in dataclasses.fields(Config)}
-    config = Config(**{k: v for k, v in meta["config"].items() if k in known})
+    config = saved_config(meta)
     seeds = tuple(meta.get("seeds") or (config.seed,))
     if len(seeds) == 1:  # a --seed that names another seed than the run's is refused, not ignored
         chosen = seeds if seed is None else pick(seed, seeds, f"{workdir} holds one run, of seed {seeds[0]}")
@@ -166,6 +165,13 @@ def workdir_members(workdir: str, which: str = "best", seed: int | tuple[int, ..
         Model(config.model, stack.take(variables, seeds.index(k)), f"{workdir} seed {k} ({mean})", config.num_classes)
         for k in chosen
     ]
+
+
+def saved_config(meta: dict) -> Config:
+    """The Config a checkpoint's host-side JSON records (fields added since take their defaults, removed ones are
+    dropped)."""
+    known = {f.name for f in dataclasses.fields(Config)}
+    return Config(**{k: v for k, v in meta["config"].items() if k in known})
 
 
 def restore_target(stack: Seeds, config: Config) -> engine.TrainState:

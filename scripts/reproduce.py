@@ -343,8 +343,8 @@ def _main(argv: list[str] | None) -> int:
         print(write_readme(out).read_text())
         return 0
     for preset in args.presets:  # results of other settings are replaced only when asked, never by a smoke run
-        path = result_header(preset, args)[1]
-        if (differs := earlier_runs(path, result_header(preset, args)[0])[1]) and not args.rerun:
+        result, path = result_header(preset, args)
+        if (differs := earlier_runs(path, result)[1]) and not args.rerun:
             raise UsageError(f"{path} holds runs made with other settings ({', '.join(differs)}): --rerun replaces "
                              "them, another --out keeps both")  # fmt: skip
     if args.refresh:  # without --table-only it would have started every run, refreshing nothing

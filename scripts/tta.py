@@ -113,8 +113,7 @@ def recorded_split(args) -> tuple[str, Config] | None:
     meta = Checkpointer(args.workdir[0], read_only=True).read_meta(args.which)
     if meta is None:
         return None
-    c = meta["config"]
-    return args.workdir[0], Config(val_size=c.get("val_size", 0), train_size=c.get("train_size", 0), seed=c["seed"])
+    return args.workdir[0], weights.saved_config(meta)
 
 
 def table(acc: dict[str, float]) -> str:
