@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import signal
 import sys
 import threading
@@ -33,6 +34,32 @@ def workdir_taken(workdir, epoch: int | None = None) -> UsageError:
     overwrite that run (or, with orbax, be skipped below its newest epoch), so the user chooses."""
     held = f"the checkpoint of a run (epoch {epoch})" if epoch is not None else "the checkpoint of a run"
     return UsageError(f"--workdir {workdir} holds {held}: --resume continues it; another --workdir starts a new run")
+
+
+class Diverged(Exception):
+    """The loss or the state stopped being finite in epoch `epoch` (from 0), at step `step` of it (from 1);
+    `seed` says which of vmapped seeds did (None for one seed alone). Both trainers raise it."""
+
+    def __init__(self, epoch: int, step: int, loss: float, seed: int | None = None):
+        what = f"loss {loss}" if not math.isfinite(loss) else f"loss {loss:.3g}, then non-finite parameters"
+        who = "" if seed is None else f"seed {seed}: "
+        super().__init__(f"{who}training diverged in epoch {epoch + 1} at step {step} ({what})")
+        self.epoch, self.step, self.seed = epoch, step, seed
+
+
+def diverged(e: Diverged, workdir, last_epoch: int | None) -> RunError:
+    """The one line a divergence ends a run with, in both trainers: where it diverged, the last good checkpoint
+    (`last_epoch` in `workdir`; None or 0 for none yet) and what to try."""
+    if workdir and last_epoch:
+        where = (
+            f"the last good checkpoint is epoch {last_epoch} in {workdir}: "
+            f"continue from it with --resume --workdir {workdir} and a lower --lr"
+        )
+    elif workdir:
+        where = f"no epoch was checkpointed yet in {workdir}; start again with a lower --lr"
+    else:
+        where = "no checkpoint was kept (--workdir keeps one per epoch); start again with a lower --lr"
+    return RunError(f"{e}; {where}")
 
 
 class Terminated(BaseException):

@@ -169,11 +169,17 @@ def changed_settings(saved: dict, config: Config) -> list[str]:
     return sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
 
 
-def resumable(saved: dict, config: Config, allowed: tuple[str, ...], workdir) -> list[str]:
-    """The settings a resumed run changes against its checkpoint's (`saved`); a usage error for any but `allowed`,
-    and for more or fewer epochs under the one-cycle schedule, which spans the steps of the epochs it began with."""
+# What a resumed run may change, in both trainers: a lower learning rate after a divergence, more epochs, how often
+# it evaluates.
+RESUMABLE_CHANGES = ("lr", "epochs", "evals_per_epoch")
+
+
+def resumable(saved: dict, config: Config, workdir) -> list[str]:
+    """The settings a resumed run changes against its checkpoint's (`saved`); a usage error for any but
+    RESUMABLE_CHANGES, and for more or fewer epochs under the one-cycle schedule, which spans the steps of the epochs
+    it began with."""
     changed = changed_settings(saved, config)
-    if set(changed) - set(allowed):
+    if set(changed) - set(RESUMABLE_CHANGES):
         raise UsageError(f"checkpoint in {workdir} was made with different settings: {', '.join(changed)}")
     if "epochs" in changed and config.schedule == "onecycle":
         raise UsageError(
@@ -181,6 +187,11 @@ def resumable(saved: dict, config: Config, allowed: tuple[str, ...], workdir) ->
             f"{saved['epochs']} epochs, which a resumed run cannot stretch; train longer in a new run"
         )
     return changed
+
+
+def new_lr_line(saved: dict, config: Config) -> str:
+    """What a resumed run says when --lr changed its checkpoint's learning rate."""
+    return f"learning rate {saved['lr']:g} -> {config.lr:g} (--lr)"
 
 
 MAX_SEED = 2**31 - 1  # a seed becomes a JAX key from an int32 (jax.random.PRNGKey)

@@ -21,7 +21,7 @@ import numpy as np
 
 from jaxmnist import convs, engine
 from jaxmnist import data as data_lib
-from jaxmnist.cli import UsageError
+from jaxmnist.cli import Diverged, UsageError
 from jaxmnist.convs import ConvPlan
 from jaxmnist.distributed import Placement
 from jaxmnist.presets import Config, split_train, tests_with_batch_statistics, trains_in_eval_mode
@@ -205,17 +205,6 @@ def compile_eval_passes(
         test_augment_key=key,
         seeds=seeds,
     )
-
-
-class Diverged(Exception):
-    """The loss or the state stopped being finite in epoch `epoch` (from 0), at step `step` of it (from 1);
-    `seed` says which of vmapped seeds did (None for one seed alone)."""
-
-    def __init__(self, epoch: int, step: int, loss: float, seed: int | None = None):
-        what = f"loss {loss}" if not np.isfinite(loss) else f"loss {loss:.3g}, then non-finite parameters"
-        who = "" if seed is None else f"seed {seed}: "
-        super().__init__(f"{who}training diverged in epoch {epoch + 1} at step {step} ({what})")
-        self.epoch, self.step, self.seed = epoch, step, seed
 
 
 def train_epoch(training: Training, state, train, epoch: int, mode: bool, bar=None, interim=None):

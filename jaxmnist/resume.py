@@ -10,15 +10,11 @@ import jax.numpy as jnp
 
 from jaxmnist import autotune, cli, models, optim, runlog
 from jaxmnist.checkpoint import Checkpointer
-from jaxmnist.cli import UsageError
+from jaxmnist.cli import Diverged, UsageError
 from jaxmnist.convs import ConvPlan
 from jaxmnist.distributed import Placement
-from jaxmnist.presets import Config, resumable
-from jaxmnist.programs import Diverged
+from jaxmnist.presets import Config, new_lr_line, resumable
 from jaxmnist.seeds import Seeds
-
-# What a resumed run may change: a lower learning rate after a divergence, more epochs, how often it evaluates.
-RESUMABLE_CHANGES = ("lr", "epochs", "evals_per_epoch")
 
 
 @dataclasses.dataclass
@@ -41,7 +37,7 @@ def host_meta(runs: list[SeedRun], seeds: Seeds) -> dict:
 
 def resume_from(ckpt: Checkpointer, state, config: Config, runs: list[SeedRun], seeds: Seeds, say: Callable):
     """(state, epochs done) from the newest intact checkpoint, with each seed's plateau rule and run log
-    restored; (state, 0) when there is none. Other settings than RESUMABLE_CHANGES are a usage error; with a
+    restored; (state, 0) when there is none. Other settings than presets.RESUMABLE_CHANGES are a usage error; with a
     new --lr, training continues at it."""
     meta = ckpt.read_meta()  # the settings first: arrays of another network or optimiser would not restore
     if meta is None:
@@ -51,7 +47,7 @@ def resume_from(ckpt: Checkpointer, state, config: Config, runs: list[SeedRun], 
         return state, 0
     if meta.get("seeds", [config.seed]) != list(seeds.seeds):
         raise UsageError(f"checkpoint in {ckpt.workdir} was made with different settings: seeds")
-    changed = resumable(meta["config"], config, RESUMABLE_CHANGES, ckpt.workdir)
+    changed = resumable(meta["config"], config, ckpt.workdir)
     state, meta = ckpt.restore_latest(state)
     listed = (lambda x: x) if seeds.vmapped else (lambda x: [x])
     for run, plateau, record in zip(runs, listed(meta["plateau"]), listed(meta.get("record"))):
@@ -60,7 +56,7 @@ def resume_from(ckpt: Checkpointer, state, config: Config, runs: list[SeedRun], 
             run.report.log.record = record
     say(f"resumed from {ckpt.workdir} after epoch {meta['epoch']}")
     if "lr" in changed:
-        say(f"learning rate {meta['config']['lr']:g} -> {config.lr:g} (--lr)")
+        say(new_lr_line(meta["config"], config))
         for run in runs:
             run.plateau.lr = config.lr
         state = state.replace(lr=seeds.array([config.lr] * len(runs), jnp.float32))
@@ -68,19 +64,8 @@ def resume_from(ckpt: Checkpointer, state, config: Config, runs: list[SeedRun], 
 
 
 def diverged_error(e: Diverged, ckpt: Checkpointer | None) -> cli.RunError:
-    """The one line a divergence ends the run with: where, the last good checkpoint, what to try."""
-    last = ckpt.latest_epoch() if ckpt else None
-    workdir = ckpt.workdir if ckpt else None
-    if last:
-        where = (
-            f"the last good checkpoint is epoch {last} in {workdir}: "
-            f"continue from it with --resume --workdir {workdir} and a lower --lr"
-        )
-    elif ckpt:
-        where = f"no epoch was checkpointed yet in {workdir}; start again with a lower --lr"
-    else:
-        where = "no checkpoint was kept (--workdir keeps one per epoch); start again with a lower --lr"
-    return cli.RunError(f"{e}; {where}")
+    """The one line a divergence ends the run with (cli.diverged)."""
+    return cli.diverged(e, ckpt.workdir if ckpt else None, ckpt.latest_epoch() if ckpt else None)
 
 
 def save(ckpt: Checkpointer, state, config: Config, epoch: int, test_acc: float, meta: dict) -> None:

@@ -22,13 +22,12 @@ import numpy as np
 from jaxmnist import checkpoint, cli, engine, evaluate, optim, programs, runlog, weights
 from jaxmnist import data as data_lib
 from jaxmnist.checkpoint import Checkpointer
-from jaxmnist.cli import UsageError
+from jaxmnist.cli import Diverged, UsageError
 from jaxmnist.convs import ConvPlan
 from jaxmnist.distributed import Placement
 from jaxmnist.presets import Config, interim_steps, plateau_arguments, trains_in_eval_mode, validate
 from jaxmnist.programs import (
     DeviceData,
-    Diverged,
     EvalPasses,
     ProgramCache,
     RecompileWatch,

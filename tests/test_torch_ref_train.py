@@ -332,6 +332,45 @@ def test_cli_divergence_is_one_line_exit_1(capsys, tmp_path, mnist):
     assert torch_train.main(argv + ["--logdir", str(tmp_path), "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: training diverged in epoch 1 at step ") and err.count("\n") == 1, err
+    assert "no checkpoint was kept (--workdir keeps one per epoch); start again with a lower --lr" in err
+
+
+def test_divergence_names_the_last_good_checkpoint_and_a_lower_lr_resumes(capsys, tmp_path, mnist):
+    """As jaxmnist's (tests/test_train_failures.py): two good epochs, then a resumed run at --lr 1e6 diverges in
+    epoch 3: exit 1, one line naming the last good checkpoint, which stays epoch 2; --resume at a lower --lr
+    finishes at that rate (torch_ref refused any other --lr until 2026-12-04)."""
+    flags = ["--model", "cnn", "--train-size", "2048", "--max-steps", "4", "--batch-size", "64", "--no-progress"]
+    flags += ["--workdir", str(tmp_path / "w"), "--logdir", str(tmp_path / "log"), "--lr", "0.05"]
+    assert torch_train.main([*flags, "--epochs", "2"]) == 0
+    capsys.readouterr()
+    assert torch_train.main([*flags, "--epochs", "3", "--lr", "1e6", "--resume"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: training diverged in epoch 3 at step ") and err.count("\n") == 1, err
+    assert f"the last good checkpoint is epoch 2 in {tmp_path / 'w'}: continue from it with --resume" in err
+    assert torch.load(tmp_path / "w" / "checkpoint.pt", weights_only=True)["epoch"] == 2
+    assert torch_train.main([*flags, "--epochs", "3", "--lr", "0.01", "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "after epoch 2" in out and "learning rate 0.05 -> 0.01 (--lr)" in out and "[3]: " in out
+    record = json.loads((tmp_path / "log" / "metrics.json").read_text())
+    assert [e["lr"] for e in record["epochs"]] == [0.05, 0.05, 0.01]  # cnn_tb's constant rate
+
+
+def test_a_new_base_rate_follows_the_schedule_from_where_it_is():
+    """optim.set_lr on a one-cycle schedule part way: the rate is the new base times the schedule's factor, now and
+    at every later step, as jaxmnist's state.lr times its schedule."""
+    config = PRESETS["fast"].replace(epochs=2)
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch_optim.build_optimizer(config, model.parameters())
+    schedule = torch_optim.build_schedule(config, optimizer, 10)
+    for _ in range(4):
+        optimizer.step()
+        schedule.step()
+    factor = schedule.lr_lambdas[0]
+    torch_optim.set_lr(optimizer, schedule, 1e-3)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * factor(4), rel=1e-12)
+    optimizer.step()
+    schedule.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * factor(5), rel=1e-12) and factor(5) != factor(4)
 
 
 @pytest.mark.parametrize("preset, quirks", [("fast", False), ("cnn_deep", False), ("cnn_deep", True)])
@@ -407,9 +446,9 @@ def test_resume_refuses_other_settings_and_a_damaged_checkpoint(tmp_path, mnist,
     flags = ["--model", "cnn", "--train-size", "128", "--max-steps", "2", "--batch-size", "64", "--no-progress"]
     workdir = ["--workdir", str(tmp_path / "w"), "--logdir", str(tmp_path / "log")]
     assert torch_train.main(flags + workdir + ["--epochs", "1"]) == 0
-    assert torch_train.main(flags + workdir + ["--epochs", "2", "--lr", "0.5", "--resume"]) == 2
+    assert torch_train.main(flags + workdir + ["--epochs", "2", "--momentum", "0.9", "--resume"]) == 2
     err = capsys.readouterr().err
-    assert err == f"error: checkpoint in {tmp_path / 'w'} was made with different settings: epochs, lr\n"
+    assert err == f"error: checkpoint in {tmp_path / 'w'} was made with different settings: epochs, momentum\n"
     assert torch_train.main(flags + workdir + ["--epochs", "2", "--num-workers", "1", "--resume"]) == 2
     err = capsys.readouterr().err  # workers draw other augmentations than the main process
     assert err.startswith("error: --num-workers 1: the run in ") and "loaded its batches with 0" in err, err

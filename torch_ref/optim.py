@@ -41,6 +41,18 @@ def build_schedule(config: Config, optimizer, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: float(np.interp(step, *points)))
 
 
+def set_lr(optimizer: torch.optim.Optimizer, schedule, lr: float) -> None:
+    """A new base learning rate (a resumed run's --lr): the rate the schedule multiplies from here on, as jaxmnist's
+    state.lr is; a plateau rule's reductions so far are replaced by it, as in jaxmnist."""
+    factor = schedule.lr_lambdas[0](schedule.last_epoch) if schedule is not None else 1.0
+    if schedule is not None:
+        schedule.base_lrs = [lr] * len(optimizer.param_groups)
+    for group in optimizer.param_groups:
+        group["lr"] = lr * factor
+        if "initial_lr" in group:
+            group["initial_lr"] = lr
+
+
 class WeightAverage:
     """Config.ema: a copy of the model whose parameters and BatchNorm statistics follow e += (1 - d) (w - e) after
     every step, d warmed up as min(decay, (1 + t) / (10 + t)) at update t (jaxmnist.engine.ema_decay_at's rule);

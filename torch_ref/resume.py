@@ -16,10 +16,10 @@ import torch
 
 from jaxmnist import cli
 from jaxmnist.cli import UsageError
-from jaxmnist.presets import resumable
+from jaxmnist.presets import new_lr_line, resumable
+from torch_ref.optim import set_lr
 
 FILE = "checkpoint.pt"
-RESUMABLE_CHANGES = ("epochs", "evals_per_epoch")  # what a resumed run may change
 
 
 def path(workdir: str | os.PathLike) -> Path:
@@ -54,7 +54,8 @@ def save(workdir, epoch: int, config, parts: dict, record: dict | None, num_work
 
 def restore(workdir, config, parts: dict, say, num_workers: int = 0) -> tuple[int, dict | None]:
     """(epochs done, the run log's record) from WORKDIR/checkpoint.pt, with `parts` and the random streams
-    restored in place; (0, None) when there is none. Other settings than RESUMABLE_CHANGES are a usage error."""
+    restored in place; (0, None) when there is none. Other settings than presets.RESUMABLE_CHANGES are a usage
+    error; with a new --lr, training continues at it (as jaxmnist's does)."""
     target = path(workdir)
     if not target.exists():
         say(f"no checkpoint in {workdir}: starting from scratch")
@@ -65,7 +66,7 @@ def restore(workdir, config, parts: dict, say, num_workers: int = 0) -> tuple[in
         raise cli.RunError(f"cannot read {target} ({type(e).__name__}); remove it to start over") from None
     if not (isinstance(state, dict) and {"epoch", "config", "parts", "rng", "record"} <= state.keys()):
         raise cli.RunError(f"cannot read {target} (not a torch_ref checkpoint); remove it to start over")
-    resumable(state["config"], config, RESUMABLE_CHANGES, workdir)
+    changed = resumable(state["config"], config, workdir)
     if state.get("num_workers", 0) != num_workers:  # other workers draw other augmentations
         raise UsageError(f"--num-workers {num_workers}: the run in {workdir} loaded its batches with "
                          f"{state.get('num_workers', 0)}, which its random streams depend on")  # fmt: skip
@@ -79,4 +80,7 @@ def restore(workdir, config, parts: dict, say, num_workers: int = 0) -> tuple[in
     if state.get("cuda_rng") and torch.cuda.is_available() and len(state["cuda_rng"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda_rng"])  # (another machine's GPUs: their streams cannot continue)
     say(f"resumed from {workdir} after epoch {state['epoch']}")
+    if "lr" in changed:
+        say(new_lr_line(state["config"], config))
+        set_lr(parts["optimizer"], parts.get("schedule"), config.lr)
     return state["epoch"], state["record"]

@@ -252,9 +252,7 @@ def run_epoch(run: Run, epoch: int, progress: bool) -> float:
     if not (np.isfinite(loss).all() and all(torch.isfinite(p).all() for p in model.parameters())):
         bad = np.flatnonzero(~np.isfinite(loss))
         step = int(bad[0]) + 1 if len(bad) else len(loss)
-        raise cli.RunError(
-            f"training diverged in epoch {epoch + 1} at step {step} (loss {loss[step - 1]}); try a lower --lr"
-        )
+        raise cli.Diverged(epoch, step, float(loss[step - 1]))
     test, val = test_and_val()
     seconds = time.perf_counter() - t_start  # evaluate() synchronised the device
     lr = optimizer.param_groups[0]["lr"]  # the rate the next step will use, as jaxmnist logs it
@@ -311,12 +309,16 @@ def train_and_evaluate(
         if record and run.report.log:
             run.report.log.record = record
 
-    epoch_times = []
+    epoch_times, saved = [], first_epoch  # saved: the newest epoch checkpointed in workdir
     for epoch in range(first_epoch, config.epochs):
-        epoch_times.append(run_epoch(run, epoch, progress))
+        try:
+            epoch_times.append(run_epoch(run, epoch, progress))
+        except cli.Diverged as e:  # nothing of the epoch is saved: the checkpoint stays the last good one
+            raise cli.diverged(e, workdir, saved) from None
         if workdir:
             record = run.report.log.record if run.report.log else None
             resume_lib.save(workdir, epoch + 1, config, run.parts, record, num_workers)
+            saved = epoch + 1
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
             break
     return run.report.finish(epoch_times)
