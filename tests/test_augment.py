@@ -126,14 +126,16 @@ def test_scaled_shifts_then_rotations_match_torchvision(images):
 def test_a_scale_keeps_the_other_draws_and_is_uniform(images):
     """augment's scales come from a key of their own: the shifts and angles of a batch are those drawn without
     one, so a run without --scale trains on the images it always did; the scales are U(1 - s, 1 + s)."""
-    raw = jnp.asarray(images)
-    key = jax.random.key(3)
-    params = augment.sample_params(key, len(images))
-    scales = augment.sample_scales(jax.random.fold_in(key, 3), len(images), 0.1)
-    np.testing.assert_array_equal(np.asarray(augment.augment(key, raw)), np.asarray(augment.warp(raw, *params)))
-    np.testing.assert_array_equal(
-        np.asarray(augment.augment(key, raw, 0.1)), np.asarray(augment.warp(raw, *params, scales))
-    )
+
+    @jax.jit  # one program, as training runs them (op by op: 59 small programs to compile)
+    def both_ways(key, raw):
+        params = augment.sample_params(key, len(raw))
+        scales = augment.sample_scales(jax.random.fold_in(key, 3), len(raw), 0.1)
+        unscaled = augment.augment(key, raw), augment.warp(raw, *params)
+        return unscaled, (augment.augment(key, raw, 0.1), augment.warp(raw, *params, scales))
+
+    for got, expected in both_ways(jax.random.key(3), jnp.asarray(images)):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
     n = 200_000
     s = np.sort(np.asarray(augment.sample_scales(jax.random.key(4), n, 0.1), np.float64))
     assert 0.9 <= s[0] and s[-1] <= 1.1
