@@ -174,13 +174,16 @@ def changed_settings(saved: dict, config: Config) -> list[str]:
 RESUMABLE_CHANGES = ("lr", "epochs", "evals_per_epoch")
 
 
-def resumable(saved: dict, config: Config, workdir) -> list[str]:
-    """The settings a resumed run changes against its checkpoint's (`saved`); a usage error for any but
-    RESUMABLE_CHANGES, and for more or fewer epochs under the one-cycle schedule, which spans the steps of the epochs
-    it began with."""
+def resumable(saved: dict, config: Config, workdir, done: int) -> list[str]:
+    """The settings a resumed run changes against its checkpoint's (`saved`, after `done` epochs); a usage error for
+    any but RESUMABLE_CHANGES, for fewer epochs than are done (the run would train nothing and report the
+    checkpoint's epochs as its own), and for more or fewer epochs under the one-cycle schedule, which spans the steps
+    of the epochs it began with."""
     changed = changed_settings(saved, config)
     if set(changed) - set(RESUMABLE_CHANGES):
         raise UsageError(f"checkpoint in {workdir} was made with different settings: {', '.join(changed)}")
+    if config.epochs < done:
+        raise UsageError(f"--epochs {config.epochs}: the run in {workdir} has trained {done} epochs already")
     if "epochs" in changed and config.schedule == "onecycle":
         raise UsageError(
             f"--epochs {config.epochs}: the run in {workdir} follows a one-cycle schedule over its "

@@ -47,7 +47,7 @@ def resume_from(ckpt: Checkpointer, state, config: Config, runs: list[SeedRun], 
         return state, 0
     if meta.get("seeds", [config.seed]) != list(seeds.seeds):
         raise UsageError(f"checkpoint in {ckpt.workdir} was made with different settings: seeds")
-    changed = resumable(meta["config"], config, ckpt.workdir)
+    changed = resumable(meta["config"], config, ckpt.workdir, meta["epoch"])
     state, meta = ckpt.restore_latest(state)
     listed = (lambda x: x) if seeds.vmapped else (lambda x: [x])
     for run, plateau, record in zip(runs, listed(meta["plateau"]), listed(meta.get("record"))):

@@ -446,8 +446,10 @@ def test_resume_refuses_other_settings_and_a_damaged_checkpoint(tmp_path, mnist,
     flags = ["--model", "cnn", "--train-size", "128", "--max-steps", "2", "--batch-size", "64", "--no-progress"]
     workdir = ["--workdir", str(tmp_path / "w"), "--logdir", str(tmp_path / "log")]
     assert torch_train.main(flags + workdir + ["--epochs", "1"]) == 0
+    capsys.readouterr()
     assert torch_train.main(flags + workdir + ["--epochs", "2", "--momentum", "0.9", "--resume"]) == 2
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert out == ""  # refused before the run prints its preamble, as jaxmnist's is
     assert err == f"error: checkpoint in {tmp_path / 'w'} was made with different settings: epochs, momentum\n"
     assert torch_train.main(flags + workdir + ["--epochs", "2", "--num-workers", "1", "--resume"]) == 2
     err = capsys.readouterr().err  # workers draw other augmentations than the main process
@@ -457,6 +459,12 @@ def test_resume_refuses_other_settings_and_a_damaged_checkpoint(tmp_path, mnist,
     assert torch_train.main(flags + cycle + ["--epochs", "2", "--resume"]) == 2  # torch's OneCycleLR would raise
     err = capsys.readouterr().err
     assert "--epochs 2: the run in" in err and "one-cycle schedule over its 1 epochs" in err and err.count("\n") == 1
+    assert torch_train.main(flags + workdir + ["--epochs", "2", "--resume"]) == 0
+    capsys.readouterr()
+    assert torch_train.main(flags + workdir + ["--epochs", "2"]) == 2  # a new run: the epoch named, as jaxmnist does
+    assert f"--workdir {tmp_path / 'w'} holds the checkpoint of a run (epoch 2): " in capsys.readouterr().err
+    assert torch_train.main(flags + workdir + ["--epochs", "1", "--resume"]) == 2  # it would train nothing
+    assert capsys.readouterr().err == f"error: --epochs 1: the run in {tmp_path / 'w'} has trained 2 epochs already\n"
     for damaged in (b"not a checkpoint", None):  # None: a torch file, but not one of torch_ref's checkpoints
         if damaged is None:
             torch.save({"epoch": 1}, tmp_path / "w" / "checkpoint.pt")

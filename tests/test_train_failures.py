@@ -110,12 +110,13 @@ def flip(path):
     path.write_bytes(bytes(b))
 
 
-def checkpoint_of(tmp_path, config, spoil=None, inside=""):
-    """A workdir holding one checkpoint of `config` (epoch 1), optionally spoiled; `inside` a folder of it (e.g. a
+def checkpoint_of(tmp_path, config, spoil=None, inside="", epoch=1):
+    """A workdir holding one checkpoint of `config` (after `epoch`), optionally spoiled; `inside` a folder of it (e.g. a
     seed's, seed<k>)."""
     ckpt = Checkpointer(tmp_path / "w" / inside)
     state = engine.create_state(config, jax.random.PRNGKey(0), total_steps=config.epochs * config.max_steps)
-    ckpt.save(state, 1, 50.0, meta={"config": dataclasses.asdict(config), "epoch": 1, "plateau": {}, "record": None})
+    ckpt.save(state, epoch, 50.0, meta={"config": dataclasses.asdict(config), "epoch": epoch, "plateau": {},
+                                        "record": None})  # fmt: skip
     ckpt.close()
     if spoil:
         for path in (tmp_path / "w" / inside / "latest").rglob("*"):
@@ -138,6 +139,9 @@ REAL = [
     (lambda mnist, tmp_path: checkpoint_of(tmp_path, QUICK_CONFIG, spoil=True), 1, "no intact checkpoint is left"),
     (lambda mnist, tmp_path: [*checkpoint_of(tmp_path, QUICK_CONFIG.replace(schedule="onecycle", epochs=3)),
                               "--schedule", "onecycle"], 2, "follows a one-cycle schedule over its 3 epochs"),
+    # fewer epochs than were done: the run trained nothing and reported the checkpoint's epochs as its own
+    (lambda mnist, tmp_path: checkpoint_of(tmp_path, QUICK_CONFIG.replace(epochs=3), epoch=2), 2,
+     "--epochs 1: the run in "),
 ]  # fmt: skip
 
 

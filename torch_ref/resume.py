@@ -52,24 +52,41 @@ def save(workdir, epoch: int, config, parts: dict, record: dict | None, num_work
         os.replace(tmp, target)
 
 
-def restore(workdir, config, parts: dict, say, num_workers: int = 0) -> tuple[int, dict | None]:
-    """(epochs done, the run log's record) from WORKDIR/checkpoint.pt, with `parts` and the random streams
-    restored in place; (0, None) when there is none. Other settings than presets.RESUMABLE_CHANGES are a usage
-    error; with a new --lr, training continues at it (as jaxmnist's does)."""
+def saved_epoch(workdir) -> int | None:
+    """The epoch WORKDIR/checkpoint.pt was written after, or None where it cannot be read as a checkpoint."""
+    try:
+        state = torch.load(path(workdir), weights_only=True, map_location="cpu")
+    except Exception:
+        return None
+    return state.get("epoch") if isinstance(state, dict) else None
+
+
+def read(workdir, config, num_workers: int = 0) -> dict | None:
+    """WORKDIR/checkpoint.pt's contents, checked against the resumed run's settings (one-line errors, before the run
+    prints or builds anything); None when there is none."""
     target = path(workdir)
     if not target.exists():
-        say(f"no checkpoint in {workdir}: starting from scratch")
-        return 0, None
+        return None
     try:
         state = torch.load(target, weights_only=True, map_location="cpu")  # a GPU run's, on any machine
     except Exception as e:  # a damaged file: name it, never a traceback
         raise cli.RunError(f"cannot read {target} ({type(e).__name__}); remove it to start over") from None
     if not (isinstance(state, dict) and {"epoch", "config", "parts", "rng", "record"} <= state.keys()):
         raise cli.RunError(f"cannot read {target} (not a torch_ref checkpoint); remove it to start over")
-    changed = resumable(state["config"], config, workdir)
+    resumable(state["config"], config, workdir, state["epoch"])
     if state.get("num_workers", 0) != num_workers:  # other workers draw other augmentations
         raise UsageError(f"--num-workers {num_workers}: the run in {workdir} loaded its batches with "
                          f"{state.get('num_workers', 0)}, which its random streams depend on")  # fmt: skip
+    return state
+
+
+def restore(state: dict | None, workdir, config, parts: dict, say) -> tuple[int, dict | None]:
+    """(epochs done, the run log's record) from a checkpoint `read` returned, with `parts` and the random streams
+    restored in place; (0, None) when there is none. With a new --lr (presets.RESUMABLE_CHANGES), training continues
+    at it, as jaxmnist's does."""
+    if state is None:
+        say(f"no checkpoint in {workdir}: starting from scratch")
+        return 0, None
     missing = sorted(name for name, part in parts.items() if part is not None and name not in state["parts"])
     if missing:
         raise UsageError(f"checkpoint in {workdir} lacks {', '.join(missing)}: it was made with other settings")
@@ -80,7 +97,7 @@ def restore(workdir, config, parts: dict, say, num_workers: int = 0) -> tuple[in
     if state.get("cuda_rng") and torch.cuda.is_available() and len(state["cuda_rng"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda_rng"])  # (another machine's GPUs: their streams cannot continue)
     say(f"resumed from {workdir} after epoch {state['epoch']}")
-    if "lr" in changed:
+    if config.lr != state["config"]["lr"]:
         say(new_lr_line(state["config"], config))
         set_lr(parts["optimizer"], parts.get("schedule"), config.lr)
     return state["epoch"], state["record"]

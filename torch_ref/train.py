@@ -298,14 +298,15 @@ def train_and_evaluate(
     if workdir:  # before the first epoch, not at its checkpoint
         runlog.writable_dir(workdir, "--workdir")
     if resume and not workdir:
-        raise UsageError("--resume needs the --workdir of the run to continue")
+        raise UsageError("--resume needs --workdir")
     if workdir and not resume and resume_lib.path(workdir).exists():
-        raise cli.workdir_taken(workdir)
+        raise cli.workdir_taken(workdir, resume_lib.saved_epoch(workdir))
 
+    saved = resume_lib.read(workdir, config, num_workers) if resume else None  # refused before anything is printed
     run = prepare(config, preset, data, logdir, device, num_workers, progress, data_dir, out)
     first_epoch = 0
     if resume:  # a resumed run continues from its checkpoint, random streams included
-        first_epoch, record = resume_lib.restore(workdir, config, run.parts, run.report.say, num_workers)
+        first_epoch, record = resume_lib.restore(saved, workdir, config, run.parts, run.report.say)
         if record and run.report.log:
             run.report.log.record = record
 
