@@ -156,6 +156,15 @@ def write(
     return out
 
 
+def write_run_report(probs: np.ndarray, images_u8: np.ndarray, labels: np.ndarray, log: runlog.RunLog, say) -> None:
+    """A training run's report of its final weights on the test set (both trainers, `probs` their softmax): into its
+    logdir and TensorBoard events, and one line saying where."""
+    summary = summarise(probs, labels)
+    write(summary, images_u8, log.dir, log.writer, step=len(log.record["epochs"]), probs=probs)
+    say(f"report: {len(summary['misclassified'])} test digits misclassified; in {log.dir}: report.json, "
+        f"confusion.png, misclassified.png, {PROBABILITIES}")  # fmt: skip
+
+
 def mean_probabilities(reports: list[str | os.PathLike]) -> np.ndarray:
     """The ensemble of models evaluated apart: the mean of their PROBABILITIES (each a report directory's), as
     weights.Ensemble averages the members it runs itself."""

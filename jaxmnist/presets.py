@@ -306,6 +306,11 @@ def trainer_parser(prog: str, description: str) -> ArgumentParser:
     """A trainer's command line with the flags both trainers share; each adds its own."""
     p = ArgumentParser(prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_config_arguments(p)
+    p.add_argument(
+        "--no-report",
+        action="store_true",
+        help="no evaluation report (report.json, confusion.png, misclassified.png) in the logdir at the end",
+    )
     return p
 
 

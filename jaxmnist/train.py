@@ -57,11 +57,6 @@ def build_parser() -> cli.ArgumentParser:
         "start from a PyTorch state_dict of the preset's network (the blog's classes; loaded strictly, converted "
         "exactly) instead of a fresh initialisation",
     )
-    p.add_argument(
-        "--no-report",
-        action="store_true",
-        help="no evaluation report (report.json, confusion.png, misclassified.png) in the logdir at the end",
-    )
     convs.add_flag(p, ". A resumed run keeps its own")
     p.add_argument(
         "--chunk-steps",

@@ -219,11 +219,7 @@ def write_reports(run: Run) -> None:
         program = weights.softmax_program(run.plan)
         probs = weights.probabilities(run.state.apply_fn, run.seeds.take(variables, i), images, program,
                                       run.config.eval_batch_size)  # fmt: skip
-        summary = evaluate.summarise(probs, labels)
-        log = r.report.log
-        evaluate.write(summary, images, log.dir, log.writer, step=len(log.record["epochs"]), probs=probs)
-        r.report.say(f"report: {len(summary['misclassified'])} test digits misclassified; in {log.dir}: "
-                     f"report.json, confusion.png, misclassified.png, {evaluate.PROBABILITIES}")  # fmt: skip
+        evaluate.write_run_report(probs, images, labels, r.report.log, r.report.say)
 
 
 def finish(run: Run, opts: Options, epoch_times: list[float], compile_s: float, watch: RecompileWatch) -> list[Result]:

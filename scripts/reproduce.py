@@ -165,8 +165,9 @@ def run_seeds(
     cmd += ["--blog-quirks"] if args.blog_quirks else []
     cmd += ["--data-dir", args.data_dir] if args.data_dir else []
     cmd += ["--num-workers", str(args.num_workers)] if framework == "torch" else []
-    # The evaluation report after the last epoch would count in JAX's wall time (torch_ref writes none).
-    cmd += ["--no-report"] if framework == "jax" else []
+    # The evaluation report after the last epoch would count in the run's wall time (seed_ensemble.py writes JAX's
+    # seeds' reports apart, outside it).
+    cmd += ["--no-report"]
     label = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))} together"
     print(f"\n=== {preset} / {framework} / {label}: {' '.join(cmd[1:])}", flush=True)
     timeout = None if deadline is None else deadline - time.monotonic()

@@ -23,6 +23,7 @@ from helpers import hugepages_in_a_command, malloc_in_a_command
 from torch import nn
 
 from jaxmnist import engine, models, optim, presets, trainer
+from jaxmnist import evaluate as evaluate_lib
 from jaxmnist import train as jax_train
 from jaxmnist.presets import PRESETS
 from torch_ref import convert
@@ -244,7 +245,7 @@ def test_one_epoch_accuracy_matches_jax(mnist, tmp_path):
     for seed in (0, 1):
         logdir = tmp_path / "torch" / f"seed{seed}"
         run = torch_train.train_and_evaluate(config.replace(seed=seed), preset="cnn_cpu", data=mnist, logdir=logdir,
-                                             progress=False)  # fmt: skip
+                                             progress=False, report=False)  # fmt: skip
         accs["torch"].append(run["final_acc"])
     print(f"\ncnn_cpu, 1 epoch of 30,000 images, seeds 0 and 1: jax {accs['jax']}, torch {accs['torch']}")
     assert min(accs["jax"] + accs["torch"]) >= 96.5
@@ -325,6 +326,13 @@ def test_cli_writes_jaxmnists_metrics_format(tmp_path, mnist):
     assert len(torch_record["batches"]["acc"]) == 3
     assert (tmp_path / "torch" / "curves.png").exists()
     assert list((tmp_path / "torch").glob("events.out.tfevents.*"))
+    # The end-of-run report of the final weights, as jaxmnist writes it (its own test: tests/test_evaluate.py).
+    report = json.loads((tmp_path / "torch" / "report.json").read_text())
+    assert report["accuracy"] == pytest.approx(torch_record["final_acc"], abs=1e-9) and report["n"] == 10_000
+    assert f"report: {len(report['misclassified'])} test digits misclassified" in proc.stdout
+    probs = np.load(tmp_path / "torch" / evaluate_lib.PROBABILITIES)["probs"]
+    assert probs.shape == (10_000, 10) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    assert (tmp_path / "torch" / "confusion.png").exists() and (tmp_path / "torch" / "misclassified.png").exists()
 
 
 def test_cli_divergence_is_one_line_exit_1(capsys, tmp_path, mnist):
@@ -340,7 +348,7 @@ def test_divergence_names_the_last_good_checkpoint_and_a_lower_lr_resumes(capsys
     epoch 3: exit 1, one line naming the last good checkpoint, which stays epoch 2; --resume at a lower --lr
     finishes at that rate (torch_ref refused any other --lr until 2026-12-04)."""
     flags = ["--model", "cnn", "--train-size", "2048", "--max-steps", "4", "--batch-size", "64", "--no-progress"]
-    flags += ["--workdir", str(tmp_path / "w"), "--logdir", str(tmp_path / "log"), "--lr", "0.05"]
+    flags += ["--workdir", str(tmp_path / "w"), "--logdir", str(tmp_path / "log"), "--lr", "0.05", "--no-report"]
     assert torch_train.main([*flags, "--epochs", "2"]) == 0
     capsys.readouterr()
     assert torch_train.main([*flags, "--epochs", "3", "--lr", "1e6", "--resume"]) == 1
@@ -386,7 +394,8 @@ def test_resume_equals_an_uninterrupted_run_bitwise(preset, quirks, tmp_path, mn
 
     def run(name, **kw):
         logdir = tmp_path / name
-        torch_train.train_and_evaluate(config, preset=preset, data=data, logdir=logdir, progress=False, **kw)
+        torch_train.train_and_evaluate(config, preset=preset, data=data, logdir=logdir, progress=False, report=False,
+                                       **kw)  # fmt: skip
         return json.loads((logdir / "metrics.json").read_text())
 
     whole = run("whole", workdir=tmp_path / "w_whole")
@@ -426,7 +435,8 @@ def test_interim_evaluations_change_nothing_of_the_training(tmp_path, mnist, cap
     records = {}
     for n in (1, 4):
         logdir = tmp_path / str(n)
-        torch_train.train_and_evaluate(config.replace(evals_per_epoch=n), data=data, logdir=logdir, progress=False)
+        torch_train.train_and_evaluate(config.replace(evals_per_epoch=n), data=data, logdir=logdir, progress=False,
+                                       report=False)  # fmt: skip
         records[n] = json.loads((logdir / "metrics.json").read_text())
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[2, step")]
     assert [line.split(":")[0] for line in lines] == ["[2, step 1/4]", "[2, step 2/4]", "[2, step 3/4]"]
@@ -444,8 +454,10 @@ def test_interim_evaluations_change_nothing_of_the_training(tmp_path, mnist, cap
 
 def test_resume_refuses_other_settings_and_a_damaged_checkpoint(tmp_path, mnist, capsys):
     flags = ["--model", "cnn", "--train-size", "128", "--max-steps", "2", "--batch-size", "64", "--no-progress"]
+    flags += ["--no-report"]
     workdir = ["--workdir", str(tmp_path / "w"), "--logdir", str(tmp_path / "log")]
     assert torch_train.main(flags + workdir + ["--epochs", "1"]) == 0
+    assert (tmp_path / "log" / "metrics.json").exists() and not (tmp_path / "log" / "report.json").exists()
     capsys.readouterr()
     assert torch_train.main(flags + workdir + ["--epochs", "2", "--momentum", "0.9", "--resume"]) == 2
     out, err = capsys.readouterr()

@@ -30,6 +30,7 @@ from torch import nn
 
 from jaxmnist import cli, runlog
 from jaxmnist import data as data_lib
+from jaxmnist import evaluate as report_lib
 from jaxmnist.cli import UsageError
 from jaxmnist.presets import (
     Config,
@@ -111,6 +112,26 @@ def evaluate(model: nn.Module, name: str, batches, device, batch_statistics: boo
     return {"loss": loss_sum.item() / count, "accuracy": 100.0 * correct.item() / count}
 
 
+def probabilities(model: nn.Module, name: str, batches, device) -> np.ndarray:
+    """The softmax over every example of `batches`, in eval mode: [n, classes] float32."""
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for images, _ in batches:
+            logits = model(models.prepare_input(name, images.to(device, non_blocking=True)))
+            out.append(torch.softmax(logits.float(), 1).cpu().numpy())
+    return np.concatenate(out)
+
+
+def write_report(run: Run) -> None:
+    """The evaluation report of the run's final (evaluated) weights on the un-augmented test set, as jaxmnist's
+    (jaxmnist.evaluate.write_run_report)."""
+    images, labels = run.data.test_images, run.data.test_labels
+    batches = make_loader(images, labels, run.config.eval_batch_size, augment=False, shuffle=False, device=run.device)
+    probs = probabilities(run.evaluated, run.config.model, batches, run.device)
+    report_lib.write_run_report(probs, images, labels, run.report.log, run.report.say)
+
+
 def resolve_device(name: str | None) -> torch.device:
     """`name` ('cpu', 'cuda', 'cuda:N'), checked; default CUDA when available."""
     if name is None:
@@ -157,6 +178,7 @@ class Run:
     steps: int
     device: torch.device
     report: runlog.Report
+    data: data_lib.Dataset
 
     @property
     def evaluated(self) -> nn.Module:
@@ -213,7 +235,7 @@ def prepare(config: Config, preset, data, logdir, device, num_workers, progress,
         monitor="validation accuracy" if val is not None else "test accuracy",
     )
     return Run(config, model, optimizer, per_step, plateau, average, train_loader, test_loader, val_loader, steps,
-               device, report)  # fmt: skip
+               device, report, data)  # fmt: skip
 
 
 def run_epoch(run: Run, epoch: int, progress: bool) -> float:
@@ -284,11 +306,13 @@ def train_and_evaluate(
     workdir: str | None = None,
     resume: bool = False,
     stop_after_epoch: int | None = None,
+    report: bool = True,
 ) -> dict:
     """Trains `config` with torch and evaluates after every epoch; prints the blog's lines; returns the run
     record: with a logdir, metrics.json's (final and best accuracy, per-epoch metrics), else the timing only.
     With a `workdir`, every epoch ends with a checkpoint there (torch_ref.resume), which `resume` continues from;
-    `stop_after_epoch` ends the run early as a kill would (tests)."""
+    `stop_after_epoch` ends the run early as a kill would (tests). With a logdir and `report`, the run ends with the
+    evaluation report of its final weights there (jaxmnist.evaluate), as jaxmnist's does."""
     validate(config)
     if num_workers < 0:
         raise UsageError(f"--num-workers must be >= 0, got {num_workers}")
@@ -322,6 +346,8 @@ def train_and_evaluate(
             saved = epoch + 1
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
             break
+    if report and run.report.log:
+        write_report(run)
     return run.report.finish(epoch_times)
 
 
@@ -358,6 +384,7 @@ def _main(argv: list[str] | None) -> None:
             data_dir=args.data_dir,
             workdir=args.workdir,
             resume=args.resume,
+            report=not args.no_report,
         )
 
 
