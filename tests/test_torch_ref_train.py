@@ -335,6 +335,28 @@ def test_cli_writes_jaxmnists_metrics_format(tmp_path, mnist):
     assert (tmp_path / "torch" / "confusion.png").exists() and (tmp_path / "torch" / "misclassified.png").exists()
 
 
+def test_a_run_starts_from_a_state_dict_and_refuses_another_networks(mnist, tmp_path, capsys):
+    """--torch-state-dict (alias --init-from), as jaxmnist.train takes it: at a learning rate too small to move them,
+    the run's parameters stay the file's (its BatchNorm statistics move: two training steps); a file that is not
+    the network's, or no torch file, is one line, exit 2."""
+    torch.manual_seed(3)
+    torch.save(torch_models.get_model("cnn").state_dict(), tmp_path / "cnn.pth")
+    flags = ["--model", "cnn", "--train-size", "128", "--max-steps", "2", "--batch-size", "64", "--epochs", "1"]
+    flags += ["--lr", "1e-12", "--no-progress", "--no-report", "--logdir", str(tmp_path / "log")]
+    argv = [*flags, "--init-from", str(tmp_path / "cnn.pth"), "--workdir", str(tmp_path / "w")]
+    assert torch_train.main(argv) == 0
+    trained = torch.load(tmp_path / "w" / "checkpoint.pt", weights_only=True)["parts"]["model"]
+    for name, value in torch.load(tmp_path / "cnn.pth", weights_only=True).items():
+        if "running" not in name and "num_batches" not in name:
+            np.testing.assert_allclose(trained[name].numpy(), value.numpy(), atol=1e-9, err_msg=name)
+    (tmp_path / "junk.pth").write_bytes(b"junk")
+    for model, path, message in [("resnet", "cnn.pth", f"--torch-state-dict {tmp_path / 'cnn.pth'} is not a resnet "
+                                  "state_dict: "), ("cnn", "junk.pth", "cannot read --torch-state-dict ")]:  # fmt: skip
+        assert torch_train.main([*flags, "--model", model, "--torch-state-dict", str(tmp_path / path)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {message}") and err.count("\n") == 1, err
+
+
 def test_cli_divergence_is_one_line_exit_1(capsys, tmp_path, mnist):
     argv = ["--model", "cnn", "--lr", "1e6", "--train-size", "2048", "--max-steps", "8", "--epochs", "1"]
     assert torch_train.main(argv + ["--logdir", str(tmp_path), "--no-progress"]) == 1

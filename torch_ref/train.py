@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from jaxmnist import cli, runlog
+from jaxmnist import cli, runlog, weights
 from jaxmnist import data as data_lib
 from jaxmnist import evaluate as report_lib
 from jaxmnist.cli import UsageError
@@ -132,6 +132,25 @@ def write_report(run: Run) -> None:
     report_lib.write_run_report(probs, images, labels, run.report.log, run.report.say)
 
 
+def read_state_dict(path) -> dict:
+    """--torch-state-dict's file (torch.load, weights only); one line where it cannot be read."""
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except OSError as e:
+        raise UsageError(f"cannot read --torch-state-dict {path}: {e.strerror or e}") from None
+    except Exception as e:  # not a torch file, or not weights only
+        raise UsageError(f"cannot read --torch-state-dict {path}: {type(e).__name__}: {str(e)[:200]}") from None
+
+
+def load_initial(model: nn.Module, state_dict, name: str, path) -> None:
+    """The weights a run starts from, loaded strictly (every key of the network, no other, every shape)."""
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except (RuntimeError, TypeError, AttributeError) as e:
+        first = str(e).strip().splitlines()
+        raise UsageError(f"--torch-state-dict {path} is not a {name} state_dict: {(first or [''])[0][:300]}") from None
+
+
 def resolve_device(name: str | None) -> torch.device:
     """`name` ('cpu', 'cuda', 'cuda:N'), checked; default CUDA when available."""
     if name is None:
@@ -191,15 +210,19 @@ class Run:
                 "plateau": self.plateau, "average": self.average}  # fmt: skip
 
 
-def prepare(config: Config, preset, data, logdir, device, num_workers, progress, data_dir, out) -> Run:
-    """Data, model, optimiser, schedules and the run log, with the preamble printed."""
+def prepare(config: Config, preset, data, logdir, device, num_workers, progress, data_dir, out, init=None) -> Run:
+    """Data, model (from `init`, (path, state_dict), where given), optimiser, schedules and the run log, with the
+    preamble printed."""
     if data is None:
         data = data_lib.load(config.dataset, data_dir, progress=progress)
     (train_x, train_y), val = split_train(data, config)
     steps = math.ceil(len(train_y) / config.batch_size)  # the blog's DataLoader keeps the last, smaller batch
     steps = min(steps, config.max_steps) if config.max_steps else steps
     torch.manual_seed(config.seed)  # before the model: it seeds the init, shuffling, dropout and augmentation
-    model = models.get_model(config.model, config.num_classes).to(device)
+    model = models.get_model(config.model, config.num_classes)
+    if init is not None:
+        load_initial(model, init[1], config.model, init[0])
+    model = model.to(device)
     optimizer = build_optimizer(config, model.parameters())
     loader = functools.partial(make_loader, device=device, num_workers=num_workers)
     train_loader = loader(
@@ -307,12 +330,14 @@ def train_and_evaluate(
     resume: bool = False,
     stop_after_epoch: int | None = None,
     report: bool = True,
+    init: str | None = None,
 ) -> dict:
     """Trains `config` with torch and evaluates after every epoch; prints the blog's lines; returns the run
     record: with a logdir, metrics.json's (final and best accuracy, per-epoch metrics), else the timing only.
     With a `workdir`, every epoch ends with a checkpoint there (torch_ref.resume), which `resume` continues from;
     `stop_after_epoch` ends the run early as a kill would (tests). With a logdir and `report`, the run ends with the
-    evaluation report of its final weights there (jaxmnist.evaluate), as jaxmnist's does."""
+    evaluation report of its final weights there (jaxmnist.evaluate), as jaxmnist's does. `init`: a state_dict
+    file to start from instead of a fresh initialisation (--torch-state-dict)."""
     validate(config)
     if num_workers < 0:
         raise UsageError(f"--num-workers must be >= 0, got {num_workers}")
@@ -327,7 +352,8 @@ def train_and_evaluate(
         raise cli.workdir_taken(workdir, resume_lib.saved_epoch(workdir))
 
     saved = resume_lib.read(workdir, config, num_workers) if resume else None  # refused before anything is printed
-    run = prepare(config, preset, data, logdir, device, num_workers, progress, data_dir, out)
+    start = (init, read_state_dict(init)) if init else None
+    run = prepare(config, preset, data, logdir, device, num_workers, progress, data_dir, out, start)
     first_epoch = 0
     if resume:  # a resumed run continues from its checkpoint, random streams included
         first_epoch, record = resume_lib.restore(saved, workdir, config, run.parts, run.report.say)
@@ -366,6 +392,9 @@ def build_parser() -> cli.ArgumentParser:
     )
     p.add_argument("--workdir", help="a checkpoint after every epoch (WORKDIR/checkpoint.pt), for --resume")
     p.add_argument("--resume", action="store_true", help="continue the run checkpointed in --workdir")
+    weights.add_torch_flag(
+        p, "start from this state_dict of the preset's network (loaded strictly) instead of a fresh initialisation"
+    )
     return p
 
 
@@ -385,6 +414,7 @@ def _main(argv: list[str] | None) -> None:
             workdir=args.workdir,
             resume=args.resume,
             report=not args.no_report,
+            init=args.torch_state_dict,
         )
 
 
