@@ -4,35 +4,44 @@ torchvision's ``ElasticTransform`` computes it.
 torchvision's ``RandomAffine(degrees=0, translate=(0.1, 0.1))`` followed by
 ``RandomRotation((-10, 10))``, both with nearest interpolation and fill 0, applied to
 the raw image (before ``Normalize``). torchvision runs both through PIL, so ``warp``
-reproduces PIL's resampling arithmetic rather than an idealised rotation. Optionally
-the affine step also scales (``RandomAffine(..., scale=(1 - s, 1 + s))``, not the blog's).
+reproduces PIL's resampling arithmetic rather than an idealised rotation. Not the blog's,
+optionally: other ranges of shift and rotation, and the affine step also scaling
+(``RandomAffine(..., scale=(1 - s, 1 + s))``): ``Warp``.
 """
+
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-MAX_TRANSLATE = 0.1  # RandomAffine(translate=(0.1, 0.1)): fraction of width / height.
-MAX_DEGREES = 10.0  # RandomRotation((-10, 10)).
+
+class Warp(NamedTuple):
+    """The ranges of the random warp; the defaults are the blog's §4 (Config.translate, .degrees, .scale)."""
+
+    translate: float = 0.1  # RandomAffine(translate=(t, t)): the largest shift, a fraction of width / height
+    degrees: float = 10.0  # RandomRotation((-d, d))
+    scale: float = 0.0  # > 0: RandomAffine(scale=(1 - s, 1 + s)); 0: no scaling
 
 # PIL's nearest-neighbour affine path works in 16.16 fixed point.
 _FIXED_ONE = 1 << 16
 _FIXED_HALF = 1 << 15
 
 
-def sample_params(key, n, height=28, width=28):
+def sample_params(key, n, height=28, width=28, ranges: Warp = Warp()):
     """Draws ``n`` augmentation parameters the way torchvision draws them.
 
     Returns:
       ``(tx, ty, angle)``: integer shifts in pixels (int32, ``round(U(-0.1 W, 0.1 W))``
       and likewise for ``ty`` with ``H``, rounding half to even like Python's
-      ``round``) and a counter-clockwise angle in degrees (float32, ``U(-10, 10)``).
+      ``round``) and a counter-clockwise angle in degrees (float32, ``U(-10, 10)``);
+      other ``ranges``, other bounds (the same uniform draws, scaled).
     """
     key_tx, key_ty, key_angle = jax.random.split(key, 3)
-    max_dx = MAX_TRANSLATE * width
-    max_dy = MAX_TRANSLATE * height
+    max_dx = ranges.translate * width
+    max_dy = ranges.translate * height
     tx = jnp.round(jax.random.uniform(key_tx, (n,), minval=-max_dx, maxval=max_dx))
     ty = jnp.round(jax.random.uniform(key_ty, (n,), minval=-max_dy, maxval=max_dy))
-    angle = jax.random.uniform(key_angle, (n,), minval=-MAX_DEGREES, maxval=MAX_DEGREES)
+    angle = jax.random.uniform(key_angle, (n,), minval=-ranges.degrees, maxval=ranges.degrees)
     return tx.astype(jnp.int32), ty.astype(jnp.int32), angle
 
 
@@ -125,12 +134,13 @@ def warp(images, tx, ty, angle, scale=None):
     return jnp.where(inside, pixels.reshape(images.shape), jnp.zeros((), images.dtype))
 
 
-def augment(key, images, max_scale: float = 0.0):
-    """Random translation then rotation of a ``[B, H, W]`` batch (seed §4); with ``max_scale`` > 0 the translation
-    also scales by ``U(1 - max_scale, 1 + max_scale)``, drawn from its own key (the §4 draws stay the same)."""
+def augment(key, images, ranges: Warp = Warp()):
+    """Random translation then rotation of a ``[B, H, W]`` batch (seed §4, or other ``ranges``); with
+    ``ranges.scale`` > 0 the translation also scales by ``U(1 - s, 1 + s)``, drawn from its own key (the other
+    draws stay the same)."""
     batch, height, width = images.shape
-    scale = sample_scales(jax.random.fold_in(key, 3), batch, max_scale) if max_scale else None
-    return warp(images, *sample_params(key, batch, height, width), scale)
+    scale = sample_scales(jax.random.fold_in(key, 3), batch, ranges.scale) if ranges.scale else None
+    return warp(images, *sample_params(key, batch, height, width, ranges), scale)
 
 
 def blur_matrix(size: int, sigma: float):

@@ -206,12 +206,15 @@ def eval_step(state: TrainState, batch: dict, batch_statistics: bool = False, dr
     }
 
 
-def prepare_images(images_u8, key, augment: bool, elastic: tuple[float, float] | None = None, scale: float = 0.0):
-    """uint8 [B,28,28] -> normalised float [B,28,28,1], augmented first (on raw pixels) when asked, its shifts also
-    scaling by U(1 - scale, 1 + scale) if `scale`, then distorted by `elastic` = (alpha, sigma) if given, on [0, 1]
-    floats (torchvision's ElasticTransform after ToTensor)."""
+def prepare_images(
+    images_u8, key, augment: bool, elastic: tuple[float, float] | None = None,
+    warp: augment_lib.Warp = augment_lib.Warp(),
+):
+    """uint8 [B,28,28] -> normalised float [B,28,28,1], augmented first (on raw pixels) when asked, within the
+    ranges of `warp` (Config.warp: the §4's by default), then distorted by `elastic` = (alpha, sigma) if given, on
+    [0, 1] floats (torchvision's ElasticTransform after ToTensor)."""
     if augment:
-        images_u8 = augment_lib.augment(jax.random.fold_in(key, 0) if elastic else key, images_u8, scale)
+        images_u8 = augment_lib.augment(jax.random.fold_in(key, 0) if elastic else key, images_u8, warp)
     if not elastic:
         return data_lib.normalize(images_u8)
     images = augment_lib.elastic(jax.random.fold_in(key, 1), images_u8.astype(jnp.float32) / 255.0, *elastic)
@@ -229,7 +232,8 @@ def train_augment_key(rng, step):
 
 
 def chunk_batches(
-    images, labels, order, start, rng, step, *, steps: int, augment: bool = False, elastic=None, scale: float = 0.0
+    images, labels, order, start, rng, step, *, steps: int, augment: bool = False, elastic=None,
+    warp: augment_lib.Warp = augment_lib.Warp(),
 ):
     """A chunk's batches from the device-resident split, ready to train on: the uint8 images at the rows start,
     ..., start + steps - 1 of the epoch's order [all steps, B] (`epoch_indices`), prepared (`prepare_images`:
@@ -240,10 +244,10 @@ def chunk_batches(
     split size, compiled again for each. And XLA:CPU fuses a cheap producer into every consumer that reads it:
     augmented inside the train step, the rotation and gather were computed again in each fusion that reads a
     pixel, 1.2x the step's time at batch 64 (benchmarks/README.md, "Augmentation in its own
-    program"). Here the images are materialised once. `elastic`, `scale`: prepare_images's."""
+    program"). Here the images are materialised once. `elastic`, `warp`: prepare_images's."""
     idx = jax.lax.dynamic_slice_in_dim(order, start, steps, axis=0)
     keys = jax.vmap(lambda i: train_augment_key(rng, step + i))(jnp.arange(steps))
-    prepare = functools.partial(prepare_images, augment=augment, elastic=elastic, scale=scale)
+    prepare = functools.partial(prepare_images, augment=augment, elastic=elastic, warp=warp)
     return jax.vmap(prepare)(images[idx], keys), labels[idx]
 
 

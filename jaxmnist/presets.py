@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 
+from jaxmnist.augment import Warp
 from jaxmnist.cli import ArgumentParser, UsageError
 from jaxmnist.data import DATASETS
 from jaxmnist.models import MODELS
@@ -42,6 +43,8 @@ class Config:
     ema: float = 0.0  # > 0: evaluate a moving average of the weights, decay min(ema, (1 + t) / (10 + t)) at step t
     augment: bool = False  # §4: RandomAffine(translate 0.1) then RandomRotation(±10°), on the fly
     scale: float = 0.0  # > 0: the §4 RandomAffine also scales, by U(1 - scale, 1 + scale) (not the blog's)
+    translate: float = 0.1  # the augmentation's largest shift, a fraction of the width (§4's; others not the blog's)
+    degrees: float = 10.0  # the augmentation's largest rotation (§4's; others not the blog's)
     elastic_alpha: float = 0.0  # > 0: then torchvision's ElasticTransform(alpha, sigma) on the training images
     elastic_sigma: float = 5.0
     plateau: bool = False  # §4: ReduceLROnPlateau(mode='max', factor, patience, threshold) on the monitored acc
@@ -69,6 +72,11 @@ class Config:
 
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)
+
+    @property
+    def warp(self) -> Warp:
+        """The ranges of the augmentation's shifts, rotations and scales, as both trainers' augmentation takes them."""
+        return Warp(self.translate, self.degrees, self.scale)
 
     @property
     def elastic(self) -> tuple[float, float] | None:
@@ -136,6 +144,14 @@ def model_presets(presets: dict[str, Config]) -> dict[str, str]:
 MODEL_PRESET = model_presets(PRESETS)
 
 
+def warp_note(c: Config) -> str:
+    """The augmentation's ranges where they are not §4's (shifts of 0.1, rotations of 10°, no scale), for `describe`."""
+    notes = [f"shifts of ±{c.translate:g}" if c.translate != Warp().translate else "",
+             f"rotations of ±{c.degrees:g}°" if c.degrees != Warp().degrees else "",
+             f"scales of ±{c.scale:g}" if c.scale else ""]  # fmt: skip
+    return " with " + ", ".join(n for n in notes if n) if any(notes) else ""
+
+
 def describe(c: Config) -> str:
     """One line: network, batch, optimiser and schedule, as the blog would state them."""
     opt = {
@@ -149,7 +165,7 @@ def describe(c: Config) -> str:
             (f"one-cycle (peak at {c.warmup:g} of the steps)", c.schedule == "onecycle"),
             (f"label smoothing {c.label_smoothing:g}", c.label_smoothing),
             (f"weight EMA {c.ema:g}", c.ema),
-            ("augmentation" + (f" with scales of ±{c.scale:g}" if c.scale else ""), c.augment),
+            ("augmentation" + warp_note(c), c.augment),
             (f"elastic distortion (alpha {c.elastic_alpha:g}, sigma {c.elastic_sigma:g})", c.elastic_alpha),
             ("ReduceLROnPlateau", c.plateau),
             (f"evaluated {c.evals_per_epoch} times per epoch", c.evals_per_epoch > 1),
@@ -233,10 +249,16 @@ def validate(config: Config) -> None:
         raise UsageError("--evals-per-epoch: the blog's loop (--blog-quirks) evaluates once per epoch")
     if config.plateau and config.schedule != "constant":
         raise UsageError(f"--plateau and --schedule {config.schedule} both set the learning rate; choose one")
-    if config.scale and not config.augment:
-        raise UsageError("--scale scales the §4 augmentation's shifts; it needs --augment")
-    if config.scale and config.blog_quirks:
-        raise UsageError("--scale is not the blog's: its loop (--blog-quirks) augments without one")
+    if not 0 <= config.translate <= 1:  # torchvision's own bound
+        raise UsageError(f"--translate must be in [0, 1], got {config.translate:g}")
+    if not 0 <= config.degrees <= 180:
+        raise UsageError(f"--degrees must be in [0, 180], got {config.degrees:g}")
+    for flag, value, section4 in (("--scale", config.scale, 0.0), ("--translate", config.translate, 0.1),
+                                  ("--degrees", config.degrees, 10.0)):  # fmt: skip
+        if value != section4 and not config.augment:
+            raise UsageError(f"{flag} sets the §4 augmentation's ranges; it needs --augment")
+        if value != section4 and config.blog_quirks:
+            raise UsageError(f"{flag} {value:g} is not the blog's: its loop (--blog-quirks) augments as §4 does")
     if config.elastic_alpha < 0:
         raise UsageError(f"--elastic-alpha must be >= 0, got {config.elastic_alpha:g}")
     if not 0 < config.elastic_sigma < 6.875:  # the blur's int(8 sigma + 1) taps reach at most 27 pixels either side
@@ -330,6 +352,8 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
         ("label-smoothing", float, "label smoothing of the training loss"),
         ("ema", float, "evaluate a moving average of the weights with this decay per step, warmed up from 0.1 (0: off)"),
         ("scale", float, "the augmentation also scales each image by U(1 - S, 1 + S) (0: off)"),
+        ("translate", float, "the augmentation's largest shift, a fraction of the image (the blog's: 0.1)"),
+        ("degrees", float, "the augmentation's largest rotation in degrees (the blog's: 10)"),
         ("elastic-alpha", float, "elastic distortion of the training images, torchvision's alpha (0: off)"),
         ("elastic-sigma", float, "the elastic distortion's smoothness, torchvision's sigma"),
         ("seed", int, "random seed (init, shuffling, dropout, augmentation)"),

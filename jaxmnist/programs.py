@@ -130,7 +130,7 @@ def compile_training(
     batches, shapes = {}, {}
     for size in sizes:
         gather = functools.partial(
-            engine.chunk_batches, steps=size, augment=config.augment, elastic=config.elastic, scale=config.scale
+            engine.chunk_batches, steps=size, augment=config.augment, elastic=config.elastic, warp=config.warp
         )
         program = jax.jit(seeds.map(gather, (None, None, 0, None, 0, 0)), **sharded)
         batches[size] = program.lower(*train, order, start, state.rng, state.step).compile()

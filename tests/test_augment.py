@@ -78,20 +78,22 @@ def test_rotations_match_torchvision(images):
     assert agreement >= 0.999, f'{agreement:.6%} of {ours.size} rotated pixels agree'
 
 
-def test_matches_random_affine_then_random_rotation(images):
+@pytest.mark.parametrize("translate, degrees", [(0.1, 10.0), (0.2, 20.0)])  # §4's, and --translate/--degrees
+def test_matches_random_affine_then_random_rotation(images, translate, degrees):
     """Same draws as torchvision's transforms, consumed in their order, then compared."""
     pipeline = transforms.Compose(
         [
-            transforms.RandomAffine(degrees=0, translate=(0.1, 0.1)),
-            transforms.RandomRotation((-10, 10)),
+            transforms.RandomAffine(degrees=0, translate=(translate, translate)),
+            transforms.RandomRotation((-degrees, degrees)),
         ]
     )
     params, expected = [], []
     for seed in range(200):
         image = images[seed % len(images)]
         torch.manual_seed(seed)
-        _, (tx, ty), _, _ = transforms.RandomAffine.get_params([0.0, 0.0], [0.1, 0.1], None, None, [28, 28])
-        angle = transforms.RandomRotation.get_params([-10.0, 10.0])
+        ranges = [translate, translate]
+        _, (tx, ty), _, _ = transforms.RandomAffine.get_params([0.0, 0.0], ranges, None, None, [28, 28])
+        angle = transforms.RandomRotation.get_params([-degrees, degrees])
         params.append((tx, ty, angle))
         torch.manual_seed(seed)
         expected.append(np.asarray(pipeline(Image.fromarray(image))))
@@ -132,7 +134,7 @@ def test_a_scale_keeps_the_other_draws_and_is_uniform(images):
         params = augment.sample_params(key, len(raw))
         scales = augment.sample_scales(jax.random.fold_in(key, 3), len(raw), 0.1)
         unscaled = augment.augment(key, raw), augment.warp(raw, *params)
-        return unscaled, (augment.augment(key, raw, 0.1), augment.warp(raw, *params, scales))
+        return unscaled, (augment.augment(key, raw, augment.Warp(scale=0.1)), augment.warp(raw, *params, scales))
 
     for got, expected in both_ways(jax.random.key(3), jnp.asarray(images)):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
@@ -157,6 +159,17 @@ def test_shift_distribution():
         assert shifts.dtype == np.int32 and set(np.unique(shifts)) <= set(support)
         frequency = np.array([np.mean(shifts == k) for k in support])
         assert np.all(np.abs(frequency - probability) <= tolerance), (frequency, probability, tolerance)
+
+
+def test_wider_ranges_scale_the_same_draws():
+    """Warp(translate, degrees): the §4 draws' uniforms over other bounds, so a key's angles are twice as large at
+    20°, and the shifts reach round(U(-5.6, 5.6)): -6..6."""
+    key, wider = jax.random.key(5), augment.Warp(translate=0.2, degrees=20.0)
+    tx, ty, angle = (np.asarray(a) for a in augment.sample_params(key, 20_000, ranges=wider))
+    np.testing.assert_allclose(angle, 2 * np.asarray(augment.sample_params(key, 20_000)[2]), rtol=1e-6)
+    assert np.abs(angle).max() <= 20 and np.abs(angle).max() > 19.9
+    for shifts in (tx, ty):
+        assert set(np.unique(shifts)) == set(range(-6, 7))
 
 
 def test_angles_uniform():

@@ -158,9 +158,12 @@ def test_each_steps_images_are_augmented_with_that_steps_key(rng):
     np.testing.assert_array_equal(alone[0], chunk[1])  # one program: the same bits
 
 
-def test_a_scale_reaches_each_steps_images(rng):
-    """chunk_batches(scale=s): each step's batch is prepare_images's with that scale (Config.scale, --scale), and
-    differs from the unscaled one drawn with the same key."""
+WIDER = augment.Warp(translate=0.2, degrees=20.0, scale=0.2)
+
+
+def test_wider_ranges_reach_each_steps_images(rng):
+    """chunk_batches(warp=...): each step's batch is prepare_images's with those ranges (Config.warp: --scale,
+    --translate, --degrees), and differs from the §4 one drawn with the same key."""
     images = jnp.asarray(rng.integers(0, 256, (20, 28, 28), dtype=np.uint8))
     labels = jnp.asarray(rng.integers(0, 10, 20), jnp.int32)
     order, key = jnp.arange(20, dtype=jnp.int32).reshape(2, 10), jax.random.key(8)
@@ -168,10 +171,10 @@ def test_a_scale_reaches_each_steps_images(rng):
     @jax.jit  # one program for both sides, not dozens of small compiles op by op
     def both(images, labels):
         gather = functools.partial(engine.chunk_batches, steps=2, augment=True)
-        scaled, _ = gather(images, labels, order, jnp.int32(0), key, jnp.int32(3), scale=0.2)
+        scaled, _ = gather(images, labels, order, jnp.int32(0), key, jnp.int32(3), warp=WIDER)
         plain, _ = gather(images, labels, order, jnp.int32(0), key, jnp.int32(3))
         alone = [engine.prepare_images(images[10 * i : 10 * (i + 1)], engine.train_augment_key(key, 3 + i),
-                                       augment=True, scale=0.2) for i in range(2)]  # fmt: skip
+                                       augment=True, warp=WIDER) for i in range(2)]  # fmt: skip
         return scaled, plain, jnp.stack(alone)
 
     scaled, plain, alone = both(images, labels)

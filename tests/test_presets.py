@@ -62,8 +62,12 @@ def test_model_picks_its_preset_and_flags_override():
         (["--evals-per-epoch", "0"], "--evals-per-epoch must be > 0"),
         (["--evals-per-epoch", "2", "--blog-quirks"], "--evals-per-epoch: the blog's loop (--blog-quirks) evaluates"),
         (["--preset", "fast", "--scale", "1"], "--scale must be in [0, 1), got 1"),
-        (["--preset", "fast", "--scale", "0.1", "--no-augment"], "--scale scales the §4 augmentation's shifts"),
-        (["--preset", "cnn_deep", "--scale", "0.1", "--blog-quirks"], "--scale is not the blog's"),
+        (["--preset", "fast", "--scale", "0.1", "--no-augment"], "--scale sets the §4 augmentation's ranges; it needs"),
+        (["--preset", "cnn_deep", "--scale", "0.1", "--blog-quirks"], "--scale 0.1 is not the blog's"),
+        (["--preset", "fast", "--degrees", "20", "--no-augment"], "--degrees sets the §4 augmentation's ranges"),
+        (["--preset", "cnn_deep", "--translate", "0.2", "--blog-quirks"], "--translate 0.2 is not the blog's"),
+        (["--preset", "fast", "--translate", "1.5"], "--translate must be in [0, 1], got 1.5"),
+        (["--preset", "fast", "--degrees", "-1"], "--degrees must be in [0, 180], got -1"),
     ],
 )
 def test_bad_settings_are_usage_errors(argv, message):
@@ -125,6 +129,9 @@ def test_describe_names_the_experiment():
         "ReduceLROnPlateau, blog quirks"
     )
     assert presets.describe(PRESETS["best"].replace(scale=0.1)).endswith("augmentation with scales of ±0.1")
+    assert presets.describe(PRESETS["best"].replace(translate=0.2, degrees=20.0)).endswith(
+        "augmentation with shifts of ±0.2, rotations of ±20°"
+    )
 
 
 @pytest.mark.parametrize("name", PRESETS)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from jaxmnist import data as data_lib
+from jaxmnist.augment import Warp
 from torch_ref.data import MnistDataset
 
 
@@ -47,13 +48,17 @@ def test_elastic_dataset_distorts_after_the_affine_steps(mnist):
     assert first.min().item() >= -data_lib.MEAN / data_lib.STD - 1e-6  # bilinear, fill 0: no value below black
 
 
-def test_scale_joins_the_random_affine_step(mnist):
-    """Config.scale: RandomAffine's own scale=(1 - s, 1 + s), drawn with its shifts, before the rotation."""
+def test_the_warps_ranges_are_torchvisions_arguments(mnist):
+    """Config.warp: RandomAffine's translate and its own scale=(1 - s, 1 + s), drawn with its shifts, before the
+    RandomRotation's degrees; the §4's by default."""
     images, labels = mnist.test_images[:8], mnist.test_labels[:8]
-    scaled = MnistDataset(images, labels, augment=True, scale=0.1)
+    scaled = MnistDataset(images, labels, augment=True, warp=Warp(scale=0.1))
     affine = scaled.transform.transforms[0]
     assert type(affine).__name__ == "RandomAffine" and affine.scale == (0.9, 1.1) and affine.translate == (0.1, 0.1)
-    assert MnistDataset(images, labels, augment=True).transform.transforms[0].scale is None
+    section4 = MnistDataset(images, labels, augment=True).transform.transforms
+    assert section4[0].scale is None and section4[0].translate == (0.1, 0.1) and section4[1].degrees == [-10.0, 10.0]
+    wider = MnistDataset(images, labels, augment=True, warp=Warp(0.2, 20.0)).transform.transforms
+    assert wider[0].translate == (0.2, 0.2) and wider[1].degrees == [-20.0, 20.0] and wider[0].scale is None
     torch.manual_seed(0)
     first = torch.stack([scaled[i][0] for i in range(8)])
     torch.manual_seed(0)

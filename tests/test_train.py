@@ -157,15 +157,19 @@ def test_elastic_distortion_trains_and_says_so(mnist, tmp_path, capsys):
     assert result.record["final_acc"] >= 75.0, result.record["final_acc"]
 
 
-def test_a_random_scale_reaches_the_training_batches(mnist, tmp_path, capsys):
-    """--scale through the trainer: the preamble names it, the training batches differ from the same run's
-    without it (the same draws otherwise, so its losses would be equal bit for bit), and it still learns."""
+def test_the_warps_ranges_reach_the_training_batches(mnist, tmp_path, capsys):
+    """--scale, and --translate with --degrees, through the trainer: the preamble names them, the training batches
+    differ from the same run's without them (the same draws otherwise, so its losses would be equal bit for bit),
+    and it still learns."""
     plain = learn(FAST_TINY, mnist, tmp_path / "plain")
     scaled = learn(FAST_TINY.replace(scale=0.1), mnist, tmp_path / "scaled")
-    assert "augmentation with scales of ±0.1" in capsys.readouterr().out
-    losses = [[e["train_loss"] for e in r.record["epochs"]] for r in (plain, scaled)]
-    assert losses[0] != losses[1], losses
-    assert scaled.record["final_acc"] >= 75.0, scaled.record["final_acc"]  # the elastic test's bound, same recipe
+    wider = learn(FAST_TINY.replace(translate=0.2, degrees=20.0), mnist, tmp_path / "wider")
+    out = capsys.readouterr().out
+    assert "augmentation with scales of ±0.1" in out and "augmentation with shifts of ±0.2, rotations of ±20°" in out
+    losses = [[e["train_loss"] for e in r.record["epochs"]] for r in (plain, scaled, wider)]
+    assert losses[0] != losses[1] and losses[0] != losses[2], losses
+    for run in (scaled, wider):  # the elastic test's bound, same recipe
+        assert run.record["final_acc"] >= 75.0, run.record["final_acc"]
 
 
 def test_one_train_program_serves_every_split_size(rng):

@@ -10,22 +10,23 @@ from PIL import Image
 from torchvision import transforms
 
 from jaxmnist import data as data_lib
+from jaxmnist.augment import Warp
 
 
 class MnistDataset(torch.utils.data.Dataset):
     """uint8 images [n,28,28] through the blog's transforms: items are (float [1,28,28], int label). `elastic`:
-    (alpha, sigma) of an ElasticTransform after ToTensor (Config.elastic_alpha), or None; `scale` > 0: the
-    RandomAffine also scales by U(1 - scale, 1 + scale) (Config.scale)."""
+    (alpha, sigma) of an ElasticTransform after ToTensor (Config.elastic_alpha), or None; `warp`: the ranges of the
+    RandomAffine's shifts (and scales, if > 0) and of the RandomRotation (Config.warp: the §4's by default)."""
 
     def __init__(
-        self, images: np.ndarray, labels: np.ndarray, augment: bool, elastic: tuple | None = None, scale: float = 0.0
+        self, images: np.ndarray, labels: np.ndarray, augment: bool, elastic: tuple | None = None, warp: Warp = Warp()
     ):
         self.images = np.array(images, np.uint8)  # a writable copy: torch warns on read-only arrays
         self.labels = np.asarray(labels, np.int64)
         self.augment = augment
-        scales = (1 - scale, 1 + scale) if scale else None
-        affine = transforms.RandomAffine(degrees=0, translate=(0.1, 0.1), scale=scales)
-        steps = [affine, transforms.RandomRotation((-10, 10))] if augment else []
+        scales = (1 - warp.scale, 1 + warp.scale) if warp.scale else None
+        affine = transforms.RandomAffine(degrees=0, translate=(warp.translate, warp.translate), scale=scales)
+        steps = [affine, transforms.RandomRotation((-warp.degrees, warp.degrees))] if augment else []
         steps.append(transforms.ToTensor())
         if elastic:
             steps.append(transforms.ElasticTransform(alpha=float(elastic[0]), sigma=float(elastic[1])))
@@ -53,12 +54,12 @@ def make_loader(
     num_workers: int = 0,
     timeout: float = 0,
     elastic: tuple | None = None,
-    scale: float = 0.0,
+    warp: Warp = Warp(),
 ):
     """The blog's DataLoader over `MnistDataset`: the training loader shuffles, the test loader does not; pinned
     memory for CUDA, as the blog. `timeout` (seconds, with workers) turns a hung worker into an error."""
     return torch.utils.data.DataLoader(
-        MnistDataset(images, labels, augment, elastic, scale),
+        MnistDataset(images, labels, augment, elastic, warp),
         batch_size=batch_size,
         shuffle=shuffle,
         num_workers=num_workers,

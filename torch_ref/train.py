@@ -227,7 +227,7 @@ def prepare(config: Config, preset, data, logdir, device, num_workers, progress,
     loader = functools.partial(make_loader, device=device, num_workers=num_workers)
     train_loader = loader(
         train_x, train_y, config.batch_size, augment=config.augment, shuffle=True, elastic=config.elastic,
-        scale=config.scale,
+        warp=config.warp,
     )
     # Quirk 2: the blog's test set goes through the training augmentation.
     test_augment = config.augment and config.blog_quirks
