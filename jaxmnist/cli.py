@@ -62,6 +62,12 @@ def diverged(e: Diverged, workdir, last_epoch: int | None) -> RunError:
     return RunError(f"{e}; {where}")
 
 
+def init_or_resume() -> UsageError:
+    """Both trainers: --torch-state-dict starts a new run from its weights, --resume continues a checkpoint's."""
+    return UsageError("--torch-state-dict starts a new run from its weights, --resume continues the checkpoint's: "
+                      "give one")  # fmt: skip
+
+
 class Terminated(BaseException):
     """SIGTERM arrived (after `stop_on_sigterm`): the command stops as on Ctrl-C. A BaseException like
     KeyboardInterrupt, so that no `except Exception` on the way swallows it (socketserver's did: the server went on)."""

@@ -73,6 +73,8 @@ def build_parser() -> cli.ArgumentParser:
 
 def _main(argv: list[str] | None) -> None:
     args = build_parser().parse_args(argv)
+    if args.torch_state_dict and args.resume:  # before the file is read
+        raise cli.init_or_resume()
     preset, config = config_from_args(args)
     if args.seeds is not None and args.seed is not None:
         raise UsageError("give --seed or --seeds, not both")

@@ -243,6 +243,8 @@ def train_run(config: Config, seeds: Seeds, opts: Options, data: data_lib.Datase
     opts.placement.check_batch(config.batch_size)
     if opts.resume and not opts.workdir:
         raise UsageError("--resume needs --workdir")
+    if opts.resume and opts.init is not None:
+        raise cli.init_or_resume()
     if opts.workdir and not opts.resume and (epoch := checkpoint.saved_epoch(opts.workdir)) is not None:
         raise cli.workdir_taken(opts.workdir, epoch)
     for d in logdirs(opts):

@@ -338,7 +338,8 @@ def test_cli_writes_jaxmnists_metrics_format(tmp_path, mnist):
 def test_a_run_starts_from_a_state_dict_and_refuses_another_networks(mnist, tmp_path, capsys):
     """--torch-state-dict (alias --init-from), as jaxmnist.train takes it: at a learning rate too small to move them,
     the run's parameters stay the file's (its BatchNorm statistics move: two training steps); a file that is not
-    the network's, or no torch file, is one line, exit 2."""
+    the network's (naming what does not fit), a whole pickled model, no torch file, or the flag with --resume is one
+    line, exit 2."""
     torch.manual_seed(3)
     torch.save(torch_models.get_model("cnn").state_dict(), tmp_path / "cnn.pth")
     flags = ["--model", "cnn", "--train-size", "128", "--max-steps", "2", "--batch-size", "64", "--epochs", "1"]
@@ -350,11 +351,19 @@ def test_a_run_starts_from_a_state_dict_and_refuses_another_networks(mnist, tmp_
         if "running" not in name and "num_batches" not in name:
             np.testing.assert_allclose(trained[name].numpy(), value.numpy(), atol=1e-9, err_msg=name)
     (tmp_path / "junk.pth").write_bytes(b"junk")
-    for model, path, message in [("resnet", "cnn.pth", f"--torch-state-dict {tmp_path / 'cnn.pth'} is not a resnet "
-                                  "state_dict: "), ("cnn", "junk.pth", "cannot read --torch-state-dict ")]:  # fmt: skip
+    torch.save(torch_models.get_model("cnn"), tmp_path / "whole.pth")  # the model object, not its state_dict
+    cases = [
+        ("resnet", "cnn.pth", f"--torch-state-dict {tmp_path / 'cnn.pth'} is not a resnet state_dict: it lacks "),
+        ("cnn", "junk.pth", "cannot read --torch-state-dict "),
+        ("cnn", "whole.pth", "cannot read --torch-state-dict "),
+        ("cnn", "w/checkpoint.pt", f"--torch-state-dict {tmp_path / 'w/checkpoint.pt'} holds a dict, not a state_dict"),
+    ]
+    for model, path, message in cases:
         assert torch_train.main([*flags, "--model", model, "--torch-state-dict", str(tmp_path / path)]) == 2
         err = capsys.readouterr().err
-        assert err.startswith(f"error: {message}") and err.count("\n") == 1, err
+        assert err.startswith(f"error: {message}") and err.count("\n") == 1 and "\x1b" not in err, err
+    assert torch_train.main([*argv, "--resume"]) == 2  # the checkpoint's weights would silently replace the file's
+    assert "--torch-state-dict starts a new run from its weights, --resume continues" in capsys.readouterr().err
 
 
 def test_cli_divergence_is_one_line_exit_1(capsys, tmp_path, mnist):

@@ -71,6 +71,8 @@ OFFLINE = [
     (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
     (["--resume"], "--resume needs --workdir"),
     (["--seeds", "2", "--resume"], "--resume needs --workdir"),
+    (["--init-from", "/nonexistent.pth", "--resume", "--workdir", "w"], "--torch-state-dict starts a new run from its "
+     "weights, --resume continues the checkpoint's: give one"),  # fmt: skip
     (["--seeds", "0-x"], "--seeds '0-x': expected a count (8), a range (0-7) or distinct seeds"),
     (["--seeds", "1,1"], "--seeds '1,1': expected"),
     (["--seed", "2147483648"], "--seed must be in [0, 2147483647], got 2147483648"),  # a JAX key is int32

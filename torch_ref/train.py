@@ -138,17 +138,24 @@ def read_state_dict(path) -> dict:
         return torch.load(path, weights_only=True, map_location="cpu")
     except OSError as e:
         raise UsageError(f"cannot read --torch-state-dict {path}: {e.strerror or e}") from None
-    except Exception as e:  # not a torch file, or not weights only
-        raise UsageError(f"cannot read --torch-state-dict {path}: {type(e).__name__}: {str(e)[:200]}") from None
+    except Exception as e:  # not a torch file, or more than weights (a whole pickled model): torch's text is long
+        raise UsageError(f"cannot read --torch-state-dict {path}: not a state_dict torch.load reads with weights_only "
+                         f"({type(e).__name__})") from None  # fmt: skip
 
 
 def load_initial(model: nn.Module, state_dict, name: str, path) -> None:
-    """The weights a run starts from, loaded strictly (every key of the network, no other, every shape)."""
-    try:
-        model.load_state_dict(state_dict, strict=True)
-    except (RuntimeError, TypeError, AttributeError) as e:
-        first = str(e).strip().splitlines()
-        raise UsageError(f"--torch-state-dict {path} is not a {name} state_dict: {(first or [''])[0][:300]}") from None
+    """The weights a run starts from, loaded strictly (every key of the network, no other, every shape); what does
+    not fit is named in one line."""
+    if not (isinstance(state_dict, dict) and all(isinstance(v, torch.Tensor) for v in state_dict.values())):
+        raise UsageError(f"--torch-state-dict {path} holds a {type(state_dict).__name__}, not a state_dict of tensors")
+    own = model.state_dict()
+    missing, unexpected = sorted(own.keys() - state_dict.keys()), sorted(state_dict.keys() - own.keys())
+    shapes = sorted(k for k in own.keys() & state_dict.keys() if own[k].shape != state_dict[k].shape)
+    problems = [f"{what} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}" for what, keys in
+                (("lacks", missing), ("has no place for", unexpected), ("has other shapes for", shapes)) if keys]
+    if problems:
+        raise UsageError(f"--torch-state-dict {path} is not a {name} state_dict: it {'; '.join(problems)}")
+    model.load_state_dict(state_dict, strict=True)
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -213,16 +220,16 @@ class Run:
 def prepare(config: Config, preset, data, logdir, device, num_workers, progress, data_dir, out, init=None) -> Run:
     """Data, model (from `init`, (path, state_dict), where given), optimiser, schedules and the run log, with the
     preamble printed."""
+    torch.manual_seed(config.seed)  # before the model: it seeds the init, shuffling, dropout and augmentation
+    model = models.get_model(config.model, config.num_classes)
+    if init is not None:  # a file that does not fit is refused before the data are read
+        load_initial(model, init[1], config.model, init[0])
+    model = model.to(device)
     if data is None:
         data = data_lib.load(config.dataset, data_dir, progress=progress)
     (train_x, train_y), val = split_train(data, config)
     steps = math.ceil(len(train_y) / config.batch_size)  # the blog's DataLoader keeps the last, smaller batch
     steps = min(steps, config.max_steps) if config.max_steps else steps
-    torch.manual_seed(config.seed)  # before the model: it seeds the init, shuffling, dropout and augmentation
-    model = models.get_model(config.model, config.num_classes)
-    if init is not None:
-        load_initial(model, init[1], config.model, init[0])
-    model = model.to(device)
     optimizer = build_optimizer(config, model.parameters())
     loader = functools.partial(make_loader, device=device, num_workers=num_workers)
     train_loader = loader(
@@ -348,6 +355,8 @@ def train_and_evaluate(
         runlog.writable_dir(workdir, "--workdir")
     if resume and not workdir:
         raise UsageError("--resume needs --workdir")
+    if resume and init:
+        raise cli.init_or_resume()
     if workdir and not resume and resume_lib.path(workdir).exists():
         raise cli.workdir_taken(workdir, resume_lib.saved_epoch(workdir))
 
