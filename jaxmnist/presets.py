@@ -43,8 +43,10 @@ class Config:
     ema: float = 0.0  # > 0: evaluate a moving average of the weights, decay min(ema, (1 + t) / (10 + t)) at step t
     augment: bool = False  # §4: RandomAffine(translate 0.1) then RandomRotation(±10°), on the fly
     scale: float = 0.0  # > 0: the §4 RandomAffine also scales, by U(1 - scale, 1 + scale) (not the blog's)
-    translate: float = 0.1  # the augmentation's largest shift, a fraction of the width (§4's; others not the blog's)
-    degrees: float = 10.0  # the augmentation's largest rotation (§4's; others not the blog's)
+    # The augmentation's largest shift (a fraction of the width) and rotation: §4's, augment.Warp's defaults; other
+    # ranges are not the blog's.
+    translate: float = 0.1
+    degrees: float = 10.0
     elastic_alpha: float = 0.0  # > 0: then torchvision's ElasticTransform(alpha, sigma) on the training images
     elastic_sigma: float = 5.0
     plateau: bool = False  # §4: ReduceLROnPlateau(mode='max', factor, patience, threshold) on the monitored acc
@@ -146,10 +148,9 @@ MODEL_PRESET = model_presets(PRESETS)
 
 def warp_note(c: Config) -> str:
     """The augmentation's ranges where they are not §4's (shifts of 0.1, rotations of 10°, no scale), for `describe`."""
-    notes = [f"shifts of ±{c.translate:g}" if c.translate != Warp().translate else "",
-             f"rotations of ±{c.degrees:g}°" if c.degrees != Warp().degrees else "",
-             f"scales of ±{c.scale:g}" if c.scale else ""]  # fmt: skip
-    return " with " + ", ".join(n for n in notes if n) if any(notes) else ""
+    notes = [f"{what} of ±{value:g}{unit}" for what, unit, value, section4 in
+             zip(("shifts", "rotations", "scales"), ("", "°", ""), c.warp, Warp()) if value != section4]  # fmt: skip
+    return " with " + ", ".join(notes) if notes else ""
 
 
 def describe(c: Config) -> str:
@@ -253,8 +254,7 @@ def validate(config: Config) -> None:
         raise UsageError(f"--translate must be in [0, 1], got {config.translate:g}")
     if not 0 <= config.degrees <= 180:
         raise UsageError(f"--degrees must be in [0, 180], got {config.degrees:g}")
-    for flag, value, section4 in (("--scale", config.scale, 0.0), ("--translate", config.translate, 0.1),
-                                  ("--degrees", config.degrees, 10.0)):  # fmt: skip
+    for flag, value, section4 in zip(("--translate", "--degrees", "--scale"), config.warp, Warp()):
         if value != section4 and not config.augment:
             raise UsageError(f"{flag} sets the §4 augmentation's ranges; it needs --augment")
         if value != section4 and config.blog_quirks:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jaxmnist import data as data_lib
-from jaxmnist import optim, presets
+from jaxmnist import augment, optim, presets
 from jaxmnist.cli import UsageError
 from jaxmnist.presets import MODEL_PRESET, NETWORKS, PRESETS, Config, interim_steps
 
@@ -121,6 +121,12 @@ def test_split_train_holds_out_a_seeded_validation_split():
     assert presets.split_train(data, Config())[1] is None
     with pytest.raises(UsageError, match="--val-size 50 leaves no training images"):
         presets.split_train(data, Config(val_size=50))
+
+
+def test_the_default_ranges_are_section_4s():
+    """Config's translate and degrees are augment.Warp's defaults (the blog's §4), so a run without the flags
+    augments as the blog does: both trainers take config.warp."""
+    assert Config().warp == augment.Warp() == augment.Warp(translate=0.1, degrees=10.0, scale=0.0)
 
 
 def test_describe_names_the_experiment():
