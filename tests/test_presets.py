@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from jaxmnist import data as data_lib
 from jaxmnist import augment, optim, presets
+from jaxmnist import data as data_lib
 from jaxmnist.cli import UsageError
 from jaxmnist.presets import MODEL_PRESET, NETWORKS, PRESETS, Config, interim_steps
 
