@@ -30,17 +30,21 @@ from jaxmnist import cli, compile_cache, figures, host, runlog, weights
 from jaxmnist import data as data_lib
 
 GRID_MAX = 100  # misclassified digits drawn (all are listed in report.json)
+MAX_CLASSES = 100  # a head wider than this is reported over its labels' classes (summarise)
 PROBABILITIES = "probabilities.npz"  # a report's softmax over the test set: float32 [n, classes] under 'probs'
 
 
 # ---------------------------------------------------------------------------------------- the numbers
 def summarise(probs: np.ndarray, labels: np.ndarray) -> dict:
     """Accuracy, the confusion matrix (rows: true class, columns: predicted), per-class precision, recall and
-    support, and the misclassified examples (index, true, predicted, confidence), most confident first."""
-    classes = probs.shape[1]
+    support, and the misclassified examples (index, true, predicted, confidence), most confident first. A head of
+    more than MAX_CLASSES outputs (torchvision's 1000 on ten digits) is reported over the labels' classes, every
+    other output one last column, 'other' (a 1000 x 1000 matrix took minutes to draw, and 6 MB of JSON)."""
     predicted = probs.argmax(1)
-    confusion = np.zeros((classes, classes), np.int64)
-    np.add.at(confusion, (labels, predicted), 1)
+    classes = probs.shape[1] if probs.shape[1] <= MAX_CLASSES else int(labels.max()) + 1
+    columns = np.minimum(predicted, classes)  # column `classes`: any output beyond the labels' classes
+    confusion = np.zeros((classes, classes + int((predicted >= classes).any())), np.int64)
+    np.add.at(confusion, (labels, columns), 1)
     support, claimed, hits = confusion.sum(1), confusion.sum(0), np.diag(confusion)
     wrong = np.flatnonzero(predicted != labels)
     wrong = wrong[np.argsort(-probs[wrong, predicted[wrong]], kind="stable")]
@@ -80,7 +84,8 @@ def table(summary: dict) -> str:
         c = row["class"]
         others = confusion[c].copy()
         others[c] = 0
-        taken = f"{others.argmax()} ({others.max()})" if others.max() else "-"
+        name = "other" if others.argmax() == len(confusion) else others.argmax()  # the wide head's last column
+        taken = f"{name} ({others.max()})" if others.max() else "-"
         fmt = lambda x: "-" if x is None else f"{100 * x:.2f} %"  # noqa: E731
         lines.append(f"{c:>5}  {row['support']:>7}  {fmt(row['precision']):>9}  {fmt(row['recall']):>6}  {taken}")
     return "\n".join(lines)
@@ -89,17 +94,19 @@ def table(summary: dict) -> str:
 # ----------------------------------------------------------------------------------------- the images
 def confusion_figure(summary: dict):
     confusion = np.asarray(summary["confusion"])
-    classes = len(confusion)
+    classes, columns = confusion.shape  # one more column where a wide head predicted beyond the classes
     fig = figures.figure(figsize=(6.5, 5.5), dpi=100)
     ax = fig.subplots()
     off = confusion.astype(float)
     np.fill_diagonal(off, np.nan)  # the colours show the errors; the diagonal would drown them
     image = ax.imshow(off, cmap="Reds")
     for t in range(classes):
-        for p in range(classes):
+        for p in range(columns):
             ax.text(p, t, str(confusion[t, p]), ha="center", va="center", fontsize=7,
                     color="black" if t != p else "tab:blue")  # fmt: skip
-    ax.set(xticks=range(classes), yticks=range(classes), xlabel="predicted", ylabel="true")
+    ax.set(xticks=range(columns), yticks=range(classes), xlabel="predicted", ylabel="true")
+    if columns > classes:
+        ax.set_xticklabels([*map(str, range(classes)), "other"])
     figures.title(ax, f"confusion matrix: {summary['accuracy']:.2f} % of {summary['n']} (errors coloured)")
     fig.colorbar(image, ax=ax, fraction=0.046)
     # Fixed margins (what tight_layout chose for this figure), not tight_layout: it measures every text first.

@@ -25,6 +25,27 @@ def test_summary_counts_every_example_once():
     assert "accuracy: 66.67 % (4 of 6)" in evaluate.table(s)
 
 
+def test_a_wide_head_is_reported_over_the_labels_classes(tmp_path):
+    """torchvision's resnet18/101 keep 1000 outputs: their report is over the ten digits, every prediction beyond
+    them one column, 'other' (a 1000 x 1000 matrix took minutes to draw: resnet18's end-of-run report, 2026-12-04),
+    and the figures draw as a ten-class head's do."""
+    labels = np.arange(10).repeat(3)
+    probs = np.full((30, 1000), 1e-4)
+    probs[np.arange(30), labels] = 0.5
+    probs[[0, 1], [500, 999]] = 0.9  # two digits 0 taken for outputs no digit has
+    probs[2, 7] = 0.9  # and one for a 7
+    s = evaluate.summarise(probs, labels)
+    confusion = np.asarray(s["confusion"])
+    assert confusion.shape == (10, 11) and confusion[0].tolist() == [0] * 7 + [1, 0, 0, 2]
+    assert confusion.sum() == 30 and s["accuracy"] == pytest.approx(100 * 27 / 30) and len(s["per_class"]) == 10
+    assert [m["predicted"] for m in s["misclassified"]] == [500, 999, 7]  # listed as predicted
+    assert "    0        3" in evaluate.table(s) and "other (2)" in evaluate.table(s)
+    out = evaluate.write(s, np.zeros((30, 28, 28), np.uint8), tmp_path)
+    assert (out / "confusion.png").exists() and (out / "report.json").stat().st_size < 20_000
+    square = evaluate.summarise(probs[:, :10], labels)  # a ten-class head: the square matrix, as ever
+    assert np.asarray(square["confusion"]).shape == (10, 10)
+
+
 @pytest.mark.xdist_group("trained_cnn")  # conftest's trained_cnn_run: one worker trains it once
 def test_the_end_of_run_report_agrees_with_training(mnist, trained_cnn_run):
     root, result = trained_cnn_run
