@@ -95,6 +95,14 @@ def train_epoch(
     return torch.stack(accs).cpu().numpy(), torch.stack(losses).cpu().numpy()
 
 
+@torch.no_grad()
+def _logits(model: nn.Module, name: str, batches, device):
+    """(logits, labels) of every batch, on `device`, in the model's current mode."""
+    for images, labels in batches:
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        yield model(models.prepare_input(name, images)), labels
+
+
 def evaluate(model: nn.Module, name: str, batches, device, batch_statistics: bool = False) -> dict:
     """Mean loss and accuracy (percent) over every example, in eval mode; with `batch_statistics`, in train mode
     as the blog's §1/§2 test() (docs/experiments.md, quirk 4: BatchNorm uses and updates each batch's statistics)."""
@@ -102,25 +110,18 @@ def evaluate(model: nn.Module, name: str, batches, device, batch_statistics: boo
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     count = 0
-    with torch.no_grad():
-        for images, labels in batches:
-            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            logits = model(models.prepare_input(name, images))
-            loss_sum += F.cross_entropy(logits, labels, reduction="sum")
-            correct += (logits.argmax(1) == labels).sum()
-            count += len(labels)
+    for logits, labels in _logits(model, name, batches, device):
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum")
+        correct += (logits.argmax(1) == labels).sum()
+        count += len(labels)
     return {"loss": loss_sum.item() / count, "accuracy": 100.0 * correct.item() / count}
 
 
 def probabilities(model: nn.Module, name: str, batches, device) -> np.ndarray:
     """The softmax over every example of `batches`, in eval mode: [n, classes] float32."""
     model.eval()
-    out = []
-    with torch.no_grad():
-        for images, _ in batches:
-            logits = model(models.prepare_input(name, images.to(device, non_blocking=True)))
-            out.append(torch.softmax(logits.float(), 1).cpu().numpy())
-    return np.concatenate(out)
+    return np.concatenate([torch.softmax(logits.float(), 1).cpu().numpy()
+                           for logits, _ in _logits(model, name, batches, device)])  # fmt: skip
 
 
 def write_report(run: Run) -> None:
@@ -360,25 +361,25 @@ def train_and_evaluate(
     if workdir and not resume and resume_lib.path(workdir).exists():
         raise cli.workdir_taken(workdir, resume_lib.saved_epoch(workdir))
 
-    saved = resume_lib.read(workdir, config, num_workers) if resume else None  # refused before anything is printed
+    checkpoint = resume_lib.read(workdir, config, num_workers) if resume else None  # refused before any output
     start = (init, read_state_dict(init)) if init else None
     run = prepare(config, preset, data, logdir, device, num_workers, progress, data_dir, out, start)
     first_epoch = 0
     if resume:  # a resumed run continues from its checkpoint, random streams included
-        first_epoch, record = resume_lib.restore(saved, workdir, config, run.parts, run.report.say)
+        first_epoch, record = resume_lib.restore(checkpoint, workdir, config, run.parts, run.report.say)
         if record and run.report.log:
             run.report.log.record = record
 
-    epoch_times, saved = [], first_epoch  # saved: the newest epoch checkpointed in workdir
+    epoch_times, last_saved = [], first_epoch  # the newest epoch checkpointed in workdir
     for epoch in range(first_epoch, config.epochs):
         try:
             epoch_times.append(run_epoch(run, epoch, progress))
         except cli.Diverged as e:  # nothing of the epoch is saved: the checkpoint stays the last good one
-            raise cli.diverged(e, workdir, saved) from None
+            raise cli.diverged(e, workdir, last_saved) from None
         if workdir:
             record = run.report.log.record if run.report.log else None
             resume_lib.save(workdir, epoch + 1, config, run.parts, record, num_workers)
-            saved = epoch + 1
+            last_saved = epoch + 1
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
             break
     if report and run.report.log:
