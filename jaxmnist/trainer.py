@@ -100,11 +100,14 @@ def prepare(config: Config, seeds: Seeds, opts: Options, data: data_lib.Dataset 
     """Data on the device, the convolution plan, fresh states (or the checkpoint's, with --resume), each seed's
     plateau rule and report."""
     say = runlog.Report(opts.out).say
+    # The plan before the data: a --conv-impl that cannot run here is one line, nothing read or downloaded first. A
+    # resumed run's is its checkpoint's; a new run's workdir is made once the data have loaded (none left behind).
+    ckpt = Checkpointer(opts.workdir) if opts.workdir and opts.resume else None
+    plan = choose_conv_plan(config, opts.conv_impl, ckpt, opts.placement, say)
     data = put_on_device(data or data_lib.load(config.dataset, opts.data_dir, progress=opts.progress), config,
                          opts.placement)  # fmt: skip
     steps = epoch_steps(config, data.n_train)
-    ckpt = Checkpointer(opts.workdir) if opts.workdir else None
-    plan = choose_conv_plan(config, opts.conv_impl, ckpt if opts.resume else None, opts.placement, say)
+    ckpt = ckpt or (Checkpointer(opts.workdir) if opts.workdir else None)
     state = seeds.create_state(config, total_steps=steps * config.epochs, variables=opts.init, conv_plan=plan)
     state = opts.placement.replicate(state)
     runs = [seed_run(config, seed, logdir, seeds, data, opts) for seed, logdir in zip(seeds.seeds, logdirs(opts))]

@@ -149,11 +149,15 @@ def test_asked_for_where_it_cannot_run_is_one_clear_error(monkeypatch, rng):
     assert plan == ConvPlan('eigen')
 
 
-def test_a_command_asked_for_it_where_it_cannot_run_says_so_in_one_line():
+def test_a_command_asked_for_it_where_it_cannot_run_says_so_in_one_line(tmp_path):
+    """Before the data are read: a --data-dir with one of MNIST's four files would be another error (the command
+    once loaded, here downloaded, MNIST first, only to stop)."""
+    (tmp_path / 'train-images-idx3-ubyte').write_bytes(b'not read')
     done = subprocess.run(
-        [sys.executable, '-m', 'jaxmnist.train', '--model', 'cnn', '--conv-impl', 'onednn', '--epochs', '1'],
+        [sys.executable, '-m', 'jaxmnist.train', '--model', 'cnn', '--conv-impl', 'onednn', '--epochs', '1',
+         '--data-dir', str(tmp_path)],
         capture_output=True, text=True, env={**os.environ, 'JAXMNIST_ONEDNN': 'off'},
-    )
+    )  # fmt: skip
     assert done.returncode == 1 and 'Traceback' not in done.stderr
     assert done.stderr.strip().splitlines()[-1] == (
         "error: --conv-impl onednn: oneDNN's convolutions cannot run here: turned off by JAXMNIST_ONEDNN"
