@@ -64,6 +64,21 @@ def trained_cnn_run(mnist, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def fast_tiny_run(mnist, tmp_path_factory):
+    """helpers.FAST_TINY trained once, uninterrupted, as helpers.tiny_data's short runs train (one step per chunk,
+    unrolled); (root, the run's result): its workdir is root/ckpt, its logdir root/log. The tests that use it share
+    the xdist group "fast_tiny", so one worker trains it once. Tests that write into it copy it first."""
+    from helpers import FAST_TINY, tiny_data
+
+    from jaxmnist import trainer
+
+    root = tmp_path_factory.mktemp("fast_tiny")
+    result = trainer.train_and_evaluate(FAST_TINY, data=tiny_data(mnist), workdir=root / "ckpt", logdir=root / "log",
+                                        progress=False, chunk_steps=1, unroll=True, report=False)  # fmt: skip
+    return root, result
+
+
+@pytest.fixture(scope="session")
 def trained_cnn(trained_cnn_run):
     """The workdir of trained_cnn_run."""
     return trained_cnn_run[0] / "ckpt"

@@ -1,5 +1,6 @@
 """Helpers shared by several test files: shapes, torch twins of flax variables, a fake dataset, a tiny recipe."""
 
+import dataclasses
 import functools
 import os
 
@@ -15,6 +16,11 @@ from jaxmnist.presets import PRESETS
 # The fast recipe, tiny: 3 epochs of 10 steps of 64 (train_size 640), a weight average, one step per chunk. Tests
 # that train it share its compiled programs (its one-cycle schedule is part of them: same length, same program).
 FAST_TINY = PRESETS["fast"].replace(batch_size=64, epochs=3, train_size=640, eval_batch_size=500, ema=0.9)
+
+
+def tiny_data(mnist):
+    """MNIST with its first 1,000 test images: the short runs' evaluation."""
+    return dataclasses.replace(mnist, test_images=mnist.test_images[:1000], test_labels=mnist.test_labels[:1000])
 
 
 def flat(tree):

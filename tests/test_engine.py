@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from jaxmnist import augment, engine, layers, models, programs
+from jaxmnist import augment, engine, layers, models
 from jaxmnist import data as data_lib
 from jaxmnist.presets import Config
 
@@ -180,17 +180,6 @@ def test_wider_ranges_reach_each_steps_images(rng):
     scaled, plain, alone = both(images, labels)
     np.testing.assert_allclose(scaled, alone, rtol=0, atol=1e-5)
     assert not np.allclose(scaled, plain)
-
-
-def test_the_train_chunk_does_not_augment():
-    """The augmentation runs in the batches' program (chunk_batches), not in the train chunk: XLA:CPU fused it
-    into every fusion that read a pixel, 1.2x the step's time at batch 64. No rotation (sine) in the chunk."""
-    config = Config(model="cnn", batch_size=16, augment=True, elastic_alpha=34.0)
-    state = engine.create_state(config, jax.random.key(0))
-    split = jnp.zeros((64, 28, 28), jnp.uint8), jnp.zeros((64,), jnp.int32)
-    training = programs.compile_training(config, state, split, [(0, 1)], unroll=True)
-    assert "sine(" in training.batches[1].as_text()
-    assert "sine(" not in training.chunks[True, 1].as_text()
 
 
 def test_epoch_indices_are_a_fresh_permutation_per_epoch_without_the_tail():

@@ -6,11 +6,10 @@ import dataclasses
 import jax
 import numpy as np
 import pytest
-from helpers import FAST_TINY
 
 from jaxmnist import export, interop, train, trainer, weights
 from jaxmnist.cli import UsageError
-from jaxmnist.presets import PRESETS, Config
+from jaxmnist.presets import Config
 
 torch = pytest.importorskip("torch")
 from torch_ref import models as torch_models  # noqa: E402
@@ -26,22 +25,20 @@ def jax_logits(model: weights.Model, digits):
     return np.log(model.probabilities(digits))  # log-softmax: logits up to a constant per row
 
 
-@pytest.mark.parametrize(  # no BatchNorm, and BatchNorm with running statistics
-    "preset", ["cnn_tb", pytest.param("fast", marks=pytest.mark.xdist_group("fast_tiny"))]  # FAST_TINY's worker
+@pytest.mark.parametrize(  # no BatchNorm (conftest's trained cnn), and BatchNorm with running statistics (its
+    # FAST_TINY run, whose weight average is what export writes, as evaluation reads it)
+    "run", [pytest.param("trained_cnn_run", marks=pytest.mark.xdist_group("trained_cnn")),
+            pytest.param("fast_tiny_run", marks=pytest.mark.xdist_group("fast_tiny"))]  # fmt: skip
 )
-def test_export_loads_strictly_into_torch_ref_with_the_same_logits(preset, mnist, tmp_path, capsys):
-    # The tiny runs' programs: cnn_tb's at batch 64 (conftest's trained_cnn), fast's FAST_TINY (its weight average
-    # is what export writes, as evaluation reads it).
-    config = FAST_TINY if preset == "fast" else PRESETS[preset].replace(epochs=1, max_steps=3, batch_size=64)
-    data = dataclasses.replace(mnist, test_images=mnist.test_images[:500], test_labels=mnist.test_labels[:500])
-    trainer.train_and_evaluate(config, data=data, workdir=tmp_path / "ckpt", progress=False, chunk_steps=1, unroll=True)
-    assert export.main(["--workdir", str(tmp_path / "ckpt"), "--to", str(tmp_path / "net.pth")]) == 0
+def test_export_loads_strictly_into_torch_ref_with_the_same_logits(run, mnist, tmp_path, capsys, request):
+    root, result = request.getfixturevalue(run)
+    assert export.main(["--workdir", str(root / "ckpt"), "--to", str(tmp_path / "net.pth")]) == 0
     assert "load it with torch_ref.models.get_model" in capsys.readouterr().out
-    net = torch_models.get_model(config.model)
+    net = torch_models.get_model(result.record["config"]["model"])
     net.load_state_dict(torch.load(tmp_path / "net.pth", weights_only=True), strict=True)
     digits = mnist.test_images[:32]
     theirs = torch_logits(net, digits)
-    ours = jax_logits(weights.from_workdir(str(tmp_path / "ckpt")), digits)
+    ours = jax_logits(weights.from_workdir(str(root / "ckpt")), digits)
     # Tolerance 1e-4 on log-probabilities: float32 convolutions in two libraries.
     np.testing.assert_allclose(ours, theirs - np.log(np.exp(theirs).sum(1, keepdims=True)), atol=1e-4)
     assert not list(tmp_path.glob(".*.tmp"))  # written atomically

@@ -1,12 +1,12 @@
 """jaxmnist.train's seeds: vmapped seeds equal each seed trained alone, sequential seeds share their programs,
 a vmapped stack checkpoints and resumes, the summary (tiny real runs)."""
 
-import dataclasses
 import json
 
 import jax
 import numpy as np
 import pytest
+from helpers import tiny_data
 
 from jaxmnist import programs, seeds, trainer
 from jaxmnist.cli import UsageError
@@ -27,10 +27,6 @@ RUN = dict(progress=False, chunk_steps=1, unroll=True, report=False)  # reports:
 # (measured on a Zen 3: one test image apart by epoch 3, parameters up to 1e-2 apart relatively). On a CPU, seeds
 # run in turn unless told otherwise (test_cpu_runs_seeds_in_turn_unless_told).
 VMAP_RUN = dict(RUN, conv_impl="xla")
-
-
-def tiny_data(mnist):
-    return dataclasses.replace(mnist, test_images=mnist.test_images[:1000], test_labels=mnist.test_labels[:1000])
 
 
 def curve(result):

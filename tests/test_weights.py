@@ -7,6 +7,7 @@ import json
 import jax
 import numpy as np
 import pytest
+from helpers import tiny_data
 
 from jaxmnist import engine, evaluate, predict, trainer, weights
 from jaxmnist.checkpoint import Checkpointer
@@ -14,7 +15,8 @@ from jaxmnist.cli import UsageError
 from jaxmnist.presets import Config
 from jaxmnist.seeds import Seeds
 
-TINY = Config(model="cnn", batch_size=64, lr=0.05, epochs=1, train_size=320, eval_batch_size=500)
+# tests/test_train_seeds.py's tiny runs for one epoch: their programs, read from the session's compile cache.
+TINY = Config(model="cnn", batch_size=64, lr=0.05, epochs=1, train_size=640, eval_batch_size=500)
 RUN = {"progress": False, "chunk_steps": 1, "unroll": True}
 
 
@@ -67,9 +69,8 @@ def test_bad_seed_flags_are_usage_errors(text):
 def seeded(mnist, tmp_path_factory):
     """Seeds 0 and 1 of a tiny run, trained together (one vmapped workdir) and in turn (WORKDIR/seed<k>)."""
     root = tmp_path_factory.mktemp("seeded")
-    data = dataclasses.replace(mnist, test_images=mnist.test_images[:500], test_labels=mnist.test_labels[:500])
     for mode in ("vmap", "sequential"):
-        trainer.train_seeds(TINY, (0, 1), mode, data=data, workdir=root / mode, **RUN)
+        trainer.train_seeds(TINY, (0, 1), mode, data=tiny_data(mnist), workdir=root / mode, **RUN)
     return root
 
 
