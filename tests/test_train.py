@@ -21,17 +21,24 @@ TINY = Config(model="cnn", batch_size=64, lr=0.02, epochs=3, train_size=640, eva
 
 
 def test_resume_equals_uninterrupted_run_bitwise(mnist, tmp_path):
-    # blog_best: a tuple field, as cnn_deep's preset has; the checkpoint's JSON gives it back as a list.
+    """Also with another --conv-impl: the plan is in the checkpoint, so the resumed run continues with its own, bit
+    for bit (Eigen's kernels, the suite's default plan, round differently from XLA's default ones: measured, a tiny
+    run's weights differ in their last bits, so another plan would show; plans that route single layers are
+    tests/test_convs.py's). blog_best: a tuple field, as cnn_deep's preset has; the checkpoint's JSON gives it back
+    as a list."""
     config = TINY.replace(augment=True, plateau=True, plateau_patience=0, val_size=128, blog_best=(85, 99.51))
     data = tiny_data(mnist)
     # One step per compiled chunk: it compiles as fast as a rolled scan (the CPU default of 8 unrolled steps takes
     # ~5x longer), and runs ~10x faster than one on the CPU, where a scan's while loop is slow.
     run = dict(data=data, progress=False, chunk_steps=1, unroll=True, report=False)  # reports: tests/test_evaluate.py
+    run["conv_impl"] = "eigen"
     full = trainer.train_and_evaluate(config, workdir=tmp_path / "full", logdir=tmp_path / "log_full", **run)
     trainer.train_and_evaluate(config, workdir=tmp_path / "cut", logdir=tmp_path / "log_cut", stop_after_epoch=1, **run)
-    resumed = trainer.train_and_evaluate(
-        config, workdir=tmp_path / "cut", logdir=tmp_path / "log_cut", resume=True, **run
-    )
+    out = io.StringIO()
+    resumed = trainer.train_and_evaluate(config, workdir=tmp_path / "cut", logdir=tmp_path / "log_cut", resume=True,
+                                         out=out, **{**run, "conv_impl": "xla"})  # fmt: skip
+    assert "convolutions: eigen kernels (resumed); every layer as conv" in out.getvalue()
+    assert Checkpointer(tmp_path / "cut").read_meta()["conv_plan"] == convs.fixed_plan("eigen").to_json()
     for a, b in zip(jax.tree.leaves(full.state), jax.tree.leaves(resumed.state)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
@@ -67,23 +74,6 @@ def test_interim_evaluations_change_nothing_of_the_training(mnist, tmp_path, cap
     out = capsys.readouterr().out
     assert f"[2, step 6/10]: {interim[1][1]['test_acc']:.2f} %" in out and "evaluated 3 times per epoch" in out
     assert (tmp_path / "thrice" / "curves.png").stat().st_size > 0
-
-
-def test_a_resumed_run_keeps_the_convolution_plan_it_started_with(mnist, tmp_path):
-    """The plan is in the checkpoint: resumed with another --conv-impl, the run continues with its own, bit for
-    bit as the uninterrupted run (Eigen's kernels round differently from XLA's default ones: measured, this tiny
-    run's weights differ in their last bits, so another plan would show). Eigen's plan, not `matmul`'s: it
-    compiles in a third of the time; plans that route single layers are tests/test_convs.py's."""
-    config = TINY.replace(epochs=2)
-    run = dict(data=tiny_data(mnist), progress=False, chunk_steps=1, unroll=True, report=False)
-    full = trainer.train_and_evaluate(config, conv_impl="eigen", **run)
-    trainer.train_and_evaluate(config, workdir=tmp_path, stop_after_epoch=1, conv_impl="eigen", **run)
-    out = io.StringIO()
-    resumed = trainer.train_and_evaluate(config, workdir=tmp_path, resume=True, conv_impl="xla", out=out, **run)
-    assert "convolutions: eigen kernels (resumed); every layer as conv" in out.getvalue()
-    for a, b in zip(jax.tree.leaves(full.state), jax.tree.leaves(resumed.state)):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    assert Checkpointer(tmp_path).read_meta()["conv_plan"] == convs.fixed_plan("eigen").to_json()
 
 
 @pytest.mark.xdist_group("fast_tiny")  # one worker trains conftest's fast_tiny_run, the other tests read it
@@ -288,5 +278,5 @@ def test_event_file_tags_and_points(mnist, tmp_path):
     assert [s for s, _ in scalars["report/confusion"]] == [2] == [s for s, _ in scalars["report/misclassified"]]
 
 
-# The real-data check (cnn, one epoch of 30,000 images, >= 96.5 %) is tests/test_torch_ref_train.py::test_one_epoch_accuracy_matches_jax,
-# which runs the same JAX training beside torch's.
+# The real-data check (cnn, one epoch of 30,000 images, >= 96.5 %) is
+# tests/test_torch_ref_train.py::test_one_epoch_accuracy_matches_jax, which runs the same JAX training beside torch's.
