@@ -273,8 +273,8 @@ def kill_run(workdir: Path, *extra) -> list[str]:
 
 @pytest.fixture(scope="session")  # not "module": xdist interleaves modules, tearing those down
 def uninterrupted(tmp_path_factory):
-    """The parameters of the same run, never killed."""
+    """The parameters of the same run, never killed: the command's own main, in this test's process (the same
+    programs and bits as the killed commands' processes, without another process's start)."""
     workdir = tmp_path_factory.mktemp("whole")
-    code, _, err = run_until(kill_run(workdir))
-    assert code == 0, err
+    assert train.main(kill_run(workdir)[3:]) == 0
     return trained_params(workdir, 4)
