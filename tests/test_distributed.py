@@ -67,8 +67,8 @@ def test_jax_distributed_starts_before_a_state_dict_is_read(monkeypatch, capsys)
 
 @pytest.fixture(scope="session")  # not "module": xdist interleaves modules, tearing those down
 def one_device(tmp_path_factory, mnist):
-    """The run both data-parallel runs are compared with: one process, one device (this test process's, as the
-    command would run it; the runs on a mesh write the report: a report's pass must not wait on one)."""
+    """The run both data-parallel runs are compared with: one process, one device, the command's main in this
+    test's process. Without a report: the runs on a mesh write theirs, and a report's pass must not wait on one."""
     root = tmp_path_factory.mktemp("one")
     assert train_cli.main([*TINY, "--no-report", "--logdir", str(root / "one")]) == 0
     return curve(root, "one", command=False)
