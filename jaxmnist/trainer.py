@@ -102,12 +102,12 @@ def prepare(config: Config, seeds: Seeds, opts: Options, data: data_lib.Dataset 
     say = runlog.Report(opts.out).say
     # The plan before the data: a --conv-impl that cannot run here is one line, nothing read or downloaded first. A
     # resumed run's is its checkpoint's; a new run's workdir is made once the data have loaded (none left behind).
-    ckpt = Checkpointer(opts.workdir) if opts.workdir and opts.resume else None
-    plan = choose_conv_plan(config, opts.conv_impl, ckpt, opts.placement, say)
+    resumed = Checkpointer(opts.workdir) if opts.resume else None  # train_run refused --resume without --workdir
+    plan = choose_conv_plan(config, opts.conv_impl, resumed, opts.placement, say)
     data = put_on_device(data or data_lib.load(config.dataset, opts.data_dir, progress=opts.progress), config,
                          opts.placement)  # fmt: skip
     steps = epoch_steps(config, data.n_train)
-    ckpt = ckpt or (Checkpointer(opts.workdir) if opts.workdir else None)
+    ckpt = resumed or (Checkpointer(opts.workdir) if opts.workdir else None)
     state = seeds.create_state(config, total_steps=steps * config.epochs, variables=opts.init, conv_plan=plan)
     state = opts.placement.replicate(state)
     runs = [seed_run(config, seed, logdir, seeds, data, opts) for seed, logdir in zip(seeds.seeds, logdirs(opts))]

@@ -140,8 +140,12 @@ def test_elastic_distortion_trains_and_says_so(mnist, tmp_path, capsys, monkeypa
     in the chunk)."""
     monkeypatch.setattr(programs, "SHARED", programs.ProgramCache())  # this run's programs, compiled (or read) here
     compiled, compile_training = [], programs.compile_training
-    monkeypatch.setattr(programs, "compile_training", lambda *a, **k: compiled.append(compile_training(*a, **k))
-                        or compiled[-1])  # fmt: skip
+
+    def keep(*args, **kwargs):
+        compiled.append(compile_training(*args, **kwargs))
+        return compiled[-1]
+
+    monkeypatch.setattr(programs, "compile_training", keep)
     config = FAST_TINY.replace(elastic_alpha=50.0)
     result = learn(config, mnist, tmp_path)
     assert "elastic distortion (alpha 50, sigma 5)" in capsys.readouterr().out
