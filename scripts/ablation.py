@@ -66,10 +66,11 @@ STUDIES = {
     # Round 4: the one-cycle's peak sooner (the preset's warm-up is 0.2 of 4 epochs: 0.8 of the first), watched four
     # times per epoch; round 3's evals_4 rows are its base. Round 5: narrower first and second stages, whose
     # convolutions cost more than their FLOPs (docs/experiments.md), for a cheaper first epoch; a fifth epoch buys
-    # back the accuracy a narrower network loses at the end.
+    # back the accuracy a narrower network loses at the end. Round 6: no augmentation, whose first epoch is also that
+    # of any recipe that would augment only from epoch 2 (the batches' order and the steps' keys do not depend on it).
     "sprint": Study(
         preset="sprint",
-        round=5,
+        round=6,
         sketch=("--evals-per-epoch", "4"),
         variants={
             "base": [],  # not run again since round 3: its evals_4 rows are these flags
@@ -78,6 +79,7 @@ STUDIES = {
             "widths_24_48_128": [{"widths": (24, 48, 128)}],
             "widths_24_48_128_epochs_5": [{"widths": (24, 48, 128)}, "--epochs", "5"],
             "widths_24_48_96_epochs_5": [{"widths": (24, 48, 96)}, "--epochs", "5"],
+            "no_augment": ["--no-augment"],
         },
     ),
     # Issue 23's single model at 99.7 %: the blog's section 4 network (cnn_deep: 99.74 % after 100 epochs of the
