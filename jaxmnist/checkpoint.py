@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -103,7 +104,7 @@ class Checkpointer:
                 probe.write_bytes(b"")
                 probe.unlink()
             except OSError as e:
-                raise UsageError(f"cannot write to --workdir {workdir}: {e.strerror}") from None
+                raise cli.unwritable("--workdir", workdir, e) from None
         # With several processes (one shared workdir), process 0 alone sets damaged steps aside and writes
         # manifests; orbax itself saves and restores the multi-host way (every process its shards).
         self.main = jax.process_index() == 0
@@ -116,9 +117,19 @@ class Checkpointer:
 
         def manager(kind, keep):
             options = ocp.CheckpointManagerOptions(
-                max_to_keep=keep, create=not read_only, read_only=read_only, enable_async_checkpointing=False
-            )
-            return ocp.CheckpointManager(self.root / kind, options=options)
+                max_to_keep=None if read_only else keep, save_interval_steps=0 if read_only else 1,
+                create=not read_only, read_only=read_only, enable_async_checkpointing=False
+            )  # fmt: skip
+            # A read-only manager also warns that its directory is read-only: what predict and evaluate asked
+            # for, on stderr before their own lines.
+            absl = logging.getLogger("absl")
+            level = absl.level
+            if read_only:
+                absl.setLevel(logging.ERROR)
+            try:
+                return ocp.CheckpointManager(self.root / kind, options=options)
+            finally:
+                absl.setLevel(level)
 
         self.latest, self.best = manager("latest", KEEP_LATEST), manager("best", 1)
         self.best_acc = None if read_only else self._best_so_far()  # only saving needs it

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import os
 import signal
 import sys
 import threading
@@ -23,6 +24,12 @@ from collections.abc import Callable
 
 class UsageError(Exception):
     """Bad input from the user: printed as one line, exit code 2."""
+
+
+def unwritable(flag: str, directory, e: OSError) -> UsageError:
+    """The one line for a directory a command cannot write to (`e`: what creating or probing it raised)."""
+    why = "it is a file, not a directory" if os.path.isfile(directory) else e.strerror
+    return UsageError(f"cannot write to {flag} {directory}: {why}")
 
 
 class RunError(Exception):
@@ -156,11 +163,22 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def script_parser(prog: str, doc: str) -> ArgumentParser:
-    """A script's parser: its docstring's first line is the description, the rest (usage examples) the epilog."""
-    first, _, rest = doc.partition("\n")
+    """A script's parser: its docstring's first paragraph is the description (a sentence may wrap), the rest (usage
+    examples) the epilog."""
+    first, _, rest = doc.partition("\n\n")
     return ArgumentParser(
         prog=prog, description=first, epilog=rest, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's, but a flag whose help already says its default, or that has none (None: the preset's, the
+    model's...), keeps its own words: not "(default: the preset's) (default: None)"."""
+
+    def _get_help_string(self, action):
+        if action.default is None or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def run(body: Callable[[], int | None], *, user_errors: tuple[type[Exception], ...] = ()) -> int:

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 
 import numpy as np
 
 from jaxmnist.augment import Warp
-from jaxmnist.cli import ArgumentParser, UsageError
+from jaxmnist.cli import ArgumentParser, DefaultsHelpFormatter, UsageError
 from jaxmnist.data import DATASETS
 from jaxmnist.models import MODELS
 from jaxmnist.optim import OPTIMIZERS
@@ -177,41 +176,9 @@ def describe(c: Config) -> str:
     return f"{c.model}, batch {c.batch_size}, {opt}, {c.epochs} epochs" + "".join(f", {e}" for e in extras)
 
 
-def changed_settings(saved: dict, config: Config) -> list[str]:
-    """The fields in which `config` differs from `saved`, a config as a checkpoint stored it. Compared as JSON
-    holds them: a checkpoint's JSON gives a tuple field (blog_best) back as a list, the same setting. A field the
-    saved config lacks was added since, and it ran at that field's default (e.g. `scale`, 0)."""
-    added = {f.name: f.default for f in dataclasses.fields(Config) if f.name not in saved}
-    saved, current = (json.loads(json.dumps(d)) for d in ({**added, **saved}, dataclasses.asdict(config)))
-    return sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
-
-
-# What a resumed run may change, in both trainers: a lower learning rate after a divergence, more epochs, how often
-# it evaluates.
-RESUMABLE_CHANGES = ("lr", "epochs", "evals_per_epoch")
-
-
-def resumable(saved: dict, config: Config, workdir, done: int) -> list[str]:
-    """The settings a resumed run changes against its checkpoint's (`saved`, after `done` epochs); a usage error for
-    any but RESUMABLE_CHANGES, for fewer epochs than are done (the run would train nothing and report the
-    checkpoint's epochs as its own), and for more or fewer epochs under the one-cycle schedule, which spans the steps
-    of the epochs it began with."""
-    changed = changed_settings(saved, config)
-    if set(changed) - set(RESUMABLE_CHANGES):
-        raise UsageError(f"checkpoint in {workdir} was made with different settings: {', '.join(changed)}")
-    if config.epochs < done:
-        raise UsageError(f"--epochs {config.epochs}: the run in {workdir} has trained {done} epochs already")
-    if "epochs" in changed and config.schedule == "onecycle":
-        raise UsageError(
-            f"--epochs {config.epochs}: the run in {workdir} follows a one-cycle schedule over its "
-            f"{saved['epochs']} epochs, which a resumed run cannot stretch; train longer in a new run"
-        )
-    return changed
-
-
-def new_lr_line(saved: dict, config: Config) -> str:
-    """What a resumed run says when --lr changed its checkpoint's learning rate."""
-    return f"learning rate {saved['lr']:g} -> {config.lr:g} (--lr)"
+def given_settings(args: argparse.Namespace) -> frozenset[str]:
+    """The Config fields a trainer's command line set with a flag, as opposed to those its preset set."""
+    return frozenset(_overrides(args)) | ({"blog_quirks"} if args.blog_quirks else set())
 
 
 MAX_SEED = 2**31 - 1  # a seed becomes a JAX key from an int32 (jax.random.PRNGKey)
@@ -326,7 +293,7 @@ def split_train(data, config: Config):
 
 def trainer_parser(prog: str, description: str) -> ArgumentParser:
     """A trainer's command line with the flags both trainers share; each adds its own."""
-    p = ArgumentParser(prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(prog=prog, description=description, formatter_class=DefaultsHelpFormatter)
     add_config_arguments(p)
     p.add_argument(
         "--no-report",
@@ -358,9 +325,9 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
         ("elastic-sigma", float, "the elastic distortion's smoothness, torchvision's sigma"),
         ("seed", int, "random seed (init, shuffling, dropout, augmentation)"),
         ("num-classes", int, "output classes (default: the network's own head)"),
-        ("val-size", int, "hold out N training images; the plateau schedule then monitors them"),
-        ("train-size", int, "train on only the first N images (quick runs)"),
-        ("max-steps", int, "at most N steps per epoch (quick runs)"),
+        ("val-size", int, "hold out N training images; the plateau schedule then monitors them (0: none)"),
+        ("train-size", int, "train on only the first N images (quick runs; 0: all)"),
+        ("max-steps", int, "at most N steps per epoch (quick runs; 0: no limit)"),
         ("eval-batch-size", int, "evaluation batch size"),
         ("evals-per-epoch", int, "evaluate N times per epoch, at evenly spaced steps (monitoring only)"),
     ):
@@ -385,11 +352,15 @@ def config_from_args(args: argparse.Namespace) -> tuple[str, Config]:
     if args.model is not None and args.model not in MODEL_PRESET:
         raise UsageError(f"unknown model {args.model!r}; choose from {', '.join(MODEL_PRESET)}")
     preset = args.preset or MODEL_PRESET.get(args.model, "cnn_tb")
-    overrides = {
+    config = PRESETS[preset].replace(**_overrides(args), blog_quirks=args.blog_quirks)
+    validate(config)
+    return preset, config
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    """{field: value} of the Config fields a trainer's flags set (blog_quirks, a switch, apart)."""
+    return {
         f.name: getattr(args, f.name)
         for f in dataclasses.fields(Config)
         if f.name != "blog_quirks" and getattr(args, f.name, None) is not None
     }
-    config = PRESETS[preset].replace(**overrides, blog_quirks=args.blog_quirks)
-    validate(config)
-    return preset, config

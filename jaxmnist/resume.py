@@ -11,9 +11,10 @@ import jax.numpy as jnp
 from jaxmnist import autotune, cli, models, optim, runlog
 from jaxmnist.checkpoint import Checkpointer
 from jaxmnist.cli import Diverged, UsageError
+from jaxmnist.continuation import continued, new_lr_line, resumable
 from jaxmnist.convs import ConvPlan
 from jaxmnist.distributed import Placement
-from jaxmnist.presets import Config, new_lr_line, resumable
+from jaxmnist.presets import Config
 from jaxmnist.seeds import Seeds
 
 
@@ -35,18 +36,28 @@ def host_meta(runs: list[SeedRun], seeds: Seeds) -> dict:
     return {"seeds": list(seeds.seeds), "plateau": plateau, "record": record}
 
 
+def continued_config(ckpt: Checkpointer, config: Config, seeds: Seeds, given: frozenset[str] | None) -> Config:
+    """The settings the resumed run trains with (continuation.continued: those given on the command line, else the
+    checkpoint's); a usage error for settings it may not change. Read before anything is built from them: arrays
+    of another network or optimiser would not restore. `config` itself where there is no intact checkpoint."""
+    meta = ckpt.read_meta()
+    if meta is None:
+        return config
+    if meta.get("seeds", [config.seed]) != list(seeds.seeds):
+        raise UsageError(f"checkpoint in {ckpt.workdir} was made with different settings: seeds")
+    return continued(meta["config"], config, given, ckpt.workdir, meta["epoch"])
+
+
 def resume_from(ckpt: Checkpointer, state, config: Config, runs: list[SeedRun], seeds: Seeds, say: Callable):
     """(state, epochs done) from the newest intact checkpoint, with each seed's plateau rule and run log
-    restored; (state, 0) when there is none. Other settings than presets.RESUMABLE_CHANGES are a usage error; with a
-    new --lr, training continues at it."""
-    meta = ckpt.read_meta()  # the settings first: arrays of another network or optimiser would not restore
+    restored; (state, 0) when there is none. `config`: continued_config's; with a new --lr, training continues at
+    it."""
+    meta = ckpt.read_meta()
     if meta is None:
         if ckpt.damaged:
             raise cli.RunError(f"no intact checkpoint is left in {ckpt.workdir}; remove it to start over")
         say(f"no checkpoint in {ckpt.workdir}: starting from scratch")
         return state, 0
-    if meta.get("seeds", [config.seed]) != list(seeds.seeds):
-        raise UsageError(f"checkpoint in {ckpt.workdir} was made with different settings: seeds")
     changed = resumable(meta["config"], config, ckpt.workdir, meta["epoch"])
     state, meta = ckpt.restore_latest(state)
     listed = (lambda x: x) if seeds.vmapped else (lambda x: [x])

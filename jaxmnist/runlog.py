@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from jaxmnist import figures, hugepages, malloc
-from jaxmnist.cli import UsageError
+from jaxmnist.cli import UsageError, unwritable
 from jaxmnist.host import OTHERS_CPU_SCOPE, OthersCpu, load_average, machine, process_age_s
 
 FORMAT_VERSION = 1
@@ -96,7 +96,7 @@ def writable_dir(directory: str | os.PathLike, flag: str = "--logdir") -> Path:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
-        raise UsageError(f"cannot write to {flag} {directory}: {e.strerror}") from None
+        raise unwritable(flag, directory, e) from None
     return path
 
 

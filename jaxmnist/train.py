@@ -23,7 +23,7 @@ from jaxmnist import cli, compile_cache, convs, distributed, interop, weights
 from jaxmnist import data as data_lib
 from jaxmnist.cli import UsageError
 from jaxmnist.distributed import Placement
-from jaxmnist.presets import config_from_args, trainer_parser
+from jaxmnist.presets import config_from_args, given_settings, trainer_parser
 from jaxmnist.seeds import SEED_MODES, parse_seeds
 from jaxmnist.trainer import train_and_evaluate, train_seeds  # the library's entry points, re-exported
 
@@ -105,6 +105,7 @@ def _main(argv: list[str] | None) -> None:
             logdir=(args.logdir or os.path.join("runs", preset)) if main_process else None,
             workdir=args.workdir,
             resume=args.resume,
+            given=given_settings(args),
             progress=not args.no_progress and main_process,
             placement=placement,
             init=init,

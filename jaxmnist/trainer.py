@@ -36,7 +36,7 @@ from jaxmnist.programs import (
     put_on_device,
     train_epoch,
 )
-from jaxmnist.resume import SeedRun, choose_conv_plan, diverged_error, host_meta, resume_from, save
+from jaxmnist.resume import SeedRun, choose_conv_plan, continued_config, diverged_error, host_meta, resume_from, save
 from jaxmnist.seeds import Seeds, choose_seed_mode, seeds_summary
 
 
@@ -49,7 +49,8 @@ class Options:
     elsewhere). stop_after_epoch: simulates a killed run (tests). placement: one device, or a mesh for data
     parallelism. init: weights to start from instead of the initialisation ({'params', 'batch_stats'}, e.g. a
     PyTorch state_dict's). report: the evaluation report into each logdir at the end. conv_impl: how the
-    convolutions run (`--conv-impl`)."""
+    convolutions run (`--conv-impl`). given: what a resumed run takes from its command line rather than its
+    checkpoint."""
 
     preset: str | None = None
     data_dir: str | None = None
@@ -66,6 +67,7 @@ class Options:
     report: bool = True
     conv_impl: str | None = None
     out: object = None
+    given: frozenset[str] | None = None  # the Config fields set on the command line; None: all (continuation)
 
 
 @dataclasses.dataclass
@@ -103,6 +105,7 @@ def prepare(config: Config, seeds: Seeds, opts: Options, data: data_lib.Dataset 
     # The plan before the data: a --conv-impl that cannot run here is one line, nothing read or downloaded first. A
     # resumed run's is its checkpoint's; a new run's workdir is made once the data have loaded (none left behind).
     resumed = Checkpointer(opts.workdir) if opts.resume else None  # train_run refused --resume without --workdir
+    config = continued_config(resumed, config, seeds, opts.given) if resumed else config
     plan = choose_conv_plan(config, opts.conv_impl, resumed, opts.placement, say)
     data = put_on_device(data or data_lib.load(config.dataset, opts.data_dir, progress=opts.progress), config,
                          opts.placement)  # fmt: skip
@@ -257,7 +260,7 @@ def train_run(config: Config, seeds: Seeds, opts: Options, data: data_lib.Datase
     training, evals, compile_s = compile_programs(run, opts, cache or programs.SHARED)
     announce(run, opts, compile_s)
     epoch_times, watch = [], RecompileWatch(run.first_epoch)
-    for epoch in range(run.first_epoch, config.epochs):
+    for epoch in range(run.first_epoch, run.config.epochs):  # the checkpoint's epochs, for a resumed run
         watch.epoch_started(epoch)
         epoch_times.append(run_epoch(run, training, evals, epoch, opts.progress))
         watch.epoch_ended(epoch)

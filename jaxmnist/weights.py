@@ -139,6 +139,8 @@ def workdir_members(workdir: str, which: str = "best", seed: int | tuple[int, ..
     root = Path(workdir)
     if not (root / which).is_dir():
         runs = {int(d.name[4:]): d for d in root.glob("seed*") if d.name[4:].isdigit() and (d / which).is_dir()}
+        if not root.is_dir():
+            raise UsageError(f"--workdir {workdir}: {'a file' if root.exists() else 'no such directory'}")
         if not runs:
             raise UsageError(f"no {which} checkpoint in {workdir} (train with --workdir {workdir} first)")
         chosen = pick(seed, tuple(sorted(runs)), f"{workdir} holds seeds {_listed(runs)}, one run each")

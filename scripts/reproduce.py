@@ -38,7 +38,8 @@ import needs_jaxmnist  # noqa: F401  (before jaxmnist: one line, not a traceback
 import seed_ensemble
 from jaxmnist import cli, host
 from jaxmnist.cli import UsageError
-from jaxmnist.presets import PRESETS, Config, changed_settings
+from jaxmnist.continuation import changed_settings
+from jaxmnist.presets import PRESETS, Config
 from jaxmnist.runlog import atomic_write
 from results_table import write_readme
 from run_records import SEGMENTS, aggregate, refresh, run_record, succeeded

@@ -2,6 +2,7 @@
 
 import functools
 import json
+import logging
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +31,18 @@ def test_latest_and_best_are_kept_and_restored(tmp_path):
     assert sorted(p.name for p in (tmp_path / "latest").iterdir()) == ["2", "3"]  # the last two epochs
     assert sorted(p.name for p in (tmp_path / "best").iterdir()) == ["2"]
     assert Checkpointer(tmp_path).best_acc == 95.0  # a reopened run knows its best so far
+
+
+def test_reading_a_checkpoint_warns_nothing(tmp_path, caplog):
+    """predict and evaluate open their workdir read-only: orbax's warnings that it is (six lines on stderr before
+    the command's own, a bad input's one-line error among them) are not shown; a writing run's level is kept."""
+    Checkpointer(tmp_path).save(state(0), 1, 90.0, meta={"epoch": 1})
+    absl_level = logging.getLogger("absl").level
+    with caplog.at_level(logging.WARNING):
+        ckpt = Checkpointer(tmp_path, read_only=True)
+        assert ckpt.read_meta()["epoch"] == 1
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert logging.getLogger("absl").level == absl_level
 
 
 def test_a_restored_state_compiles_to_the_fresh_states_programs(tmp_path):

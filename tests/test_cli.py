@@ -116,3 +116,21 @@ def test_resume_hint_names_the_workdir_only_where_there_is_one(capsys):
     assert capsys.readouterr().err == "interrupted; continue with --resume --workdir ckpt/w\n"
     assert cli.run(stopped(None, KeyboardInterrupt())) == 130
     assert "continue" not in capsys.readouterr().err
+
+
+def test_a_scripts_description_is_its_docstrings_first_paragraph():
+    """A first sentence that wraps onto a second line stays whole in --help (it was cut after its first line, the
+    rest printed at the top of the examples)."""
+    p = cli.script_parser("prog", "Where a model fails: accuracy, the misclassified\ndigits.\n\n    prog --x 1  # one\n")
+    assert p.description == "Where a model fails: accuracy, the misclassified\ndigits."
+    assert p.epilog == "    prog --x 1  # one\n"
+
+
+def test_help_adds_a_default_only_where_the_text_names_none():
+    p = cli.ArgumentParser(prog="prog", formatter_class=cli.DefaultsHelpFormatter)
+    p.add_argument("--epochs", type=int, help="epochs (default: the preset's)")
+    p.add_argument("--out", help="where")
+    p.add_argument("--workers", type=int, default=0, help="worker processes")
+    text = " ".join(p.format_help().split())
+    assert "epochs (default: the preset's) --out" in text and "where --workers" in text, text
+    assert "worker processes (default: 0)" in text and "None" not in text

@@ -112,7 +112,7 @@ def test_cli_on_a_checkpoint_and_on_a_state_dict(mnist, trained_cnn, tmp_path, c
         ([], "give --workdir or --torch-state-dict (with --model)"),
         (["--torch-state-dict", "x.pth"], "--torch-state-dict needs --model"),
         (["--init-from", "x.pth"], "--torch-state-dict needs --model"),  # the old spelling, an alias
-        (["--workdir", "/nonexistent"], "no best checkpoint in /nonexistent"),
+        (["--workdir", "/nonexistent"], "--workdir /nonexistent: no such directory"),
     ],
 )
 def test_bad_arguments_are_one_line(argv, message, capsys):

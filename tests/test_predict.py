@@ -120,7 +120,7 @@ def test_json_output_and_one_line_per_bad_file(mnist, workdir, tmp_path, capsys)
     [
         (["x.png"], "give --workdir or --torch-state-dict (with --model)"),
         (["x.png", "--torch-state-dict", "m.pth"], "--torch-state-dict needs --model"),
-        (["x.png", "--workdir", "/nonexistent/ckpt"], "no best checkpoint in /nonexistent/ckpt"),
+        (["x.png", "--workdir", "/nonexistent/ckpt"], "--workdir /nonexistent/ckpt: no such directory"),
         (["x.png", "--workdir", "w", "--top", "0"], "--top must be >= 1, got 0"),
     ],
 )

@@ -1,7 +1,5 @@
 """jaxmnist.presets: the experiments as data, the lists derived from them, config checks, the CLI mapping."""
 
-import dataclasses
-import json
 
 import numpy as np
 import pytest
@@ -137,20 +135,4 @@ def test_describe_names_the_experiment():
     assert presets.describe(PRESETS["best"].replace(scale=0.1)).endswith("augmentation with scales of ±0.1")
     assert presets.describe(PRESETS["best"].replace(translate=0.2, degrees=20.0)).endswith(
         "augmentation with shifts of ±0.2, rotations of ±20°"
-    )
-
-
-@pytest.mark.parametrize("name", PRESETS)
-def test_a_checkpoints_config_is_the_same_settings(name):
-    """A resumed run compares its settings with the checkpoint's, which JSON gave back (tuples as lists):
-    cnn_deep's blog_best once made its own checkpoint look like another run's."""
-    config = PRESETS[name]
-    stored = json.loads(json.dumps(dataclasses.asdict(config)))
-    assert presets.changed_settings(stored, config) == []
-    assert presets.changed_settings(stored, config.replace(lr=config.lr / 2, blog_best=(1, 2.0))) == ["blog_best", "lr"]
-    # A checkpoint from before a field existed ran at its default: the same settings, until the field changes.
-    del stored["scale"]
-    assert presets.changed_settings(stored, config) == []
-    assert presets.changed_settings(stored, config.replace(scale=0.1, augment=True)) == sorted(
-        {"scale"} | ({"augment"} if not config.augment else set())
     )

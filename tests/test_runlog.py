@@ -91,6 +91,8 @@ def test_unwritable_logdir_is_a_usage_error(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(UsageError, match="cannot write to --out .*/file/sub: Not a directory"):  # names its flag
         runlog.writable_dir(tmp_path / "file" / "sub", "--out")
+    with pytest.raises(UsageError, match="cannot write to --out .*/file: it is a file, not a directory"):
+        runlog.writable_dir(tmp_path / "file", "--out")
     with pytest.raises(UsageError, match="cannot write to --logdir"):
         runlog.RunLog(tmp_path / "file" / "sub", framework="jax", preset=None, config=PRESETS["cnn_tb"],
                       device="cpu", n_train=10)  # fmt: skip

@@ -295,7 +295,7 @@ def test_cli_serves_a_torch_state_dict_and_stops_cleanly_while_requests_keep_arr
     "args,words",
     [
         ([], "give --workdir or --torch-state-dict"),
-        (["--workdir", "/nonexistent"], "no best checkpoint in /nonexistent"),
+        (["--workdir", "/nonexistent"], "--workdir /nonexistent: no such directory"),
         (["--torch-state-dict", "x.pth"], "--torch-state-dict needs --model"),
         (["--workdir", "w", "--port", "70000"], "--port must be in 0-65535"),
         (["--workdir", "w", "--max-bytes", "0"], "--max-bytes must be >= 1"),

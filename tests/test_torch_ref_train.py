@@ -493,7 +493,7 @@ def test_resume_refuses_other_settings_and_a_damaged_checkpoint(tmp_path, mnist,
     assert torch_train.main(flags + workdir + ["--epochs", "2", "--momentum", "0.9", "--resume"]) == 2
     out, err = capsys.readouterr()
     assert out == ""  # refused before the run prints its preamble, as jaxmnist's is
-    assert err == f"error: checkpoint in {tmp_path / 'w'} was made with different settings: epochs, momentum\n"
+    assert err == f"error: checkpoint in {tmp_path / 'w'} was made with different settings: momentum 0.5 (here 0.9)\n"
     assert torch_train.main(flags + workdir + ["--epochs", "2", "--num-workers", "1", "--resume"]) == 2
     err = capsys.readouterr().err  # workers draw other augmentations than the main process
     assert err.startswith("error: --num-workers 1: the run in ") and "loaded its batches with 0" in err, err
@@ -502,12 +502,16 @@ def test_resume_refuses_other_settings_and_a_damaged_checkpoint(tmp_path, mnist,
     assert torch_train.main(flags + cycle + ["--epochs", "2", "--resume"]) == 2  # torch's OneCycleLR would raise
     err = capsys.readouterr().err
     assert "--epochs 2: the run in" in err and "one-cycle schedule over its 1 epochs" in err and err.count("\n") == 1
-    assert torch_train.main(flags + workdir + ["--epochs", "2", "--resume"]) == 0
-    capsys.readouterr()
+    assert torch_train.main(flags + workdir + ["--epochs", "2", "--lr", "0.005", "--resume"]) == 0
+    assert "learning rate 0.04 -> 0.005 (--lr)" in capsys.readouterr().out
+    assert torch_train.main(flags + workdir + ["--epochs", "3", "--resume"]) == 0  # no --lr: the checkpoint's, kept
+    assert "learning rate" not in capsys.readouterr().out
+    assert [e["lr"] for e in json.loads((tmp_path / "log" / "metrics.json").read_text())["epochs"]] == [0.04, 0.005,
+                                                                                                    0.005]  # fmt: skip
     assert torch_train.main(flags + workdir + ["--epochs", "2"]) == 2  # a new run: the epoch named, as jaxmnist does
-    assert f"--workdir {tmp_path / 'w'} holds the checkpoint of a run (epoch 2): " in capsys.readouterr().err
+    assert f"--workdir {tmp_path / 'w'} holds the checkpoint of a run (epoch 3): " in capsys.readouterr().err
     assert torch_train.main(flags + workdir + ["--epochs", "1", "--resume"]) == 2  # it would train nothing
-    assert capsys.readouterr().err == f"error: --epochs 1: the run in {tmp_path / 'w'} has trained 2 epochs already\n"
+    assert capsys.readouterr().err == f"error: --epochs 1: the run in {tmp_path / 'w'} has trained 3 epochs already\n"
     for damaged in (b"not a checkpoint", None):  # None: a torch file, but not one of torch_ref's checkpoints
         if damaged is None:
             torch.save({"epoch": 1}, tmp_path / "w" / "checkpoint.pt")

@@ -35,9 +35,12 @@ def test_resume_equals_uninterrupted_run_bitwise(mnist, tmp_path):
     full = trainer.train_and_evaluate(config, workdir=tmp_path / "full", logdir=tmp_path / "log_full", **run)
     trainer.train_and_evaluate(config, workdir=tmp_path / "cut", logdir=tmp_path / "log_cut", stop_after_epoch=1, **run)
     out = io.StringIO()
-    resumed = trainer.train_and_evaluate(config, workdir=tmp_path / "cut", logdir=tmp_path / "log_cut", resume=True,
-                                         out=out, **{**run, "conv_impl": "xla"})  # fmt: skip
+    # A command line that gives no setting (given: none) resumes with the checkpoint's rate and epochs, not these.
+    other = config.replace(lr=0.5, epochs=7)
+    resumed = trainer.train_and_evaluate(other, workdir=tmp_path / "cut", logdir=tmp_path / "log_cut", resume=True,
+                                         out=out, given=frozenset(), **{**run, "conv_impl": "xla"})  # fmt: skip
     assert "convolutions: eigen kernels (resumed); every layer as conv" in out.getvalue()
+    assert "learning rate" not in out.getvalue()
     assert Checkpointer(tmp_path / "cut").read_meta()["conv_plan"] == convs.fixed_plan("eigen").to_json()
     for a, b in zip(jax.tree.leaves(full.state), jax.tree.leaves(resumed.state)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

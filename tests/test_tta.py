@@ -84,7 +84,7 @@ def test_the_identity_view_is_the_models_own_softmax(mnist, trained_cnn):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--workdir", "/nonexistent/run"], "no best checkpoint in /nonexistent/run"),
+        (["--workdir", "/nonexistent/run"], "--workdir /nonexistent/run: no such directory"),
         (["--split", "nope"], "argument --split: invalid choice"),
         (["--workdir", "w", "--split", "test", "--val-size", "9"], "--val-size choose the val split; --split test"),
         (["--torch-state-dict", "m.pth", "--model", "cnn", "--val-size", "-5"], "--val-size must be > 0, got -5"),

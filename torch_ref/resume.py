@@ -16,7 +16,8 @@ import torch
 
 from jaxmnist import cli
 from jaxmnist.cli import UsageError
-from jaxmnist.presets import new_lr_line, resumable
+from jaxmnist.continuation import continued, new_lr_line
+from jaxmnist.presets import Config
 from torch_ref.optim import set_lr
 
 FILE = "checkpoint.pt"
@@ -61,28 +62,29 @@ def saved_epoch(workdir) -> int | None:
     return state.get("epoch") if isinstance(state, dict) else None
 
 
-def read(workdir, config, num_workers: int = 0) -> dict | None:
-    """WORKDIR/checkpoint.pt's contents, checked against the resumed run's settings (one-line errors, before the run
-    prints or builds anything); None when there is none."""
+def read(workdir, config, num_workers: int = 0, given: frozenset[str] | None = None) -> tuple[dict | None, Config]:
+    """(WORKDIR/checkpoint.pt's contents, the settings the resumed run trains with: jaxmnist.continuation's, from
+    `config`, the checkpoint's and the fields `given` on the command line), checked (one-line errors, before the
+    run prints or builds anything); (None, config) when there is none."""
     target = path(workdir)
     if not target.exists():
-        return None
+        return None, config
     try:
         state = torch.load(target, weights_only=True, map_location="cpu")  # a GPU run's, on any machine
     except Exception as e:  # a damaged file: name it, never a traceback
         raise cli.RunError(f"cannot read {target} ({type(e).__name__}); remove it to start over") from None
     if not (isinstance(state, dict) and {"epoch", "config", "parts", "rng", "record"} <= state.keys()):
         raise cli.RunError(f"cannot read {target} (not a torch_ref checkpoint); remove it to start over")
-    resumable(state["config"], config, workdir, state["epoch"])
+    config = continued(state["config"], config, given, workdir, state["epoch"])
     if state.get("num_workers", 0) != num_workers:  # other workers draw other augmentations
         raise UsageError(f"--num-workers {num_workers}: the run in {workdir} loaded its batches with "
                          f"{state.get('num_workers', 0)}, which its random streams depend on")  # fmt: skip
-    return state
+    return state, config
 
 
 def restore(state: dict | None, workdir, config, parts: dict, say) -> tuple[int, dict | None]:
     """(epochs done, the run log's record) from a checkpoint `read` returned, with `parts` and the random streams
-    restored in place; (0, None) when there is none. With a new --lr (presets.RESUMABLE_CHANGES), training continues
+    restored in place; (0, None) when there is none. With a new --lr (continuation.RESUMABLE_CHANGES), training continues
     at it, as jaxmnist's does."""
     if state is None:
         say(f"no checkpoint in {workdir}: starting from scratch")

@@ -35,6 +35,7 @@ from jaxmnist.cli import UsageError
 from jaxmnist.presets import (
     Config,
     config_from_args,
+    given_settings,
     interim_steps,
     plateau_arguments,
     split_train,
@@ -339,13 +340,15 @@ def train_and_evaluate(
     stop_after_epoch: int | None = None,
     report: bool = True,
     init: str | None = None,
+    given: frozenset[str] | None = None,
 ) -> dict:
     """Trains `config` with torch and evaluates after every epoch; prints the blog's lines; returns the run
     record: with a logdir, metrics.json's (final and best accuracy, per-epoch metrics), else the timing only.
     With a `workdir`, every epoch ends with a checkpoint there (torch_ref.resume), which `resume` continues from;
     `stop_after_epoch` ends the run early as a kill would (tests). With a logdir and `report`, the run ends with the
     evaluation report of its final weights there (jaxmnist.evaluate), as jaxmnist's does. `init`: a state_dict
-    file to start from instead of a fresh initialisation (--torch-state-dict)."""
+    file to start from instead of a fresh initialisation (--torch-state-dict). `given`: the settings a resumed run
+    takes from its command line rather than its checkpoint (jaxmnist.continuation; None: all of `config`)."""
     validate(config)
     if num_workers < 0:
         raise UsageError(f"--num-workers must be >= 0, got {num_workers}")
@@ -361,7 +364,8 @@ def train_and_evaluate(
     if workdir and not resume and resume_lib.path(workdir).exists():
         raise cli.workdir_taken(workdir, resume_lib.saved_epoch(workdir))
 
-    checkpoint = resume_lib.read(workdir, config, num_workers) if resume else None  # refused before any output
+    # Refused before any output; a resumed run's settings are its checkpoint's but for those given (given_settings).
+    checkpoint, config = resume_lib.read(workdir, config, num_workers, given) if resume else (None, config)
     start = (init, read_state_dict(init)) if init else None
     run = prepare(config, preset, data, logdir, device, num_workers, progress, data_dir, out, start)
     first_epoch = 0
@@ -423,6 +427,7 @@ def _main(argv: list[str] | None) -> None:
             data_dir=args.data_dir,
             workdir=args.workdir,
             resume=args.resume,
+            given=given_settings(args),
             report=not args.no_report,
             init=args.torch_state_dict,
         )
