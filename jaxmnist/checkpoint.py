@@ -71,6 +71,21 @@ def saved_epoch(workdir: str | os.PathLike) -> int | None:
     return max((int(p.name) for k in kinds for p in k.iterdir() if p.is_dir() and p.name.isdigit()), default=None)
 
 
+# torch_ref's checkpoint (torch_ref.resume.FILE; jaxmnist imports no torch): a workdir of the other trainer.
+TORCH_REF_FILE = "checkpoint.pt"
+
+
+def holds_torch_ref_checkpoint(workdir: str | os.PathLike) -> bool:
+    return (Path(workdir) / TORCH_REF_FILE).exists()
+
+
+def holds_checkpoint(workdir: str | os.PathLike) -> bool:
+    """Whether `workdir` holds a jaxmnist checkpoint: one run's or vmapped seeds' (saved_epoch), or sequential
+    seeds' in seed<k>/ (torch_ref refuses such a workdir)."""
+    root = Path(workdir)
+    return saved_epoch(root) is not None or any(saved_epoch(d) is not None for d in root.glob("seed*"))
+
+
 def _barrier(name: str) -> None:
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils

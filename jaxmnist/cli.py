@@ -26,9 +26,10 @@ class UsageError(Exception):
     """Bad input from the user: printed as one line, exit code 2."""
 
 
-def unwritable(flag: str, directory, e: OSError) -> UsageError:
-    """The one line for a directory a command cannot write to (`e`: what creating or probing it raised)."""
-    why = "it is a file, not a directory" if os.path.isfile(directory) else e.strerror
+def unwritable(flag: str, directory, e: OSError | None = None) -> UsageError:
+    """The one line for a directory a command cannot write to (`e`: what creating or probing it raised; None for
+    a file)."""
+    why = "it is a file, not a directory" if e is None or os.path.isfile(directory) else e.strerror
     return UsageError(f"cannot write to {flag} {directory}: {why}")
 
 
@@ -41,6 +42,13 @@ def workdir_taken(workdir, epoch: int | None = None) -> UsageError:
     overwrite that run (or, with orbax, be skipped below its newest epoch), so the user chooses."""
     held = f"the checkpoint of a run (epoch {epoch})" if epoch is not None else "the checkpoint of a run"
     return UsageError(f"--workdir {workdir} holds {held}: --resume continues it; another --workdir starts a new run")
+
+
+def other_trainers_workdir(workdir, trainer: str) -> UsageError:
+    """The one line for a --workdir that holds the other trainer's checkpoint (jaxmnist's or torch_ref's): neither
+    resumes the other's, and a run of its own beside it would leave two runs' checkpoints in one directory."""
+    return UsageError(f"--workdir {workdir} holds a checkpoint of python -m {trainer}, which this trainer can neither "
+                      "resume nor share: choose another --workdir")  # fmt: skip
 
 
 class Diverged(Exception):

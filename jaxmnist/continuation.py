@@ -65,3 +65,10 @@ def resumable(saved: dict, config: Config, workdir, done: int) -> list[str]:
 def new_lr_line(saved: dict, config: Config) -> str:
     """What a resumed run says when --lr changed its checkpoint's learning rate."""
     return f"learning rate {saved['lr']:g} -> {config.lr:g} (--lr)"
+
+
+def nothing_to_train(workdir, epochs: int) -> str:
+    """What a resumed run says when its checkpoint has trained all its epochs (both trainers): it trains nothing
+    and leaves its logs and report as they were."""
+    return (f"the run in {workdir} has trained all its {epochs} epochs: nothing to train (--epochs trains it on, "
+            "except under the one-cycle schedule)")  # fmt: skip

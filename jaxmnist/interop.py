@@ -271,12 +271,22 @@ def load_torch(path: str | os.PathLike, name: str, flag: str = "--torch-state-di
         raise UsageError(f"cannot read {flag} {path}: {e}") from None
     try:
         variables = torch_to_flax(name, state, num_classes)
-    except ValueError as e:
-        raise UsageError(f"{flag} {path} is not a {name} state_dict: {str(e)[:300]}") from None
+    except ValueError:
+        raise UsageError(f"{flag} {path} is not a {name} state_dict: {_whose(state, name)}") from None
     shapes = flax_shapes(name, num_classes)
     if any(v.shape != shapes[k] for k, v in traverse_util.flatten_dict(variables).items()):
         raise UsageError(f"{flag} {path}: the shapes are not {name}'s (another head or width?)")
     return variables
+
+
+def _whose(state: dict, name: str) -> str:
+    """Which of the blog's networks (at its own head) a state_dict that is not `name`'s belongs to, said as the flag
+    that reads it; else how it differs. The listing of every missing key ran to hundreds of characters."""
+    for other in (n for n in models.MODELS if n != name):
+        with contextlib.suppress(ValueError):
+            torch_to_flax(other, state)
+            return f"it is {other}'s (--model {other})"
+    return f"its {len(state)} tensors are none of the networks' ({', '.join(models.MODELS)}) at their own heads"
 
 
 def save_torch(path: str | os.PathLike, name: str, variables: dict) -> Path:

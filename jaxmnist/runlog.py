@@ -125,10 +125,10 @@ def write_png(fig, path: Path) -> np.ndarray:
     return rgb
 
 
-def summary_writer(logdir: Path):
-    """tensorboardX's SummaryWriter, imported without torch where torch is not loaded yet: tensorboardX imports
-    torch when it can (about 4 s of every JAX run's start) only to accept torch tensors, which jaxmnist never
-    passes (it writes floats). torch_ref, which has loaded torch already, gets the usual import. Without
+def summary_writer(logdir: Path | None = None):
+    """tensorboardX's SummaryWriter (the class alone without a `logdir`), imported without torch where torch is not
+    loaded yet: tensorboardX imports torch when it can (about 4 s of every JAX run's start) only to accept torch
+    tensors, which jaxmnist never passes (it writes floats). torch_ref, which has loaded torch already, gets the usual import. Without
     tensorboardX (a bare checkout on PYTHONPATH): a UsageError, one line from a command, not a traceback."""
     try:
         if "tensorboardX.writer" not in sys.modules and "torch" not in sys.modules:
@@ -145,7 +145,7 @@ def summary_writer(logdir: Path):
             "--logdir writes TensorBoard logs with tensorboardX, which this Python cannot import: "
             "`pip install tensorboardX` (jaxmnist's install brings it), or leave out --logdir"
         ) from None
-    return SummaryWriter(str(logdir))
+    return SummaryWriter if logdir is None else SummaryWriter(str(logdir))
 
 
 class RunLog:
@@ -183,8 +183,17 @@ class RunLog:
             "epochs": [],
             "batches": {"x": [], "acc": [], "loss": []},
         }
-        self.writer = summary_writer(self.dir)
+        summary_writer()  # tensorboardX importable, or one line before the run starts
+        self._writer = None
         self.others_cpu = OthersCpu()  # what other processes took of the CPU, epoch by epoch
+
+    @property
+    def writer(self):
+        """The run's TensorBoard events file, opened when the run first writes to it: a run refused or with
+        nothing to train leaves none behind."""
+        if self._writer is None:
+            self._writer = summary_writer(self.dir)
+        return self._writer
 
     def add_batches(self, epoch: int, acc: np.ndarray, loss: np.ndarray) -> None:
         """One epoch's per-batch train accuracy (percent) and loss; epoch counts from 0 as in the blog."""
@@ -375,9 +384,11 @@ class Report:
         record = {"compile_s": compile_s, "avg_epoch_s": avg, "recompiles_after_first_epoch": recompiles}
         if self.log:
             record = self.log.finish(**record)
-            s = self.log.summary()
-            self.say(
-                f"final: {s['final_acc']:.2f} %, best: {s['best_acc']:.2f} % (epoch {s['best_epoch']}); "
-                f"logs in {self.log.dir}"
-            )
+            self.say_final()
         return record
+
+    def say_final(self) -> None:
+        """The final and best accuracy of the run log, and where it is."""
+        s = self.log.summary()
+        self.say(f"final: {s['final_acc']:.2f} %, best: {s['best_acc']:.2f} % (epoch {s['best_epoch']}); "
+                 f"logs in {self.log.dir}")  # fmt: skip

@@ -23,6 +23,7 @@ from jaxmnist import checkpoint, cli, engine, evaluate, optim, programs, runlog,
 from jaxmnist import data as data_lib
 from jaxmnist.checkpoint import Checkpointer
 from jaxmnist.cli import Diverged, UsageError
+from jaxmnist.continuation import nothing_to_train
 from jaxmnist.convs import ConvPlan
 from jaxmnist.distributed import Placement
 from jaxmnist.presets import Config, interim_steps, plateau_arguments, trains_in_eval_mode, validate
@@ -240,6 +241,19 @@ def finish(run: Run, opts: Options, epoch_times: list[float], compile_s: float, 
     return [Result(state=run.seeds.take(run.state, i), record=record) for i, record in enumerate(records)]
 
 
+def finished(run: Run, opts: Options) -> list[Result]:
+    """A resumed run that has trained all its epochs: one line, each seed's final and best accuracy; nothing is
+    compiled, and its logs, report and checkpoints stay as they were."""
+    runlog.Report(opts.out).say(nothing_to_train(opts.workdir, run.config.epochs))
+    run.ckpt.close()
+    records = []
+    for r in run.seed_runs:
+        if r.report.log:
+            r.report.say_final()
+        records.append({**r.report.log.record, **r.report.log.summary()} if r.report.log else {})
+    return [Result(state=run.seeds.take(run.state, i), record=record) for i, record in enumerate(records)]
+
+
 # ---------------------------------------------------------------------------------------- the loop
 def train_run(config: Config, seeds: Seeds, opts: Options, data: data_lib.Dataset | None = None,
               cache: ProgramCache | None = None) -> list[Result]:  # fmt: skip
@@ -251,12 +265,18 @@ def train_run(config: Config, seeds: Seeds, opts: Options, data: data_lib.Datase
         raise UsageError("--resume needs --workdir")
     if opts.resume and opts.init is not None:
         raise cli.init_or_resume()
+    if opts.workdir and os.path.isfile(opts.workdir):  # before the data load, after which the workdir is made
+        raise cli.unwritable("--workdir", opts.workdir)
+    if opts.workdir and checkpoint.holds_torch_ref_checkpoint(opts.workdir):
+        raise cli.other_trainers_workdir(opts.workdir, "torch_ref.train")
     if opts.workdir and not opts.resume and (epoch := checkpoint.saved_epoch(opts.workdir)) is not None:
         raise cli.workdir_taken(opts.workdir, epoch)
     for d in logdirs(opts):
         if d:
             runlog.writable_dir(d)
     run = prepare(config, seeds, opts, data)
+    if run.first_epoch >= run.config.epochs:
+        return finished(run, opts)
     training, evals, compile_s = compile_programs(run, opts, cache or programs.SHARED)
     announce(run, opts, compile_s)
     epoch_times, watch = [], RecompileWatch(run.first_epoch)
@@ -303,6 +323,8 @@ def train_seeds(config: Config, seeds: tuple[int, ...], mode: str = "auto", *, d
         return None if root is None else os.path.join(root, f"seed{seed}")
 
     mode, why = choose_seed_mode(mode, config, len(seeds))
+    if opts.workdir and checkpoint.holds_torch_ref_checkpoint(opts.workdir):
+        raise cli.other_trainers_workdir(opts.workdir, "torch_ref.train")
     if opts.resume:
         check_seed_layout(opts.workdir, mode, [per_seed(opts.workdir, s) for s in seeds])
     say = runlog.Report(opts.out).say

@@ -20,7 +20,7 @@ import numpy as np
 
 from jaxmnist import autotune, convs, engine, interop, models
 from jaxmnist import data as data_lib
-from jaxmnist.checkpoint import Checkpointer
+from jaxmnist.checkpoint import TORCH_REF_FILE, Checkpointer, holds_torch_ref_checkpoint
 from jaxmnist.cli import UsageError
 from jaxmnist.convs import ConvPlan
 from jaxmnist.presets import Config
@@ -141,6 +141,10 @@ def workdir_members(workdir: str, which: str = "best", seed: int | tuple[int, ..
         runs = {int(d.name[4:]): d for d in root.glob("seed*") if d.name[4:].isdigit() and (d / which).is_dir()}
         if not root.is_dir():
             raise UsageError(f"--workdir {workdir}: {'a file' if root.exists() else 'no such directory'}")
+        if holds_torch_ref_checkpoint(root):
+            raise UsageError(f"--workdir {workdir} holds torch_ref's checkpoint, not jaxmnist's: save its model's "
+                             f"state_dict (torch.load('{root / TORCH_REF_FILE}')['parts']['model']) and give "
+                             "--torch-state-dict FILE --model NAME")  # fmt: skip
         if not runs:
             raise UsageError(f"no {which} checkpoint in {workdir} (train with --workdir {workdir} first)")
         chosen = pick(seed, tuple(sorted(runs)), f"{workdir} holds seeds {_listed(runs)}, one run each")

@@ -230,6 +230,14 @@ def test_cli_wrong_file_in_data_dir(mnist, tmp_path):
     assert len(error_lines) == 1 and "train-labels-idx1-ubyte" in error_lines[0], proc.stderr
 
 
+def test_cli_export_to_a_file_is_refused_before_any_data_is_read(tmp_path, capsys):
+    (tmp_path / "file").write_text("")  # an empty cache and no network: reading data would be another error
+    assert data.main(["--export", str(tmp_path / "file"), "--offline", "--cache-dir", str(tmp_path / "c")]) == 2
+    assert capsys.readouterr().err == f"error: cannot write to --export {tmp_path / 'file'}: it is a file, not a " \
+        "directory\n"
+    assert not (tmp_path / "c").exists()
+
+
 # ------------------------------------------------------------------------------------------ Fashion-MNIST
 def test_fashion_mnist_is_checked_on_its_decoded_bytes(debian_fashion_mnist, tmp_path):
     """Debian's recompressed .gz files (their .gz md5s are not the published ones), a re-gzipped copy and the raw

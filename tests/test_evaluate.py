@@ -121,6 +121,14 @@ def test_bad_arguments_are_one_line(argv, message, capsys):
     assert len(err) == 1 and err[0].startswith(f"error: {message}")
 
 
+def test_a_torch_ref_workdir_is_named_as_such(tmp_path, capsys):
+    (tmp_path / "checkpoint.pt").write_bytes(b"torch_ref")  # never read
+    assert evaluate.main(["--workdir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: --workdir {tmp_path} holds torch_ref's checkpoint"), err
+    assert "['parts']['model']" in err[0] and "--torch-state-dict FILE --model NAME" in err[0]
+
+
 def test_no_report_writes_none(mnist, tmp_path):  # mnist: the realdata mark, so the CLI may load it
     argv = ["--model", "cnn", "--train-size", "640", "--max-steps", "2", "--epochs", "1", "--no-progress"]
     argv += ["--batch-size", "64", "--chunk-steps", "1"]  # the other tiny cnn runs' program

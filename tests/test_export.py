@@ -72,7 +72,8 @@ def test_init_from_starts_from_torchs_weights(mnist, tmp_path):
     "argv, message",
     [
         (["--model", "cnn", "--torch-state-dict", "/nonexistent.pth"], "cannot read --torch-state-dict /nonexistent.pth"),
-        (["--model", "resnet", "--init-from", "CNN_PTH"], "--torch-state-dict CNN_PTH is not a resnet state_dict"),
+        (["--model", "resnet", "--init-from", "CNN_PTH"],
+         "--torch-state-dict CNN_PTH is not a resnet state_dict: it is cnn's (--model cnn)"),
     ],
 )
 def test_bad_init_from_is_one_line(argv, message, tmp_path, capsys):

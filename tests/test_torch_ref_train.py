@@ -508,6 +508,15 @@ def test_resume_refuses_other_settings_and_a_damaged_checkpoint(tmp_path, mnist,
     assert "learning rate" not in capsys.readouterr().out
     assert [e["lr"] for e in json.loads((tmp_path / "log" / "metrics.json").read_text())["epochs"]] == [0.04, 0.005,
                                                                                                     0.005]  # fmt: skip
+    (tmp_path / "jw" / "latest" / "1").mkdir(parents=True)  # jaxmnist's checkpoint layout (its epoch 1)
+    for resume in ([], ["--resume"]):
+        assert torch_train.main(flags + ["--workdir", str(tmp_path / "jw"), "--epochs", "1", *resume]) == 2
+        assert "holds a checkpoint of python -m jaxmnist.train" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "jw").iterdir()) == ["latest"]
+    before = {p: p.read_bytes() for p in (tmp_path / "log").iterdir() if p.is_file()}
+    assert torch_train.main(flags + workdir + ["--resume"]) == 0  # finished: its 3 epochs, the checkpoint's
+    assert f"the run in {tmp_path / 'w'} has trained all its 3 epochs: nothing to train" in capsys.readouterr().out
+    assert {p: p.read_bytes() for p in (tmp_path / "log").iterdir() if p.is_file()} == before
     assert torch_train.main(flags + workdir + ["--epochs", "2"]) == 2  # a new run: the epoch named, as jaxmnist does
     assert f"--workdir {tmp_path / 'w'} holds the checkpoint of a run (epoch 3): " in capsys.readouterr().err
     assert torch_train.main(flags + workdir + ["--epochs", "1", "--resume"]) == 2  # it would train nothing

@@ -49,6 +49,16 @@ def test_resume_equals_uninterrupted_run_bitwise(mnist, tmp_path):
         return [(e["epoch"], e["test_acc"], e["val_acc"], e["lr"]) for e in result.record["epochs"]]
 
     assert accuracies(full) == accuracies(resumed)  # the resumed log continues the cut one
+    # Resumed once more, finished: one line, nothing trained or compiled, its log and events as they were.
+    log = tmp_path / "log_cut"
+    before = {p: p.read_bytes() for p in log.iterdir() if p.is_file()}
+    out = io.StringIO()
+    again = trainer.train_and_evaluate(other, workdir=tmp_path / "cut", logdir=log, resume=True, out=out,
+                                       given=frozenset(), **run)  # fmt: skip
+    assert "has trained all its 3 epochs: nothing to train" in out.getvalue(), out.getvalue()
+    assert "Average time" not in out.getvalue() and "compile:" not in out.getvalue()
+    assert {p: p.read_bytes() for p in log.iterdir() if p.is_file()} == before
+    assert again.record["final_acc"] == resumed.record["final_acc"]
     assert (tmp_path / "cut" / "best").is_dir() and (tmp_path / "cut" / "latest").is_dir()
     with pytest.raises(UsageError, match="different settings: momentum"):  # resumed as it was made
         trainer.train_and_evaluate(config.replace(momentum=0.9), workdir=tmp_path / "cut", resume=True, **run)

@@ -87,7 +87,18 @@ OFFLINE = [
     (garbage_dir, "train-images-idx3-ubyte: md5"),
     (lambda tmp_path: ["--logdir", str(a_file(tmp_path) / "sub")], "cannot write to --logdir"),
     (lambda tmp_path: ["--workdir", str(a_file(tmp_path) / "sub"), "--data-dir", "/nonexistent"], "does not exist"),
-]
+    (lambda tmp_path: ["--workdir", str(a_file(tmp_path))], "it is a file, not a directory"),
+    (lambda tmp_path: ["--workdir", str(torch_ref_workdir(tmp_path)), "--resume"],
+     "holds a checkpoint of python -m torch_ref.train, which this trainer can neither resume nor share"),
+    (lambda tmp_path: ["--workdir", str(torch_ref_workdir(tmp_path)), "--seeds", "2"], "python -m torch_ref.train"),
+]  # fmt: skip
+
+
+def torch_ref_workdir(tmp_path):
+    """A workdir holding torch_ref's checkpoint file (its contents are never read)."""
+    (tmp_path / "tw").mkdir()
+    (tmp_path / "tw" / "checkpoint.pt").write_bytes(b"torch_ref")
+    return tmp_path / "tw"
 
 
 @pytest.mark.parametrize("argv, message", OFFLINE, ids=[str(i) for i in range(len(OFFLINE))])

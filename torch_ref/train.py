@@ -28,10 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from jaxmnist import checkpoint as jax_checkpoint
 from jaxmnist import cli, runlog, weights
 from jaxmnist import data as data_lib
 from jaxmnist import evaluate as report_lib
 from jaxmnist.cli import UsageError
+from jaxmnist.continuation import nothing_to_train
 from jaxmnist.presets import (
     Config,
     config_from_args,
@@ -361,6 +363,8 @@ def train_and_evaluate(
         raise UsageError("--resume needs --workdir")
     if resume and init:
         raise cli.init_or_resume()
+    if workdir and jax_checkpoint.holds_checkpoint(workdir):
+        raise cli.other_trainers_workdir(workdir, "jaxmnist.train")
     if workdir and not resume and resume_lib.path(workdir).exists():
         raise cli.workdir_taken(workdir, resume_lib.saved_epoch(workdir))
 
@@ -373,6 +377,8 @@ def train_and_evaluate(
         first_epoch, record = resume_lib.restore(checkpoint, workdir, config, run.parts, run.report.say)
         if record and run.report.log:
             run.report.log.record = record
+    if first_epoch >= config.epochs:  # a finished run resumed: nothing to train, its logs and report as they were
+        return finished(run, workdir, config.epochs)
 
     epoch_times, last_saved = [], first_epoch  # the newest epoch checkpointed in workdir
     for epoch in range(first_epoch, config.epochs):
@@ -389,6 +395,15 @@ def train_and_evaluate(
     if report and run.report.log:
         write_report(run)
     return run.report.finish(epoch_times)
+
+
+def finished(run: Run, workdir, epochs: int) -> dict:
+    """A resumed run that has trained all its epochs: jaxmnist's line, the final and best accuracy, its record."""
+    run.report.say(nothing_to_train(workdir, epochs))
+    if not run.report.log:
+        return {}
+    run.report.say_final()
+    return {**run.report.log.record, **run.report.log.summary()}
 
 
 # --------------------------------------------------------------------------------------------- CLI
