@@ -37,7 +37,8 @@ def continued(saved: dict, config: Config, given: frozenset[str] | None, workdir
     that a run resumed once with `--lr 0.01` goes on at 0.01 when resumed again without it. `given`: the fields the
     command line set (`given_settings`); None takes `config` whole (a library caller's). Then `resumable`'s checks."""
     if given is not None:
-        config = config.replace(**{k: saved[k] for k in RESUMABLE_CHANGES if k in saved and k not in given})
+        stored, _ = _as_stored(saved, config)  # a field added since the checkpoint: the default it ran at
+        config = config.replace(**{k: stored[k] for k in RESUMABLE_CHANGES if k not in given})
     resumable(saved, config, workdir, done)
     return config
 

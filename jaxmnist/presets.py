@@ -324,7 +324,7 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
         ("elastic-alpha", float, "elastic distortion of the training images, torchvision's alpha (0: off)"),
         ("elastic-sigma", float, "the elastic distortion's smoothness, torchvision's sigma"),
         ("seed", int, "random seed (init, shuffling, dropout, augmentation)"),
-        ("num-classes", int, "output classes (default: the network's own head)"),
+        ("num-classes", int, "output classes (the presets keep the network's own head)"),
         ("val-size", int, "hold out N training images; the plateau schedule then monitors them (0: none)"),
         ("train-size", int, "train on only the first N images (quick runs; 0: all)"),
         ("max-steps", int, "at most N steps per epoch (quick runs; 0: no limit)"),

@@ -9,7 +9,7 @@ from typing import Callable
 import jax.numpy as jnp
 
 from jaxmnist import autotune, cli, models, optim, runlog
-from jaxmnist.checkpoint import Checkpointer
+from jaxmnist.checkpoint import Checkpointer, saved_epoch
 from jaxmnist.cli import Diverged, UsageError
 from jaxmnist.continuation import continued, new_lr_line, resumable
 from jaxmnist.convs import ConvPlan
@@ -43,9 +43,25 @@ def continued_config(ckpt: Checkpointer, config: Config, seeds: Seeds, given: fr
     meta = ckpt.read_meta()
     if meta is None:
         return config
-    if meta.get("seeds", [config.seed]) != list(seeds.seeds):
-        raise UsageError(f"checkpoint in {ckpt.workdir} was made with different settings: seeds")
+    if (saved := meta.get("seeds", [config.seed])) != list(seeds.seeds):
+        raise UsageError(f"checkpoint in {ckpt.workdir} was made with different settings: seeds {saved} "
+                         f"(here {list(seeds.seeds)})")  # fmt: skip
     return continued(meta["config"], config, given, ckpt.workdir, meta["epoch"])
+
+
+def continued_base(config: Config, workdirs: list, seeds: tuple[int, ...], given: frozenset[str] | None) -> Config:
+    """Sequential seeds resumed: the settings of the first seed that has a checkpoint (continued_config), for the
+    seeds that have none yet, so that no seed trains with other settings than the rest. Each seed with a checkpoint
+    then continues its own."""
+    for workdir, seed in zip(workdirs, seeds):
+        if saved_epoch(workdir) is not None:
+            ckpt = Checkpointer(workdir)
+            try:
+                continued = continued_config(ckpt, config.replace(seed=seed), Seeds((seed,)), given)
+                return continued.replace(seed=config.seed)
+            finally:
+                ckpt.close()
+    return config
 
 
 def resume_from(ckpt: Checkpointer, state, config: Config, runs: list[SeedRun], seeds: Seeds, say: Callable):

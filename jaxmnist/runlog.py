@@ -128,8 +128,9 @@ def write_png(fig, path: Path) -> np.ndarray:
 def summary_writer(logdir: Path | None = None):
     """tensorboardX's SummaryWriter (the class alone without a `logdir`), imported without torch where torch is not
     loaded yet: tensorboardX imports torch when it can (about 4 s of every JAX run's start) only to accept torch
-    tensors, which jaxmnist never passes (it writes floats). torch_ref, which has loaded torch already, gets the usual import. Without
-    tensorboardX (a bare checkout on PYTHONPATH): a UsageError, one line from a command, not a traceback."""
+    tensors, which jaxmnist never passes (it writes floats). torch_ref, which has loaded torch already, gets the
+    usual import. Without tensorboardX (a bare checkout on PYTHONPATH): a UsageError, one line from a command, not
+    a traceback."""
     try:
         if "tensorboardX.writer" not in sys.modules and "torch" not in sys.modules:
             sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX takes as "no torch"
@@ -389,6 +390,24 @@ class Report:
 
     def say_final(self) -> None:
         """The final and best accuracy of the run log, and where it is."""
-        s = self.log.summary()
-        self.say(f"final: {s['final_acc']:.2f} %, best: {s['best_acc']:.2f} % (epoch {s['best_epoch']}); "
-                 f"logs in {self.log.dir}")  # fmt: skip
+        self.say(final_line(self.log.summary(), self.log.dir))
+
+
+def final_line(summary: dict, logdir) -> str:
+    return (f"final: {summary['final_acc']:.2f} %, best: {summary['best_acc']:.2f} % (epoch {summary['best_epoch']}); "
+            f"logs in {logdir}")  # fmt: skip
+
+
+def completed_record(logdir, report: bool) -> dict | None:
+    """The run record `logdir` holds when its run wrote all it writes at its end there (metrics.json with its
+    summary, and report.json where a report is asked for); {} without a logdir (nothing to write); None when a
+    finish was stopped midway or the logdir is another: then a resumed run that has trained all its epochs
+    finishes again instead of saying it has nothing to do."""
+    if logdir is None:
+        return {}
+    try:
+        record = json.loads((Path(logdir) / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    complete = isinstance(record, dict) and "final_acc" in record
+    return record if complete and (not report or (Path(logdir) / "report.json").exists()) else None

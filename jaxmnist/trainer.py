@@ -37,7 +37,16 @@ from jaxmnist.programs import (
     put_on_device,
     train_epoch,
 )
-from jaxmnist.resume import SeedRun, choose_conv_plan, continued_config, diverged_error, host_meta, resume_from, save
+from jaxmnist.resume import (
+    SeedRun,
+    choose_conv_plan,
+    continued_base,
+    continued_config,
+    diverged_error,
+    host_meta,
+    resume_from,
+    save,
+)
 from jaxmnist.seeds import Seeds, choose_seed_mode, seeds_summary
 
 
@@ -241,16 +250,22 @@ def finish(run: Run, opts: Options, epoch_times: list[float], compile_s: float, 
     return [Result(state=run.seeds.take(run.state, i), record=record) for i, record in enumerate(records)]
 
 
-def finished(run: Run, opts: Options) -> list[Result]:
-    """A resumed run that has trained all its epochs: one line, each seed's final and best accuracy; nothing is
-    compiled, and its logs, report and checkpoints stay as they were."""
-    runlog.Report(opts.out).say(nothing_to_train(opts.workdir, run.config.epochs))
+def completed_records(run: Run, opts: Options) -> list[dict] | None:
+    """Each seed's record as its finished run left it in its logdir (runlog.completed_record); None if one of them
+    was stopped before it wrote all of it, and so finishes again."""
+    records = [runlog.completed_record(r.report.log.dir if r.report.log else None, opts.report) for r in run.seed_runs]
+    return None if None in records else records
+
+
+def finished(run: Run, opts: Options, records: list[dict]) -> list[Result]:
+    """A resumed run that has trained all its epochs and written its records: one line, each seed's final and best
+    accuracy; nothing is compiled, and its logs, report and checkpoints stay as they were."""
+    say = runlog.Report(opts.out).say
+    say(nothing_to_train(opts.workdir, run.config.epochs))
     run.ckpt.close()
-    records = []
-    for r in run.seed_runs:
-        if r.report.log:
-            r.report.say_final()
-        records.append({**r.report.log.record, **r.report.log.summary()} if r.report.log else {})
+    for r, record in zip(run.seed_runs, records):
+        if record:
+            r.report.say(runlog.final_line(record, r.report.log.dir))
     return [Result(state=run.seeds.take(run.state, i), record=record) for i, record in enumerate(records)]
 
 
@@ -275,8 +290,8 @@ def train_run(config: Config, seeds: Seeds, opts: Options, data: data_lib.Datase
         if d:
             runlog.writable_dir(d)
     run = prepare(config, seeds, opts, data)
-    if run.first_epoch >= run.config.epochs:
-        return finished(run, opts)
+    if run.first_epoch >= run.config.epochs and (records := completed_records(run, opts)) is not None:
+        return finished(run, opts, records)
     training, evals, compile_s = compile_programs(run, opts, cache or programs.SHARED)
     announce(run, opts, compile_s)
     epoch_times, watch = [], RecompileWatch(run.first_epoch)
@@ -323,10 +338,14 @@ def train_seeds(config: Config, seeds: tuple[int, ...], mode: str = "auto", *, d
         return None if root is None else os.path.join(root, f"seed{seed}")
 
     mode, why = choose_seed_mode(mode, config, len(seeds))
+    if opts.workdir and os.path.isfile(opts.workdir):
+        raise cli.unwritable("--workdir", opts.workdir)
     if opts.workdir and checkpoint.holds_torch_ref_checkpoint(opts.workdir):
         raise cli.other_trainers_workdir(opts.workdir, "torch_ref.train")
     if opts.resume:
         check_seed_layout(opts.workdir, mode, [per_seed(opts.workdir, s) for s in seeds])
+    if opts.resume and mode == "sequential":
+        config = continued_base(config, [per_seed(opts.workdir, s) for s in seeds], seeds, opts.given)
     say = runlog.Report(opts.out).say
     data = data or data_lib.load(config.dataset, opts.data_dir, progress=opts.progress)
     listed = ", ".join(map(str, seeds))

@@ -161,7 +161,7 @@ def run_seeds(
     which = ["--seed", str(seeds[0])] if len(seeds) == 1 else ["--seeds", ",".join(map(str, seeds))]
     cmd = [sys.executable, "-m", FRAMEWORKS[framework], "--preset", preset, *which]
     cmd += ["--logdir", str(logdir), "--no-progress", "--workdir", str(workdir), "--resume"]
-    cmd += ["--epochs", str(args.epochs)] if args.epochs else []
+    cmd += ["--epochs", str(args.epochs or PRESETS[preset].epochs)]  # a resumed run keeps its checkpoint's
     cmd += ["--max-steps", str(args.max_steps)] if args.max_steps else []
     cmd += ["--blog-quirks"] if args.blog_quirks else []
     cmd += ["--data-dir", args.data_dir] if args.data_dir else []

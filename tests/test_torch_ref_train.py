@@ -515,8 +515,15 @@ def test_resume_refuses_other_settings_and_a_damaged_checkpoint(tmp_path, mnist,
     assert sorted(p.name for p in (tmp_path / "jw").iterdir()) == ["latest"]
     before = {p: p.read_bytes() for p in (tmp_path / "log").iterdir() if p.is_file()}
     assert torch_train.main(flags + workdir + ["--resume"]) == 0  # finished: its 3 epochs, the checkpoint's
-    assert f"the run in {tmp_path / 'w'} has trained all its 3 epochs: nothing to train" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    lines = out.splitlines()  # the two lines alone: no preamble, no header, no data loaded
+    assert len(lines) == 2 and lines[0].startswith(f"the run in {tmp_path / 'w'} has trained all its 3 epochs: "
+                                                   "nothing to train") and lines[1].startswith("final: "), out
     assert {p: p.read_bytes() for p in (tmp_path / "log").iterdir() if p.is_file()} == before
+    final = json.loads((tmp_path / "log" / "metrics.json").read_text())["final_acc"]
+    (tmp_path / "log" / "metrics.json").unlink()  # a finish stopped before it wrote the record: resumed, it does
+    assert torch_train.main(flags + workdir + ["--resume"]) == 0
+    assert json.loads((tmp_path / "log" / "metrics.json").read_text())["final_acc"] == final
     assert torch_train.main(flags + workdir + ["--epochs", "2"]) == 2  # a new run: the epoch named, as jaxmnist does
     assert f"--workdir {tmp_path / 'w'} holds the checkpoint of a run (epoch 3): " in capsys.readouterr().err
     assert torch_train.main(flags + workdir + ["--epochs", "1", "--resume"]) == 2  # it would train nothing

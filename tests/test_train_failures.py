@@ -5,6 +5,7 @@ This file tests jaxmnist/train.py's failure paths; the happy paths are tests/tes
 """
 
 import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -198,7 +199,8 @@ def test_seeds_resume_only_in_the_layout_they_were_checkpointed_in(inside, mode,
 
 def test_divergence_stops_the_run_and_resume_with_a_lower_lr_works(mnist, capsys, tmp_path):
     """Two good epochs, then a resumed run at --lr 1e6 diverges in epoch 3: exit 1, one line naming the epoch,
-    the step and the last good checkpoint; nothing of the bad epoch is saved; --resume at the old rate finishes."""
+    the step and the last good checkpoint; nothing of the bad epoch is saved; --resume at a lower rate finishes,
+    and a later --resume without --lr keeps that rate (it went back to the preset's)."""
     flags = ["--model", "cnn", "--train-size", "2048", "--max-steps", "4", "--no-progress", "--no-report"]
     flags += ["--batch-size", "64", "--chunk-steps", "1"]  # the tiny cnn runs' shared program (kill_run)
     flags += ["--workdir", str(tmp_path / "w"), "--logdir", str(tmp_path / "log")]
@@ -209,9 +211,14 @@ def test_divergence_stops_the_run_and_resume_with_a_lower_lr_works(mnist, capsys
     assert len(err) == 1 and err[0].startswith("error: training diverged in epoch 3 at step "), err
     assert f"the last good checkpoint is epoch 2 in {tmp_path / 'w'}" in err[0] and "lower --lr" in err[0]
     assert sorted(p.name for p in (tmp_path / "w" / "latest").iterdir()) == ["1", "2"]
-    assert train.main([*flags, "--epochs", "3", "--resume"]) == 0
+    assert train.main([*flags, "--epochs", "3", "--lr", "0.02", "--resume"]) == 0
     out = capsys.readouterr().out
     assert "resumed from" in out and "after epoch 2" in out and "[3]: " in out
+    assert "learning rate 0.04 -> 0.02 (--lr)" in out
+    assert train.main([*flags, "--epochs", "4", "--resume"]) == 0
+    assert "learning rate" not in capsys.readouterr().out
+    lrs = [e["lr"] for e in json.loads((tmp_path / "log" / "metrics.json").read_text())["epochs"]]
+    assert lrs == pytest.approx([0.04, 0.04, 0.02, 0.02])
 
 
 def trained_params(workdir: Path, epochs: int):

@@ -370,6 +370,9 @@ def train_and_evaluate(
 
     # Refused before any output; a resumed run's settings are its checkpoint's but for those given (given_settings).
     checkpoint, config = resume_lib.read(workdir, config, num_workers, given) if resume else (None, config)
+    trained_all = checkpoint is not None and checkpoint["epoch"] >= config.epochs
+    if trained_all and (done := runlog.completed_record(logdir, report)) is not None:
+        return finished(done, workdir, logdir, config.epochs, out)  # a finished run: its files as they were
     start = (init, read_state_dict(init)) if init else None
     run = prepare(config, preset, data, logdir, device, num_workers, progress, data_dir, out, start)
     first_epoch = 0
@@ -377,8 +380,6 @@ def train_and_evaluate(
         first_epoch, record = resume_lib.restore(checkpoint, workdir, config, run.parts, run.report.say)
         if record and run.report.log:
             run.report.log.record = record
-    if first_epoch >= config.epochs:  # a finished run resumed: nothing to train, its logs and report as they were
-        return finished(run, workdir, config.epochs)
 
     epoch_times, last_saved = [], first_epoch  # the newest epoch checkpointed in workdir
     for epoch in range(first_epoch, config.epochs):
@@ -397,13 +398,14 @@ def train_and_evaluate(
     return run.report.finish(epoch_times)
 
 
-def finished(run: Run, workdir, epochs: int) -> dict:
-    """A resumed run that has trained all its epochs: jaxmnist's line, the final and best accuracy, its record."""
-    run.report.say(nothing_to_train(workdir, epochs))
-    if not run.report.log:
-        return {}
-    run.report.say_final()
-    return {**run.report.log.record, **run.report.log.summary()}
+def finished(record: dict, workdir, logdir, epochs: int, out) -> dict:
+    """A resumed run that has trained all its epochs and written its records (`record`, runlog.completed_record's):
+    jaxmnist's line, the final and best accuracy; nothing loaded or built."""
+    say = runlog.Report(out).say
+    say(nothing_to_train(workdir, epochs))
+    if record:
+        say(runlog.final_line(record, logdir))
+    return record
 
 
 # --------------------------------------------------------------------------------------------- CLI
