@@ -503,7 +503,9 @@ def test_resume_refuses_other_settings_and_a_damaged_checkpoint(tmp_path, mnist,
     err = capsys.readouterr().err
     assert "--epochs 2: the run in" in err and "one-cycle schedule over its 1 epochs" in err and err.count("\n") == 1
     assert torch_train.main(flags + workdir + ["--epochs", "2", "--lr", "0.005", "--resume"]) == 0
-    assert "learning rate 0.04 -> 0.005 (--lr)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "learning rate 0.04 -> 0.005 (--lr)" in out
+    assert out.index("resumed from") < out.index("learning rate") < out.index("device: ")  # jaxmnist's order
     assert torch_train.main(flags + workdir + ["--epochs", "3", "--resume"]) == 0  # no --lr: the checkpoint's, kept
     assert "learning rate" not in capsys.readouterr().out
     assert [e["lr"] for e in json.loads((tmp_path / "log" / "metrics.json").read_text())["epochs"]] == [0.04, 0.005,

@@ -22,6 +22,7 @@ import math
 import os
 import sys
 import time
+from typing import Callable
 
 import numpy as np
 import torch
@@ -209,6 +210,7 @@ class Run:
     device: torch.device
     report: runlog.Report
     data: data_lib.Dataset
+    announce: Callable[[], None]  # the preamble, printed once a resumed run has said where it resumes from
 
     @property
     def evaluated(self) -> nn.Module:
@@ -223,7 +225,7 @@ class Run:
 
 def prepare(config: Config, preset, data, logdir, device, num_workers, progress, data_dir, out, init=None) -> Run:
     """Data, model (from `init`, (path, state_dict), where given), optimiser, schedules and the run log, with the
-    preamble printed."""
+    preamble ready to print (Run.announce)."""
     torch.manual_seed(config.seed)  # before the model: it seeds the init, shuffling, dropout and augmentation
     model = models.get_model(config.model, config.num_classes)
     if init is not None:  # a file that does not fit is refused before the data are read
@@ -255,7 +257,8 @@ def prepare(config: Config, preset, data, logdir, device, num_workers, progress,
     report = runlog.Report.for_run(
         out, logdir, framework="torch", preset=preset, config=config, device=device_name(device), n_train=len(train_y)
     )
-    report.preamble(
+    announce = functools.partial(
+        report.preamble,
         f"device: {device_name(device)} ({device.type}), torch {torch.__version__}{tf32_note(device)}; "
         f"data loader workers: {num_workers}",
         config,
@@ -269,7 +272,7 @@ def prepare(config: Config, preset, data, logdir, device, num_workers, progress,
         monitor="validation accuracy" if val is not None else "test accuracy",
     )
     return Run(config, model, optimizer, per_step, plateau, average, train_loader, test_loader, val_loader, steps,
-               device, report, data)  # fmt: skip
+               device, report, data, announce)  # fmt: skip
 
 
 def run_epoch(run: Run, epoch: int, progress: bool) -> float:
@@ -380,6 +383,7 @@ def train_and_evaluate(
         first_epoch, record = resume_lib.restore(checkpoint, workdir, config, run.parts, run.report.say)
         if record and run.report.log:
             run.report.log.record = record
+    run.announce()  # after the resume's lines, as jaxmnist prints them
 
     epoch_times, last_saved = [], first_epoch  # the newest epoch checkpointed in workdir
     for epoch in range(first_epoch, config.epochs):
