@@ -57,8 +57,8 @@ def continued_base(config: Config, workdirs: list, seeds: tuple[int, ...], given
         if saved_epoch(workdir) is not None:
             ckpt = Checkpointer(workdir)
             try:
-                continued = continued_config(ckpt, config.replace(seed=seed), Seeds((seed,)), given)
-                return continued.replace(seed=config.seed)
+                adopted = continued_config(ckpt, config.replace(seed=seed), Seeds((seed,)), given)
+                return adopted.replace(seed=config.seed)
             finally:
                 ckpt.close()
     return config
