@@ -180,11 +180,12 @@ def script_parser(prog: str, doc: str) -> ArgumentParser:
 
 
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """argparse's, but a flag whose help already says its default, or that has none (None: the preset's, the
-    model's...), keeps its own words: not "(default: the preset's) (default: None)"."""
+    """argparse's, but a flag whose help already says its default, that has none (None: the preset's, the
+    model's...) or that is a switch (off unless given) keeps its own words: not "(default: the preset's) (default:
+    None)", nor "(default: False)"."""
 
     def _get_help_string(self, action):
-        if action.default is None or "default" in (action.help or ""):
+        if action.default is None or action.nargs == 0 or "default" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
 

@@ -131,6 +131,7 @@ def test_help_adds_a_default_only_where_the_text_names_none():
     p.add_argument("--epochs", type=int, help="epochs (default: the preset's)")
     p.add_argument("--out", help="where")
     p.add_argument("--workers", type=int, default=0, help="worker processes")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     text = " ".join(p.format_help().split())
     assert "epochs (default: the preset's) --out" in text and "where --workers" in text, text
-    assert "worker processes (default: 0)" in text and "None" not in text
+    assert "worker processes (default: 0)" in text and "None" not in text and "False" not in text
