@@ -19,7 +19,7 @@ import sys
 
 import jax
 
-from jaxmnist import cli, compile_cache, convs, distributed, interop, weights
+from jaxmnist import cli, compile_cache, convs, distributed, interop, runlog, weights
 from jaxmnist import data as data_lib
 from jaxmnist.cli import UsageError
 from jaxmnist.distributed import Placement
@@ -32,7 +32,8 @@ __all__ = ["build_parser", "main", "train_and_evaluate", "train_seeds"]
 
 def build_parser() -> cli.ArgumentParser:
     p = trainer_parser("python -m jaxmnist.train", "Train one of the blog's networks on MNIST with JAX/Flax.")
-    p.add_argument("--logdir", help="TensorBoard events, metrics.json, curves.png (default runs/<preset>)")
+    p.add_argument("--logdir", help="TensorBoard events, metrics.json, curves.png (default runs/<preset>, "
+                   "or runs/<preset>-2, ... where that holds an earlier run's)")
     p.add_argument("--workdir", help="checkpoints (latest and best, every epoch)")
     p.add_argument("--resume", action="store_true", help="continue the run checkpointed in --workdir")
     p.add_argument(
@@ -102,7 +103,7 @@ def _main(argv: list[str] | None) -> None:
             args.seed_mode,
             preset=preset,
             data_dir=args.data_dir,
-            logdir=(args.logdir or os.path.join("runs", preset)) if main_process else None,
+            logdir=(args.logdir or runlog.default_logdir(preset)) if main_process else None,
             workdir=args.workdir,
             resume=args.resume,
             given=given_settings(args),

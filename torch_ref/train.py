@@ -19,7 +19,6 @@ import dataclasses
 import functools
 import itertools
 import math
-import os
 import sys
 import time
 from typing import Callable
@@ -417,7 +416,8 @@ def build_parser() -> cli.ArgumentParser:
     p = trainer_parser(
         "python -m torch_ref.train", "Train one of the blog's networks on MNIST with PyTorch, as the blog does."
     )
-    p.add_argument("--logdir", help="TensorBoard events, metrics.json, curves.png (default runs/torch_<preset>)")
+    p.add_argument("--logdir", help="TensorBoard events, metrics.json, curves.png (default runs/torch_<preset>, "
+                   "or runs/torch_<preset>-2, ... where that holds an earlier run's)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument(
         "--num-workers",
@@ -441,7 +441,7 @@ def _main(argv: list[str] | None) -> None:
         train_and_evaluate(
             config,
             preset=preset,
-            logdir=args.logdir or os.path.join("runs", f"torch_{preset}"),
+            logdir=args.logdir or runlog.default_logdir(f"torch_{preset}"),
             device=args.device,
             num_workers=args.num_workers,
             progress=not args.no_progress,
