@@ -407,10 +407,9 @@ def final_line(summary: dict, logdir) -> str:
 
 
 def completed_record(logdir, report: bool) -> dict | None:
-    """The run record `logdir` holds when its run wrote all it writes at its end there (metrics.json with its
-    summary, and report.json where a report is asked for); {} without a logdir (nothing to write); None when a
-    finish was stopped midway or the logdir is another: then a resumed run that has trained all its epochs
-    finishes again instead of saying it has nothing to do."""
+    """The record in `logdir` when its run wrote all it writes at its end (metrics.json with its summary, report.json
+    if asked for); {} without a logdir; None after a finish stopped midway, or in another logdir: then a resumed
+    run that has trained all its epochs finishes again instead of saying it has nothing to do."""
     if logdir is None:
         return {}
     try:
