@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import glob
+import itertools
 import math
 import os
 import signal
@@ -42,6 +44,15 @@ def workdir_taken(workdir, epoch: int | None = None) -> UsageError:
     overwrite that run (or, with orbax, be skipped below its newest epoch), so the user chooses."""
     held = f"the checkpoint of a run (epoch {epoch})" if epoch is not None else "the checkpoint of a run"
     return UsageError(f"--workdir {workdir} holds {held}: --resume continues it; another --workdir starts a new run")
+
+
+def default_logdir(name: str, root: str | os.PathLike = "runs") -> str:
+    """ROOT/<name>, or ROOT/<name>-2, -3, ...: the first that holds no run's records (metrics.json, or several
+    seeds' seeds.json and seed<k>/metrics.json), so that a run without --logdir never replaces an earlier run's
+    logs (a resumed run's record comes from its checkpoint)."""
+    records = ("metrics.json", "seeds.json", os.path.join("seed*", "metrics.json"))
+    candidates = (os.path.join(root, name if k == 1 else f"{name}-{k}") for k in itertools.count(1))
+    return next(d for d in candidates if not any(glob.glob(os.path.join(glob.escape(d), r)) for r in records))
 
 
 def other_trainers_workdir(workdir, trainer: str) -> UsageError:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
-import itertools
 import json
 import math
 import os
@@ -85,13 +84,6 @@ def versions(*names: str) -> dict[str, str]:
         except metadata.PackageNotFoundError:
             pass
     return found
-
-
-def default_logdir(name: str, root: str | os.PathLike = "runs") -> str:
-    """ROOT/<name>, or ROOT/<name>-2, -3, ...: the first that holds no run's record (metrics.json), so that a run
-    without --logdir never replaces an earlier run's logs (a resumed run's record comes from its checkpoint)."""
-    candidates = (os.path.join(root, name if k == 1 else f"{name}-{k}") for k in itertools.count(1))
-    return next(d for d in candidates if not os.path.exists(os.path.join(d, "metrics.json")))
 
 
 def writable_dir(directory: str | os.PathLike, flag: str = "--logdir") -> Path:

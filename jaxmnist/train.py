@@ -19,7 +19,7 @@ import sys
 
 import jax
 
-from jaxmnist import cli, compile_cache, convs, distributed, interop, runlog, weights
+from jaxmnist import cli, compile_cache, convs, distributed, interop, weights
 from jaxmnist import data as data_lib
 from jaxmnist.cli import UsageError
 from jaxmnist.distributed import Placement
@@ -103,7 +103,7 @@ def _main(argv: list[str] | None) -> None:
             args.seed_mode,
             preset=preset,
             data_dir=args.data_dir,
-            logdir=(args.logdir or runlog.default_logdir(preset)) if main_process else None,
+            logdir=(args.logdir or cli.default_logdir(preset)) if main_process else None,
             workdir=args.workdir,
             resume=args.resume,
             given=given_settings(args),

@@ -135,3 +135,16 @@ def test_help_adds_a_default_only_where_the_text_names_none():
     text = " ".join(p.format_help().split())
     assert "epochs (default: the preset's) --out" in text and "where --workers" in text, text
     assert "worker processes (default: 0)" in text and "None" not in text and "False" not in text
+
+
+def test_a_default_logdir_never_replaces_an_earlier_runs_logs(tmp_path):
+    """runs/<preset> until it holds a run's records (one run's, or several seeds'), then runs/<preset>-2, ...; a
+    folder without any (a run refused before it wrote one) is used again."""
+    assert cli.default_logdir("cnn_tb", tmp_path) == str(tmp_path / "cnn_tb")
+    (tmp_path / "cnn_tb").mkdir()
+    assert cli.default_logdir("cnn_tb", tmp_path) == str(tmp_path / "cnn_tb")
+    (tmp_path / "cnn_tb" / "metrics.json").write_text("{}")
+    assert cli.default_logdir("cnn_tb", tmp_path) == str(tmp_path / "cnn_tb-2")
+    (tmp_path / "cnn_tb-2" / "seed3").mkdir(parents=True)  # seeds stopped before their summary: seed3's record
+    (tmp_path / "cnn_tb-2" / "seed3" / "metrics.json").write_text("{}")
+    assert cli.default_logdir("cnn_tb", tmp_path) == str(tmp_path / "cnn_tb-3")

@@ -154,15 +154,3 @@ def test_logs_without_tensorboardx_are_a_usage_error_not_a_traceback(tmp_path, m
         runlog.summary_writer(tmp_path)
     assert "torch" not in sys.modules or sys.modules["torch"] is not None  # the torch stand-in is gone again
 
-
-def test_a_default_logdir_never_replaces_an_earlier_runs_logs(tmp_path):
-    """runs/<preset> until it holds a run's record, then runs/<preset>-2, ...; a folder without one (a run refused
-    before it wrote any) is used again."""
-    assert runlog.default_logdir("cnn_tb", tmp_path) == str(tmp_path / "cnn_tb")
-    (tmp_path / "cnn_tb").mkdir()
-    assert runlog.default_logdir("cnn_tb", tmp_path) == str(tmp_path / "cnn_tb")
-    (tmp_path / "cnn_tb" / "metrics.json").write_text("{}")
-    assert runlog.default_logdir("cnn_tb", tmp_path) == str(tmp_path / "cnn_tb-2")
-    (tmp_path / "cnn_tb-2").mkdir()
-    (tmp_path / "cnn_tb-2" / "metrics.json").write_text("{}")
-    assert runlog.default_logdir("cnn_tb", tmp_path) == str(tmp_path / "cnn_tb-3")

@@ -441,7 +441,7 @@ def _main(argv: list[str] | None) -> None:
         train_and_evaluate(
             config,
             preset=preset,
-            logdir=args.logdir or runlog.default_logdir(f"torch_{preset}"),
+            logdir=args.logdir or cli.default_logdir(f"torch_{preset}"),
             device=args.device,
             num_workers=args.num_workers,
             progress=not args.no_progress,
