@@ -43,9 +43,9 @@ def continued(saved: dict, config: Config, given: frozenset[str] | None, workdir
     return config
 
 
-def resumable(saved: dict, config: Config, workdir, done: int) -> list[str]:
-    """The settings a resumed run changes against its checkpoint's (`saved`, after `done` epochs); a usage error
-    naming the others, those the checkpoint was made with and this run's (but BLOG_RECORD's, which train nothing),
+def resumable(saved: dict, config: Config, workdir, done: int) -> None:
+    """Checks the settings a resumed run changes against its checkpoint's (`saved`, after `done` epochs): a usage
+    error naming any but RESUMABLE_CHANGES, with the checkpoint's value and this run's (BLOG_RECORD's train nothing),
     for fewer epochs than are done (the run would train nothing and report the checkpoint's epochs as its own), and
     for more or fewer epochs under the one-cycle schedule, which spans the steps of the epochs it began with."""
     changed = changed_settings(saved, config)
@@ -60,7 +60,6 @@ def resumable(saved: dict, config: Config, workdir, done: int) -> list[str]:
             f"--epochs {config.epochs}: the run in {workdir} follows a one-cycle schedule over its "
             f"{saved['epochs']} epochs, which a resumed run cannot stretch; train longer in a new run"
         )
-    return changed
 
 
 def new_lr_line(saved: dict, config: Config) -> str:

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from jaxmnist import autotune, cli, models, optim, runlog
 from jaxmnist.checkpoint import Checkpointer, saved_epoch
 from jaxmnist.cli import Diverged, UsageError
-from jaxmnist.continuation import continued, new_lr_line, resumable
+from jaxmnist.continuation import continued, new_lr_line
 from jaxmnist.convs import ConvPlan
 from jaxmnist.distributed import Placement
 from jaxmnist.presets import Config
@@ -68,21 +68,20 @@ def resume_from(ckpt: Checkpointer, state, config: Config, runs: list[SeedRun], 
     """(state, epochs done) from the newest intact checkpoint, with each seed's plateau rule and run log
     restored; (state, 0) when there is none. `config`: continued_config's; with a new --lr, training continues at
     it."""
-    meta = ckpt.read_meta()
-    if meta is None:
+    restored = ckpt.restore_latest(state)  # its settings were checked by continued_config, before state was built
+    if restored is None:
         if ckpt.damaged:
             raise cli.RunError(f"no intact checkpoint is left in {ckpt.workdir}; remove it to start over")
         say(f"no checkpoint in {ckpt.workdir}: starting from scratch")
         return state, 0
-    changed = resumable(meta["config"], config, ckpt.workdir, meta["epoch"])
-    state, meta = ckpt.restore_latest(state)
+    state, meta = restored
     listed = (lambda x: x) if seeds.vmapped else (lambda x: [x])
     for run, plateau, record in zip(runs, listed(meta["plateau"]), listed(meta.get("record"))):
         run.plateau.load_state_dict(plateau)
         if run.report.log and record:
             run.report.log.record = record
     say(f"resumed from {ckpt.workdir} after epoch {meta['epoch']}")
-    if "lr" in changed:
+    if config.lr != meta["config"]["lr"]:  # a new --lr (continuation.RESUMABLE_CHANGES), as torch_ref's restore
         say(new_lr_line(meta["config"], config))
         for run in runs:
             run.plateau.lr = config.lr

@@ -280,10 +280,7 @@ def train_run(config: Config, seeds: Seeds, opts: Options, data: data_lib.Datase
         raise UsageError("--resume needs --workdir")
     if opts.resume and opts.init is not None:
         raise cli.init_or_resume()
-    if opts.workdir and os.path.isfile(opts.workdir):  # before the data load, after which the workdir is made
-        raise cli.unwritable("--workdir", opts.workdir)
-    if opts.workdir and checkpoint.holds_torch_ref_checkpoint(opts.workdir):
-        raise cli.other_trainers_workdir(opts.workdir, "torch_ref.train")
+    check_workdir(opts.workdir)
     if opts.workdir and not opts.resume and (epoch := checkpoint.saved_epoch(opts.workdir)) is not None:
         raise cli.workdir_taken(opts.workdir, epoch)
     for d in logdirs(opts):
@@ -308,6 +305,15 @@ def train_and_evaluate(config: Config, *, data: data_lib.Dataset | None = None, 
     """Trains `config` (its one seed), evaluating after every epoch; prints the blog's lines; returns the final
     state and the run record. Keyword arguments: `data` (else loaded) and the fields of `Options`."""
     return train_run(config, Seeds((config.seed,)), Options(**options), data)[0]
+
+
+def check_workdir(workdir) -> None:
+    """Refuses, before any data is loaded (a new run's workdir is made after), a --workdir that is a file or that
+    holds torch_ref's checkpoint."""
+    if workdir and os.path.isfile(workdir):
+        raise cli.unwritable("--workdir", workdir)
+    if workdir and checkpoint.holds_torch_ref_checkpoint(workdir):
+        raise cli.other_trainers_workdir(workdir, "torch_ref.train")
 
 
 def check_seed_layout(workdir, mode: str, seed_workdirs: list) -> None:
@@ -338,10 +344,7 @@ def train_seeds(config: Config, seeds: tuple[int, ...], mode: str = "auto", *, d
         return None if root is None else os.path.join(root, f"seed{seed}")
 
     mode, why = choose_seed_mode(mode, config, len(seeds))
-    if opts.workdir and os.path.isfile(opts.workdir):
-        raise cli.unwritable("--workdir", opts.workdir)
-    if opts.workdir and checkpoint.holds_torch_ref_checkpoint(opts.workdir):
-        raise cli.other_trainers_workdir(opts.workdir, "torch_ref.train")
+    check_workdir(opts.workdir)
     if opts.resume:
         check_seed_layout(opts.workdir, mode, [per_seed(opts.workdir, s) for s in seeds])
     if opts.resume and mode == "sequential":
