@@ -84,6 +84,9 @@ def build_inputs() -> dict:
     }
 
 
+PRIVATE_PREFIX = 'jaxmnist-onednn-'  # a build for one process, in the temporary directory
+
+
 def build(inputs: dict) -> Path:
     """The compiled kernels: from the cache, or built now (atomically: concurrent builders each write their own
     file and rename it into place)."""
@@ -103,8 +106,8 @@ def build(inputs: dict) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         if not os.access(target.parent, os.W_OK):
             raise PermissionError(target.parent)
-    except OSError:  # a read-only home: built for this process only
-        target = Path(tempfile.mkdtemp(prefix='jaxmnist-onednn-')) / target.name
+    except OSError:  # a read-only home: built for this process only (and deleted once loaded, _discard_private)
+        target = Path(tempfile.mkdtemp(prefix=PRIVATE_PREFIX)) / target.name
     tmp = target.with_name(f'.{target.name}.{os.getpid()}.{threading.get_ident()}.tmp')
     done = subprocess.run([inputs['compiler'], *flags, '-o', str(tmp)], capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
@@ -113,6 +116,13 @@ def build(inputs: dict) -> Path:
         raise Unavailable(f'building {SOURCE.name} failed: {first}')
     os.replace(tmp, target)
     return target
+
+
+def _discard_private(built: Path) -> None:
+    """Deletes a build made for this process alone (its temporary directory) once it is loaded: the library stays
+    mapped, and no process leaves a copy in the temporary directory."""
+    if built.parent.name.startswith(PRIVATE_PREFIX) and built.parent.parent == Path(tempfile.gettempdir()):
+        shutil.rmtree(built.parent, ignore_errors=True)
 
 
 @functools.lru_cache(maxsize=None)
@@ -128,7 +138,8 @@ def _load() -> str | None:
             library = ctypes.cdll.LoadLibrary(str(built))
         except OSError:  # a damaged cache entry (a killed copy, a full disk): built again, once
             built.unlink(missing_ok=True)
-            library = ctypes.cdll.LoadLibrary(str(build(inputs)))
+            library = ctypes.cdll.LoadLibrary(str(built := build(inputs)))
+        _discard_private(built)
         for name in TARGETS.values():
             jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(library, name)), platform='cpu')
     except Unavailable as e:

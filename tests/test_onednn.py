@@ -5,6 +5,7 @@ import os
 import platform
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -192,8 +193,13 @@ def test_a_damaged_cached_build_is_built_again(tmp_path):
 
 @needs_onednn
 def test_a_read_only_cache_directory_builds_for_the_process_alone(tmp_path):
-    """Where the cache cannot be written (a read-only home), the kernels are built into a temporary directory."""
+    """Where the cache cannot be written (a read-only home), the kernels are built into a temporary directory, which
+    is gone once they are loaded."""
     (tmp_path / 'jaxmnist').write_text('a file where the cache directory would be')
+    (tmp := tmp_path / 'tmp').mkdir()
     code = 'import ctypes; from jaxmnist import onednn as o; p = o.build(o.build_inputs()); ctypes.CDLL(p); print(p)'
-    built = _fresh_process(code, XDG_CACHE_HOME=str(tmp_path)).strip()
-    assert 'jaxmnist-onednn-' in built and not built.startswith(str(tmp_path))
+    built = _fresh_process(code, XDG_CACHE_HOME=str(tmp_path), TMPDIR=str(tmp)).strip()
+    assert built.startswith(str(tmp / onednn.PRIVATE_PREFIX))
+    code = 'from jaxmnist import onednn; print(onednn.unavailable())'
+    assert _fresh_process(code, XDG_CACHE_HOME=str(tmp_path), TMPDIR=str(tmp)).strip() == 'None'
+    assert [p.name for p in tmp.iterdir()] == [Path(built).parent.name]  # the first process's, not the second's
