@@ -162,6 +162,7 @@ class RunLog:
         device: str,
         n_train: int,
         record: dict | None = None,
+        convolutions: str | None = None,
     ):
         self.dir = writable_dir(logdir)
         cfg = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
@@ -181,6 +182,7 @@ class RunLog:
             "malloc": malloc.state(),  # keep: freed memory kept for the next step (jaxmnist/malloc.py)
             "others_cpu_scope": OTHERS_CPU_SCOPE,  # the epochs' others_cpu leaves out this process and its children
             "n_train": n_train,
+            "convolutions": convolutions,  # the plan (ConvPlan.describe): it changes the bits, not the maths
             "epochs": [],
             "batches": {"x": [], "acc": [], "loss": []},
         }

@@ -123,7 +123,7 @@ def prepare(config: Config, seeds: Seeds, opts: Options, data: data_lib.Dataset 
     ckpt = resumed or (Checkpointer(opts.workdir) if opts.workdir else None)
     state = seeds.create_state(config, total_steps=steps * config.epochs, variables=opts.init, conv_plan=plan)
     state = opts.placement.replicate(state)
-    runs = [seed_run(config, seed, logdir, seeds, data, opts) for seed, logdir in zip(seeds.seeds, logdirs(opts))]
+    runs = [seed_run(config, seed, logdir, seeds, data, opts, plan) for seed, logdir in zip(seeds.seeds, logdirs(opts))]
     for note in ckpt.damaged if ckpt else ():
         say(note)
     state, first_epoch = resume_from(ckpt, state, config, runs, seeds, say) if opts.resume else (state, 0)
@@ -134,11 +134,12 @@ def logdirs(opts: Options) -> list:
     return list(opts.logdirs or [opts.logdir])
 
 
-def seed_run(config: Config, seed: int, logdir, seeds: Seeds, data: DeviceData, opts: Options) -> SeedRun:
+def seed_run(config: Config, seed: int, logdir, seeds: Seeds, data: DeviceData, opts: Options,
+             plan: ConvPlan) -> SeedRun:  # fmt: skip
     """One seed's plateau rule and report (its lines prefixed with the seed when vmapped)."""
     report = runlog.Report.for_run(
         opts.out, logdir, framework="jax", preset=opts.preset, config=config.replace(seed=seed), device=device_name(),
-        n_train=data.n_train, prefix=f"seed {seed} " if seeds.vmapped else "",
+        n_train=data.n_train, prefix=f"seed {seed} " if seeds.vmapped else "", convolutions=plan.describe(),
     )  # fmt: skip
     return SeedRun(seed, optim.ReduceLROnPlateau(config.lr, **plateau_arguments(config)), report)
 

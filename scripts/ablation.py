@@ -165,7 +165,7 @@ def run(study: Study, variant: str, seed: int) -> dict:
             "val_curve": [e["val_acc"] for e in metrics["epochs"]], "versions": metrics["versions"],
             "epoch_s": [e["time_s"] for e in metrics["epochs"]], "startup_s": metrics.get("startup_s"),
             **interim_curve(metrics),
-            "machine": metrics.get("machine"),
+            "machine": metrics.get("machine"), "convolutions": metrics.get("convolutions"),
             "others_cpu": max((e.get("others_cpu") or 0.0 for e in metrics["epochs"]), default=None)}  # fmt: skip
 
 

@@ -256,6 +256,8 @@ def test_no_recompilation_after_first_epoch(mnist, tmp_path):
               "[1]: ", "[2]: ", "    learning rate 0.02 -> 0.01", "[3]: ", "    learning rate 0.01 -> 0.005",
               "report: ", "Average time per epoch: ", "final: ", "recompilations after the first epoch: 0"]  # fmt: skip
     assert len(lines) == len(starts) and all(line.startswith(s) for line, s in zip(lines, starts)), lines
+    # The record names the plan the run printed: another plan trains the same maths to other bits.
+    assert "convolutions: " + result.record["convolutions"] == lines[5]
 
 
 def read_events(logdir):
