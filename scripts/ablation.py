@@ -69,6 +69,7 @@ STUDIES = {
     # back the accuracy a narrower network loses at the end. Round 6: no augmentation, whose first epoch is also that
     # of any recipe that would augment only from epoch 2 (the batches' order and the steps' keys do not depend on it).
     # Round 7: the same, with the one-cycle's peak sooner or higher, for a first epoch at 99 % on both seeds.
+    # Round 8, the average's own BatchNorm statistics, reads them beside the run's: scripts/bn_recal.py.
     "sprint": Study(
         preset="sprint",
         round=7,
