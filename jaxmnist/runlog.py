@@ -182,7 +182,7 @@ class RunLog:
             "malloc": malloc.state(),  # keep: freed memory kept for the next step (jaxmnist/malloc.py)
             "others_cpu_scope": OTHERS_CPU_SCOPE,  # the epochs' others_cpu leaves out this process and its children
             "n_train": n_train,
-            "convolutions": convolutions,  # the plan (ConvPlan.describe): it changes the bits, not the maths
+            "convolutions": convolutions,  # jaxmnist's plan (ConvPlan.describe): other bits, same maths; torch: None
             "epochs": [],
             "batches": {"x": [], "acc": [], "loss": []},
         }
