@@ -22,6 +22,7 @@ import json
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import needs_jaxmnist  # noqa: F401  (before jax and jaxmnist: one line, not a traceback, where either is missing)
 
@@ -32,6 +33,7 @@ import jax.numpy as jnp
 from jaxmnist import data as data_lib
 from jaxmnist import engine, train, trainer
 from jaxmnist.layers import BatchNorm
+from jaxmnist.runlog import atomic_write
 
 IMAGES, BATCH = 10_000, 500
 MOMENTUM = BatchNorm.momentum  # the weight of a batch in the running statistics: from zeros, a batch's value x it
@@ -104,16 +106,16 @@ def main(argv: list[str]) -> int:
         return training, evaluate, seconds
 
     trainer.compile_programs = wrapped
-    with tempfile.TemporaryDirectory() as logdir:
-        code = train.main([*flags, "--logdir", logdir, "--no-progress"])
-        if code:
-            return code
-        with open(f"{logdir}/metrics.json") as f:
-            record = json.load(f)
+    try:
+        with tempfile.TemporaryDirectory() as logdir:
+            if code := train.main([*flags, "--logdir", logdir, "--no-progress"]):
+                return code
+            record = json.loads(Path(logdir, "metrics.json").read_text())
+    finally:  # the trainer as it was, for whatever runs next in this process (the tests)
+        trainer.compile_programs = compile_programs
     keep = ("machine", "commit", "versions", "convolutions", "final_acc")
     result = {"flags": flags, **{k: record.get(k) for k in keep}, "evaluations": rows}
-    with open(out, "w") as f:
-        json.dump(result, f, indent=1)
+    atomic_write(Path(out), json.dumps(result, indent=1).encode())
     return 0
 
 

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 
 import bn_recal
-from jaxmnist import engine, models
+from jaxmnist import engine, models, trainer
 
 
 def test_population_stats_are_the_batches_mean_and_unbiased_variance():
@@ -31,7 +31,9 @@ def test_without_an_average_the_evaluated_weights_are_the_last(mnist, tmp_path):
     out = tmp_path / "out.json"
     flags = ["--preset", "sprint", "--ema", "0", "--train-size", "1500", "--val-size", "500", "--epochs", "1",
              "--evals-per-epoch", "2", "--batch-size", "64", "--seed", "3", "--chunk-steps", "1"]  # fmt: skip
+    compile_programs = trainer.compile_programs
     assert bn_recal.main([str(out), *flags]) == 0
+    assert trainer.compile_programs is compile_programs  # the trainer is left as it was
     result = json.loads(out.read_text())
     rows = result["evaluations"]
     assert [r["step"] for r in rows] == [7, 15] and result["convolutions"] and result["flags"] == flags
