@@ -109,9 +109,16 @@ def build(inputs: dict) -> Path:
     except OSError:  # a read-only home: built for this process only (and deleted once loaded, _discard_private)
         target = Path(tempfile.mkdtemp(prefix=PRIVATE_PREFIX)) / target.name
     tmp = target.with_name(f'.{target.name}.{os.getpid()}.{threading.get_ident()}.tmp')
-    done = subprocess.run([inputs['compiler'], *flags, '-o', str(tmp)], capture_output=True, text=True, timeout=600)
+    try:
+        done = subprocess.run([inputs['compiler'], *flags, '-o', str(tmp)], capture_output=True, text=True,
+                              timeout=600)  # fmt: skip
+    except BaseException:  # a compiler that hangs, an interrupt: nothing left behind
+        tmp.unlink(missing_ok=True)
+        _discard_private(target)
+        raise
     if done.returncode != 0:
         tmp.unlink(missing_ok=True)
+        _discard_private(target)
         first = next((line for line in done.stderr.splitlines() if 'error' in line), done.stderr.strip()[:300])
         raise Unavailable(f'building {SOURCE.name} failed: {first}')
     os.replace(tmp, target)
@@ -119,8 +126,8 @@ def build(inputs: dict) -> Path:
 
 
 def _discard_private(built: Path) -> None:
-    """Deletes a build made for this process alone (its temporary directory) once it is loaded: the library stays
-    mapped, and no process leaves a copy in the temporary directory."""
+    """Deletes a build made for this process alone (its temporary directory) once it is loaded (the library stays
+    mapped) or when it fails: no process leaves a copy, or an empty directory, in the temporary directory."""
     if built.parent.name.startswith(PRIVATE_PREFIX) and built.parent.parent == Path(tempfile.gettempdir()):
         shutil.rmtree(built.parent, ignore_errors=True)
 
@@ -138,6 +145,7 @@ def _load() -> str | None:
             library = ctypes.cdll.LoadLibrary(str(built))
         except OSError:  # a damaged cache entry (a killed copy, a full disk): built again, once
             built.unlink(missing_ok=True)
+            _discard_private(built)
             library = ctypes.cdll.LoadLibrary(str(built := build(inputs)))
         _discard_private(built)
         for name in TARGETS.values():

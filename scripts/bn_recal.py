@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 import tempfile
 import time
@@ -53,27 +54,28 @@ def population_stats(apply_fn, variables: dict, batches) -> dict:
     return jax.tree.map(lambda s: s.mean(0), jax.lax.map(of_batch, batches))
 
 
-@functools.partial(jax.jit, static_argnames="augment")
-def recomputed(state: engine.TrainState, train_u8, augment: bool) -> tuple[dict, dict]:
-    """The statistics for the evaluated weights and for the last ones, over a fixed draw of training images."""
+@functools.partial(jax.jit, static_argnames=("augment", "elastic", "warp"))
+def drawn_batches(train_u8, augment: bool, elastic=None, warp=None):
+    """A fixed draw of IMAGES training images as normalised batches [k, BATCH, 28, 28, 1]: clean, or augmented as
+    the run's training augments them (engine.prepare_images with its Config.elastic and Config.warp)."""
     n = min(IMAGES, train_u8.shape[0] // BATCH * BATCH)
     drawn = jax.random.permutation(jax.random.PRNGKey(123), train_u8.shape[0])[:n]
     images = train_u8[drawn].reshape(-1, BATCH, 28, 28)
-    if augment:
-        keys = jax.random.split(jax.random.PRNGKey(7), n // BATCH)
-        batches = jax.vmap(lambda im, k: engine.prepare_images(im, k, True))(images, keys)
-    else:
-        batches = data_lib.normalize(images)
-    last = {"params": state.params, "batch_stats": state.batch_stats}
-    return (population_stats(state.apply_fn, state.eval_variables(), batches),
-            population_stats(state.apply_fn, last, batches))  # fmt: skip
+    if not augment:
+        return data_lib.normalize(images)
+    prepare = functools.partial(engine.prepare_images, augment=True, elastic=elastic, warp=warp)
+    return jax.vmap(prepare)(images, jax.random.split(jax.random.PRNGKey(7), n // BATCH))
 
 
-def readings(evals, state, data, val: dict) -> dict:
+_population_stats = jax.jit(population_stats, static_argnums=0)
+
+
+def readings(evals, state, data, val: dict, config) -> dict:
     """One evaluation's row: the run's reading and the four others on the validation split."""
-    clean, last_clean = recomputed(state, data.train[0], False)
-    augmented, _ = recomputed(state, data.train[0], True)
-    evaluated = state.eval_variables()["params"]
+    clean = drawn_batches(data.train[0], False)
+    augmented = drawn_batches(data.train[0], True, config.elastic, config.warp)
+    evaluated = state.eval_variables()
+    last = {"params": state.params, "batch_stats": state.batch_stats}
 
     def accuracy(params, stats) -> float:  # the weights where the compiled pass reads them (eval_variables)
         if state.ema is None:
@@ -82,14 +84,31 @@ def readings(evals, state, data, val: dict) -> dict:
             variables = state.replace(ema={"params": params, "batch_stats": stats})
         return round(float(jax.device_get(evals.val(variables, *data.val, None))["accuracy"]), 2)
 
+    def recomputed(variables, batches):
+        return variables["params"], _population_stats(state.apply_fn, variables, batches)
+
     return {"step": int(state.step), "ema": round(float(val["accuracy"]), 2),
-            "ema_recal_clean": accuracy(evaluated, clean), "ema_recal_aug": accuracy(evaluated, augmented),
-            "raw": accuracy(state.params, state.batch_stats), "raw_recal_clean": accuracy(state.params, last_clean)}
+            "ema_recal_clean": accuracy(*recomputed(evaluated, clean)),
+            "ema_recal_aug": accuracy(*recomputed(evaluated, augmented)),
+            "raw": accuracy(state.params, state.batch_stats),
+            "raw_recal_clean": accuracy(*recomputed(last, clean))}  # fmt: skip
+
+
+def usage_error(argv: list[str]) -> str | None:
+    """Why these arguments cannot run, in one line, before anything trains; or None."""
+    if len(argv) < 2 or not any(a == "--val-size" or a.startswith("--val-size=") for a in argv[1:]):
+        return "usage: bn_recal.py OUT.json JAXMNIST_TRAIN_FLAGS... (with --val-size)"
+    if any(a == "--seeds" or a.startswith("--seeds=") for a in argv[1:]):
+        return "bn_recal.py reads one seed per run: give --seed, not --seeds"
+    out = Path(argv[0]).resolve()
+    if out.is_dir() or not os.access(out.parent, os.W_OK):
+        return f"bn_recal.py: cannot write {argv[0]}"
+    return None
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) < 2 or "--val-size" not in argv:
-        print("usage: bn_recal.py OUT.json JAXMNIST_TRAIN_FLAGS... (with --val-size)", file=sys.stderr)
+    if (error := usage_error(argv)) is not None:
+        print(error, file=sys.stderr)
         return 2
     out, flags, rows = argv[0], argv[1:], []
     compile_programs = trainer.compile_programs
@@ -100,7 +119,8 @@ def main(argv: list[str]) -> int:
         def evaluate(state, data, epoch):
             test, val = evals(state, data, epoch)
             t0 = time.perf_counter()
-            rows.append({"epoch": epoch + 1, **readings(evals, state, data, val), "s": time.perf_counter() - t0})
+            row = readings(evals, state, data, val, run.config)
+            rows.append({"epoch": epoch + 1, **row, "s": time.perf_counter() - t0})
             return test, val
 
         return training, evaluate, seconds

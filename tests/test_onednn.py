@@ -3,6 +3,7 @@
 import dataclasses
 import os
 import platform
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -203,3 +204,6 @@ def test_a_read_only_cache_directory_builds_for_the_process_alone(tmp_path):
     code = 'from jaxmnist import onednn; print(onednn.unavailable())'
     assert _fresh_process(code, XDG_CACHE_HOME=str(tmp_path), TMPDIR=str(tmp)).strip() == 'None'
     assert [p.name for p in tmp.iterdir()] == [Path(built).parent.name]  # the first process's, not the second's
+    shutil.rmtree(Path(built).parent)
+    failed = _fresh_process(code, XDG_CACHE_HOME=str(tmp_path), TMPDIR=str(tmp), CXX='false').strip()
+    assert failed.startswith('building onednn_conv') and not list(tmp.iterdir())  # a failed build leaves nothing
