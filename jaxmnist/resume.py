@@ -36,17 +36,17 @@ def host_meta(runs: list[SeedRun], seeds: Seeds) -> dict:
     return {"seeds": list(seeds.seeds), "plateau": plateau, "record": record}
 
 
-def continued_config(ckpt: Checkpointer, config: Config, seeds: Seeds, given: frozenset[str] | None) -> Config:
+def continued_config(meta: dict | None, config: Config, seeds: Seeds, given: frozenset[str] | None, workdir) -> Config:
     """The settings the resumed run trains with (continuation.continued: those given on the command line, else the
-    checkpoint's); a usage error for settings it may not change. Read before anything is built from them: arrays
-    of another network or optimiser would not restore. `config` itself where there is no intact checkpoint."""
-    meta = ckpt.read_meta()
+    checkpoint's, from its `meta`, Checkpointer.read_meta's); a usage error for settings it may not change. Read
+    before anything is built from them: arrays of another network or optimiser would not restore. `config` itself
+    where there is no intact checkpoint (`meta` None)."""
     if meta is None:
         return config
     if (saved := meta.get("seeds", [config.seed])) != list(seeds.seeds):
-        raise UsageError(f"checkpoint in {ckpt.workdir} was made with different settings: seeds {saved} "
+        raise UsageError(f"checkpoint in {workdir} was made with different settings: seeds {saved} "
                          f"(here {list(seeds.seeds)})")  # fmt: skip
-    return continued(meta["config"], config, given, ckpt.workdir, meta["epoch"])
+    return continued(meta["config"], config, given, workdir, meta["epoch"])
 
 
 def continued_base(config: Config, workdirs: list, seeds: tuple[int, ...], given: frozenset[str] | None) -> Config:
@@ -57,7 +57,7 @@ def continued_base(config: Config, workdirs: list, seeds: tuple[int, ...], given
         if saved_epoch(workdir) is not None:
             ckpt = Checkpointer(workdir)
             try:
-                adopted = continued_config(ckpt, config.replace(seed=seed), Seeds((seed,)), given)
+                adopted = continued_config(ckpt.read_meta(), config.replace(seed=seed), Seeds((seed,)), given, workdir)
                 return adopted.replace(seed=config.seed)
             finally:
                 ckpt.close()
@@ -100,11 +100,11 @@ def save(ckpt: Checkpointer, state, config: Config, epoch: int, test_acc: float,
 
 
 def choose_conv_plan(
-    config: Config, impl: str | None, resuming: Checkpointer | None, placement: Placement, say: Callable
+    config: Config, impl: str | None, meta: dict | None, placement: Placement, say: Callable
 ) -> ConvPlan:
-    """How the run's convolutions run: a resumed run's as its checkpoint recorded them (so that it continues bit
-    for bit), else `--conv-impl` (`autotune.plan_for`: on the CPU `auto` times the candidates once per machine)."""
-    meta = resuming.read_meta() if resuming and resuming.latest_epoch() else None
+    """How the run's convolutions run: a resumed run's as its checkpoint recorded them in its `meta` (so that it
+    continues bit for bit), else `--conv-impl` (`autotune.plan_for`: on the CPU `auto` times the candidates once per
+    machine)."""
     if meta and "conv_plan" in meta:
         why = "the run being resumed ran convolutions on oneDNN, and continuing it bit for bit needs them: "
         return ConvPlan.from_json(meta["conv_plan"]).require_runnable(why)

@@ -115,8 +115,9 @@ def prepare(config: Config, seeds: Seeds, opts: Options, data: data_lib.Dataset 
     # The plan before the data: a --conv-impl that cannot run here is one line, nothing read or downloaded first. A
     # resumed run's is its checkpoint's; a new run's workdir is made once the data have loaded (none left behind).
     resumed = Checkpointer(opts.workdir) if opts.resume else None  # train_run refused --resume without --workdir
-    config = continued_config(resumed, config, seeds, opts.given) if resumed else config
-    plan = choose_conv_plan(config, opts.conv_impl, resumed, opts.placement, say)
+    meta = resumed.read_meta() if resumed else None  # read once: the settings and the plan it continues
+    config = continued_config(meta, config, seeds, opts.given, opts.workdir)
+    plan = choose_conv_plan(config, opts.conv_impl, meta, opts.placement, say)
     data = put_on_device(data or data_lib.load(config.dataset, opts.data_dir, progress=opts.progress), config,
                          opts.placement)  # fmt: skip
     steps = epoch_steps(config, data.n_train)

@@ -70,10 +70,9 @@ def drawn_batches(train_u8, augment: bool, elastic=None, warp=None):
 _population_stats = jax.jit(population_stats, static_argnums=0)
 
 
-def readings(evals, state, data, val: dict, config) -> dict:
-    """One evaluation's row: the run's reading and the four others on the validation split."""
-    clean = drawn_batches(data.train[0], False)
-    augmented = drawn_batches(data.train[0], True, config.elastic, config.warp)
+def readings(evals, state, data, val: dict, clean, augmented) -> dict:
+    """One evaluation's row: the run's reading and the four others on the validation split, the statistics
+    recomputed over `clean` and `augmented` (drawn_batches': the same images at every evaluation)."""
     evaluated = state.eval_variables()
     last = {"params": state.params, "batch_stats": state.batch_stats}
 
@@ -115,11 +114,13 @@ def main(argv: list[str]) -> int:
 
     def wrapped(run, opts, cache):
         training, evals, seconds = compile_programs(run, opts, cache)
+        train_u8, config = run.data.train[0], run.config  # the draws, once per run: every evaluation reads the same
+        clean, augmented = drawn_batches(train_u8, False), drawn_batches(train_u8, True, config.elastic, config.warp)
 
         def evaluate(state, data, epoch):
             test, val = evals(state, data, epoch)
             t0 = time.perf_counter()
-            row = readings(evals, state, data, val, run.config)
+            row = readings(evals, state, data, val, clean, augmented)
             rows.append({"epoch": epoch + 1, **row, "s": time.perf_counter() - t0})
             return test, val
 

@@ -170,9 +170,7 @@ def test_a_run_resumed_where_its_onednn_plan_cannot_run_stops_before_compiling(m
     """Its checkpoint's plan names oneDNN: continuing bit for bit needs it, so the run stops, saying why, instead of
     running another plan or failing inside a trace."""
     monkeypatch.setattr(onednn, '_load', lambda: 'turned off by JAXMNIST_ONEDNN')
-    checkpoint = type('Checkpoint', (), {
-        'latest_epoch': lambda self: 1, 'read_meta': lambda self: {'conv_plan': convs.fixed_plan('onednn').to_json()},
-    })()  # fmt: skip
+    checkpoint = {'conv_plan': convs.fixed_plan('onednn').to_json()}  # the resumed checkpoint's meta
     config = presets.PRESETS['cnn_tb']
     with pytest.raises(onednn.Unavailable, match='the run being resumed ran convolutions on oneDNN.*turned off by'):
         resume.choose_conv_plan(config, None, checkpoint, distributed.Placement(), print)
